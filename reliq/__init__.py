@@ -1,0 +1,20 @@
+"""reliq: a fault-tolerant task queue on Redis for asyncio Python."""
+
+from reliq.client import AsyncClient, Client
+from reliq.errors import CancelRefused, InvalidTask, PermanentError, ReliqError, TaskNotFound
+from reliq.registry import Context, task
+from reliq.settings import Settings
+
+__all__ = [
+    "AsyncClient",
+    "CancelRefused",
+    "Client",
+    "Context",
+    "InvalidTask",
+    "PermanentError",
+    "ReliqError",
+    "Settings",
+    "TaskNotFound",
+    "task",
+]
+__version__ = "0.1.0"

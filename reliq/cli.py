@@ -1,0 +1,105 @@
+"""The ``reliq`` command: parses flags into Settings and calls one ``run_*`` function."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from reliq import runner
+from reliq.errors import ConfigError
+from reliq.settings import Settings
+
+F = Callable[..., Any]
+
+
+def _common(fn: F) -> F:
+    """Options every role takes."""
+    fn = click.option("--redis-url", help="Redis URL [env REDIS_URL; default redis://localhost:6379/0]")(fn)
+    fn = click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
+    fn = click.option("--log-level", default="INFO", show_default=True,
+                      type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))(fn)
+    return fn
+
+
+def _worker_options(fn: F) -> F:
+    """Options of the worker pool (``work`` and ``all``)."""
+    for decorator in reversed([
+        click.option("--concurrency", type=click.IntRange(1), help="Tasks run at once [default 64]"),
+        click.option("--app", "apps", multiple=True, help="Module registering handlers (repeatable)"),
+        click.option("--drain-timeout", type=float, help="Seconds to let tasks finish on SIGTERM [30]"),
+        click.option("--task-timeout", type=float, help="Default per-task timeout, seconds [300]"),
+        click.option("--max-retries", type=click.IntRange(0), help="Retries before dead-lettering [3]"),
+        click.option("--retry-base", type=float, help="Backoff base, seconds [1]"),
+        click.option("--lease", type=float, help="Seconds of silence before a worker is taken for dead [15]"),
+        click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats [2]"),
+        click.option("--crash-limit", type=click.IntRange(1), help="Solo crashes before quarantine [3]"),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
+def _settings(log_level: str, **flags: Any) -> Settings:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return Settings.load(**flags)
+
+
+def _exit(code: int) -> None:
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """reliq: a task queue on Redis that loses nothing."""
+
+
+@main.command()
+@_common
+@_worker_options
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty (for scripts and tests)")
+def work(log_level: str, burst: bool, **flags: Any) -> None:
+    """Run a worker process."""
+    _exit(runner.run_work(_settings(log_level, **flags), burst=burst))
+
+
+@main.command()
+@_common
+@click.option("--host", help="Address to listen on [127.0.0.1]")
+@click.option("--port", "api_port", type=int, help="Port [8085]")
+@click.option("--max-body", type=int, help="Largest request body in bytes [1 MiB]")
+@click.option("--max-pending", type=int, help="Pending tasks past which POST /task answers 429 [off]")
+def serve(log_level: str, **flags: Any) -> None:
+    """Run the producer API."""
+    _exit(runner.run_serve(_settings(log_level, **flags)))
+
+
+@main.command()
+@_common
+@click.option("--host", help="Address to listen on [127.0.0.1]")
+@click.option("--port", "monitor_port", type=int, help="Port [8082]")
+def monitor(log_level: str, **flags: Any) -> None:
+    """Run the monitor (dashboard, /stats, /metrics)."""
+    _exit(runner.run_monitor(_settings(log_level, **flags)))
+
+
+@main.command(name="all")
+@_common
+@_worker_options
+@click.option("--host", help="Address to listen on [127.0.0.1]")
+@click.option("--api-port", type=int, help="Producer API port [8085]")
+@click.option("--monitor-port", type=int, help="Monitor port [8082]")
+def all_(log_level: str, **flags: Any) -> None:
+    """Run the API, the monitor and a worker in one process."""
+    _exit(runner.run_all(_settings(log_level, **flags)))
+
+
+def entry() -> None:
+    """Console-script entry point: turn configuration errors into a clean message."""
+    try:
+        main()
+    except ConfigError as exc:
+        click.echo(f"reliq: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,47 @@
+"""Task ids: unique across producers and sorting by creation time (ULID layout).
+
+48 bits of milliseconds then 80 random bits, in Crockford base32 (26 characters).
+Within one process ids generated in the same millisecond still sort in order, because
+the random part is incremented instead of drawn again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_lock = threading.Lock()
+_last_ms = 0
+_last_rand = 0
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id() -> str:
+    """A new task id, greater than every id this process made before."""
+    global _last_ms, _last_rand
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand = (_last_rand + 1) & ((1 << 80) - 1)
+        else:
+            _last_ms = ms
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
+        return _encode(ms, 10) + _encode(_last_rand, 16)
+
+
+def id_time_ms(task_id: str) -> int:
+    """The creation time (ms since the epoch) encoded in a task id."""
+    value = 0
+    for ch in task_id[:10]:
+        value = value * 32 + _ALPHABET.index(ch)
+    return value

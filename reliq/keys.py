@@ -1,0 +1,90 @@
+"""Every Redis key reliq uses is named here and nowhere else.
+
+All keys of one queue share the hash tag ``{queue}``, so every script touches a
+single hash slot and runs unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "reliq"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The key names of one queue."""
+
+    queue: str
+
+    @property
+    def base(self) -> str:
+        """``reliq:{queue}:`` — the common prefix with the hash tag."""
+        return f"{PREFIX}:{{{self.queue}}}:"
+
+    @property
+    def pending(self) -> str:
+        """LIST of ready task ids; producers LPUSH, workers take from the right."""
+        return self.base + "pending"
+
+    @property
+    def delayed(self) -> str:
+        """ZSET id -> due time (ms): retries waiting out their backoff, scheduled tasks."""
+        return self.base + "delayed"
+
+    @property
+    def dead(self) -> str:
+        """LIST of dead-lettered ids, newest at the left."""
+        return self.base + "dead"
+
+    @property
+    def workers(self) -> str:
+        """ZSET worker id -> last heartbeat (ms, Redis server time)."""
+        return self.base + "workers"
+
+    @property
+    def stats(self) -> str:
+        """HASH of monotonic counters (enqueued, succeeded, failed, ...)."""
+        return self.base + "stats"
+
+    @property
+    def metrics(self) -> str:
+        """HASH of per-type counters and histogram buckets, written by the settle script."""
+        return self.base + "metrics"
+
+    @property
+    def reaper_lock(self) -> str:
+        """STRING lock so that one reaper at a time scans for dead workers."""
+        return self.base + "reaper-lock"
+
+    @property
+    def task_prefix(self) -> str:
+        """Prefix of task hashes; scripts append the id (ids are data, not known up front)."""
+        return self.base + "task:"
+
+    @property
+    def idem_prefix(self) -> str:
+        """Prefix of idempotency-key strings (key -> task id)."""
+        return self.base + "idem:"
+
+    def task(self, task_id: str) -> str:
+        """HASH holding one task's type, payload, state, attempts, timestamps and errors."""
+        return self.task_prefix + task_id
+
+    def idem(self, key: str) -> str:
+        """STRING mapping an Idempotency-Key to the task id it created."""
+        return self.idem_prefix + key
+
+    @property
+    def processing_prefix(self) -> str:
+        """Prefix of the workers' processing lists; the snapshot script appends worker ids."""
+        return self.base + "processing:"
+
+    def processing(self, worker_id: str) -> str:
+        """LIST of ids worker process ``worker_id`` holds right now."""
+        return self.processing_prefix + worker_id
+
+    def worker_info(self, worker_id: str) -> str:
+        """HASH describing a worker (host, pid, concurrency, in flight, processed)."""
+        return self.base + "worker:" + worker_id
+

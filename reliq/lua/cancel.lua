@@ -1,0 +1,19 @@
+-- Cancel a task that has not started.
+-- KEYS[1] pending list  KEYS[2] delayed zset  KEYS[3] stats hash  KEYS[4] task key prefix
+-- ARGV[1] task id  ARGV[2] TTL of the cancelled record (ms)
+-- Returns {1, previous state} when cancelled, {0, state} when it is running or
+-- finished, {0, ''} when there is no such task.
+local key = KEYS[4] .. ARGV[1]
+local state = redis.call('HGET', key, 'state')
+if not state then return {0, ''} end
+if state == 'pending' then
+  redis.call('LREM', KEYS[1], 1, ARGV[1])
+elseif state == 'scheduled' or state == 'retrying' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+else
+  return {0, state}
+end
+redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now_ms())
+redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+return {1, state}

@@ -1,0 +1,73 @@
+-- Claim up to N ready tasks for worker W: move each id from pending into W's own
+-- processing list, mark it processing, and return its body, in one round trip.
+-- KEYS[1] pending list  KEYS[2] processing list of W  KEYS[3] task key prefix
+-- ARGV[1] N (max tasks)  ARGV[2] W (worker id)
+-- ARGV[3] an id already in KEYS[2] ('' = none): moved there by BLMOVE, or found there
+--         unknown to W after a lost reply (then it may be marked processing by W already)
+-- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being FIELDS below.
+-- blocked = 1 when the next task is a crash suspect (it has taken a worker down before)
+-- and W holds other tasks: suspects run alone, so a crash is blamed on the right task.
+-- Ids whose record is gone or no longer pending (cancelled, finished by a late ack)
+-- are dropped on the way.
+local FIELDS = {'type', 'payload', 'attempts', 'failures', 'max_retries', 'crashes',
+                'timeout_ms', 'queued_at'}
+local now = now_ms()
+local max = tonumber(ARGV[1])
+local out = {0, now}
+local taken = 0
+
+local function claim(id, f)
+  local attempts = tonumber(f[3]) + 1
+  f[3] = attempts
+  redis.call('HSET', KEYS[3] .. id, 'state', 'processing', 'started_at', now,
+             'attempts', attempts, 'worker', ARGV[2])
+  out[#out + 1] = id
+  for j = 1, #FIELDS do out[#out + 1] = f[j] end
+  taken = taken + 1
+end
+
+local function fields(id)
+  local f = redis.call('HMGET', KEYS[3] .. id, 'state', unpack(FIELDS))
+  local state = table.remove(f, 1)
+  return state, f
+end
+
+if ARGV[3] ~= '' then
+  local id = ARGV[3]
+  local state, f = fields(id)
+  local ours = state == 'processing' and redis.call('HGET', KEYS[3] .. id, 'worker') == ARGV[2]
+  if state ~= 'pending' and not ours then
+    redis.call('LREM', KEYS[2], 1, id)
+  elseif tonumber(f[6]) > 0 and redis.call('LLEN', KEYS[2]) > 1 then
+    redis.call('LREM', KEYS[2], 1, id)
+    redis.call('RPUSH', KEYS[1], id)
+    out[1] = 1
+    return out
+  else
+    claim(id, f)
+    if tonumber(f[6]) > 0 then return out end
+  end
+end
+
+local skipped = 0
+while taken < max and skipped < 1000 do
+  local id = redis.call('LINDEX', KEYS[1], -1)
+  if not id then break end
+  local state, f = fields(id)
+  if state ~= 'pending' then
+    redis.call('RPOP', KEYS[1])
+    skipped = skipped + 1
+  elseif tonumber(f[6]) > 0 then
+    if taken == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+      redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+      claim(id, f)
+    elseif taken == 0 then
+      out[1] = 1
+    end
+    break
+  else
+    redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+    claim(id, f)
+  end
+end
+return out

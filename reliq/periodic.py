@@ -1,0 +1,54 @@
+"""Running a background step every so often, riding out Redis outages with backoff."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+from reliq.connection import UNAVAILABLE
+
+log = logging.getLogger(__name__)
+
+
+class Backoff:
+    """Growing, jittered delays for reconnecting: 50 ms doubling up to ``cap`` seconds."""
+
+    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self.failures = 0
+
+    def next(self) -> float:
+        """The delay before the next try (and count this failure)."""
+        self.failures += 1
+        delay = min(self.cap, self.first * 2 ** (self.failures - 1))
+        return delay / 2 + random.uniform(0, delay / 2)
+
+    def reset(self) -> None:
+        """Redis answered: start from the shortest delay next time."""
+        self.failures = 0
+
+
+async def every(interval: float, step: Callable[[], Awaitable[object]], name: str) -> None:
+    """Run ``step`` every ``interval`` seconds until cancelled.
+
+    When Redis is unreachable the step is retried with backoff and a warning is logged
+    once per outage; any other error is logged with its traceback and the loop goes on.
+    """
+    backoff = Backoff()
+    while True:
+        try:
+            await step()
+        except UNAVAILABLE as exc:
+            if backoff.failures == 0:
+                log.warning("%s: Redis unreachable (%s); retrying with backoff", name, exc)
+            await asyncio.sleep(backoff.next())
+            continue
+        except Exception:
+            log.exception("%s failed; trying again in %.1fs", name, interval)
+        if backoff.failures:
+            log.info("%s: Redis is back", name)
+            backoff.reset()
+        await asyncio.sleep(interval)

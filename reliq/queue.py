@@ -1,0 +1,371 @@
+"""The queue core: every state transition of a task, each one Lua script call.
+
+Producers, workers, the API and the monitor all go through ``Queue``; none of them
+touches Redis keys directly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import orjson
+from redis.asyncio import Redis
+
+from reliq.errors import CancelRefused, InvalidTask, TaskNotFound
+from reliq.histogram import bucket
+from reliq.ids import new_id
+from reliq.keys import QueueKeys
+from reliq.scripts import Scripts
+from reliq.settings import Settings
+
+#: Bounds on what a producer may ask for, so one bad request cannot park a task forever.
+MAX_TYPE_LEN = 200
+MAX_RETRIES_LIMIT = 100
+MAX_DELAY_S = 366 * 24 * 3600.0
+MAX_TIMEOUT_S = 24 * 3600.0
+
+#: States a task record can be in (the ``state`` field of GET /task/{id}).
+STATES = ("pending", "scheduled", "processing", "retrying", "succeeded", "dead", "cancelled")
+#: Counters kept in the stats hash (reported as 0 until first incremented).
+COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """A validated task, ready to enqueue. Build it with :func:`make_spec`."""
+
+    type: str
+    payload: bytes
+    max_retries: int
+    timeout_ms: int | None
+    delay_ms: int
+    idempotency_key: str
+    id: str
+
+
+def make_spec(
+    type: Any,
+    payload: Any = None,
+    *,
+    max_retries: Any = None,
+    timeout: Any = None,
+    delay: Any = None,
+    idempotency_key: Any = None,
+    default_max_retries: int = 3,
+) -> TaskSpec:
+    """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong."""
+    if not isinstance(type, str) or not type.strip():
+        raise InvalidTask("'type' must be a non-empty string")
+    if len(type) > MAX_TYPE_LEN:
+        raise InvalidTask(f"'type' must be at most {MAX_TYPE_LEN} characters")
+    retries = default_max_retries if max_retries is None else max_retries
+    if not _is_int(retries) or not 0 <= retries <= MAX_RETRIES_LIMIT:
+        raise InvalidTask(f"'max_retries' must be an integer from 0 to {MAX_RETRIES_LIMIT}")
+    delay_s = _number("delay_s", delay, 0.0, MAX_DELAY_S) or 0.0
+    timeout_s = _number("timeout_s", timeout, 0.001, MAX_TIMEOUT_S)
+    if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
+        raise InvalidTask("'idempotency_key' must be a string of 1 to 200 characters")
+    try:
+        body = orjson.dumps(payload)
+    except TypeError as exc:
+        raise InvalidTask(f"'payload' is not JSON-serialisable: {exc}") from None
+    return TaskSpec(
+        type=type,
+        payload=body,
+        max_retries=retries,
+        timeout_ms=None if timeout_s is None else math.ceil(timeout_s * 1000),
+        delay_ms=math.ceil(delay_s * 1000),
+        idempotency_key=idempotency_key or "",
+        id=new_id(),
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(name: str, value: Any, low: float, high: float) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidTask(f"'{name}' must be a number from {low:g} to {high:g}")
+    return float(value)
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A task a worker has claimed: its id and what the handler needs."""
+
+    id: str
+    type: str
+    payload: bytes
+    attempts: int
+    failures: int
+    max_retries: int
+    crashes: int
+    timeout_ms: int | None
+    queued_at: int
+    started_at: int
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What became of one run of a claimed task, for the batched settle."""
+
+    task: Claimed
+    outcome: str  # ok | error | timeout | permanent | unknown_type
+    text: str  # JSON result for ok, the error otherwise
+    run_ms: int
+    retry_delay_ms: int = 0
+
+
+class TaskInfo(TypedDict):
+    """A task record as the API returns it."""
+
+    task_id: str
+    type: str
+    state: str
+    attempts: int
+    failures: int
+    crashes: int
+    max_retries: int
+    payload: Any
+    result: Any
+    last_error: str | None
+    reason: str | None
+    worker: str | None
+    enqueued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class Snapshot(TypedDict):
+    """Queue depths and counters at one instant (the core of GET /stats)."""
+
+    queue: str
+    pending: int
+    processing: int
+    delayed: int
+    dead_letter: int
+    workers: int
+    lag_s: float
+    enqueued: int
+    succeeded: int
+    failed: int
+    retried: int
+    dead: int
+    recovered: int
+    requeued: int
+    cancelled: int
+
+
+_CLAIM_WIDTH = 9  # id + the eight FIELDS of claim.lua
+
+
+class Queue:
+    """One named queue on one Redis: enqueue, claim, settle, recover, inspect."""
+
+    def __init__(self, redis: Redis, settings: Settings, name: str | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.name = name or settings.queue
+        self.keys = QueueKeys(self.name)
+        self._scripts = Scripts(redis)
+
+    # -- producing ---------------------------------------------------------------
+
+    async def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool]]:
+        """Enqueue all ``specs`` atomically; return (task id, created now) for each."""
+        k = self.keys
+        args: list[Any] = [int(self.settings.idempotency_ttl * 1000)]
+        for s in specs:
+            args += [s.id, s.type, s.payload, s.max_retries, s.timeout_ms or "", s.delay_ms, s.idempotency_key]
+        raw = await self._scripts("enqueue", [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix], args)
+        return [(raw[i].decode(), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+
+    async def enqueue(self, type: str, payload: Any = None, **options: Any) -> str:
+        """Validate and enqueue one task; return its id."""
+        spec = make_spec(type, payload, default_max_retries=self.settings.max_retries, **options)
+        [(task_id, _)] = await self.enqueue_specs([spec])
+        return task_id
+
+    async def get(self, task_id: str) -> TaskInfo:
+        """The record of ``task_id``; raise TaskNotFound when there is none."""
+        raw = await self.redis.hgetall(self.keys.task(task_id))
+        if not raw:
+            raise TaskNotFound(task_id)
+        return decode_record(task_id, {k.decode(): v for k, v in raw.items()})
+
+    async def cancel(self, task_id: str) -> str:
+        """Cancel a task that has not started; return the state it was in."""
+        k = self.keys
+        done, state = await self._scripts(
+            "cancel", [k.pending, k.delayed, k.stats, k.task_prefix], [task_id, int(self.settings.result_ttl * 1000)]
+        )
+        if not state:
+            raise TaskNotFound(task_id)
+        if not done:
+            raise CancelRefused(state.decode())
+        return str(state.decode())
+
+    # -- working ------------------------------------------------------------------
+
+    async def wait_for_task(self, worker_id: str, timeout: float) -> str | None:
+        """Block until a task id arrives, moving it straight into the worker's own list."""
+        task_id = await self.redis.blmove(self.keys.pending, self.keys.processing(worker_id), timeout, "RIGHT", "LEFT")
+        return None if task_id is None else task_id.decode()
+
+    async def claim(self, worker_id: str, limit: int, moved: str = "") -> tuple[list[Claimed], bool]:
+        """Claim up to ``limit`` tasks (and ``moved``, already in the worker's list).
+
+        Returns the claimed tasks and whether a crash suspect is waiting for this worker
+        to hold nothing else.
+        """
+        k = self.keys
+        raw = await self._scripts(
+            "claim", [k.pending, k.processing(worker_id), k.task_prefix], [limit, worker_id, moved]
+        )
+        now = int(raw[1])
+        tasks = []
+        for i in range(2, len(raw), _CLAIM_WIDTH):
+            r = raw[i : i + _CLAIM_WIDTH]
+            tasks.append(
+                Claimed(
+                    id=r[0].decode(),
+                    type=r[1].decode(),
+                    payload=r[2],
+                    attempts=int(r[3]),
+                    failures=int(r[4]),
+                    max_retries=int(r[5]),
+                    crashes=int(r[6]),
+                    timeout_ms=int(r[7]) if r[7] else None,
+                    queued_at=int(r[8] or now),
+                    started_at=now,
+                )
+            )
+        return tasks, raw[0] == 1
+
+    async def settle(self, worker_id: str, outcomes: Iterable[Outcome]) -> tuple[int, int]:
+        """Record a batch of outcomes; return (applied, stale)."""
+        k = self.keys
+        args: list[Any] = [int(self.settings.result_ttl * 1000), self.settings.dead_cap]
+        for o in outcomes:
+            wait_ms = max(0, o.task.started_at - o.task.queued_at)
+            args += [o.task.id, o.outcome, o.text, o.retry_delay_ms, wait_ms, o.run_ms, bucket(wait_ms), bucket(o.run_ms)]
+        keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix]
+        applied, stale = await self._scripts("settle", keys, args)
+        return int(applied), int(stale)
+
+    async def promote(self, limit: int = 1000) -> int:
+        """Move due delayed tasks into pending; return how many moved."""
+        k = self.keys
+        total = 0
+        while True:
+            n = int(await self._scripts("promote", [k.delayed, k.pending, k.task_prefix], [limit]))
+            total += n
+            if n < limit:
+                return total
+
+    async def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> tuple[int, bool]:
+        """Stamp the worker alive; return (server time ms, whether it was registered)."""
+        k = self.keys
+        args: list[Any] = [worker_id, int(ttl_s * 1000)]
+        for field, value in info.items():
+            args += [field, value]
+        now, known = await self._scripts("heartbeat", [k.workers, k.worker_info(worker_id)], args)
+        return int(now), known == 1
+
+    async def silent_workers(self, lease_s: float) -> list[str]:
+        """Workers whose last heartbeat is older than the lease (by the server's clock)."""
+        sec, usec = await self.redis.time()
+        cutoff = sec * 1000 + usec // 1000 - int(lease_s * 1000)
+        return [w.decode() for w in await self.redis.zrangebyscore(self.keys.workers, "-inf", cutoff)]
+
+    async def reap(self, worker_id: str, lease_s: float) -> tuple[int, int] | None:
+        """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""
+        k = self.keys
+        keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix]
+        args = [worker_id, int(lease_s * 1000), self.settings.crash_limit, self.settings.dead_cap]
+        recovered, quarantined = await self._scripts("reap", keys, args)
+        return None if recovered == -1 else (int(recovered), int(quarantined))
+
+    async def release(self, worker_id: str) -> int:
+        """Hand back everything the worker holds and deregister it (graceful shutdown)."""
+        k = self.keys
+        keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix]
+        return int(await self._scripts("release", keys, [worker_id]))
+
+    # -- dead letters ----------------------------------------------------------------
+
+    async def dead_requeue(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
+        """Requeue the given dead ids, or the ``oldest`` n; return how many went back."""
+        k = self.keys
+        args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
+        return int(await self._scripts("dead_requeue", [k.dead, k.pending, k.stats, k.task_prefix], args))
+
+    async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
+        """Delete the given dead ids, or the ``oldest`` n, with their records."""
+        args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
+        return int(await self._scripts("dead_purge", [self.keys.dead, self.keys.task_prefix], args))
+
+    async def dead_ids(self, start: int = 0, count: int = 50) -> list[str]:
+        """Dead-lettered ids, newest first."""
+        return [i.decode() for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
+
+    # -- inspection ---------------------------------------------------------------------
+
+    async def snapshot(self) -> Snapshot:
+        """Depths, lag and counters of the queue, read in one script."""
+        k = self.keys
+        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix]
+        raw = await self._scripts("snapshot", keys, [])
+        now, oldest = int(raw[0]), int(raw[6])
+        counters = {c: 0 for c in COUNTERS}
+        for i in range(7, len(raw), 2):
+            counters[raw[i].decode()] = int(raw[i + 1])
+        return Snapshot(  # type: ignore[typeddict-item]
+            queue=self.name,
+            pending=int(raw[1]),
+            delayed=int(raw[2]),
+            dead_letter=int(raw[3]),
+            workers=int(raw[4]),
+            processing=int(raw[5]),
+            lag_s=max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
+            **counters,
+        )
+
+
+def _iso(ms: bytes | None) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode() if raw else None
+
+
+def decode_record(task_id: str, f: dict[str, bytes]) -> TaskInfo:
+    """Turn a task hash into the API's view of it."""
+    result = f.get("result")
+    return TaskInfo(
+        task_id=task_id,
+        type=f.get("type", b"").decode(),
+        state=f.get("state", b"").decode(),
+        attempts=int(f.get("attempts", 0)),
+        failures=int(f.get("failures", 0)),
+        crashes=int(f.get("crashes", 0)),
+        max_retries=int(f.get("max_retries", 0)),
+        payload=orjson.loads(f["payload"]) if f.get("payload") else None,
+        result=orjson.loads(result) if result else None,
+        last_error=_text(f.get("last_error")),
+        reason=_text(f.get("reason")),
+        worker=_text(f.get("worker")),
+        enqueued_at=_iso(f.get("enqueued_at")),
+        started_at=_iso(f.get("started_at")),
+        finished_at=_iso(f.get("finished_at")),
+    )

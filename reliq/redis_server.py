@@ -1,0 +1,101 @@
+"""A private ``redis-server`` child: for ``reliq all`` without a Redis, tests and chaos runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from reliq.errors import ConfigError
+
+INSTALL_HINT = (
+    "no redis-server binary found on PATH; install Redis (Debian/Ubuntu: "
+    "'apt-get install redis-server', macOS: 'brew install redis') or pass --redis-url"
+)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def answers(host: str, port: int, timeout: float = 0.3) -> bool:
+    """Whether something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A redis-server we start, own and stop; AOF on unless ``aof=False``."""
+
+    def __init__(self, data_dir: str | Path, port: int | None = None, *, aof: bool = True,
+                 fsync: str = "everysec", extra: tuple[str, ...] = ()) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ConfigError(INSTALL_HINT)
+        self.binary = binary
+        self.data_dir = Path(data_dir)
+        self.port = port or free_port()
+        self.aof = aof
+        self.fsync = fsync
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The redis:// URL of this server."""
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The redis-server command line."""
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                "--save", "", "--daemonize", "no", "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.data_dir / "redis.log")]
+        if self.aof:
+            args += ["--appendonly", "yes", "--appendfsync", self.fsync]
+        return args + list(self.extra)
+
+    def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server and wait until it answers."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while not answers("127.0.0.1", self.port):
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                log = (self.data_dir / "redis.log")
+                raise ConfigError(f"redis-server exited: {err}{log.read_text() if log.exists() else ''}")
+            if time.monotonic() > deadline:
+                raise ConfigError(f"redis-server did not answer on port {self.port} within {timeout}s")
+            time.sleep(0.02)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash, for tests)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send a signal (SIGSTOP/SIGCONT for stalls)."""
+        if self.proc and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self) -> None:
+        """Stop the server cleanly (SIGTERM), killing it if it does not go."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

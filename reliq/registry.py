@@ -1,0 +1,86 @@
+"""Task handlers: the ``@reliq.task`` decorator and the registry workers look types up in."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler may want beyond its payload: to make its effects idempotent."""
+
+    task_id: str
+    type: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler: the function, whether it is async, and its options."""
+
+    name: str
+    fn: Callable[..., Any]
+    is_async: bool
+    wants_context: bool
+    timeout: float | None
+
+    def call(self, payload: Any, ctx: Context) -> Any:
+        """Call the function with the payload (and the context when it takes two arguments)."""
+        return self.fn(payload, ctx) if self.wants_context else self.fn(payload)
+
+
+class Registry:
+    """Task type name -> handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None) -> Handler:
+        """Register ``fn`` for task type ``name`` (a later registration replaces it)."""
+        params = [
+            p for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        handler = Handler(
+            name=name,
+            fn=fn,
+            is_async=asyncio.iscoroutinefunction(fn),
+            wants_context=len(params) >= 2,
+            timeout=timeout,
+        )
+        self._handlers[name] = handler
+        return handler
+
+    def get(self, name: str) -> Handler | None:
+        """The handler for ``name``, or None when the type is unknown."""
+        return self._handlers.get(name)
+
+    def names(self) -> list[str]:
+        """The registered task types, sorted."""
+        return sorted(self._handlers)
+
+
+#: The registry ``@reliq.task`` fills and ``reliq work`` serves.
+REGISTRY = Registry()
+
+F = Callable[..., Awaitable[Any] | Any]
+
+
+def task(name: str, *, timeout: float | None = None) -> Callable[[F], F]:
+    """Register the decorated function as the handler of task type ``name``.
+
+    The function takes ``(payload)`` or ``(payload, ctx)``; async functions run on the
+    worker's event loop, plain ones in its thread pool. ``timeout`` (seconds) overrides
+    the worker's default for this type. Raise ``reliq.PermanentError`` to dead-letter
+    the task without retries.
+    """
+
+    def register(fn: F) -> F:
+        REGISTRY.add(name, fn, timeout=timeout)
+        return fn
+
+    return register

@@ -1,0 +1,142 @@
+"""Process lifecycles for each role: event loop, signals, servers, worker, shutdown.
+
+``cli.py`` parses flags into settings and calls one ``run_*`` function here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+from aiohttp import web
+
+from reliq import api, monitor
+from reliq.connection import UNAVAILABLE, connect
+from reliq.errors import ConfigError
+from reliq.preflight import warn_about_redis
+from reliq.queue import Queue
+from reliq.redis_server import RedisServer, answers
+from reliq.registry import REGISTRY
+from reliq.settings import Settings
+from reliq.worker import Worker
+
+log = logging.getLogger(__name__)
+
+AppFactory = Callable[[Queue, Settings], web.Application]
+
+
+def run(main: Callable[[], Awaitable[int]]) -> int:
+    """Run ``main`` on a fresh event loop (uvloop when installed); return its exit code."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
+
+
+class Signals:
+    """First SIGTERM/SIGINT sets ``stop``; a second one sets ``hard_stop`` (skip the drain)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.hard_stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if self.stop.is_set():
+            log.warning("second %s: skipping the drain", sig.name)
+            self.hard_stop.set()
+        else:
+            log.info("%s: finishing running tasks, then exiting (send again to skip the wait)", sig.name)
+            self.stop.set()
+
+
+def import_apps(modules: tuple[str, ...]) -> None:
+    """Import the modules that register handlers (``--app``), and the built-in types."""
+    importlib.import_module("reliq.builtins")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import --app {name!r}: {exc}") from exc
+
+
+async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    log.info("listening on http://%s:%d", host, port)
+
+
+async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections: int) -> Queue:
+    redis = connect(settings.redis_url, max_connections=max_connections)
+    stack.push_async_callback(redis.aclose)
+    try:
+        await warn_about_redis(redis)
+    except UNAVAILABLE as exc:
+        log.warning("Redis at %s is not reachable yet (%s); carrying on and retrying", settings.redis_url, exc)
+    return Queue(redis, settings)
+
+
+async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: bool = False,
+                burst: bool = False) -> int:
+    """Run the given HTTP apps and, with ``work``, a worker, until a signal arrives."""
+    async with AsyncExitStack() as stack:
+        signals = Signals()
+        queue = await _open_queue(stack, settings, max_connections=64)
+        for factory, port in sites:
+            await _start_site(stack, factory(queue, settings), settings.host, port)
+        if not work:
+            await signals.stop.wait()
+            return 0
+        # The worker gets its own small pool: the fetcher blocks on one connection, the
+        # settler and the loops use a few more, however many tasks run at once.
+        worker_queue = await _open_queue(stack, settings, max_connections=8)
+        worker = Worker(worker_queue, settings, REGISTRY, burst=burst)
+        log.info("worker %s serving queue %r with concurrency %d; task types: %s",
+                 worker.id, settings.queue, settings.concurrency, ", ".join(REGISTRY.names()))
+        released = await worker.run(signals.stop, signals.hard_stop)
+        return 0 if released else 1
+
+
+def run_work(settings: Settings, burst: bool = False) -> int:
+    """``reliq work``."""
+    import_apps(settings.apps)
+    return run(lambda: serve(settings, [], work=True, burst=burst))
+
+
+def run_serve(settings: Settings) -> int:
+    """``reliq serve``: the producer API."""
+    return run(lambda: serve(settings, [(api.create_app, settings.api_port)]))
+
+
+def run_monitor(settings: Settings) -> int:
+    """``reliq monitor``."""
+    return run(lambda: serve(settings, [(monitor.create_app, settings.monitor_port)]))
+
+
+def run_all(settings: Settings) -> int:
+    """``reliq all``: API, monitor and a worker in one process (and Redis, if needed)."""
+    import_apps(settings.apps)
+    server = None
+    if not settings.redis_url_given and not answers("localhost", 6379):
+        server = RedisServer(settings.data_dir, port=6379).start()
+        log.info("no Redis on localhost:6379: started redis-server with AOF in %s", settings.data_dir)
+    try:
+        sites: list[tuple[AppFactory, int]] = [(api.create_app, settings.api_port),
+                                               (monitor.create_app, settings.monitor_port)]
+        return run(lambda: serve(settings, sites, work=True))
+    finally:
+        if server:
+            server.stop()
+

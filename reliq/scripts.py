@@ -1,0 +1,49 @@
+"""The Lua scripts, loaded from ``reliq/lua/`` and registered once per Redis client.
+
+Each transition of the state machine is one file; ``_lib.lua`` is prepended to each so
+shared helpers exist once. redis-py's ``Script`` calls by SHA and reloads on NOSCRIPT
+(after a Redis restart), so a restarted server needs no special handling.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+NAMES = (
+    "enqueue",
+    "claim",
+    "settle",
+    "promote",
+    "heartbeat",
+    "reap",
+    "release",
+    "dead_requeue",
+    "dead_purge",
+    "cancel",
+    "snapshot",
+)
+
+
+@cache
+def source(name: str) -> str:
+    """The full text of script ``name``: the shared helpers, then the script itself."""
+    lua = resources.files("reliq") / "lua"
+    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+class Scripts:
+    """The registered scripts of one Redis client, as awaitable callables."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(source(name)) for name in NAMES
+        }
+
+    async def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name`` with ``keys`` and ``args`` (EVALSHA, loading it if needed)."""
+        return await self._scripts[name](keys=keys, args=args)

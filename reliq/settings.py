@@ -1,0 +1,127 @@
+"""One settings object, built once: flags, then environment, then these defaults.
+
+Every field can be set from the environment as ``RELIQ_<FIELD>`` (upper case), and the
+Redis URL also as ``REDIS_URL``. Times are in seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reliq.errors import ConfigError
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a reliq process can be told; see the field comments for meanings."""
+
+    #: Where Redis is. ``redis_url_given`` is False when it came from the default, which
+    #: lets ``reliq all`` start a private redis-server when nothing answers there.
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_url_given: bool = False
+    #: The queue this process serves (the ``{queue}`` hash tag of every key).
+    queue: str = "default"
+
+    #: Producer API and monitor listen addresses.
+    host: str = "127.0.0.1"
+    api_port: int = 8085
+    monitor_port: int = 8082
+    #: Largest request body the API reads, in bytes (413 beyond).
+    max_body: int = 1024 * 1024
+    #: Admission control: pending tasks past which POST /task answers 429 (0 = off).
+    max_pending: int = 0
+    #: Bearer token required by mutating endpoints when set.
+    api_token: str = ""
+
+    #: Tasks one worker process runs at once.
+    concurrency: int = 64
+    #: Modules imported by the worker to register handlers (``@reliq.task``).
+    apps: tuple[str, ...] = ()
+    #: Seconds a worker waits for running tasks on SIGTERM before handing them back.
+    drain_timeout: float = 30.0
+    #: Default per-task timeout, seconds (a type may override it).
+    task_timeout: float = 300.0
+    #: Retries after the first failed attempt before a task is dead-lettered.
+    max_retries: int = 3
+    #: Backoff before retry n is retry_base * 2**(n-1) seconds, capped, with jitter.
+    retry_base: float = 1.0
+    retry_cap: float = 3600.0
+
+    #: A worker silent this long is taken for dead and its tasks are requeued.
+    lease: float = 15.0
+    #: How often a worker heartbeats; must be well under the lease.
+    heartbeat_interval: float = 2.0
+    #: How often a worker moves due delayed tasks (retries, scheduled) into pending.
+    promote_interval: float = 0.1
+    #: How often a worker looks for dead workers (one at a time, under a lock).
+    reap_interval: float = 1.0
+    #: Crashes of a worker running a task alone before that task is quarantined.
+    crash_limit: int = 3
+
+    #: How long records of succeeded and cancelled tasks are kept, seconds.
+    result_ttl: float = 24 * 3600.0
+    #: How many dead-lettered tasks are kept; the oldest are dropped past this.
+    dead_cap: int = 10_000
+    #: How long an Idempotency-Key keeps returning the task it created, seconds.
+    idempotency_ttl: float = 24 * 3600.0
+
+    #: Where ``reliq all`` keeps the AOF of the redis-server it starts itself.
+    data_dir: str = "./.reliq/redis"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
+        """Build settings from ``flags`` (None = not given), then ``env``, then defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "redis_url_given":
+                continue
+            raw = env.get(f"RELIQ_{f.name.upper()}")
+            if f.name == "redis_url":
+                raw = raw or env.get("REDIS_URL")
+            if raw is not None and raw != "":
+                values[f.name] = _cast(f.name, raw, f.default)
+        given = {k: v for k, v in flags.items() if v is not None and v != ()}
+        values.update(given)
+        values["redis_url_given"] = "redis_url" in values
+        if isinstance(values.get("apps"), list):
+            values["apps"] = tuple(values["apps"])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that cannot work, saying what is wrong."""
+        if not self.queue or any(c in self.queue for c in "{}: "):
+            raise ConfigError(f"queue name {self.queue!r} must be non-empty without {{}}: or spaces")
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if self.heartbeat_interval * 2 > self.lease:
+            raise ConfigError("lease must be at least twice the heartbeat interval")
+        if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 1:
+            raise ConfigError("crash_limit and dead_cap must be >= 1, max_retries >= 0")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (used by tests and ``reliq all``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _cast(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes", "on")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(p for p in raw.split(",") if p)
+    except ValueError:
+        raise ConfigError(f"RELIQ_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
+    return raw

@@ -1,0 +1,339 @@
+"""A worker process: a fixed set of runner coroutines fed by one fetcher and one settler.
+
+- The fetcher claims as many tasks as there are idle runners in one script call, and
+  blocks on BLMOVE (into this worker's own list) when the queue is empty.
+- Runners execute handlers: async ones on the loop, plain ones in a thread pool.
+- The settler acknowledges finished tasks in batches, one script call per batch.
+- Heartbeat, promoter and reaper loops run beside them.
+
+A task is in this worker's processing list from the moment Redis moves it until its
+outcome is settled, so a crash at any point leaves it where the reaper finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from reliq.connection import UNAVAILABLE
+from reliq.errors import PermanentError
+from reliq.heartbeat import Heartbeat
+from reliq.periodic import Backoff
+from reliq.promoter import Promoter
+from reliq.queue import Claimed, Outcome, Queue
+from reliq.reaper import Reaper
+from reliq.registry import REGISTRY, Context, Handler, Registry
+from reliq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long one BLMOVE waits before the fetcher looks around again (stop, burst end).
+BLOCK_S = 1.0
+
+
+def retry_delay_ms(failures: int, base: float, cap: float) -> int:
+    """Backoff before the retry after failure number ``failures``: base·2^(n−1), capped, jittered.
+
+    Half the delay is fixed and half random ("equal jitter"), so retries of many tasks
+    that failed together spread out but never come back sooner than half the backoff.
+    """
+    delay = min(cap, base * 2 ** (failures - 1))
+    return int((delay / 2 + random.uniform(0, delay / 2)) * 1000)
+
+
+class Worker:
+    """Runs tasks of one queue until stopped (or, in burst mode, until it is empty)."""
+
+    def __init__(self, queue: Queue, settings: Settings, registry: Registry = REGISTRY,
+                 *, burst: bool = False, worker_id: str | None = None) -> None:
+        self.queue = queue
+        self.settings = settings
+        self.registry = registry
+        self.burst = burst
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.concurrency = settings.concurrency
+        self.held: dict[str, Claimed] = {}  # claimed and not yet settled
+        self.busy = 0  # handed to runners and not yet finished
+        self.processed = 0
+        self._ready: asyncio.Queue[Claimed | None] = asyncio.Queue()
+        self._done: list[Outcome] = []
+        self._settle_wake = asyncio.Event()
+        self._settling = False
+        self._changed = asyncio.Event()  # a runner finished or a batch settled
+        self._stopping = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._fetcher: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None, hard_stop: asyncio.Event | None = None) -> bool:
+        """Work until ``stop`` is set (or the queue is empty in burst mode), then drain.
+
+        Setting ``hard_stop`` during the drain skips the rest of the wait. Returns True
+        when everything this worker held was settled or handed back.
+        """
+        stop = stop or asyncio.Event()
+        hard_stop = hard_stop or asyncio.Event()
+        s = self.settings
+        heartbeat = Heartbeat(self.queue, self.id, s.heartbeat_interval, s.lease, self.status)
+        await self._until_redis(heartbeat.run_once)
+        background = [
+            asyncio.create_task(heartbeat.run(), name="heartbeat"),
+            asyncio.create_task(Promoter(self.queue, s.promote_interval).run(), name="promoter"),
+            asyncio.create_task(Reaper(self.queue, s.lease, s.reap_interval, self.id).run(), name="reaper"),
+        ]
+        runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
+        settler = asyncio.create_task(self._settler(), name="settler")
+        self._fetcher = asyncio.create_task(self._fetch_loop(), name="fetcher")
+        stop_wait = asyncio.create_task(stop.wait())
+        await asyncio.wait([stop_wait, self._fetcher], return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        log.info("worker %s stopping: %d task(s) running", self.id, self.busy)
+        self._stopping = True
+        self._fetcher.cancel()
+        await self._drain(hard_stop)
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, self._fetcher, return_exceptions=True)
+        await self._flush(settler)
+        released = await self._release()
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        if self._pool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        return released
+
+    async def _drain(self, hard_stop: asyncio.Event) -> None:
+        """Let running tasks finish, up to the drain timeout or a second signal."""
+        deadline = time.monotonic() + self.settings.drain_timeout
+        while self.busy and not hard_stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("drain timeout: %d task(s) still running are handed back", self.busy)
+                return
+            self._changed.clear()
+            waiters = [asyncio.create_task(self._changed.wait()), asyncio.create_task(hard_stop.wait())]
+            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for w in waiters:
+                w.cancel()
+
+    async def _flush(self, settler: asyncio.Task[None]) -> None:
+        """Settle what has finished (riding out a short outage), then stop the settler."""
+        self._settle_wake.set()
+        deadline = time.monotonic() + max(5.0, self.settings.heartbeat_interval)
+        while (self._done or self._settling) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        settler.cancel()
+        await asyncio.gather(settler, return_exceptions=True)
+
+    async def _release(self) -> bool:
+        """Hand back whatever is still held and deregister; retry through a short outage."""
+        backoff = Backoff()
+        deadline = time.monotonic() + max(10.0, self.settings.heartbeat_interval * 2)
+        while True:
+            try:
+                n = await self.queue.release(self.id)
+                if n:
+                    log.info("handed back %d unfinished task(s) to pending", n)
+                return True
+            except UNAVAILABLE as exc:
+                if time.monotonic() > deadline:
+                    log.error("could not hand back tasks (%s); the reaper will requeue them "
+                              "after the %.0fs lease", exc, self.settings.lease)
+                    return False
+                await asyncio.sleep(backoff.next())
+
+    async def _until_redis(self, step: Any) -> None:
+        """Run ``step`` until Redis answers (a worker may start before Redis does)."""
+        backoff = Backoff()
+        while True:
+            try:
+                await step()
+                return
+            except UNAVAILABLE as exc:
+                if backoff.failures == 0:
+                    log.warning("waiting for Redis: %s", exc)
+                await asyncio.sleep(backoff.next())
+
+    def status(self) -> dict[str, Any]:
+        """What the heartbeat publishes about this worker."""
+        return {"concurrency": self.concurrency, "in_flight": self.busy, "processed": self.processed,
+                "queue": self.queue.name}
+
+    # -- fetching -----------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        backoff = Backoff()
+        while not self._stopping:
+            try:
+                if await self._fetch_once():
+                    return
+                backoff.reset()
+            except UNAVAILABLE as exc:
+                if backoff.failures == 0:
+                    log.warning("fetcher: Redis unreachable (%s); retrying with backoff", exc)
+                await asyncio.sleep(backoff.next())
+                await self._adopt_orphans()
+            except Exception:
+                log.exception("fetcher failed; retrying")
+                await asyncio.sleep(backoff.next())
+
+    async def _fetch_once(self) -> bool:
+        """Claim what idle runners can take; return True when a burst run is finished."""
+        free = self.concurrency - self.busy
+        if free <= 0 or self._holds_suspect():
+            await self._wait_change()
+            return False
+        tasks, blocked = await self.queue.claim(self.id, free)
+        if tasks:
+            self._dispatch(tasks)
+            return False
+        if blocked:  # a crash suspect waits for a worker that holds nothing else
+            while self.held:
+                await self._wait_change()
+            return False
+        if self.burst and not self.held and await self._queue_empty():
+            return True
+        moved = await self.queue.wait_for_task(self.id, BLOCK_S)
+        if moved is not None:
+            tasks, _ = await self.queue.claim(self.id, self.concurrency - self.busy, moved)
+            self._dispatch(tasks)
+        return False
+
+    async def _wait_change(self) -> None:
+        self._changed.clear()
+        await self._changed.wait()
+
+    def _holds_suspect(self) -> bool:
+        return any(t.crashes for t in self.held.values()) if len(self.held) == 1 else False
+
+    async def _queue_empty(self) -> bool:
+        k = self.queue.keys
+        async with self.queue.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(k.pending)
+            pipe.zcard(k.delayed)
+            pending, delayed = await pipe.execute()
+        return pending == 0 and delayed == 0
+
+    def _dispatch(self, tasks: list[Claimed]) -> None:
+        for t in tasks:
+            if t.id in self.held:  # re-adopted after a lost reply: it is already running
+                continue
+            self.held[t.id] = t
+            self.busy += 1
+            self._ready.put_nowait(t)
+
+    async def _adopt_orphans(self) -> None:
+        """After a lost reply, claim ids in our list that we do not know we hold."""
+        try:
+            ids = await self.queue.redis.lrange(self.queue.keys.processing(self.id), 0, -1)
+            for raw in ids:
+                task_id = raw.decode()
+                if task_id not in self.held:
+                    tasks, _ = await self.queue.claim(self.id, 1, task_id)
+                    self._dispatch(tasks)
+        except UNAVAILABLE:
+            pass  # still down: the next failure brings us back here
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _runner(self) -> None:
+        while True:
+            task = await self._ready.get()
+            if task is None:
+                return
+            try:
+                outcome = await self._execute(task)
+            finally:
+                self.busy -= 1
+                self._changed.set()
+            self._done.append(outcome)
+            self._settle_wake.set()
+
+    async def _execute(self, task: Claimed) -> Outcome:
+        handler = self.registry.get(task.type)
+        if handler is None:
+            return Outcome(task, "unknown_type", f"no handler is registered for type {task.type!r}", 0)
+        start = time.perf_counter()
+        try:
+            result = await self._call(handler, task)
+            text = "" if result is None else orjson.dumps(result, default=str).decode()
+            return Outcome(task, "ok", text, _ms_since(start))
+        except PermanentError as exc:
+            return Outcome(task, "permanent", _describe(exc), _ms_since(start))
+        except TimeoutError:
+            return self._failed(task, "timeout", f"timed out after {self._timeout(handler, task):g}s", start)
+        except Exception as exc:
+            return self._failed(task, "error", _describe(exc), start)
+
+    def _failed(self, task: Claimed, kind: str, text: str, start: float) -> Outcome:
+        delay = retry_delay_ms(task.failures + 1, self.settings.retry_base, self.settings.retry_cap)
+        return Outcome(task, kind, text, _ms_since(start), delay)
+
+    def _timeout(self, handler: Handler, task: Claimed) -> float:
+        if task.timeout_ms:
+            return task.timeout_ms / 1000
+        return handler.timeout or self.settings.task_timeout
+
+    async def _call(self, handler: Handler, task: Claimed) -> Any:
+        try:
+            payload = orjson.loads(task.payload)
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(f"payload is not valid JSON: {exc}") from None
+        ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
+        async with asyncio.timeout(self._timeout(handler, task)):
+            if handler.is_async:
+                return await handler.call(payload, ctx)  # type: ignore[arg-type]
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, handler.call, payload, ctx)
+
+    # -- settling -----------------------------------------------------------------------------
+
+    async def _settler(self) -> None:
+        backoff = Backoff()
+        while True:
+            await self._settle_wake.wait()
+            self._settle_wake.clear()
+            while self._done:
+                batch = self._done
+                self._done = []
+                self._settling = True
+                try:
+                    _, stale = await self.queue.settle(self.id, batch)
+                except UNAVAILABLE as exc:
+                    self._done = batch + self._done
+                    if backoff.failures == 0:
+                        log.warning("settler: Redis unreachable (%s); %d result(s) wait", exc, len(batch))
+                    await asyncio.sleep(backoff.next())
+                    continue
+                finally:
+                    self._settling = False
+                backoff.reset()
+                if stale:
+                    log.warning("%d result(s) dropped: their tasks were reclaimed while this worker "
+                                "was taken for dead", stale)
+                for o in batch:
+                    self.held.pop(o.task.id, None)
+                self.processed += len(batch)
+                self._changed.set()
+
+
+def _ms_since(start: float) -> int:
+    return int((time.perf_counter() - start) * 1000)
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 2000 else text[:2000] + "…"

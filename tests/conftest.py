@@ -1,0 +1,69 @@
+"""Fixtures: private redis-servers on free ports (never the machine's own Redis)."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from reliq.connection import connect
+from reliq.queue import Queue
+from reliq.redis_server import RedisServer
+from reliq.settings import Settings
+
+
+def _container_redis() -> Iterator[str]:  # pragma: no cover - only without redis-server
+    from testcontainers.redis import RedisContainer
+
+    with RedisContainer() as container:
+        yield f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server shared by the session's tests; each test uses its own queue."""
+    if shutil.which("redis-server") is None:
+        yield from _container_redis()
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis"), aof=False).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server of this test alone, AOF on with fsync always: kill it at will."""
+    server = RedisServer(tmp_path / "redis", aof=True, fsync="always").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A fresh queue name per test, so tests never see each other's keys."""
+    return "t-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def settings(redis_url: str, queue_name: str) -> Settings:
+    """Settings with short intervals so time-dependent behaviour runs in test time."""
+    return Settings(redis_url=redis_url, queue=queue_name, retry_base=0.05, lease=2.0,
+                    heartbeat_interval=0.5, reap_interval=0.2, promote_interval=0.02, drain_timeout=5.0)
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the session's redis-server."""
+    client = connect(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def queue(redis: Redis, settings: Settings) -> Queue:
+    """The test's queue."""
+    return Queue(redis, settings)
