@@ -26,7 +26,9 @@ MAX_BATCH = 1000
 
 async def _json_body(request: web.Request) -> Any:
     if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(reason=f"Content-Type must be application/json, not {request.content_type!r}")
+        raise web.HTTPUnsupportedMediaType(
+            reason=f"Content-Type must be application/json, not {request.content_type!r}"
+        )
     body = await request.read()
     try:
         return orjson.loads(body)

@@ -24,7 +24,7 @@ class Backoff:
         """The delay before the next try (and count this failure)."""
         self.failures += 1
         delay = min(self.cap, self.first * 2 ** (self.failures - 1))
-        return delay / 2 + random.uniform(0, delay / 2)
+        return float(delay / 2 + random.uniform(0, delay / 2))
 
     def reset(self) -> None:
         """Redis answered: start from the shortest delay next time."""

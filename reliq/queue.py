@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -198,7 +198,7 @@ class Queue:
         raw = await self.redis.hgetall(self.keys.task(task_id))
         if not raw:
             raise TaskNotFound(task_id)
-        return decode_record(task_id, {k.decode(): v for k, v in raw.items()})
+        return decode_record(task_id, {text(k): v for k, v in raw.items()})
 
     async def cancel(self, task_id: str) -> str:
         """Cancel a task that has not started; return the state it was in."""
@@ -214,10 +214,11 @@ class Queue:
 
     # -- working ------------------------------------------------------------------
 
-    async def wait_for_task(self, worker_id: str, timeout: float) -> str | None:
-        """Block until a task id arrives, moving it straight into the worker's own list."""
-        task_id = await self.redis.blmove(self.keys.pending, self.keys.processing(worker_id), timeout, "RIGHT", "LEFT")
-        return None if task_id is None else task_id.decode()
+    async def wait_for_task(self, worker_id: str, block_s: float) -> str | None:
+        """Block up to ``block_s`` for a task id, moving it straight into the worker's own list."""
+        k = self.keys
+        task_id = await self.redis.blmove(k.pending, k.processing(worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        return None if task_id is None else text(task_id)
 
     async def claim(self, worker_id: str, limit: int, moved: str = "") -> tuple[list[Claimed], bool]:
         """Claim up to ``limit`` tasks (and ``moved``, already in the worker's list).
@@ -255,7 +256,8 @@ class Queue:
         args: list[Any] = [int(self.settings.result_ttl * 1000), self.settings.dead_cap]
         for o in outcomes:
             wait_ms = max(0, o.task.started_at - o.task.queued_at)
-            args += [o.task.id, o.outcome, o.text, o.retry_delay_ms, wait_ms, o.run_ms, bucket(wait_ms), bucket(o.run_ms)]
+            args += [o.task.id, o.outcome, o.text, o.retry_delay_ms,
+                     wait_ms, o.run_ms, bucket(wait_ms), bucket(o.run_ms)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
@@ -283,7 +285,7 @@ class Queue:
         """Workers whose last heartbeat is older than the lease (by the server's clock)."""
         sec, usec = await self.redis.time()
         cutoff = sec * 1000 + usec // 1000 - int(lease_s * 1000)
-        return [w.decode() for w in await self.redis.zrangebyscore(self.keys.workers, "-inf", cutoff)]
+        return [text(w) for w in await self.redis.zrangebyscore(self.keys.workers, "-inf", cutoff)]
 
     async def reap(self, worker_id: str, lease_s: float) -> tuple[int, int] | None:
         """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""
@@ -314,7 +316,7 @@ class Queue:
 
     async def dead_ids(self, start: int = 0, count: int = 50) -> list[str]:
         """Dead-lettered ids, newest first."""
-        return [i.decode() for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
+        return [text(i) for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
 
     # -- inspection ---------------------------------------------------------------------
 
@@ -324,19 +326,24 @@ class Queue:
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix]
         raw = await self._scripts("snapshot", keys, [])
         now, oldest = int(raw[0]), int(raw[6])
-        counters = {c: 0 for c in COUNTERS}
+        snap: dict[str, Any] = {
+            "queue": self.name,
+            "pending": int(raw[1]),
+            "processing": int(raw[5]),
+            "delayed": int(raw[2]),
+            "dead_letter": int(raw[3]),
+            "workers": int(raw[4]),
+            "lag_s": max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
+        }
+        snap.update(dict.fromkeys(COUNTERS, 0))
         for i in range(7, len(raw), 2):
-            counters[raw[i].decode()] = int(raw[i + 1])
-        return Snapshot(  # type: ignore[typeddict-item]
-            queue=self.name,
-            pending=int(raw[1]),
-            delayed=int(raw[2]),
-            dead_letter=int(raw[3]),
-            workers=int(raw[4]),
-            processing=int(raw[5]),
-            lag_s=max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
-            **counters,
-        )
+            snap[text(raw[i])] = int(raw[i + 1])
+        return cast(Snapshot, snap)
+
+
+def text(value: bytes | str | Any) -> str:
+    """A Redis reply as text (replies are bytes; typing allows str too)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _iso(ms: bytes | None) -> str | None:
@@ -349,7 +356,7 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode() if raw else None
 
 
-def decode_record(task_id: str, f: dict[str, bytes]) -> TaskInfo:
+def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
     """Turn a task hash into the API's view of it."""
     result = f.get("result")
     return TaskInfo(

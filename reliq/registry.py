@@ -28,7 +28,7 @@ class Handler:
     wants_context: bool
     timeout: float | None
 
-    def call(self, payload: Any, ctx: Context) -> Any:
+    def call(self, payload: Any, ctx: Context | None) -> Any:
         """Call the function with the payload (and the context when it takes two arguments)."""
         return self.fn(payload, ctx) if self.wants_context else self.fn(payload)
 

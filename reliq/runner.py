@@ -9,8 +9,9 @@ import asyncio
 import importlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
+from typing import Any
 
 from aiohttp import web
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 AppFactory = Callable[[Queue, Settings], web.Application]
 
 
-def run(main: Callable[[], Awaitable[int]]) -> int:
+def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run ``main`` on a fresh event loop (uvloop when installed); return its exit code."""
     try:
         import uvloop

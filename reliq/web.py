@@ -33,7 +33,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
-        return error(413, f"request body is larger than the limit of {exc.max_size} bytes")
+        return error(413, f"request body is too large: {exc.text}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -13,6 +13,7 @@ outcome is settled, so a crash at any point leaves it where the reaper finds it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -29,7 +30,7 @@ from reliq.errors import PermanentError
 from reliq.heartbeat import Heartbeat
 from reliq.periodic import Backoff
 from reliq.promoter import Promoter
-from reliq.queue import Claimed, Outcome, Queue
+from reliq.queue import Claimed, Outcome, Queue, text
 from reliq.reaper import Reaper
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
@@ -41,7 +42,7 @@ BLOCK_S = 1.0
 
 
 def retry_delay_ms(failures: int, base: float, cap: float) -> int:
-    """Backoff before the retry after failure number ``failures``: base·2^(n−1), capped, jittered.
+    """Backoff before the retry after failure number ``failures``: base * 2**(n-1), capped, jittered.
 
     Half the delay is fixed and half random ("equal jitter"), so retries of many tasks
     that failed together spread out but never come back sooner than half the backoff.
@@ -130,9 +131,10 @@ class Worker:
     async def _flush(self, settler: asyncio.Task[None]) -> None:
         """Settle what has finished (riding out a short outage), then stop the settler."""
         self._settle_wake.set()
-        deadline = time.monotonic() + max(5.0, self.settings.heartbeat_interval)
-        while (self._done or self._settling) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(5.0, self.settings.heartbeat_interval)):
+                while self._done or self._settling:
+                    await self._wait_change()
         settler.cancel()
         await asyncio.gather(settler, return_exceptions=True)
 
@@ -223,7 +225,7 @@ class Worker:
             pipe.llen(k.pending)
             pipe.zcard(k.delayed)
             pending, delayed = await pipe.execute()
-        return pending == 0 and delayed == 0
+        return bool(pending == 0 and delayed == 0)
 
     def _dispatch(self, tasks: list[Claimed]) -> None:
         for t in tasks:
@@ -238,7 +240,7 @@ class Worker:
         try:
             ids = await self.queue.redis.lrange(self.queue.keys.processing(self.id), 0, -1)
             for raw in ids:
-                task_id = raw.decode()
+                task_id = text(raw)
                 if task_id not in self.held:
                     tasks, _ = await self.queue.claim(self.id, 1, task_id)
                     self._dispatch(tasks)
@@ -293,7 +295,7 @@ class Worker:
         ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
         async with asyncio.timeout(self._timeout(handler, task)):
             if handler.is_async:
-                return await handler.call(payload, ctx)  # type: ignore[arg-type]
+                return await handler.call(payload, ctx)
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
             loop = asyncio.get_running_loop()
