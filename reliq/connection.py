@@ -25,4 +25,4 @@ def connect(url: str, *, max_connections: int = 16, socket_timeout: float | None
         socket_timeout=socket_timeout,
         health_check_interval=0,
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it

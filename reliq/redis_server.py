@@ -67,13 +67,15 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        stderr = self.data_dir / "redis.stderr"
+        with stderr.open("wb") as err:
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + timeout
         while not answers("127.0.0.1", self.port):
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                log = (self.data_dir / "redis.log")
-                raise ConfigError(f"redis-server exited: {err}{log.read_text() if log.exists() else ''}")
+                log = self.data_dir / "redis.log"
+                text = stderr.read_text() + (log.read_text() if log.exists() else "")
+                raise ConfigError(f"redis-server exited: {text[-2000:]}")
             if time.monotonic() > deadline:
                 raise ConfigError(f"redis-server did not answer on port {self.port} within {timeout}s")
             time.sleep(0.02)

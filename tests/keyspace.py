@@ -1,0 +1,33 @@
+"""Read a queue's whole keyspace, to check a transition against every key it may touch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from reliq.keys import QueueKeys
+from reliq.queue import text
+
+#: Hash fields holding times (ms); their values vary run to run, so they read as "T".
+TIME_FIELDS = {"enqueued_at", "queued_at", "started_at", "finished_at", "last_seen"}
+
+
+async def keyspace(redis: Redis, queue: str) -> dict[str, Any]:
+    """Every key of ``queue`` (base prefix stripped) with its value, times masked."""
+    base = QueueKeys(queue).base
+    out: dict[str, Any] = {}
+    async for raw in redis.scan_iter(match=base.replace("{", "\\{").replace("}", "\\}") + "*", count=1000):
+        key = text(raw)
+        kind = text(await redis.type(key))
+        name = key[len(base):]
+        if kind == "list":
+            out[name] = [text(v) for v in await redis.lrange(key, 0, -1)]
+        elif kind == "zset":
+            out[name] = [text(v) for v in await redis.zrange(key, 0, -1)]
+        elif kind == "hash":
+            fields = {text(k): text(v) for k, v in (await redis.hgetall(key)).items()}
+            out[name] = {k: ("T" if k in TIME_FIELDS else v) for k, v in fields.items()}
+        else:
+            out[name] = text(await redis.get(key))
+    return out
