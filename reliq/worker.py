@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: How long one BLMOVE waits before the fetcher looks around again (stop, burst end).
 BLOCK_S = 1.0
+#: In burst mode the fetcher looks more often, to return soon after the last task.
+BURST_BLOCK_S = 0.05
 
 
 def retry_delay_ms(failures: int, base: float, cap: float) -> int:
@@ -206,7 +208,7 @@ class Worker:
             return False
         if self.burst and not self.held and await self._queue_empty():
             return True
-        moved = await self.queue.wait_for_task(self.id, BLOCK_S)
+        moved = await self.queue.wait_for_task(self.id, BURST_BLOCK_S if self.burst else BLOCK_S)
         if moved is not None:
             tasks, _ = await self.queue.claim(self.id, self.concurrency - self.busy, moved)
             self._dispatch(tasks)
