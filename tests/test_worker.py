@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -11,11 +12,11 @@ from redis.asyncio import Redis
 
 import reliq.builtins  # noqa: F401  (registers the built-in types)
 from reliq.connection import connect
-from reliq.errors import PermanentError
 from reliq.queue import Queue
 from reliq.registry import REGISTRY, Context, Registry
 from reliq.settings import Settings
 from reliq.worker import Worker, retry_delay_ms
+from tests.util import eventually
 
 
 def registry_with(**handlers: Any) -> Registry:
@@ -78,7 +79,7 @@ async def test_task_that_always_fails_is_dead_lettered_after_1_plus_3_attempts_w
     assert (info["state"], info["reason"], info["attempts"]) == ("dead", "error", 4)
     assert info["last_error"] == "ValueError: always"
     assert await queue.dead_ids() == [task_id]
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     # Backoff n is base*2^(n-1) with equal jitter: never less than half of it.
     for n, gap in enumerate(gaps, start=1):
         assert gap >= 0.1 * 2 ** (n - 1) / 2 - 0.01, gaps
@@ -157,9 +158,7 @@ async def test_stop_drains_running_tasks_then_hands_back_the_rest(queue: Queue, 
     worker = Worker(Queue(worker_redis, settings), settings, REGISTRY)
     stop = asyncio.Event()
     run = asyncio.create_task(worker.run(stop))
-    deadline = time.monotonic() + 5
-    while worker.busy < 4 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: worker.busy == 4, what="4 tasks running")
     stop.set()
     assert await asyncio.wait_for(run, 10) is True
     await worker_redis.aclose()
@@ -179,8 +178,7 @@ async def test_second_signal_skips_the_drain(queue: Queue, settings: Settings) -
     worker = Worker(Queue(worker_redis, settings), settings, REGISTRY)
     stop, hard_stop = asyncio.Event(), asyncio.Event()
     run = asyncio.create_task(worker.run(stop, hard_stop))
-    while worker.busy < 1:
-        await asyncio.sleep(0.01)
+    await eventually(lambda: worker.busy == 1, what="the task running")
     stop.set()
     await asyncio.sleep(0.05)
     hard_stop.set()
