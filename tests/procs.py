@@ -1,0 +1,40 @@
+"""Start reliq roles as real subprocesses, for crash tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from reliq.redis_server import answers
+from tests.util import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def reliq(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """``python -m reliq <args>`` from the repository root, output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "reliq", *args], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def worker(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """A ``reliq work`` process with a short lease, so crashes are recovered in test time."""
+    return reliq(["work", "--redis-url", redis_url, "--queue", queue, "--lease", "2",
+                  "--heartbeat-interval", "0.5", *extra], log)
+
+
+def api(redis_url: str, queue: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A ``reliq serve`` process, returned once it listens."""
+    proc = reliq(["serve", "--redis-url", redis_url, "--queue", queue, "--port", str(port)], log)
+    wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, what="API listening")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Make sure a process is gone (tests clean up after failures too)."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
