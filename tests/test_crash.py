@@ -137,7 +137,7 @@ async def _post(http: aiohttp.ClientSession, port: int, task: dict[str, object])
         async with http.post(f"http://127.0.0.1:{port}/task", json=task,
                              timeout=aiohttp.ClientTimeout(total=5)) as resp:
             return resp.status, await resp.json()
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return 0, {"error": str(exc)}
 
 
