@@ -1,19 +1,61 @@
-"""The monitor (``reliq monitor``): queue statistics as JSON."""
+"""The monitor (``reliq monitor``): the live dashboard, /stats, /metrics, dead-letter actions.
+
+Read-only views are open unless ``--private``; when an API token is set, every mutating
+endpoint needs ``Authorization: Bearer <token>``. A background sampler reads the queue
+once a second for rates, the 15-minute history and the Server-Sent Events stream.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
 from aiohttp import web
 
+from reliq import deadletter, metrics
+from reliq.deadletter import DeadFilter, Replays
+from reliq.errors import TaskNotFound
 from reliq.queue import Queue
+from reliq.sampler import RATE_WINDOW_S, Sampler
 from reliq.settings import Settings
-from reliq.web import errors_as_json, json_response
+from reliq.web import bearer_auth, error, errors_as_json, json_response
+
+log = logging.getLogger(__name__)
 
 QUEUE = web.AppKey("queue", Queue)
+SAMPLER = web.AppKey("sampler", Sampler)
+REPLAYS = web.AppKey("replays", Replays)
+
+STATIC = Path(__file__).parent / "static"
+#: Highest replay rate accepted, tasks/s (beyond it, leave the rate out: no limit).
+MAX_RATE = 100_000.0
+#: What the page may load: only reliq itself (no CDN), and no inline script.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; frame-ancestors 'none'")
+#: Seconds between SSE keep-alive comments when no reading arrives (Redis down).
+KEEPALIVE_S = 5.0
+
+
+# -- reading views --------------------------------------------------------------------
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    """GET /: the dashboard page."""
+    return web.FileResponse(STATIC / "index.html", headers={
+        "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"})
 
 
 async def stats(request: web.Request) -> web.Response:
-    """GET /stats: depths (pending, processing, delayed, dead_letter), workers, lag, counters."""
-    return json_response(await request.app[QUEUE].snapshot())
+    """GET /stats: depths, workers, lag and counters, with rates and latency percentiles."""
+    sampler = request.app[SAMPLER]
+    snapshot = await request.app[QUEUE].snapshot()
+    return json_response({**snapshot, "rates": sampler.rates(), "rates_window_s": RATE_WINDOW_S,
+                          "latency": sampler.latency()})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -21,10 +63,220 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+async def history(request: web.Request) -> web.Response:
+    """GET /history: the sampler's points since the monitor started (at most 15 minutes)."""
+    return json_response(request.app[SAMPLER].history())
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /events: Server-Sent Events, one ``sample`` event per reading (about one a second)."""
+    sampler = request.app[SAMPLER]
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    seq = -1
+    with contextlib.suppress(ConnectionResetError):
+        await response.write(b"retry: 2000\n\n")
+        while not sampler.closed.is_set():
+            newest = await sampler.wait_after(seq, KEEPALIVE_S)
+            if newest == seq:
+                await response.write(b": keep-alive\n\n")
+                continue
+            seq = newest
+            await response.write(b"event: sample\ndata: " + orjson.dumps(sampler.event()) + b"\n\n")
+    return response
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    """GET /metrics: the Prometheus text exposition of the queue, read from Redis."""
+    body = await metrics.render([request.app[QUEUE]])
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def workers(request: web.Request) -> web.Response:
+    """GET /workers: every live worker process with its heartbeat age."""
+    return json_response({"workers": await metrics.read_workers(request.app[QUEUE])})
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+def _filter(params: Any) -> DeadFilter:
+    """The type/reason filter from query parameters or a JSON body ('' = any)."""
+    values = {}
+    for name in ("type", "reason"):
+        value = params.get(name)
+        if value is not None and not isinstance(value, str):
+            raise web.HTTPBadRequest(reason=f"'{name}' must be a string")
+        values[name] = value or None
+    return DeadFilter(**values)
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason=f"'{name}' must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise web.HTTPBadRequest(reason=f"'{name}' must be from {low} to {high}")
+    return value
+
+
+async def dead_list(request: web.Request) -> web.Response:
+    """GET /dead?type=&reason=&offset=&limit=&facets=1: a page of dead tasks, newest first."""
+    page = await deadletter.page(
+        request.app[QUEUE], _filter(request.query),
+        offset=_int_param(request, "offset", 0, 0, 10**9),
+        limit=_int_param(request, "limit", 20, 1, deadletter.MAX_LIMIT),
+        facets=request.query.get("facets", "") in ("1", "true", "yes"),
+    )
+    return json_response(page)
+
+
+async def dead_show(request: web.Request) -> web.Response:
+    """GET /dead/{id}: the full record of one dead task (payload, error, timestamps)."""
+    task_id = request.match_info["id"]
+    try:
+        return json_response(await deadletter.show(request.app[QUEUE], task_id))
+    except TaskNotFound:
+        return error(404, f"no task {task_id!r} in the dead-letter queue")
+
+
+async def dead_requeue_one(request: web.Request) -> web.Response:
+    """POST /dead/{id}/requeue: send one dead task back to pending with a fresh retry budget."""
+    task_id = request.match_info["id"]
+    if not await deadletter.requeue_one(request.app[QUEUE], task_id):
+        return error(404, f"no task {task_id!r} in the dead-letter queue")
+    return json_response({"status": "requeued", "task_id": task_id, "requeued": 1})
+
+
+async def _options(request: web.Request) -> dict[str, Any]:
+    """Options of a bulk action: a JSON object body, or else the query string."""
+    if not request.can_read_body:
+        return dict(request.query)
+    try:
+        body = orjson.loads(await request.read() or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(reason="body must be a JSON object like {\"type\": ..., \"rate\": ...}")
+    return body
+
+
+def _rate(value: Any) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        rate = -1.0
+    if isinstance(value, bool) or not 0 < rate <= MAX_RATE:
+        raise web.HTTPBadRequest(reason=f"'rate' must be a number of tasks per second above 0 and at most {MAX_RATE:g}")
+    return rate
+
+
+async def dead_requeue_many(request: web.Request) -> web.Response:
+    """POST /dead/requeue {type?, reason?, rate?}: requeue all (or matching) dead tasks.
+
+    Runs in the background and answers 202 with the job; follow it at ``/jobs/{id}``.
+    """
+    options = await _options(request)
+    job = request.app[REPLAYS].start(_filter(options), _rate(options.get("rate")))
+    return json_response(job.view(), 202, {"Location": f"jobs/{job.id}"})
+
+
+async def dead_delete_one(request: web.Request) -> web.Response:
+    """DELETE /dead/{id}: delete one dead task and its record."""
+    task_id = request.match_info["id"]
+    if not await deadletter.delete_one(request.app[QUEUE], task_id):
+        return error(404, f"no task {task_id!r} in the dead-letter queue")
+    return json_response({"status": "deleted", "task_id": task_id, "deleted": 1})
+
+
+async def dead_purge(request: web.Request) -> web.Response:
+    """DELETE /dead?type=&reason=: delete every dead task (or those matching)."""
+    flt = _filter(request.query)
+    deleted = await deadletter.purge(request.app[QUEUE], flt)
+    return json_response({"status": "purged", "deleted": deleted, "filter": {"type": flt.type, "reason": flt.reason}})
+
+
+async def jobs(request: web.Request) -> web.Response:
+    """GET /jobs: recent and running requeue jobs, newest first."""
+    return json_response({"jobs": request.app[REPLAYS].views()})
+
+
+async def job(request: web.Request) -> web.Response:
+    """GET /jobs/{id}: one requeue job's progress."""
+    found = request.app[REPLAYS].jobs.get(request.match_info["id"])
+    return json_response(found.view()) if found else error(404, f"no job {request.match_info['id']!r}")
+
+
+async def job_cancel(request: web.Request) -> web.Response:
+    """DELETE /jobs/{id}: stop a running requeue job (tasks already requeued stay requeued)."""
+    found = request.app[REPLAYS].cancel(request.match_info["id"])
+    return json_response(found.view()) if found else error(404, f"no job {request.match_info['id']!r}")
+
+
+# -- the application -------------------------------------------------------------------
+
+
+def page_paths() -> tuple[str, ...]:
+    """Paths of the page and its static files (open even with ``--private``: they hold no data)."""
+    return ("/", *(f"/static/{p.name}" for p in STATIC.iterdir() if p.is_file()))
+
+
+def _middlewares(settings: Settings) -> list[Any]:
+    middlewares: list[Any] = [errors_as_json]
+    if settings.api_token:
+        if settings.private:
+            middlewares.append(bearer_auth(settings.api_token, open_paths=(*page_paths(), "/healthz")))
+        else:
+            middlewares.append(bearer_auth(settings.api_token, open_methods=("GET", "HEAD", "OPTIONS")))
+    return middlewares
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    """Run the sampler while the app serves; stop it and running replays on the way out."""
+    sampler = asyncio.create_task(app[SAMPLER].run(), name="monitor-sampler")
+    yield
+    sampler.cancel()
+    await app[REPLAYS].close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
+
+
+async def _release_streams(app: web.Application) -> None:
+    # Open SSE streams would hold the shutdown for its whole timeout: end them first.
+    await app[SAMPLER].close()
+
+
 def create_app(queue: Queue, settings: Settings) -> web.Application:
     """The monitor as an aiohttp application."""
-    app = web.Application(middlewares=[errors_as_json])
+    app = web.Application(middlewares=_middlewares(settings))
     app[QUEUE] = queue
-    app.router.add_get("/stats", stats)
-    app.router.add_get("/healthz", healthz)
+    app[SAMPLER] = Sampler(queue)
+    app[REPLAYS] = Replays(queue)
+    app.cleanup_ctx.append(_background)
+    app.on_shutdown.append(_release_streams)
+    r = app.router
+    r.add_get("/", index)
+    r.add_static("/static", STATIC)
+    r.add_get("/healthz", healthz)
+    r.add_get("/stats", stats)
+    r.add_get("/history", history)
+    r.add_get("/events", events)
+    r.add_get("/metrics", prometheus)
+    r.add_get("/workers", workers)
+    r.add_get("/dead", dead_list)
+    r.add_delete("/dead", dead_purge)
+    r.add_post("/dead/requeue", dead_requeue_many)
+    r.add_get("/dead/{id}", dead_show)
+    r.add_delete("/dead/{id}", dead_delete_one)
+    r.add_post("/dead/{id}/requeue", dead_requeue_one)
+    r.add_get("/jobs", jobs)
+    r.add_get("/jobs/{id}", job)
+    r.add_delete("/jobs/{id}", job_cancel)
     return app

@@ -1,0 +1,307 @@
+"""Dead-letter operations for the monitor's endpoints and ``reliq dlq``.
+
+List (paged, filtered by type and reason), show, requeue one or many, delete one or
+many. Requeuing many runs as a :class:`Replay` that can be rate limited, so a replay of
+thousands of failures cannot flatten a downstream service that is just recovering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypedDict
+
+from reliq.connection import UNAVAILABLE
+from reliq.errors import TaskNotFound
+from reliq.periodic import Backoff
+from reliq.queue import Queue, TaskInfo, text
+
+log = logging.getLogger(__name__)
+
+#: Task fields a dead-letter listing shows.
+SUMMARY_FIELDS = ("type", "reason", "attempts", "failures", "max_retries", "last_error", "finished_at")
+#: Ids read (and task hashes pipelined) per round trip when scanning the dead list.
+SCAN_CHUNK = 1000
+#: Ids per script call when requeuing or purging many (keeps each call short for Redis).
+BATCH = 500
+#: Longest last_error a listing carries (the detail view has all of it).
+ERROR_PREVIEW = 300
+#: Highest page size a listing accepts.
+MAX_LIMIT = 500
+#: Finished replays remembered for GET /jobs.
+KEEP_JOBS = 20
+
+
+@dataclass(frozen=True)
+class DeadFilter:
+    """Which dead tasks an operation applies to; None matches anything."""
+
+    type: str | None = None
+    reason: str | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is filtered at all."""
+        return self.type is not None or self.reason is not None
+
+    def matches(self, item: DeadSummary) -> bool:
+        """Whether ``item`` passes the filter."""
+        return (self.type is None or item["type"] == self.type) and (
+            self.reason is None or item["reason"] == self.reason)
+
+
+class DeadSummary(TypedDict):
+    """One dead task as a listing shows it."""
+
+    task_id: str
+    type: str
+    reason: str
+    attempts: int
+    failures: int
+    max_retries: int
+    last_error: str
+    failed_at: str | None
+
+
+class DeadPage(TypedDict):
+    """A page of the dead-letter queue, with the counts behind the filter menus."""
+
+    total: int
+    offset: int
+    limit: int
+    filter: dict[str, str | None]
+    items: list[DeadSummary]
+    types: dict[str, int]
+    reasons: dict[str, int]
+
+
+def _summary(task_id: str, values: Sequence[bytes | None]) -> DeadSummary:
+    f = dict(zip(SUMMARY_FIELDS, values, strict=True))
+    finished = f["finished_at"]
+    return DeadSummary(
+        task_id=task_id,
+        type=text(f["type"] or b""),
+        reason=text(f["reason"] or b""),
+        attempts=int(f["attempts"] or 0),
+        failures=int(f["failures"] or 0),
+        max_retries=int(f["max_retries"] or 0),
+        last_error=text(f["last_error"] or b"")[:ERROR_PREVIEW],
+        failed_at=datetime.fromtimestamp(int(finished) / 1000, UTC).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z") if finished else None,
+    )
+
+
+async def summaries(queue: Queue, ids: Sequence[str]) -> list[DeadSummary]:
+    """Listing rows of ``ids``, read in one pipelined round trip."""
+    rows = await queue.task_fields(ids, SUMMARY_FIELDS)
+    return [_summary(i, r) for i, r in zip(ids, rows, strict=True)]
+
+
+async def scan(queue: Queue) -> AsyncIterator[list[DeadSummary]]:
+    """Every dead task, newest first, a chunk at a time."""
+    for start in itertools.count(0, SCAN_CHUNK):
+        ids = await queue.dead_ids(start, SCAN_CHUNK)
+        if ids:
+            yield await summaries(queue, ids)
+        if len(ids) < SCAN_CHUNK:
+            return
+
+
+async def page(queue: Queue, flt: DeadFilter = DeadFilter(), offset: int = 0, limit: int = 20,
+               facets: bool = False) -> DeadPage:
+    """One page of dead tasks matching ``flt``, newest first.
+
+    Without a filter or facets this reads only the page; otherwise it scans the whole
+    dead list (bounded by the dead-letter cap) to filter and to count types and reasons.
+    """
+    limit = max(1, min(limit, MAX_LIMIT))
+    offset = max(0, offset)
+    result = DeadPage(total=0, offset=offset, limit=limit, filter={"type": flt.type, "reason": flt.reason},
+                      items=[], types={}, reasons={})
+    if not flt.active and not facets:
+        result["total"] = (await queue.snapshot())["dead_letter"]
+        result["items"] = await summaries(queue, await queue.dead_ids(offset, limit))
+        return result
+    async for chunk in scan(queue):
+        for item in chunk:
+            result["types"][item["type"]] = result["types"].get(item["type"], 0) + 1
+            result["reasons"][item["reason"]] = result["reasons"].get(item["reason"], 0) + 1
+            if flt.matches(item):
+                if offset <= result["total"] < offset + limit:
+                    result["items"].append(item)
+                result["total"] += 1
+    return result
+
+
+async def matching_ids(queue: Queue, flt: DeadFilter) -> list[str]:
+    """Ids of every dead task matching ``flt``, newest first."""
+    return [item["task_id"] async for chunk in scan(queue) for item in chunk if flt.matches(item)]
+
+
+async def show(queue: Queue, task_id: str) -> TaskInfo:
+    """The full record of a dead task; TaskNotFound when the id is not dead-lettered."""
+    info = await queue.get(task_id)
+    if info["state"] != "dead":
+        raise TaskNotFound(task_id)
+    return info
+
+
+async def requeue_one(queue: Queue, task_id: str) -> bool:
+    """Send one dead task back to pending; False when it is not in the dead list."""
+    return await queue.dead_requeue(ids=[task_id]) == 1
+
+
+async def delete_one(queue: Queue, task_id: str) -> bool:
+    """Delete one dead task and its record; False when it is not in the dead list."""
+    return await queue.dead_purge(ids=[task_id]) == 1
+
+
+async def purge(queue: Queue, flt: DeadFilter = DeadFilter()) -> int:
+    """Delete every dead task matching ``flt`` (all of them without a filter); return how many."""
+    deleted = 0
+    if not flt.active:
+        while True:
+            n = await queue.dead_purge(oldest=BATCH)
+            deleted += n
+            if n < BATCH:
+                return deleted
+    ids = await matching_ids(queue, flt)
+    for i in range(0, len(ids), BATCH):
+        deleted += await queue.dead_purge(ids=ids[i : i + BATCH])
+    return deleted
+
+
+class JobView(TypedDict):
+    """A replay's progress as GET /jobs/{id} reports it."""
+
+    id: str
+    kind: str
+    state: str
+    filter: dict[str, str | None]
+    rate: float | None
+    total: int | None
+    requeued: int
+    skipped: int
+    started_at: float
+    finished_at: float | None
+    error: str | None
+
+
+@dataclass
+class Replay:
+    """Requeues the dead tasks matching a filter, at most ``rate`` a second when given.
+
+    The set is fixed when the replay starts: tasks that die while it runs are not
+    swept up, so a task that fails again cannot loop through the replay.
+    """
+
+    queue: Queue
+    flt: DeadFilter = DeadFilter()
+    rate: float | None = None
+    id: str = ""
+    state: str = "running"  # running | done | cancelled | failed
+    total: int | None = None
+    requeued: int = 0
+    skipped: int = 0
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    error: str | None = None
+
+    def view(self) -> JobView:
+        """The replay's progress."""
+        return JobView(id=self.id, kind="requeue", state=self.state,
+                       filter={"type": self.flt.type, "reason": self.flt.reason}, rate=self.rate,
+                       total=self.total, requeued=self.requeued, skipped=self.skipped,
+                       started_at=self.started_at, finished_at=self.finished_at, error=self.error)
+
+    async def run(self) -> JobView:
+        """Requeue everything matching, pacing batches to the rate; return the final view."""
+        try:
+            await self._run()
+            self.state = "done"
+        except asyncio.CancelledError:
+            self.state = "cancelled"
+            raise
+        except Exception as exc:
+            log.exception("dead-letter replay %s failed", self.id)
+            self.state, self.error = "failed", str(exc)
+        finally:
+            self.finished_at = time.time()
+        return self.view()
+
+    async def _run(self) -> None:
+        ids = await matching_ids(self.queue, self.flt)
+        # Oldest first: a replay hands work back in the order it originally failed.
+        ids.reverse()
+        self.total = len(ids)
+        size = BATCH if not self.rate else max(1, min(BATCH, int(self.rate / 10)))
+        began = time.monotonic()
+        for i in range(0, len(ids), size):
+            chunk = ids[i : i + size]
+            n = await self._requeue(chunk)
+            self.requeued += n
+            self.skipped += len(chunk) - n  # requeued or deleted by someone else meanwhile
+            if self.rate:
+                await asyncio.sleep(max(0.0, began + (i + len(chunk)) / self.rate - time.monotonic()))
+
+    async def _requeue(self, ids: list[str]) -> int:
+        backoff = Backoff()
+        while True:
+            try:
+                n = await self.queue.dead_requeue(ids=ids)
+            except UNAVAILABLE as exc:
+                # Requeuing ids is idempotent (ids no longer dead are ignored): retry the batch.
+                self.error = f"waiting for Redis: {exc}"
+                await asyncio.sleep(backoff.next())
+                continue
+            self.error = None
+            return n
+
+
+class Replays:
+    """The replays a monitor process runs in the background, by id."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.jobs: dict[str, Replay] = {}
+        self._tasks: dict[str, asyncio.Task[JobView]] = {}
+        self._ids = itertools.count(1)
+
+    def start(self, flt: DeadFilter, rate: float | None) -> Replay:
+        """Start a replay in the background and return it."""
+        job = Replay(self.queue, flt, rate, id=f"requeue-{int(time.time())}-{next(self._ids)}")
+        self.jobs[job.id] = job
+        self._tasks[job.id] = asyncio.create_task(job.run(), name=job.id)
+        self._tasks[job.id].add_done_callback(lambda _: self._forget_old())
+        return job
+
+    def _forget_old(self) -> None:
+        finished = [j for j in self.jobs.values() if j.state != "running"]
+        for job in sorted(finished, key=lambda j: j.started_at)[: max(0, len(finished) - KEEP_JOBS)]:
+            self.jobs.pop(job.id, None)
+            self._tasks.pop(job.id, None)
+
+    def cancel(self, job_id: str) -> Replay | None:
+        """Stop a running replay (what it already requeued stays requeued)."""
+        job = self.jobs.get(job_id)
+        task = self._tasks.get(job_id)
+        if job and task and not task.done():
+            task.cancel()
+        return job
+
+    def views(self) -> list[JobView]:
+        """Every remembered replay, newest first."""
+        return [j.view() for j in sorted(self.jobs.values(), key=lambda j: j.started_at, reverse=True)]
+
+    async def close(self) -> None:
+        """Cancel running replays (the monitor is shutting down)."""
+        running = [t for t in self._tasks.values() if not t.done()]
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+

@@ -1,0 +1,237 @@
+"""Prometheus exposition and latency percentiles, built from the queue's Redis hashes.
+
+Workers count outcomes and histogram buckets into Redis inside the settle script, so the
+families here are read from Redis at scrape time (never from counters of this process):
+one scrape of any monitor sees the whole fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from reliq.histogram import BOUNDS_S
+from reliq.queue import Queue, Snapshot
+
+#: Buckets per histogram: one per bound, then +Inf.
+N_BUCKETS = len(BOUNDS_S) + 1
+#: Depth states of reliq_queue_depth, with the Snapshot field each comes from.
+DEPTHS = {"pending": "pending", "processing": "processing", "delayed": "delayed", "dead": "dead_letter"}
+#: Queue-wide counters of the stats hash exported as reliq_tasks_<name>_total.
+COUNTER_HELP = {
+    "enqueued": "Tasks accepted into the queue.",
+    "retried": "Failed attempts scheduled for another try.",
+    "dead": "Tasks moved to the dead-letter queue.",
+    "recovered": "Tasks taken back from workers that died (crash recovery).",
+    "requeued": "Dead-lettered tasks sent back to pending.",
+    "cancelled": "Tasks cancelled before they started.",
+}
+
+
+@dataclass
+class TypeMetrics:
+    """What the settle script recorded for one task type."""
+
+    outcomes: dict[str, int] = field(default_factory=dict)
+    wait: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+    wait_sum_ms: int = 0
+    run: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+    run_sum_ms: int = 0
+
+
+def parse_metrics(raw: dict[str, int]) -> dict[str, TypeMetrics]:
+    """Decode the metrics hash (``t|type|outcome``, ``w|type|bucket``, ``ws|type``, ...) by type.
+
+    Types may contain ``|``, so the type is everything between the first and the last one.
+    """
+    by_type: dict[str, TypeMetrics] = {}
+    for key, value in raw.items():
+        kind, _, rest = key.partition("|")
+        if kind in ("ws", "rs"):
+            m = by_type.setdefault(rest, TypeMetrics())
+            if kind == "ws":
+                m.wait_sum_ms += value
+            else:
+                m.run_sum_ms += value
+            continue
+        ttype, _, last = rest.rpartition("|")
+        if kind == "t":
+            m = by_type.setdefault(ttype, TypeMetrics())
+            m.outcomes[last] = m.outcomes.get(last, 0) + value
+        elif kind in ("w", "r") and last.isdigit() and int(last) < N_BUCKETS:
+            m = by_type.setdefault(ttype, TypeMetrics())
+            (m.wait if kind == "w" else m.run)[int(last)] += value
+    return by_type
+
+
+def merge_buckets(metrics: dict[str, TypeMetrics], which: str) -> list[int]:
+    """Bucket counts of ``which`` ("wait" or "run") summed over every type."""
+    total = [0] * N_BUCKETS
+    for m in metrics.values():
+        for i, n in enumerate(getattr(m, which)):
+            total[i] += n
+    return total
+
+
+def quantile(counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile, in seconds, of per-bucket (not cumulative) counts; None when empty.
+
+    Interpolates linearly inside the bucket holding the rank, as Prometheus's
+    histogram_quantile does; a rank in the +Inf bucket answers the largest finite bound.
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(counts):
+        if n and seen + n >= rank:
+            if i >= len(BOUNDS_S):
+                return BOUNDS_S[-1]
+            low = BOUNDS_S[i - 1] if i else 0.0
+            return low + (BOUNDS_S[i] - low) * max(0.0, rank - seen) / n
+        seen += n
+    return BOUNDS_S[-1]
+
+
+class Percentiles(TypedDict):
+    """p50/p95/p99 of one histogram in seconds (None without observations), and its count."""
+
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    count: int
+
+
+def percentiles(counts: Sequence[int]) -> Percentiles:
+    """p50, p95 and p99 of per-bucket counts."""
+    return Percentiles(p50=quantile(counts, 0.5), p95=quantile(counts, 0.95), p99=quantile(counts, 0.99),
+                       count=sum(counts))
+
+
+class WorkerView(TypedDict):
+    """One worker process as the monitor shows it."""
+
+    id: str
+    host: str
+    pid: int
+    queue: str
+    concurrency: int
+    in_flight: int
+    processed: int
+    started_at: int
+    last_seen_ms: int
+    heartbeat_age_s: float
+
+
+async def read_workers(queue: Queue) -> list[WorkerView]:
+    """Every registered worker with its info and heartbeat age, by the Redis clock."""
+    now, workers = await queue.workers_info()
+    views = []
+    for worker_id, beat, info in workers:
+        views.append(WorkerView(
+            id=worker_id, host=info.get("host", "?"), pid=_int(info.get("pid")), queue=info.get("queue", queue.name),
+            concurrency=_int(info.get("concurrency")), in_flight=_int(info.get("in_flight")),
+            processed=_int(info.get("processed")), started_at=_int(info.get("started_at")),
+            last_seen_ms=beat, heartbeat_age_s=max(0.0, (now - beat) / 1000),
+        ))
+    return views
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class QueueReading:
+    """Everything /metrics reports about one queue, read from Redis."""
+
+    snapshot: Snapshot
+    types: dict[str, TypeMetrics]
+    in_flight: int
+    slots: int
+
+
+async def read(queue: Queue) -> QueueReading:
+    """Read one queue's snapshot, metrics hash and worker infos."""
+    snapshot = await queue.snapshot()
+    types = parse_metrics(await queue.metric_counts())
+    workers = await read_workers(queue)
+    return QueueReading(snapshot, types, in_flight=sum(w["in_flight"] for w in workers),
+                        slots=sum(w["concurrency"] for w in workers))
+
+
+def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=["queue", "type"])
+    for r in readings:
+        for ttype, m in sorted(r.types.items()):
+            counts: list[int] = getattr(m, which)
+            cumulative, buckets = 0, []
+            for bound, n in zip([*map(_le, BOUNDS_S), "+Inf"], counts, strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            family.add_metric([r.snapshot["queue"], ttype], buckets, getattr(m, which + "_sum_ms") / 1000)
+    return family
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
+    """Every metric family of the given queues."""
+    depth = GaugeMetricFamily("reliq_queue_depth", "Tasks in the queue by state.", labels=["queue", "state"])
+    lag = GaugeMetricFamily("reliq_queue_lag_seconds", "Age of the oldest pending task.", labels=["queue"])
+    workers = GaugeMetricFamily("reliq_workers", "Worker processes with a live heartbeat.", labels=["queue"])
+    in_flight = GaugeMetricFamily("reliq_tasks_in_flight", "Tasks running on workers now.", labels=["queue"])
+    slots = GaugeMetricFamily("reliq_worker_slots", "Sum of the workers' concurrency.", labels=["queue"])
+    tasks = CounterMetricFamily("reliq_tasks", "Task runs settled, by type and outcome.",
+                                labels=["queue", "type", "outcome"])
+    counters = {name: CounterMetricFamily(f"reliq_tasks_{name}", doc, labels=["queue"])
+                for name, doc in COUNTER_HELP.items()}
+    for r in readings:
+        q, snap = r.snapshot["queue"], r.snapshot
+        for state, key in DEPTHS.items():
+            depth.add_metric([q, state], snap[key])  # type: ignore[literal-required]
+        lag.add_metric([q], snap["lag_s"])
+        workers.add_metric([q], snap["workers"])
+        in_flight.add_metric([q], r.in_flight)
+        slots.add_metric([q], r.slots)
+        for ttype, m in sorted(r.types.items()):
+            for outcome, n in sorted(m.outcomes.items()):
+                tasks.add_metric([q, ttype, outcome], n)
+        for name, family in counters.items():
+            family.add_metric([q], snap[name])  # type: ignore[literal-required]
+    yield from (depth, lag, workers, in_flight, slots, tasks, *counters.values())
+    yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
+    yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
+
+
+class _Readings:
+    """A collector over readings taken before the scrape (collect() cannot await)."""
+
+    def __init__(self, readings: Sequence[QueueReading]) -> None:
+        self.readings = readings
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.readings)
+
+
+def exposition(readings: Sequence[QueueReading]) -> bytes:
+    """The Prometheus text format of ``readings``, through a private registry."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Readings(readings))
+    return bytes(generate_latest(registry))
+
+
+async def render(queues: Sequence[Queue]) -> bytes:
+    """Read ``queues`` from Redis and return their Prometheus exposition."""
+    return exposition([await read(q) for q in queues])
+
