@@ -38,6 +38,8 @@ class Settings:
     max_pending: int = 0
     #: Bearer token required by mutating endpoints when set.
     api_token: str = ""
+    #: Monitor: require the token for read-only views too (the page itself stays open).
+    private: bool = False
 
     #: Tasks one worker process runs at once.
     concurrency: int = 64
@@ -104,6 +106,8 @@ class Settings:
             raise ConfigError("concurrency must be at least 1")
         if self.heartbeat_interval * 2 > self.lease:
             raise ConfigError("lease must be at least twice the heartbeat interval")
+        if self.private and not self.api_token:
+            raise ConfigError("--private needs a token: set RELIQ_API_TOKEN")
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 1:
             raise ConfigError("crash_limit and dead_cap must be >= 1, max_retries >= 0")
 
