@@ -320,6 +320,30 @@ class Queue:
 
     # -- inspection ---------------------------------------------------------------------
 
+    async def task_fields(self, ids: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
+        """``fields`` of each task in ``ids``, read in one pipelined round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hmget(self.keys.task(task_id), list(fields))
+            return list(await pipe.execute())
+
+    async def metric_counts(self) -> dict[str, int]:
+        """The metrics hash written by settle: per-type outcome counts and histogram buckets."""
+        raw = await self.redis.hgetall(self.keys.metrics)
+        return {text(k): int(v) for k, v in raw.items()}
+
+    async def workers_info(self) -> tuple[int, list[tuple[str, int, dict[str, str]]]]:
+        """Server time (ms) and each registered worker: id, last heartbeat (ms), info hash."""
+        sec, usec = await self.redis.time()
+        beats = cast(list[tuple[bytes, float]], await self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id, _ in beats:
+                pipe.hgetall(self.keys.worker_info(text(worker_id)))
+            infos = await pipe.execute()
+        workers = [(text(w), int(score), {text(k): text(v) for k, v in info.items()})
+                   for (w, score), info in zip(beats, infos, strict=True)]
+        return sec * 1000 + usec // 1000, workers
+
     async def snapshot(self) -> Snapshot:
         """Depths, lag and counters of the queue, read in one script."""
         k = self.keys
