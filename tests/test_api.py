@@ -1,0 +1,143 @@
+"""The producer API over HTTP: accepted tasks, task records, and every bad input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+
+from reliq import api
+from reliq.connection import connect
+from reliq.queue import Queue
+from reliq.redis_server import free_port
+from reliq.settings import Settings
+from tests.keyspace import keyspace
+
+
+async def client_for(queue: Queue, settings: Settings) -> TestClient:
+    client = TestClient(TestServer(api.create_app(queue, settings)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def http(queue: Queue, settings: Settings) -> AsyncIterator[TestClient]:
+    client = await client_for(queue, settings.replace(max_body=4096))
+    yield client
+    await client.close()
+
+
+async def test_post_task_accepts_the_seed_example(http: TestClient, queue: Queue) -> None:
+    resp = await http.post("/task", data='{"type": "email-notification", "payload": "user@example.com"}',
+                           headers={"Content-Type": "application/json"})
+    assert resp.status == 202
+    body = await resp.json()
+    assert body["status"] == "queued" and len(body["task_id"]) == 26
+    info = await queue.get(body["task_id"])
+    assert (info["type"], info["payload"], info["state"], info["max_retries"]) == (
+        "email-notification", "user@example.com", "pending", 3)
+
+
+async def test_task_ids_are_unique_and_sort_by_creation_time(http: TestClient) -> None:
+    ids = []
+    for _ in range(50):
+        resp = await http.post("/task", json={"type": "noop"})
+        ids.append((await resp.json())["task_id"])
+    assert ids == sorted(ids) and len(set(ids)) == 50
+
+
+async def test_get_task_returns_its_record_and_404_when_unknown(http: TestClient) -> None:
+    resp = await http.post("/task", json={"type": "noop", "payload": {"a": 1}, "max_retries": 5})
+    task_id = (await resp.json())["task_id"]
+    resp = await http.get(f"/task/{task_id}")
+    assert resp.status == 200
+    body = await resp.json()
+    assert {k: body[k] for k in ("task_id", "type", "state", "attempts", "max_retries", "last_error", "reason")} == {
+        "task_id": task_id, "type": "noop", "state": "pending", "attempts": 0, "max_retries": 5,
+        "last_error": None, "reason": None}
+    assert body["enqueued_at"].endswith("Z") and body["started_at"] is None
+    resp = await http.get("/task/NOPE")
+    assert resp.status == 404 and "error" in await resp.json()
+
+
+async def test_delay_schedules_the_task(http: TestClient) -> None:
+    resp = await http.post("/task", json={"type": "noop", "delay_s": 30})
+    body = await resp.json()
+    assert resp.status == 202 and body["state"] == "scheduled"
+    assert (await (await http.get(f"/task/{body['task_id']}")).json())["state"] == "scheduled"
+
+
+async def test_delete_cancels_a_pending_task_and_refuses_a_finished_one(
+    http: TestClient, queue: Queue
+) -> None:
+    task_id = (await (await http.post("/task", json={"type": "noop"})).json())["task_id"]
+    resp = await http.delete(f"/task/{task_id}")
+    assert resp.status == 200 and (await resp.json())["previous_state"] == "pending"
+    resp = await http.delete(f"/task/{task_id}")
+    assert resp.status == 409 and (await resp.json())["state"] == "cancelled"
+    assert (await http.delete("/task/NOPE")).status == 404
+
+
+async def test_post_tasks_enqueues_a_batch_in_order(http: TestClient, queue: Queue) -> None:
+    resp = await http.post("/tasks", json=[{"type": "noop", "payload": i} for i in range(10)])
+    assert resp.status == 202
+    ids = (await resp.json())["task_ids"]
+    assert [(await queue.get(i))["payload"] for i in ids] == list(range(10))
+
+
+BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
+    ("invalid JSON", {"data": "{nope", "headers": {"Content-Type": "application/json"}}, 400, "not valid JSON"),
+    ("missing type", {"json": {"payload": 1}}, 400, "'type'"),
+    ("empty type", {"json": {"type": "  "}}, 400, "'type'"),
+    ("non-string type", {"json": {"type": 7}}, 400, "'type'"),
+    ("not an object", {"json": ["noop"]}, 400, "JSON object"),
+    ("bad max_retries", {"json": {"type": "noop", "max_retries": -1}}, 400, "'max_retries'"),
+    ("boolean max_retries", {"json": {"type": "noop", "max_retries": True}}, 400, "'max_retries'"),
+    ("negative delay", {"json": {"type": "noop", "delay_s": -5}}, 400, "'delay_s'"),
+    ("string delay", {"json": {"type": "noop", "delay_s": "soon"}}, 400, "'delay_s'"),
+    ("oversized body", {"json": {"type": "noop", "payload": "x" * 5000}}, 413, "too large"),
+    ("form content type", {"data": "type=noop"}, 415, "application/json"),
+    ("text content type", {"data": '{"type":"noop"}', "headers": {"Content-Type": "text/plain"}}, 415,
+     "application/json"),
+]
+
+
+@pytest.mark.parametrize(("case", "request_kwargs", "status", "says"), BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+async def test_bad_input_gets_a_clear_4xx_and_writes_nothing(
+    http: TestClient, queue: Queue, redis: Redis,
+    case: str, request_kwargs: dict[str, Any], status: int, says: str,
+) -> None:
+    resp = await http.post("/task", **request_kwargs)
+    assert resp.status == status
+    assert says in (await resp.json())["error"]
+    assert await keyspace(redis, queue.name) == {}
+
+
+async def test_a_bad_task_in_a_batch_rejects_the_whole_batch(
+    http: TestClient, queue: Queue, redis: Redis
+) -> None:
+    resp = await http.post("/tasks", json=[{"type": "noop"}, {"type": ""}])
+    assert resp.status == 400
+    assert await keyspace(redis, queue.name) == {}
+
+
+async def test_redis_unreachable_answers_503_with_retry_after(settings: Settings) -> None:
+    down = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    redis = connect(down.redis_url)
+    client = await client_for(Queue(redis, down), down)
+    try:
+        resp = await client.post("/task", json={"type": "noop"})
+        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+        assert "Redis" in (await resp.json())["error"]
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
+    finally:
+        await client.close()
+        await redis.aclose()
+
+
+async def test_readyz_when_redis_answers(http: TestClient) -> None:
+    assert (await http.get("/readyz")).status == 200
