@@ -27,6 +27,9 @@ from reliq.worker import Worker
 
 log = logging.getLogger(__name__)
 
+#: The port of the default Redis URL, where ``reliq all`` looks for (or starts) Redis.
+DEFAULT_REDIS_PORT = 6379
+
 AppFactory = Callable[[Queue, Settings], web.Application]
 
 
@@ -126,13 +129,22 @@ def run_monitor(settings: Settings) -> int:
     return run(lambda: serve(settings, [(monitor.create_app, settings.monitor_port)]))
 
 
+def own_redis(settings: Settings, port: int = DEFAULT_REDIS_PORT) -> RedisServer | None:
+    """Start a private redis-server (AOF on) when no URL was given and nothing answers.
+
+    Raises ConfigError, saying how to get Redis, when there is no redis-server binary.
+    """
+    if settings.redis_url_given or answers("localhost", port):
+        return None
+    server = RedisServer(settings.data_dir, port=port).start()
+    log.info("no Redis on localhost:%d: started redis-server with AOF in %s", port, settings.data_dir)
+    return server
+
+
 def run_all(settings: Settings) -> int:
     """``reliq all``: API, monitor and a worker in one process (and Redis, if needed)."""
     import_apps(settings.apps)
-    server = None
-    if not settings.redis_url_given and not answers("localhost", 6379):
-        server = RedisServer(settings.data_dir, port=6379).start()
-        log.info("no Redis on localhost:6379: started redis-server with AOF in %s", settings.data_dir)
+    server = own_redis(settings)
     try:
         sites: list[tuple[AppFactory, int]] = [(api.create_app, settings.api_port),
                                                (monitor.create_app, settings.monitor_port)]
