@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from reliq import runner
+from reliq import runner, supervisor
 from reliq.errors import ConfigError
 from reliq.settings import Settings
 
@@ -60,9 +60,16 @@ def main() -> None:
 @_common
 @_worker_options
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty (for scripts and tests)")
-def work(log_level: str, burst: bool, **flags: Any) -> None:
-    """Run a worker process."""
-    _exit(runner.run_work(_settings(log_level, **flags), burst=burst))
+@click.option("--processes", default="1", envvar="RELIQ_PROCESSES", show_default=True,
+              help="Worker processes to run and supervise, or 'auto' for one per core [env RELIQ_PROCESSES]")
+@click.option("--health-port", type=click.IntRange(0, 65535), help="Serve GET /healthz on this port [off]")
+def work(log_level: str, burst: bool, processes: str, **flags: Any) -> None:
+    """Run a worker process, or supervise several (--processes)."""
+    settings = _settings(log_level, **flags)
+    n = supervisor.resolve_processes(processes)
+    if n > 1:
+        _exit(supervisor.run_supervisor(settings, n, burst=burst, log_level=log_level))
+    _exit(runner.run_work(settings, burst=burst))
 
 
 @main.command()

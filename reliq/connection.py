@@ -1,28 +1,176 @@
 """Redis connections: one place that turns a URL into a client.
 
-Connections are bounded and callers wait for a free one (a blocking pool), because
-redis-py's default pool raises instead of waiting when it runs out.
+Three kinds of URL:
+
+- ``redis://`` / ``rediss://`` / ``unix://``: one server. Connections are bounded and
+  callers wait for a free one (a blocking pool), because redis-py's default pool raises
+  instead of waiting when it runs out.
+- ``redis+cluster://host:port,host:port`` (``rediss+cluster://`` for TLS): Redis
+  Cluster. Every key of a queue shares the ``{queue}`` hash tag, so each queue lives on
+  one shard and every script and command of it is routed there by its keys.
+- ``redis+sentinel://host:port,host:port/service-name[/db]`` (``rediss+sentinel://``
+  for TLS to the primary): the primary that the Sentinels name, followed through
+  failovers.
+
+User and password in the URL are those of the data nodes; ``?sentinel_password=`` sets
+the Sentinels' own password.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ClusterError, ReadOnlyError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from reliq.errors import ConfigError
+
 #: Errors that mean "Redis is not reachable right now": callers back off and retry, or
-#: answer 503, instead of failing the task.
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+#: answer 503, instead of failing the task. Besides lost connections and timeouts
+#: (which include Sentinel's MasterNotFoundError, LOADING and pool exhaustion), that is
+#: a cluster that is down or resharding (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, no node
+#: reachable) and a primary demoted by a failover that still gets our writes (READONLY).
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
+               ClusterError, TryAgainError, RedisClusterException, ReadOnlyError)
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+DEFAULT_PORT = 6379
+DEFAULT_SENTINEL_PORT = 26379
+CONNECT_TIMEOUT_S = 2.0
 
 
 def connect(url: str, *, max_connections: int = 16, socket_timeout: float | None = 10.0) -> Redis:
-    """A client for ``url`` whose pool holds at most ``max_connections`` connections."""
+    """A client for ``url`` whose pool holds at most ``max_connections`` connections.
+
+    The cluster client is handed out typed as ``Redis``: reliq only sends it commands
+    and scripts whose keys share one queue's hash slot, which it routes like a single
+    server (see docs/scaling.md).
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme in CLUSTER_SCHEMES:
+        return cast(Redis, _cluster(parse_multi_host(url, DEFAULT_PORT), CLUSTER_SCHEMES[scheme],
+                                    max_connections, socket_timeout))
+    if scheme in SENTINEL_SCHEMES:
+        return _sentinel(parse_multi_host(url, DEFAULT_SENTINEL_PORT), SENTINEL_SCHEMES[scheme],
+                         max_connections, socket_timeout)
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=socket_timeout,
-        socket_connect_timeout=2.0,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=socket_timeout,
         health_check_interval=0,
     )
     return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+
+
+@dataclass(frozen=True, slots=True)
+class MultiHostURL:
+    """A cluster or Sentinel URL taken apart."""
+
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    #: Sentinel only: the monitored service's name, the database number and the
+    #: Sentinels' own password.
+    service: str
+    db: int
+    sentinel_password: str | None
+
+
+def parse_multi_host(url: str, default_port: int) -> MultiHostURL:
+    """Split ``scheme://[user:pass@]h:p,h:p[/service[/db]][?sentinel_password=...]``."""
+    parts = urlsplit(url)
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    hosts = tuple(_host_port(h, default_port, url) for h in hostlist.split(",") if h)
+    if not hosts:
+        raise ConfigError(f"Redis URL {url!r} names no host")
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    db = path[1] if len(path) > 1 else "0"
+    if not db.isdigit():
+        raise ConfigError(f"Redis URL {url!r}: database {db!r} is not a number")
+    query = parse_qs(parts.query)
+    return MultiHostURL(hosts=hosts, username=unquote(user) or None, password=unquote(password) or None,
+                        service=path[0] if path else "", db=int(db),
+                        sentinel_password=query.get("sentinel_password", [None])[0])
+
+
+def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or host.endswith(":"):  # no port, or a bare IPv6 address
+        host, port = text, str(default_port)
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Redis URL {url!r}: {text!r} is not host:port")
+    return host, int(port)
+
+
+def _cluster(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: float | None) -> RedisCluster:
+    if u.db:
+        raise ConfigError("Redis Cluster has only database 0")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in u.hosts],
+        username=u.username,
+        password=u.password,
+        ssl=tls,
+        max_connections=max_connections,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection instead of raising."""
+
+
+class SentinelRedis(Redis):
+    """The primary's client; closing it also closes the connections to the Sentinels."""
+
+    sentinel_manager: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the pool of the primary, then the Sentinel clients."""
+        await super().aclose(close_connection_pool)
+        for client in self.sentinel_manager.sentinels if self.sentinel_manager else ():
+            await client.aclose()
+
+
+def _sentinel(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: float | None) -> Redis:
+    if not u.service:
+        raise ConfigError("a redis+sentinel:// URL needs the service name as its path: "
+                          "redis+sentinel://host:26379,host:26379/mymaster")
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": CONNECT_TIMEOUT_S,
+                                       "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    if u.sentinel_password:
+        sentinel_kwargs["password"] = u.sentinel_password
+    sentinel = Sentinel(list(u.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    # A few quick retries ride out the seconds of a failover (connecting asks the
+    # Sentinels for the new primary each time); longer outages reach the callers, which
+    # back off on UNAVAILABLE.
+    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries=3)
+    client = sentinel.master_for(
+        u.service,
+        redis_class=SentinelRedis,
+        connection_pool_class=BlockingSentinelPool,
+        max_connections=max_connections,
+        timeout=socket_timeout,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        username=u.username,
+        password=u.password,
+        db=u.db,
+        ssl=tls,
+        retry=retry,
+    )
+    client.sentinel_manager = sentinel
+    return cast(Redis, client)

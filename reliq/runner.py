@@ -23,6 +23,7 @@ from reliq.queue import Queue
 from reliq.redis_server import RedisServer, answers
 from reliq.registry import REGISTRY
 from reliq.settings import Settings
+from reliq.supervisor import health_app
 from reliq.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,12 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
 
 
 def run_work(settings: Settings, burst: bool = False) -> int:
-    """``reliq work``."""
+    """``reliq work``: one worker process (and its liveness endpoint, with a health port)."""
     import_apps(settings.apps)
-    return run(lambda: serve(settings, [], work=True, burst=burst))
+    sites: list[tuple[AppFactory, int]] = []
+    if settings.health_port:
+        sites.append((lambda queue, settings: health_app(), settings.health_port))
+    return run(lambda: serve(settings, sites, work=True, burst=burst))
 
 
 def run_serve(settings: Settings) -> int:

@@ -65,6 +65,8 @@ class Settings:
     reap_interval: float = 1.0
     #: Crashes of a worker running a task alone before that task is quarantined.
     crash_limit: int = 3
+    #: Port of the worker's liveness endpoint, GET /healthz (0 = none; workers need no port).
+    health_port: int = 0
 
     #: How long records of succeeded and cancelled tasks are kept, seconds.
     result_ttl: float = 24 * 3600.0

@@ -178,11 +178,18 @@ class Worker:
 
     async def _fetch_loop(self) -> None:
         backoff = Backoff()
+        next_check = time.monotonic() + self.settings.lease
         while not self._stopping:
             try:
                 if await self._fetch_once():
                     return
                 backoff.reset()
+                if time.monotonic() > next_check:
+                    # A failover (or an AOF everysec restart) can lose the last acks, leaving
+                    # ids in our list that we no longer hold, while our heartbeat keeps the
+                    # reaper away: look for them now and then, not only after an error.
+                    next_check = time.monotonic() + self.settings.lease
+                    await self._adopt_orphans()
             except UNAVAILABLE as exc:
                 if backoff.failures == 0:
                     log.warning("fetcher: Redis unreachable (%s); retrying with backoff", exc)

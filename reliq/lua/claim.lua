@@ -3,7 +3,9 @@
 -- KEYS[1] pending list  KEYS[2] processing list of W  KEYS[3] task key prefix
 -- ARGV[1] N (max tasks)  ARGV[2] W (worker id)
 -- ARGV[3] an id already in KEYS[2] ('' = none): moved there by BLMOVE, or found there
---         unknown to W after a lost reply (then it may be marked processing by W already)
+--         unknown to W after a lost reply (then it may be marked processing by W already);
+--         ignored when it is no longer there: a reaper took W for dead and requeued it
+--         since, and claiming it here would leave it claimed in no list, i.e. lost
 -- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being FIELDS below.
 -- blocked = 1 when the next task is a crash suspect (it has taken a worker down before)
 -- and W holds other tasks: suspects run alone, so a crash is blamed on the right task.
@@ -32,7 +34,7 @@ local function fields(id)
   return state, f
 end
 
-if ARGV[3] ~= '' then
+if ARGV[3] ~= '' and redis.call('LPOS', KEYS[2], ARGV[3]) then
   local id = ARGV[3]
   local state, f = fields(id)
   local ours = state == 'processing' and redis.call('HGET', KEYS[3] .. id, 'worker') == ARGV[2]

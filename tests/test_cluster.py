@@ -1,0 +1,213 @@
+"""reliq on a real three-primary Redis Cluster: each queue on one shard, queues spread out."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+import reliq.builtins  # noqa: F401  (registers the built-in types)
+from reliq import api
+from reliq.client import AsyncClient
+from reliq.connection import connect
+from reliq.keys import QueueKeys
+from reliq.queue import Queue
+from reliq.redis_server import RedisServer, free_port
+from reliq.registry import REGISTRY
+from reliq.settings import Settings
+from reliq.worker import Worker
+from tests.util import eventually, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_cluster(base: Path, primaries: int = 3) -> list[RedisServer]:
+    """``primaries`` cluster-enabled redis-servers joined with ``redis-cli --cluster create``.
+
+    Each node's bus port is set explicitly (``cluster-port``) to another free port,
+    because the default (port + 10000) may be taken, or past 65535.
+    """
+    nodes = []
+    for i in range(primaries):
+        node_dir = base / f"node{i}"
+        extra = ("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
+                 "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
+        nodes.append(RedisServer(node_dir, aof=False, extra=extra))
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
+        for node in nodes:  # every node must have learnt the whole slot map
+            wait_until(lambda n=node: b"cluster_state:ok" in _cli(n.port, "CLUSTER", "INFO"), timeout=20,
+                       what=f"cluster state ok on port {node.port}")
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+    return nodes
+
+
+def _cli(port: int, *command: str) -> bytes:
+    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, timeout=10).stdout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """A private three-primary cluster for this module's tests."""
+    nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield nodes
+    for node in nodes:
+        node.stop()
+
+
+@pytest.fixture
+def cluster_url(cluster: list[RedisServer]) -> str:
+    """The reliq URL of the cluster (two of the three nodes as seeds)."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster[:2])
+
+
+@pytest.fixture
+async def rc(cluster_url: str) -> AsyncIterator[Redis]:
+    """A cluster client, as reliq builds it."""
+    client = connect(cluster_url, max_connections=32)
+    yield client
+    await client.aclose()
+
+
+async def slot_owners(client: Redis) -> list[tuple[int, int, int]]:
+    """(first slot, last slot, port of the primary) for each slot range, from CLUSTER SLOTS."""
+    ranges = await client.execute_command("CLUSTER SLOTS")  # parsed by redis-py into a dict
+    return [(first, last, int(node["primary"][1])) for (first, last), node in ranges.items()]
+
+
+def owner(slot: int, owners: list[tuple[int, int, int]]) -> int:
+    """The port of the primary that holds ``slot``."""
+    return next(port for first, last, port in owners if first <= slot <= last)
+
+
+@pytest.fixture
+async def shard_queues(rc: Redis) -> list[str]:
+    """Three fresh queue names whose hash tags land on three different primaries."""
+    owners = await slot_owners(rc)
+    by_port: dict[int, str] = {}
+    while len(by_port) < 3:
+        name = "c-" + uuid.uuid4().hex[:10]
+        by_port.setdefault(owner(key_slot(name.encode()), owners), name)
+    return list(by_port.values())
+
+
+def short(url: str, queue: str, **changes: Any) -> Settings:
+    """Settings with test-time intervals."""
+    return Settings(redis_url=url, queue=queue, retry_base=0.05, lease=2.0, heartbeat_interval=0.5,
+                    reap_interval=0.2, promote_interval=0.02, drain_timeout=5.0).replace(**changes)
+
+
+async def test_each_queue_lives_on_one_shard_and_queues_spread_over_all_three(
+    rc: Redis, shard_queues: list[str]
+) -> None:
+    owners = await slot_owners(rc)
+    nodes = await rc.execute_command("CLUSTER NODES")  # parsed: "host:port" -> flags, slots, ...
+    primaries = {int(addr.rsplit(":", 1)[1]) for addr, node in nodes.items() if "master" in node["flags"]}
+    assert len(primaries) == 3
+    ports = set()
+    for name in shard_queues:
+        k = QueueKeys(name)
+        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.metrics, k.reaper_lock,
+                k.task("x"), k.idem("y"), k.processing("w"), k.worker_info("w")]
+        slots = {int(await rc.execute_command("CLUSTER KEYSLOT", key)) for key in keys}
+        assert len(slots) == 1, f"keys of queue {name} span slots {slots}"
+        ports.add(owner(slots.pop(), owners))
+    assert ports == primaries
+
+
+async def _flow_on(url: str, queue_name: str, client: Redis) -> None:
+    """The foundation's flow on one queue: API and client enqueue, workers, retries, dead letter."""
+    settings = short(url, queue_name, max_retries=1)
+    queue = Queue(client, settings)
+    async with TestClient(TestServer(api.create_app(queue, settings))) as http:
+        ok_ids = []
+        for i in range(5):
+            resp = await http.post("/task", json={"type": "email-notification", "payload": f"u{i}@example.com"})
+            assert resp.status == 202, await resp.text()
+            ok_ids.append((await resp.json())["task_id"])
+        resp = await http.post("/tasks", json=[{"type": "noop"}, {"type": "fail", "payload": 1}])
+        assert resp.status == 202
+        noop_id, fail_id = (await resp.json())["task_ids"]
+        resp = await http.post("/task", json={"type": "noop"}, headers={"Idempotency-Key": "k1"})
+        again = await http.post("/task", json={"type": "noop"}, headers={"Idempotency-Key": "k1"})
+        assert (await resp.json())["task_id"] == (await again.json())["task_id"]
+        scheduled_id = (await (await http.post("/task", json={"type": "noop", "delay_s": 0.3})).json())["task_id"]
+        cancelled = await http.post("/task", json={"type": "noop", "delay_s": 60})
+        cancel_id = (await cancelled.json())["task_id"]
+        assert (await http.delete(f"/task/{cancel_id}")).status == 200
+    async with AsyncClient(url, queue_name, settings) as producer:
+        client_ids = await producer.enqueue_many([("noop", i) for i in range(20)])
+    # two workers of the same queue share the work
+    workers = [Worker(Queue(client, settings), settings, REGISTRY, burst=True) for _ in range(2)]
+    assert all(await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 30))
+    for task_id in [*ok_ids, noop_id, *client_ids, scheduled_id]:
+        assert (await queue.get(task_id))["state"] == "succeeded"
+    dead = await queue.get(fail_id)
+    assert (dead["state"], dead["reason"], dead["attempts"]) == ("dead", "error", 2)
+    assert await queue.dead_ids() == [fail_id]
+    snap = await queue.snapshot()
+    assert (snap["succeeded"], snap["retried"], snap["dead"], snap["cancelled"]) == (28, 1, 1, 1)
+    assert (snap["pending"], snap["processing"], snap["delayed"], snap["workers"]) == (0, 0, 0, 0)
+    assert await queue.dead_requeue([fail_id]) == 1
+    assert (await queue.get(fail_id))["state"] == "pending"
+
+
+async def test_end_to_end_flow_runs_on_three_shards_at_once(
+    cluster_url: str, rc: Redis, shard_queues: list[str]
+) -> None:
+    await asyncio.gather(*(_flow_on(cluster_url, name, rc) for name in shard_queues))
+
+
+def _work(url: str, queue: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "reliq", "work", "--redis-url", url, "--queue", queue, "--concurrency", "4",
+             "--lease", "2", "--heartbeat-interval", "0.5"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def test_killed_worker_on_a_cluster_is_reaped_and_a_drained_one_exits_0(
+    cluster_url: str, rc: Redis, shard_queues: list[str], tmp_path: Path
+) -> None:
+    name = shard_queues[1]
+    queue = Queue(rc, short(cluster_url, name))
+    ids = [await queue.enqueue("sleep", 0.4) for _ in range(12)]
+    victim = _work(cluster_url, name, tmp_path / "victim.log")
+    survivor: subprocess.Popen[bytes] | None = None
+    try:
+        await eventually(lambda: _processing(queue), timeout=20, what="victim running tasks")
+        victim.kill()
+        victim.wait()
+        survivor = _work(cluster_url, name, tmp_path / "survivor.log")
+
+        async def all_done() -> bool:
+            return [(await queue.get(i))["state"] for i in ids] == ["succeeded"] * len(ids)
+
+        await eventually(all_done, timeout=30, what="every task succeeded")
+        assert (await queue.snapshot())["recovered"] >= 1
+        survivor.send_signal(signal.SIGTERM)
+        assert survivor.wait(15) == 0, (tmp_path / "survivor.log").read_text()
+    finally:
+        for proc in (victim, survivor):
+            if proc and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+async def _processing(queue: Queue) -> bool:
+    return (await queue.snapshot())["processing"] > 0

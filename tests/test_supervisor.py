@@ -1,0 +1,107 @@
+"""``reliq work --processes N``: children restarted when they die, all drained on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from reliq.errors import ConfigError
+from reliq.queue import Queue, text
+from reliq.settings import Settings
+from reliq.supervisor import child_env, resolve_processes
+from tests.util import eventually
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_processes_is_a_positive_number_or_auto() -> None:
+    assert resolve_processes("3") == 3
+    assert resolve_processes("auto") == len(os.sched_getaffinity(0))
+    for bad in ("0", "-2", "many", ""):
+        with pytest.raises(ConfigError, match="--processes"):
+            resolve_processes(bad)
+
+
+def test_children_load_exactly_the_supervisors_settings() -> None:
+    settings = Settings(redis_url="redis://h:1/2", queue="q", apps=("a.b", "c"), drain_timeout=7.5,
+                        concurrency=3, api_token="s3cret", health_port=8081)
+    loaded = Settings.load(env=child_env(settings, {}))
+    assert loaded == settings.replace(redis_url_given=True, health_port=0)
+
+
+def supervise(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """``reliq work --processes 2`` with short intervals."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "reliq", "work", "--processes", "2", "--redis-url", redis_url, "--queue", queue,
+             "--concurrency", "4", "--lease", "2", "--heartbeat-interval", "0.5", "--drain-timeout", "10", *extra],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def worker_pids(redis: Redis, queue: Queue) -> set[int]:
+    """Pids of the registered workers (a worker id is host:pid:random)."""
+    return {int(text(w).split(":")[1]) for w in await redis.zrange(queue.keys.workers, 0, -1)}
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid of ``pid``, from /proc."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+async def test_killed_child_is_restarted_and_sigterm_drains_every_child_losing_nothing(
+    redis: Redis, queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    ids = [await queue.enqueue("sleep", 0.2) for _ in range(60)]
+    log = tmp_path / "supervisor.log"
+    parent = supervise(settings.redis_url, queue.name, log)
+    try:
+        await eventually(lambda: _count(redis, queue, 2), timeout=20, what="two worker processes registered")
+        first = await worker_pids(redis, queue)
+        assert {parent_of(pid) for pid in first} == {parent.pid}
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+
+        async def replaced() -> bool:
+            pids = await worker_pids(redis, queue)
+            return victim not in pids and len(pids) == 2
+
+        await eventually(replaced, timeout=20, what="the killed child replaced, its tasks reaped")
+        for pid in await worker_pids(redis, queue):
+            assert parent_of(pid) == parent.pid
+        ids += [await queue.enqueue("sleep", 0.2) for _ in range(20)]
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(20) == 0, log.read_text()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+    snap = await queue.snapshot()
+    assert (snap["workers"], snap["processing"]) == (0, 0), "every child deregistered, holding nothing"
+    assert snap["recovered"] >= 1
+    states = {i: (await queue.get(i))["state"] for i in ids}
+    assert set(states.values()) <= {"succeeded", "pending"}, states
+    pending = {text(i) for i in await redis.lrange(queue.keys.pending, 0, -1)}
+    assert {i for i, s in states.items() if s == "pending"} <= pending
+    assert "restarting in" in log.read_text()
+
+    # what was handed back runs to the end under a burst run, which exits 0 by itself
+    burst = supervise(settings.redis_url, queue.name, tmp_path / "burst.log", "--burst")
+    assert burst.wait(30) == 0, (tmp_path / "burst.log").read_text()
+    assert [(await queue.get(i))["state"] for i in ids] == ["succeeded"] * len(ids)
+
+
+async def _count(redis: Redis, queue: Queue, n: int) -> bool:
+    return len(await worker_pids(redis, queue)) == n
+
+
+def test_bad_processes_value_is_a_clear_cli_error() -> None:
+    proc = subprocess.run([sys.executable, "-m", "reliq", "work", "--processes", "lots"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "--processes must be a whole number" in proc.stderr
