@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,9 +25,8 @@ from reliq.redis_server import RedisServer, free_port
 from reliq.registry import REGISTRY
 from reliq.settings import Settings
 from reliq.worker import Worker
+from tests import procs
 from tests.util import eventually, wait_until
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_cluster(base: Path, primaries: int = 3) -> list[RedisServer]:
@@ -174,26 +172,19 @@ async def test_end_to_end_flow_runs_on_three_shards_at_once(
     await asyncio.gather(*(_flow_on(cluster_url, name, rc) for name in shard_queues))
 
 
-def _work(url: str, queue: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "reliq", "work", "--redis-url", url, "--queue", queue, "--concurrency", "4",
-             "--lease", "2", "--heartbeat-interval", "0.5"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-
 async def test_killed_worker_on_a_cluster_is_reaped_and_a_drained_one_exits_0(
     cluster_url: str, rc: Redis, shard_queues: list[str], tmp_path: Path
 ) -> None:
     name = shard_queues[1]
     queue = Queue(rc, short(cluster_url, name))
     ids = [await queue.enqueue("sleep", 0.4) for _ in range(12)]
-    victim = _work(cluster_url, name, tmp_path / "victim.log")
+    victim = procs.worker(cluster_url, name, tmp_path / "victim.log", "--concurrency", "4")
     survivor: subprocess.Popen[bytes] | None = None
     try:
         await eventually(lambda: _processing(queue), timeout=20, what="victim running tasks")
         victim.kill()
         victim.wait()
-        survivor = _work(cluster_url, name, tmp_path / "survivor.log")
+        survivor = procs.worker(cluster_url, name, tmp_path / "survivor.log", "--concurrency", "4")
 
         async def all_done() -> bool:
             return [(await queue.get(i))["state"] for i in ids] == ["succeeded"] * len(ids)
@@ -204,9 +195,8 @@ async def test_killed_worker_on_a_cluster_is_reaped_and_a_drained_one_exits_0(
         assert survivor.wait(15) == 0, (tmp_path / "survivor.log").read_text()
     finally:
         for proc in (victim, survivor):
-            if proc and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc:
+                procs.stop(proc)
 
 
 async def _processing(queue: Queue) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,9 +18,9 @@ from reliq.connection import UNAVAILABLE, connect
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
+from tests import procs
 from tests.util import eventually, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVICE = "reliqmaster"
 
 
@@ -131,19 +130,12 @@ async def produce(queue: Queue, stop: asyncio.Event, failed_over: asyncio.Event,
         await asyncio.sleep(0.01)
 
 
-def _work(url: str, queue: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "reliq", "work", "--redis-url", url, "--queue", queue, "--concurrency", "16",
-             "--lease", "5", "--heartbeat-interval", "0.5"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-
 async def test_killed_primary_fails_over_and_every_replicated_task_completes(
     topology: Topology, client: Redis, tmp_path: Path
 ) -> None:
     name = "s-" + uuid.uuid4().hex[:10]
     queue = Queue(client, Settings(redis_url=topology.url, queue=name))
-    worker = _work(topology.url, name, tmp_path / "worker.log")
+    worker = procs.worker(topology.url, name, tmp_path / "worker.log", "--concurrency", "16", "--lease", "5")
     stop, failed_over = asyncio.Event(), asyncio.Event()
     out = Produced([], [])
     producer = asyncio.create_task(produce(queue, stop, failed_over, out))
@@ -174,9 +166,7 @@ async def test_killed_primary_fails_over_and_every_replicated_task_completes(
     finally:
         stop.set()
         await asyncio.gather(producer, return_exceptions=True)
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+        procs.stop(worker)
 
 
 def _running(queue: Queue) -> object:
