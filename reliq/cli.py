@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -101,6 +102,25 @@ def monitor(log_level: str, **flags: Any) -> None:
 def all_(log_level: str, **flags: Any) -> None:
     """Run the API, the monitor and a worker in one process."""
     _exit(runner.run_all(_settings(log_level, **flags)))
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds of load and faults before draining and auditing")
+@click.option("--seed", type=int, help="Makes the task mix and the fault plan repeatable [random, printed]")
+@click.option("--rate", type=click.FloatRange(1), default=40.0, show_default=True, help="Tasks per second sent")
+@click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Worker processes")
+@click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True, help="Tasks per worker")
+@click.option("--settle-timeout", type=click.FloatRange(1), default=90.0, show_default=True,
+              help="Seconds to wait for the queues to drain after the load")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep Redis data, logs and the execution log here [a temporary directory]")
+def chaos(**flags: Any) -> None:
+    """Inject faults under load into a private cluster and prove no accepted task is lost."""
+    from reliq.chaos.run import ChaosOptions, run_chaos
+
+    _exit(run_chaos(ChaosOptions(**flags)))
 
 
 def entry() -> None:

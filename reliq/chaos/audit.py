@@ -1,0 +1,299 @@
+"""The verdict of a chaos run: every accepted task checked by id, duplicates explained,
+recovery after each kill timed, and the counters held against the task records.
+
+``collect`` reads the queue's final state from Redis; ``audit`` is a pure function of
+that state, the log of 202s, the execution log and the fault log, so it is tested on
+made-up inputs without running a cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reliq.chaos.faults import KINDS, Event, FaultLog
+from reliq.chaos.load import Accepted
+from reliq.chaos.tasks import POISON
+from reliq.queue import COUNTERS, Queue, text
+
+#: States a task can stay in once the run is over.
+FINAL = ("succeeded", "dead")
+
+
+@dataclass(slots=True)
+class Execution:
+    """One run of a handler, from the execution log; ``end`` is None when its process died."""
+
+    task_id: str
+    pid: int
+    attempt: int
+    start: float
+    end: float | None = None
+    outcome: str | None = None
+
+
+def read_executions(path: Path) -> dict[str, list[Execution]]:
+    """Executions per task id, in order of start, from the log the chaos handlers write."""
+    runs: dict[tuple[str, int, int], Execution] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            f = line.split()
+            if len(f) < 5:
+                continue  # cannot happen with atomic appends; never let it crash the audit
+            key = (f[1], int(f[2]), int(f[3]))
+            at = int(f[4]) / 1e9
+            if f[0] == "S":
+                runs[key] = Execution(f[1], key[1], key[2], at)
+            elif f[0] == "E" and key in runs:
+                runs[key].end, runs[key].outcome = at, f[5]
+    out: dict[str, list[Execution]] = {}
+    for e in sorted(runs.values(), key=lambda e: e.start):
+        out.setdefault(e.task_id, []).append(e)
+    return out
+
+
+@dataclass(slots=True)
+class RedisState:
+    """What is left in Redis after the run: every record, list and counter of the queue."""
+
+    records: dict[str, dict[str, str]]
+    dead: list[str]
+    pending: int
+    delayed: int
+    processing: dict[str, list[str]]  # worker id -> ids still in its processing list
+    workers: list[str]
+    counters: dict[str, int]
+    metrics: dict[str, int]
+
+
+async def _scan(queue: Queue, prefix: str) -> list[str]:
+    return [text(k)[len(prefix):] async for k in queue.redis.scan_iter(match=prefix + "*", count=1000)]
+
+
+async def collect(queue: Queue) -> RedisState:
+    """Read the queue's whole final state."""
+    k, r = queue.keys, queue.redis
+    ids = await _scan(queue, k.task_prefix)
+    records: dict[str, dict[str, str]] = {}
+    async with r.pipeline(transaction=False) as pipe:
+        for task_id in ids:
+            pipe.hgetall(k.task(task_id))
+        for task_id, raw in zip(ids, await pipe.execute(), strict=True):
+            records[task_id] = {text(f): text(v) for f, v in raw.items() if f != b"payload"}
+    processing = {}
+    for worker_id in await _scan(queue, k.processing_prefix):
+        processing[worker_id] = [text(i) for i in await r.lrange(k.processing(worker_id), 0, -1)]
+    snap = await queue.snapshot()
+    return RedisState(
+        records=records,
+        dead=[text(i) for i in await r.lrange(k.dead, 0, -1)],
+        pending=snap["pending"],
+        delayed=snap["delayed"],
+        processing=processing,
+        workers=[text(w) for w in await r.zrange(k.workers, 0, -1)],
+        counters={c: int(snap[c]) for c in COUNTERS},  # type: ignore[literal-required]
+        metrics={text(f): int(v) for f, v in (await r.hgetall(k.metrics)).items()},
+    )
+
+
+def worker_pid(worker_id: str) -> int:
+    """The pid inside a worker id (``host:pid:random``); -1 when it has none."""
+    parts = worker_id.rsplit(":", 2)
+    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else -1
+
+
+# -- the checks ---------------------------------------------------------------------------
+
+
+def _outcomes(accepted: Mapping[str, Accepted], state: RedisState) -> dict[str, Any]:
+    """Each accepted task against the final state it had to reach."""
+    lost, wrong = [], []
+    reached: Counter[str] = Counter()
+    for a in accepted.values():
+        rec = state.records.get(a.id)
+        if rec is None or rec.get("state") not in FINAL:
+            lost.append({"id": a.id, "type": a.type, "state": rec.get("state") if rec else "no record"})
+            continue
+        got = rec["state"] if rec["state"] == "succeeded" else f"dead:{rec.get('reason', '')}"
+        reached[got] += 1
+        if got != a.expect:
+            wrong.append({"id": a.id, "type": a.type, "expected": a.expect, "got": got,
+                          "last_error": rec.get("last_error", "")})
+    unacked = [i for i in state.records if i not in accepted]
+    stuck_unacked = [i for i in unacked if state.records[i].get("state") not in FINAL]
+    return {"accepted": len(accepted), "succeeded": reached["succeeded"],
+            "dead": sum(n for s, n in reached.items() if s.startswith("dead")), "reached": dict(reached),
+            "lost": len(lost), "lost_tasks": lost[:50], "wrong": len(wrong), "wrong_tasks": wrong[:50],
+            "created_without_202": len(unacked), "stuck_without_202": stuck_unacked[:50]}
+
+
+def _reruns(runs: list[Execution]) -> int:
+    """Executions that repeat work: each one not preceded by an execution that failed."""
+    return sum(1 for prev, _ in itertools.pairwise(runs) if prev.outcome != "error")
+
+
+def _cause(task_id: str, runs: list[Execution], events: list[Event], lease: float) -> str:
+    """The fault on a worker that ran the task which explains why it ran again, or 'unexplained'."""
+    pids = {e.pid for e in runs}
+    low, high = runs[0].start - lease - 2.0, runs[-1].start
+    causes = {"kill": "worker SIGKILL", "stop": "worker stall", "term": "rolling restart"}
+    for ev in events:
+        if ev.role == "worker" and ev.pid in pids and low <= ev.t <= high:
+            action = ev.action.split()[0]
+            if action in causes:
+                return causes[action]
+            if action == "died":
+                return "worker crashed (poison pill)"
+    return "unexplained"
+
+
+def _duplicates(accepted: Mapping[str, Accepted], execs: Mapping[str, list[Execution]], events: list[Event],
+                lease: float) -> dict[str, Any]:
+    """Tasks that ran more than once (retries after a failure excepted), and why."""
+    causes: Counter[str] = Counter()
+    unexplained = []
+    tasks = runs_total = 0
+    for task_id, runs in execs.items():
+        a = accepted.get(task_id)
+        if (a and a.type == POISON) or not (n := _reruns(runs)):
+            continue  # the poison pill runs crash_limit times by design
+        tasks += 1
+        runs_total += n
+        cause = _cause(task_id, runs, events, lease)
+        causes[cause] += 1
+        if cause == "unexplained":
+            unexplained.append({"id": task_id, "runs": [[e.pid, e.attempt, round(e.start, 3), e.outcome]
+                                                        for e in runs]})
+    return {"duplicated": tasks, "duplicate_runs": runs_total, "causes": dict(causes),
+            "unexplained": len(unexplained), "unexplained_tasks": unexplained[:50]}
+
+
+def _kills(events: list[Event], execs: Mapping[str, list[Execution]]) -> list[tuple[Event, float]]:
+    """Worker deaths by SIGKILL (ours or the poison pill's) with the time each happened."""
+    last_start: dict[int, float] = {}
+    for runs in execs.values():
+        for e in runs:
+            last_start[e.pid] = max(last_start.get(e.pid, 0.0), e.start)
+    out = []
+    for ev in events:
+        if ev.role != "worker":
+            continue
+        if ev.action == "kill":
+            out.append((ev, ev.t))
+        elif ev.action.startswith("died"):  # noticed a little late: the poison's own start is closer
+            out.append((ev, min(ev.t, last_start.get(ev.pid, ev.t))))
+    return out
+
+
+def _recovery(events: list[Event], execs: Mapping[str, list[Execution]], state: RedisState) -> dict[str, Any]:
+    """For each kill, the time until every task its worker was running had started again elsewhere."""
+    per_kill: list[dict[str, Any]] = []
+    for ev, at in _kills(events, execs):
+        waits, quarantined = [], 0
+        for task_id, runs in execs.items():
+            before = [e for e in runs if e.start <= at + 0.001]
+            if not before or before[-1].pid != ev.pid or before[-1].outcome == "error":
+                continue  # not held by this worker then, or its next run is an ordinary retry
+            again = [e.start for e in runs if e.start > at and e.pid != ev.pid]
+            if again:
+                waits.append(min(again) - at)
+            elif before[-1].end is None and state.records.get(task_id, {}).get("reason") == "crashed":
+                quarantined += 1
+                waits.append(int(state.records[task_id].get("finished_at", 0)) / 1000 - at)
+        per_kill.append({"pid": ev.pid, "how": ev.action.split()[0], "at": round(at, 3), "tasks": len(waits),
+                         "quarantined": quarantined, "recovery_s": round(max(waits), 3) if waits else None})
+    times: list[float] = [k["recovery_s"] for k in per_kill if k["recovery_s"] is not None]
+    return {"kills": per_kill, "measured": len(times),
+            "median_s": round(statistics.median(times), 3) if times else None,
+            "max_s": round(max(times), 3) if times else None}
+
+
+def _check(name: str, expected: int, actual: int, why: str) -> dict[str, Any]:
+    return {"name": name, "expected": expected, "actual": actual, "ok": expected == actual, "why": why}
+
+
+def _counters(state: RedisState) -> list[dict[str, Any]]:
+    """Equalities between the stats counters, the metrics and the task records.
+
+    They hold exactly when no record expired or was purged and nothing was cancelled
+    or requeued from the dead-letter queue during the run (all true of a chaos run).
+    """
+    c, recs = state.counters, state.records.values()
+    states = Counter(r.get("state") for r in recs)
+    reasons = Counter(r.get("reason") for r in recs if r.get("state") == "dead")
+    failures = sum(int(r.get("failures", 0)) for r in recs)
+    crashes = sum(int(r.get("crashes", 0)) for r in recs)
+    metric = Counter[str]()
+    for field, n in state.metrics.items():
+        if field.startswith("t|"):
+            metric[field.rsplit("|", 1)[1]] += n
+    permanent = reasons["permanent"] + reasons["unknown_type"]
+    return [
+        _check("enqueued == task records", c["enqueued"], len(state.records), "every enqueue created one record"),
+        _check("succeeded == records succeeded", c["succeeded"], states["succeeded"], "one count per applied ack"),
+        _check("dead == records dead", c["dead"], states["dead"], "one count per dead-lettering"),
+        _check("dead == dead-letter list length", c["dead"], len(state.dead), "every dead task is listed"),
+        _check("failed == sum(failures) + dead(permanent, unknown_type)", c["failed"], failures + permanent,
+               "each applied failure counts once on the record"),
+        _check("retried == sum(failures) - dead(error, timeout)", c["retried"],
+               failures - reasons["error"] - reasons["timeout"], "every failure but the last was retried"),
+        _check("metrics ok == succeeded", c["succeeded"], metric["ok"], "settle writes both together"),
+        _check("metrics failures == failed", c["failed"],
+               sum(metric[o] for o in ("error", "timeout", "permanent", "unknown_type")), "settle writes both"),
+        _check("sum(crashes) <= recovered + dead(crashed)", 1,
+               int(crashes <= c["recovered"] + reasons["crashed"]), "a crash is counted when its task is reaped"),
+        _check("pending + delayed == 0", 0, state.pending + state.delayed, "the queue drained"),
+        _check("records not final == 0", 0, sum(n for s, n in states.items() if s not in FINAL), "the queue drained"),
+        _check("cancelled + requeued == 0", 0, c["cancelled"] + c["requeued"], "the run cancels and requeues nothing"),
+    ]
+
+
+def _orphans(state: RedisState, live_pids: Iterable[int]) -> dict[str, Any]:
+    """Processing lists still holding tasks, and registrations of workers that are gone."""
+    live = set(live_pids)
+    held = {w: ids for w, ids in state.processing.items() if ids}
+    return {"nonempty_processing_lists": held,
+            "of_dead_workers": sorted(w for w in held if worker_pid(w) not in live),
+            "dead_workers_registered": sorted(w for w in state.workers if worker_pid(w) not in live)}
+
+
+def audit(accepted: Mapping[str, Accepted], execs: Mapping[str, list[Execution]], faults: FaultLog,
+          state: RedisState, live_pids: Iterable[int], lease: float) -> dict[str, Any]:
+    """The report of a run (see ``reliq chaos --help``); ``ok`` is False when anything failed."""
+    tasks = _outcomes(accepted, state)
+    dups = _duplicates(accepted, execs, faults.events, lease)
+    counters = _counters(state)
+    orphans = _orphans(state, live_pids)
+    problems = []
+    if tasks["lost"]:
+        problems.append(f"{tasks['lost']} accepted task(s) lost")
+    if tasks["wrong"]:
+        problems.append(f"{tasks['wrong']} task(s) ended in the wrong state")
+    if tasks["stuck_without_202"]:
+        problems.append(f"{len(tasks['stuck_without_202'])} task(s) created without a 202 never finished")
+    if dups["unexplained"]:
+        problems.append(f"{dups['unexplained']} duplicate(s) not explained by a kill or stall of their worker")
+    problems += [f"counter check failed: {c['name']} (expected {c['expected']}, got {c['actual']})"
+                 for c in counters if not c["ok"]]
+    if orphans["nonempty_processing_lists"]:
+        problems.append(f"tasks left in processing lists: {orphans['nonempty_processing_lists']}")
+    if orphans["dead_workers_registered"]:
+        problems.append(f"dead workers still registered: {orphans['dead_workers_registered']}")
+    kinds = Counter(f.kind for f in faults.faults)
+    return {
+        "ok": not problems, "problems": problems,
+        "faults": {k: kinds[k] for k in KINDS},
+        "worker_crashes": sum(1 for e in faults.events if e.role == "worker" and e.action.startswith("died")),
+        "tasks": tasks,
+        "executions": sum(len(r) for r in execs.values()),
+        "duplicates": dups,
+        "recovery": _recovery(faults.events, execs, state),
+        "counters": counters,
+        "orphans": orphans,
+        "stats": state.counters,
+    }
