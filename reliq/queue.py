@@ -253,11 +253,13 @@ class Queue:
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome]) -> tuple[int, int]:
         """Record a batch of outcomes; return (applied, stale)."""
         k = self.keys
-        args: list[Any] = [int(self.settings.result_ttl * 1000), self.settings.dead_cap]
+        batch = []
         for o in outcomes:
-            wait_ms = max(0, o.task.started_at - o.task.queued_at)
-            args += [o.task.id, o.outcome, o.text, o.retry_delay_ms,
-                     wait_ms, o.run_ms, bucket(wait_ms), bucket(o.run_ms)]
+            t = o.task
+            wait_ms = max(0, t.started_at - t.queued_at)
+            batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
+                          wait_ms, o.run_ms, bucket(wait_ms), bucket(o.run_ms)))
+        args = [int(self.settings.result_ttl * 1000), self.settings.dead_cap, orjson.dumps(batch)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)

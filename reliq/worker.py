@@ -34,6 +34,7 @@ from reliq.queue import Claimed, Outcome, Queue, text
 from reliq.reaper import Reaper
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
+from reliq.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class Worker:
         self._changed = asyncio.Event()  # a runner finished or a batch settled
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
+        self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetcher: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------
@@ -95,6 +97,7 @@ class Worker:
             asyncio.create_task(Reaper(self.queue, s.lease, s.reap_interval, self.id).run(), name="reaper"),
         ]
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
+        runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))
         settler = asyncio.create_task(self._settler(), name="settler")
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="fetcher")
         stop_wait = asyncio.create_task(stop.wait())
@@ -302,13 +305,13 @@ class Worker:
         except orjson.JSONDecodeError as exc:
             raise PermanentError(f"payload is not valid JSON: {exc}") from None
         ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
-        async with asyncio.timeout(self._timeout(handler, task)):
-            if handler.is_async:
-                return await handler.call(payload, ctx)
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, handler.call, payload, ctx)
+        timeout = self._timeout(handler, task)
+        if handler.is_async:
+            return await self._watchdog.within(handler.call(payload, ctx), timeout)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
+        loop = asyncio.get_running_loop()
+        return await self._watchdog.within(loop.run_in_executor(self._pool, handler.call, payload, ctx), timeout)
 
     # -- settling -----------------------------------------------------------------------------
 
