@@ -17,12 +17,18 @@ _last_ms = 0
 _last_rand = 0
 
 
-def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 characters
+_SHIFTS = range(120, -1, -10)
+
+
+def _encode(ms: int, rand: int) -> str:
+    """ms (48 bits) then rand (80 bits) as 26 Crockford base32 characters.
+
+    Two characters a lookup: a loop of one character a step was a fifth of the API's
+    CPU under POST /tasks.
+    """
+    value = (ms << 80) | rand
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _SHIFTS])
 
 
 def new_id() -> str:
@@ -36,7 +42,7 @@ def new_id() -> str:
         else:
             _last_ms = ms
             _last_rand = int.from_bytes(os.urandom(10), "big") >> 1
-        return _encode(ms, 10) + _encode(_last_rand, 16)
+        return _encode(ms, _last_rand)
 
 
 def id_time_ms(task_id: str) -> int:

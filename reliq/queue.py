@@ -181,9 +181,12 @@ class Queue:
     async def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool]]:
         """Enqueue all ``specs`` atomically; return (task id, created now) for each."""
         k = self.keys
-        args: list[Any] = [int(self.settings.idempotency_ttl * 1000)]
-        for s in specs:
-            args += [s.id, s.type, s.payload, s.max_retries, s.timeout_ms or "", s.delay_ms, s.idempotency_key]
+        batch = orjson.dumps([
+            (s.id, s.type, s.payload.decode(), str(s.max_retries), str(s.timeout_ms or ""), str(s.delay_ms),
+             s.idempotency_key)
+            for s in specs
+        ])
+        args = [int(self.settings.idempotency_ttl * 1000), batch]
         raw = await self._scripts("enqueue", [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix], args)
         return [(raw[i].decode(), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
 

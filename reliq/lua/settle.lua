@@ -64,6 +64,7 @@ for _, t in ipairs(cjson.decode(ARGV[3])) do
     end
   end
 end
-for field, n in pairs(sums) do redis.call('HINCRBY', metrics, field, n) end
-for field, n in pairs(counts) do redis.call('HINCRBY', stats, field, n) end
+-- '%d': an integer however large; a Lua number as argument may be sent in e-notation.
+for field, n in pairs(sums) do redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
+for field, n in pairs(counts) do redis.call('HINCRBY', stats, field, string.format('%d', n)) end
 return {applied, stale}
