@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from reliq import runner, supervisor
 from reliq.errors import ConfigError
@@ -121,6 +122,37 @@ def chaos(**flags: Any) -> None:
     from reliq.chaos.run import ChaosOptions, run_chaos
 
     _exit(run_chaos(ChaosOptions(**flags)))
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:8085", show_default=True, help="Producer API to drive")
+@click.option("--redis-url", help="Redis the tasks land in, to read their records [env REDIS_URL]")
+@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@click.option("--tasks", type=click.IntRange(1), default=10_000, show_default=True, help="Tasks to send")
+@click.option("--duration", type=float, help="Send for this many seconds instead of --tasks")
+@click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True,
+              help="Requests in flight at once")
+@click.option("--type", "type_", default="noop", show_default=True, help="Task type")
+@click.option("--payload", default="null", show_default=True, help="Task payload, as JSON")
+@click.option("--batch", type=click.IntRange(1, 1000), help="Tasks a request, through POST /tasks")
+@click.option("--rate", type=float, help="Open loop: hold this many tasks/s instead of going flat out")
+@click.option("--direct", is_flag=True, help="Enqueue through the Python client, with no HTTP")
+@click.option("--timeout", type=float, default=300.0, show_default=True,
+              help="Seconds to wait for the tasks to finish")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (no progress bar)")
+def bench(redis_url: str | None, queue: str | None, type_: str, payload: str, batch: int | None,
+          as_json: bool, **flags: Any) -> None:
+    """Load-test a deployment on this machine: rates and latency percentiles."""
+    from reliq.bench import BenchConfig, run_bench
+
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+    settings = Settings.load(redis_url=redis_url, queue=queue)
+    config = BenchConfig(redis_url=settings.redis_url, queue=settings.queue, token=settings.api_token,
+                         type=type_, payload=body, batch=batch or 0, progress=not as_json, **flags)
+    _exit(run_bench(config, as_json))
 
 
 def entry() -> None:
