@@ -22,10 +22,19 @@ scale-down stabilisation) are the autoscaler's job, not this estimate's.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from reliq.sampler import Sample
 
 #: The lag reliq aims to keep queues under unless told otherwise (``--target-lag``).
 DEFAULT_TARGET_LAG_S = 10.0
+#: Seconds of the monitor's samples the estimate looks back over: long enough to see
+#: tasks of a minute finish, short enough to follow a change of load.
+WINDOW_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +100,51 @@ def desired_workers(needed_rate: float, per_worker: float | None, current: int, 
     if per_worker is None or per_worker <= 0:
         return max(1, current)  # no finished run to measure by: no evidence to scale on
     return max(1, math.ceil(needed_rate / per_worker - 1e-9))
+
+
+def reading(sample: Sample) -> Reading:
+    """The counters of one of the monitor's samples, as the estimate needs them."""
+    snap = sample.snapshot
+    return Reading(
+        t=sample.t,
+        arrived=snap["enqueued"] + snap["retried"] + snap["recovered"] + snap["requeued"],
+        runs=sum(sample.run),
+        run_ms=sample.run_ms,
+        pending=snap["pending"],
+        lag_s=snap["lag_s"],
+        workers=len(sample.workers),
+        slots=sum(w["concurrency"] for w in sample.workers),
+    )
+
+
+def from_samples(samples: Sequence[Sample], target_lag_s: float = DEFAULT_TARGET_LAG_S,
+                 window_s: float = WINDOW_S) -> Estimate | None:
+    """The estimate over the newest ``window_s`` seconds of samples (None before two exist)."""
+    if len(samples) < 2:
+        return None
+    newest = samples[-1]
+    oldest = next(s for s in samples if newest.t - s.t <= window_s)
+    if oldest is newest:
+        oldest = samples[-2]
+    return estimate(reading(oldest), reading(newest), target_lag_s)
+
+
+def exposition(queue: str, current: Estimate | None) -> bytes:
+    """``reliq_desired_workers{queue}`` in the Prometheus text format (no sample: no line)."""
+    gauge = GaugeMetricFamily("reliq_desired_workers", "Worker processes that would keep the queue's lag "
+                              "under the target lag, by Little's law (see docs/scaling.md).", labels=["queue"])
+    if current is not None:
+        gauge.add_metric([queue], current.desired_workers)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Fixed(gauge))
+    return bytes(generate_latest(registry))
+
+
+class _Fixed:
+    """A collector of one ready-made family."""
+
+    def __init__(self, family: GaugeMetricFamily) -> None:
+        self.family = family
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        return [self.family]

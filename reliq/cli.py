@@ -89,6 +89,8 @@ def serve(log_level: str, **flags: Any) -> None:
 @_common
 @click.option("--host", help="Address to listen on [127.0.0.1]")
 @click.option("--port", "monitor_port", type=int, help="Port [8082]")
+@click.option("--target-lag", type=click.FloatRange(min=0, min_open=True),
+              help="Lag, seconds, that reliq_desired_workers aims to keep the queue under [10]")
 def monitor(log_level: str, **flags: Any) -> None:
     """Run the monitor (dashboard, /stats, /metrics)."""
     _exit(runner.run_monitor(_settings(log_level, **flags)))

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from reliq import deadletter, metrics
+from reliq import autoscale, deadletter, metrics
 from reliq.deadletter import DeadFilter, Replays
 from reliq.errors import TaskNotFound
 from reliq.queue import Queue
@@ -89,7 +89,10 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def prometheus(request: web.Request) -> web.Response:
     """GET /metrics: the Prometheus text exposition of the queue, read from Redis."""
-    body = await metrics.render([request.app[QUEUE]])
+    queue = request.app[QUEUE]
+    body = await metrics.render([queue])
+    desired = autoscale.from_samples(request.app[SAMPLER].samples, queue.settings.target_lag)
+    body += autoscale.exposition(queue.name, desired)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

@@ -44,6 +44,8 @@ class Sample:
     run: list[int]
     workers: list[WorkerView]
     point: list[float]
+    #: Sum of every run's duration so far, ms (with ``run``, the mean run time for autoscaling).
+    run_ms: int = 0
 
 
 def _rate(new: Snapshot, old: Snapshot, name: str, seconds: float) -> float:
@@ -80,7 +82,8 @@ class Sampler:
                               snapshot["delayed"], snapshot["dead_letter"]]
         for name in ("succeeded", "failed", "enqueued"):
             point.append(_rate(snapshot, prev.snapshot, name, t - prev.t) if prev else 0.0)
-        sample = Sample(t, snapshot, merge_buckets(types, "wait"), merge_buckets(types, "run"), workers, point)
+        sample = Sample(t, snapshot, merge_buckets(types, "wait"), merge_buckets(types, "run"), workers, point,
+                        run_ms=sum(m.run_sum_ms for m in types.values()))
         self.samples.append(sample)
         return sample
 

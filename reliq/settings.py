@@ -67,6 +67,8 @@ class Settings:
     crash_limit: int = 3
     #: Port of the worker's liveness endpoint, GET /healthz (0 = none; workers need no port).
     health_port: int = 0
+    #: The lag the monitor's reliq_desired_workers estimate aims to keep queues under, s.
+    target_lag: float = 10.0
 
     #: How long records of succeeded and cancelled tasks are kept, seconds.
     result_ttl: float = 24 * 3600.0
@@ -104,6 +106,8 @@ class Settings:
         """Refuse settings that cannot work, saying what is wrong."""
         if not self.queue or any(c in self.queue for c in "{}: "):
             raise ConfigError(f"queue name {self.queue!r} must be non-empty without {{}}: or spaces")
+        if not self.target_lag > 0:
+            raise ConfigError("target_lag must be a positive number of seconds")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
         if self.heartbeat_interval * 2 > self.lease:

@@ -9,10 +9,14 @@ lag_s, workers, slots.
 from __future__ import annotations
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reliq.autoscale import Reading, desired_workers, estimate
+from reliq import monitor
+from reliq.autoscale import Reading, desired_workers, estimate, from_samples
+from reliq.queue import Queue
+from reliq.settings import Settings
 
 # 20 tasks/s: the one worker keeps up, nothing waits.
 UNDER_CAPACITY = [
@@ -128,3 +132,18 @@ def test_desired_workers_always_cover_the_needed_rate_with_less_than_one_to_spar
     n = desired_workers(needed, per_worker, 5, busy=True)
     assert n * per_worker >= needed * (1 - 1e-9)
     assert n == 1 or (n - 1) * per_worker < needed
+
+
+async def test_the_monitor_exports_reliq_desired_workers_from_its_samples(queue: Queue, settings: Settings) -> None:
+    app = monitor.create_app(queue, settings.replace(target_lag=5.0))
+    async with TestClient(TestServer(app)) as http:
+        sampler = app[monitor.SAMPLER]
+        assert from_samples(list(sampler.samples)[-1:]) is None  # one reading is no rate
+        for _ in range(30):
+            await queue.enqueue("noop")
+        await sampler.sample_once()
+        await sampler.sample_once()
+        body = await (await http.get("/metrics")).text()
+    assert "# TYPE reliq_desired_workers gauge" in body
+    # work waits and no worker has run anything yet: no capacity to go by, so at least one
+    assert f'reliq_desired_workers{{queue="{queue.name}"}} 1.0' in body
