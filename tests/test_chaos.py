@@ -84,6 +84,12 @@ def test_retries_after_failures_are_not_duplicates() -> None:
     assert report["duplicates"]["duplicated"] == 0
 
 
+def test_a_success_without_a_successful_run_fails_the_run() -> None:
+    report = audit(_accepted(("a", NOOP)), {"a": [Execution("a", 10, 1, 100.0)]}, _faults(),
+                   _state({"a": {"state": "succeeded"}}, enqueued=1, succeeded=1), [], LEASE)
+    assert report["tasks"]["succeeded_without_running"] == ["a"] and not report["ok"]
+
+
 def test_a_counter_that_disagrees_with_the_records_fails_the_run() -> None:
     report = audit(_accepted(("a", NOOP)), {}, _faults(),
                    _state({"a": {"state": "succeeded"}}, enqueued=1, succeeded=2), [], LEASE)

@@ -110,9 +110,12 @@ def worker_pid(worker_id: str) -> int:
 # -- the checks ---------------------------------------------------------------------------
 
 
-def _outcomes(accepted: Mapping[str, Accepted], state: RedisState) -> dict[str, Any]:
-    """Each accepted task against the final state it had to reach."""
+def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
+              execs: Mapping[str, list[Execution]]) -> dict[str, Any]:
+    """Each accepted task against the final state it had to reach (and a success must have run)."""
     lost, wrong = [], []
+    unrun = [i for i, r in state.records.items()
+             if r.get("state") == "succeeded" and not any(e.outcome == "ok" for e in execs.get(i, ()))]
     reached: Counter[str] = Counter()
     for a in accepted.values():
         rec = state.records.get(a.id)
@@ -129,7 +132,8 @@ def _outcomes(accepted: Mapping[str, Accepted], state: RedisState) -> dict[str, 
     return {"accepted": len(accepted), "succeeded": reached["succeeded"],
             "dead": sum(n for s, n in reached.items() if s.startswith("dead")), "reached": dict(reached),
             "lost": len(lost), "lost_tasks": lost[:50], "wrong": len(wrong), "wrong_tasks": wrong[:50],
-            "created_without_202": len(unacked), "stuck_without_202": stuck_unacked[:50]}
+            "created_without_202": len(unacked), "stuck_without_202": stuck_unacked[:50],
+            "succeeded_without_running": unrun[:50]}
 
 
 def _reruns(runs: list[Execution]) -> int:
@@ -265,7 +269,7 @@ def _orphans(state: RedisState, live_pids: Iterable[int]) -> dict[str, Any]:
 def audit(accepted: Mapping[str, Accepted], execs: Mapping[str, list[Execution]], faults: FaultLog,
           state: RedisState, live_pids: Iterable[int], lease: float) -> dict[str, Any]:
     """The report of a run (see ``reliq chaos --help``); ``ok`` is False when anything failed."""
-    tasks = _outcomes(accepted, state)
+    tasks = _outcomes(accepted, state, execs)
     dups = _duplicates(accepted, execs, faults.events, lease)
     counters = _counters(state)
     orphans = _orphans(state, live_pids)
@@ -276,6 +280,8 @@ def audit(accepted: Mapping[str, Accepted], execs: Mapping[str, list[Execution]]
         problems.append(f"{tasks['wrong']} task(s) ended in the wrong state")
     if tasks["stuck_without_202"]:
         problems.append(f"{len(tasks['stuck_without_202'])} task(s) created without a 202 never finished")
+    if tasks["succeeded_without_running"]:
+        problems.append(f"{len(tasks['succeeded_without_running'])} task(s) succeeded without a successful run")
     if dups["unexplained"]:
         problems.append(f"{dups['unexplained']} duplicate(s) not explained by a kill or stall of their worker")
     problems += [f"counter check failed: {c['name']} (expected {c['expected']}, got {c['actual']})"

@@ -90,7 +90,7 @@ class Cluster:
         self._logs.mkdir(parents=True, exist_ok=True)
         log = (self._logs / f"{self._count:03d}-{role}.log").open("wb")
         cmd = [sys.executable, "-m", "reliq", *args, "--redis-url", self.redis.url, "--queue", self.queue,
-               "--log-level", "WARNING"]
+               "--log-level", "INFO"]
         popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                  stdin=subprocess.DEVNULL)
         return Proc(role, popen, log)

@@ -35,7 +35,8 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("lost", t["lost"]),
         ("wrong final state", t["wrong"]),
         ("recovery after kill", f"median {_s(rec['median_s'])}, max {_s(rec['max_s'])} "
-                                f"over {rec['measured']} kill(s)"),
+                                f"over {rec['measured']} kill(s) of a busy worker"),
+        ("each kill", " ".join(f"{k['how']}:{_s(k['recovery_s'])}" for k in rec["kills"])),
     ]:
         tasks.add_row(name, str(value))
 
