@@ -51,25 +51,38 @@ if ARGV[3] ~= '' and redis.call('LPOS', KEYS[2], ARGV[3]) then
   end
 end
 
+-- The next ids are read with one LRANGE, taken off the tail with one LTRIM and put at the
+-- head of W's list with one LPUSH: the lists end as after one LMOVE an id, in three calls.
 local skipped = 0
 while taken < max and skipped < 1000 do
-  local id = redis.call('LINDEX', KEYS[1], -1)
-  if not id then break end
-  local state, f = fields(id)
-  if state ~= 'pending' then
-    redis.call('RPOP', KEYS[1])
-    skipped = skipped + 1
-  elseif tonumber(f[6]) > 0 then
-    if taken == 0 and redis.call('LLEN', KEYS[2]) == 0 then
-      redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-      claim(id, f)
-    elseif taken == 0 then
-      out[1] = 1
+  local window = redis.call('LRANGE', KEYS[1], -(max - taken), -1)
+  local used, moved, stop = 0, {}, false
+  for i = #window, 1, -1 do
+    local id = window[i]
+    local state, f = fields(id)
+    if state == 'pending' and tonumber(f[6]) > 0 then
+      if taken == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+        used = used + 1
+        moved[#moved + 1] = id
+        claim(id, f)
+      elseif taken == 0 then
+        out[1] = 1
+      end
+      stop = true
+      break
     end
-    break
-  else
-    redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-    claim(id, f)
+    used = used + 1
+    if state == 'pending' then
+      moved[#moved + 1] = id
+      claim(id, f)
+    else
+      skipped = skipped + 1
+    end
   end
+  if used > 0 then redis.call('LTRIM', KEYS[1], 0, -(used + 1)) end
+  for i = 1, #moved, 1000 do  -- in slices: unpack has a stack limit
+    redis.call('LPUSH', KEYS[2], unpack(moved, i, math.min(i + 999, #moved)))
+  end
+  if stop or #window == 0 then break end
 end
 return out
