@@ -11,7 +11,9 @@ from typing import Any
 import click
 import orjson
 
+import reliq.admin
 from reliq import runner, supervisor
+from reliq.deadletter import DeadFilter
 from reliq.errors import ConfigError
 from reliq.settings import Settings
 
@@ -25,6 +27,12 @@ def _common(fn: F) -> F:
     fn = click.option("--log-level", default="INFO", show_default=True,
                       type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))(fn)
     return fn
+
+
+def _private_option(fn: F) -> F:
+    """``--private``: the monitor's read-only views need the token too."""
+    return click.option("--private", is_flag=True, default=None,
+                        help="Monitor: require RELIQ_API_TOKEN for read-only views too [env RELIQ_PRIVATE]")(fn)
 
 
 def _worker_options(fn: F) -> F:
@@ -91,6 +99,7 @@ def serve(log_level: str, **flags: Any) -> None:
 @click.option("--port", "monitor_port", type=int, help="Port [8082]")
 @click.option("--target-lag", type=click.FloatRange(min=0, min_open=True),
               help="Lag, seconds, that reliq_desired_workers aims to keep the queue under [10]")
+@_private_option
 def monitor(log_level: str, **flags: Any) -> None:
     """Run the monitor (dashboard, /stats, /metrics)."""
     _exit(runner.run_monitor(_settings(log_level, **flags)))
@@ -102,6 +111,7 @@ def monitor(log_level: str, **flags: Any) -> None:
 @click.option("--host", help="Address to listen on [127.0.0.1]")
 @click.option("--api-port", type=int, help="Producer API port [8085]")
 @click.option("--monitor-port", type=int, help="Monitor port [8082]")
+@_private_option
 def all_(log_level: str, **flags: Any) -> None:
     """Run the API, the monitor and a worker in one process."""
     _exit(runner.run_all(_settings(log_level, **flags)))
@@ -155,6 +165,98 @@ def bench(redis_url: str | None, queue: str | None, type_: str, payload: str, ba
     config = BenchConfig(redis_url=settings.redis_url, queue=settings.queue, token=settings.api_token,
                          type=type_, payload=body, batch=batch or 0, progress=not as_json, **flags)
     _exit(run_bench(config, as_json))
+
+
+def _dead_filter(fn: F) -> F:
+    """``--type`` and ``--reason``: which dead tasks a dlq command applies to."""
+    fn = click.option("--type", "type_", help="Only tasks of this type")(fn)
+    fn = click.option("--reason", type=click.Choice(["error", "timeout", "crashed", "unknown_type", "permanent"]),
+                      help="Only tasks that died for this reason")(fn)
+    return fn
+
+
+def _admin_settings(redis_url: str | None, queue: str | None) -> Settings:
+    return Settings.load(redis_url=redis_url, queue=queue)
+
+
+def _bulk(ids: tuple[str, ...], all_: bool, type_: str | None, reason: str | None) -> DeadFilter:
+    """The filter of a bulk dlq action; refuse an action that names nothing."""
+    if ids and (all_ or type_ or reason):
+        raise click.UsageError("give task ids, or --all/--type/--reason, not both")
+    if not ids and not (all_ or type_ or reason):
+        raise click.UsageError("give task ids, or --all (optionally narrowed with --type/--reason)")
+    return DeadFilter(type=type_, reason=reason)
+
+
+def _confirm(yes: bool) -> Callable[[str], bool]:
+    return lambda question: yes or click.confirm(question, default=False)
+
+
+@main.command()
+@click.option("--redis-url", help="Redis URL [env REDIS_URL]")
+@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def stats(redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print the queue's depths, lag, workers and counters."""
+    _exit(reliq.admin.stats(_admin_settings(redis_url, queue), as_json))
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, requeue and purge the dead-letter queue."""
+
+
+def _dlq_common(fn: F) -> F:
+    fn = click.option("--redis-url", help="Redis URL [env REDIS_URL]")(fn)
+    return click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
+
+
+@dlq.command(name="list")
+@_dlq_common
+@_dead_filter
+@click.option("--page", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--per-page", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def dlq_list(redis_url: str | None, queue: str | None, type_: str | None, reason: str | None,
+             page: int, per_page: int, as_json: bool) -> None:
+    """List dead tasks, newest first."""
+    flt = DeadFilter(type=type_, reason=reason)
+    _exit(reliq.admin.dlq_list(_admin_settings(redis_url, queue), flt, page, per_page, as_json))
+
+
+@dlq.command(name="show")
+@_dlq_common
+@click.argument("task_id")
+def dlq_show(redis_url: str | None, queue: str | None, task_id: str) -> None:
+    """Print one dead task's record (payload, error, timestamps) as JSON."""
+    _exit(reliq.admin.dlq_show(_admin_settings(redis_url, queue), task_id))
+
+
+@dlq.command(name="requeue")
+@_dlq_common
+@_dead_filter
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead task (narrow with --type/--reason)")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Requeue at most this many tasks/s")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation")
+def dlq_requeue(redis_url: str | None, queue: str | None, ids: tuple[str, ...], all_: bool, type_: str | None,
+                reason: str | None, rate: float | None, yes: bool) -> None:
+    """Send dead tasks back to pending with a fresh retry budget: IDS, or --all/--type/--reason."""
+    flt = _bulk(ids, all_, type_, reason)
+    _exit(reliq.admin.dlq_requeue(_admin_settings(redis_url, queue), ids, flt, rate, _confirm(yes)))
+
+
+@dlq.command(name="purge")
+@_dlq_common
+@_dead_filter
+@click.argument("ids", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead task (narrow with --type/--reason)")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation")
+def dlq_purge(redis_url: str | None, queue: str | None, ids: tuple[str, ...], all_: bool, type_: str | None,
+              reason: str | None, yes: bool) -> None:
+    """Delete dead tasks and their records for good: IDS, or --all/--type/--reason."""
+    flt = _bulk(ids, all_, type_, reason)
+    _exit(reliq.admin.dlq_purge(_admin_settings(redis_url, queue), ids, flt, _confirm(yes)))
 
 
 def entry() -> None:

@@ -8,6 +8,7 @@ thousands of failures cannot flatten a downstream service that is just recoverin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -211,6 +212,13 @@ class Replay:
     started_at: float = field(default_factory=time.time)
     finished_at: float | None = None
     error: str | None = None
+    # A flag rather than Task.cancel(): redis-py can swallow a cancellation that lands
+    # inside a command, and a job stopped before its first step must still end.
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        """Ask the replay to stop before its next batch (what it requeued stays requeued)."""
+        self._stop.set()
 
     def view(self) -> JobView:
         """The replay's progress."""
@@ -223,7 +231,7 @@ class Replay:
         """Requeue everything matching, pacing batches to the rate; return the final view."""
         try:
             await self._run()
-            self.state = "done"
+            self.state = "cancelled" if self._stop.is_set() else "done"
         except asyncio.CancelledError:
             self.state = "cancelled"
             raise
@@ -242,12 +250,16 @@ class Replay:
         size = BATCH if not self.rate else max(1, min(BATCH, int(self.rate / 10)))
         began = time.monotonic()
         for i in range(0, len(ids), size):
+            if self._stop.is_set():
+                return
             chunk = ids[i : i + size]
             n = await self._requeue(chunk)
             self.requeued += n
             self.skipped += len(chunk) - n  # requeued or deleted by someone else meanwhile
             if self.rate:
-                await asyncio.sleep(max(0.0, began + (i + len(chunk)) / self.rate - time.monotonic()))
+                pause = max(0.0, began + (i + len(chunk)) / self.rate - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), pause)
 
     async def _requeue(self, ids: list[str]) -> int:
         backoff = Backoff()
@@ -289,9 +301,8 @@ class Replays:
     def cancel(self, job_id: str) -> Replay | None:
         """Stop a running replay (what it already requeued stays requeued)."""
         job = self.jobs.get(job_id)
-        task = self._tasks.get(job_id)
-        if job and task and not task.done():
-            task.cancel()
+        if job:
+            job.stop()
         return job
 
     def views(self) -> list[JobView]:
@@ -301,6 +312,8 @@ class Replays:
     async def close(self) -> None:
         """Cancel running replays (the monitor is shutting down)."""
         running = [t for t in self._tasks.values() if not t.done()]
+        for job in self.jobs.values():
+            job.stop()
         for t in running:
             t.cancel()
         await asyncio.gather(*running, return_exceptions=True)

@@ -74,7 +74,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
-    seq = -1
+    seq = 0  # tick 0 has no reading: wait for the first one
     with contextlib.suppress(ConnectionResetError):
         await response.write(b"retry: 2000\n\n")
         while not sampler.closed.is_set():

@@ -1,0 +1,179 @@
+"""``reliq dlq ...`` and ``reliq stats``: the dead-letter operations and counts for a terminal.
+
+Each function opens the queue, calls :mod:`reliq.deadletter` (the same code the monitor's
+endpoints use), prints, and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from reliq import deadletter
+from reliq.connection import UNAVAILABLE, connect
+from reliq.deadletter import DeadFilter, Replay
+from reliq.errors import TaskNotFound
+from reliq.metrics import read_workers
+from reliq.queue import COUNTERS, Queue
+from reliq.runner import run
+from reliq.settings import Settings
+
+Confirm = Callable[[str], bool]
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _with_queue(settings: Settings, body: Callable[[Queue], Awaitable[int]]) -> int:
+    """Run ``body`` against the configured queue; Redis outages and unknown ids exit 1."""
+
+    async def main() -> int:
+        redis = connect(settings.redis_url, max_connections=4)
+        try:
+            return await body(Queue(redis, settings))
+        except UNAVAILABLE as exc:
+            err.print(f"reliq: cannot reach Redis at {settings.redis_url}: {exc}")
+            return 1
+        except TaskNotFound as exc:
+            err.print(f"reliq: no task {exc} in the dead-letter queue of {settings.queue!r}")
+            return 1
+        finally:
+            await redis.aclose()
+
+    return run(main)
+
+
+def _json(data: Any) -> None:
+    out.print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode(), markup=False, soft_wrap=True)
+
+
+def stats(settings: Settings, as_json: bool = False) -> int:
+    """``reliq stats``: depths, lag, workers and counters of the queue."""
+
+    async def body(queue: Queue) -> int:
+        snap = await queue.snapshot()
+        workers = await read_workers(queue)
+        if as_json:
+            _json({**snap, "worker_list": workers})
+            return 0
+        table = Table(title=f"queue {snap['queue']}", show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column(justify="right")
+        for name in ("pending", "processing", "delayed", "dead_letter", "workers"):
+            table.add_row(name, f"{snap[name]:,}")
+        table.add_row("lag", f"{snap['lag_s']:.3f} s")
+        for name in COUNTERS:
+            table.add_row(f"{name} (total)", f"{snap[name]:,}")  # type: ignore[literal-required]
+        out.print(table)
+        for w in workers:
+            out.print(f"worker {w['id']}  {w['host']} pid {w['pid']}  {w['in_flight']}/{w['concurrency']} busy  "
+                      f"{w['processed']:,} processed  heartbeat {w['heartbeat_age_s']:.1f}s ago", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def dlq_list(settings: Settings, flt: DeadFilter, page: int, per_page: int, as_json: bool = False) -> int:
+    """``reliq dlq list``: one page of dead tasks, newest first."""
+
+    async def body(queue: Queue) -> int:
+        result = await deadletter.page(queue, flt, offset=(page - 1) * per_page, limit=per_page, facets=flt.active)
+        if as_json:
+            _json(result)
+            return 0
+        if not result["items"]:
+            out.print("the dead-letter queue is empty" + (" for this filter" if flt.active else ""))
+            return 0
+        table = Table(title=f"dead letters of {settings.queue!r}: {result['total']:,} "
+                      f"(page {page}, {per_page} a page)", title_justify="left")
+        table.add_column("id", no_wrap=True, min_width=26)  # ids are for copying: never cut
+        for column in ("failed at", "type", "reason", "attempts", "last error"):
+            table.add_column(column, overflow="fold")
+        for item in result["items"]:
+            table.add_row(item["task_id"], item["failed_at"] or "-", item["type"], item["reason"],
+                          str(item["attempts"]), item["last_error"].splitlines()[0] if item["last_error"] else "")
+        out.print(table)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def dlq_show(settings: Settings, task_id: str) -> int:
+    """``reliq dlq show ID``: the full record of a dead task, as JSON."""
+
+    async def body(queue: Queue) -> int:
+        _json(await deadletter.show(queue, task_id))
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def _describe(flt: DeadFilter) -> str:
+    parts = [f"{name} {value!r}" for name, value in (("type", flt.type), ("reason", flt.reason)) if value]
+    return " with " + " and ".join(parts) if parts else ""
+
+
+def _by_ids(verb: str, done: int, ids: Sequence[str]) -> int:
+    """Report an action on named ids; exit 1 when some of them were not dead."""
+    out.print(f"{verb} {done} of {len(ids)} task(s)" + ("" if done == len(ids) else "; the rest were not dead"))
+    return 0 if done == len(ids) else 1
+
+
+async def _ask(queue: Queue, flt: DeadFilter, confirm: Confirm, question: Callable[[int], str]) -> int | None:
+    """Confirm a bulk action: None to go ahead, else the exit code (0 nothing matches, 1 declined)."""
+    total = len(await deadletter.matching_ids(queue, flt))
+    if not total:
+        out.print("no dead task matches")
+        return 0
+    return None if confirm(question(total)) else 1
+
+
+def dlq_requeue(settings: Settings, ids: Sequence[str], flt: DeadFilter, rate: float | None,
+                confirm: Confirm) -> int:
+    """``reliq dlq requeue``: the given ids, or every dead task matching (``--all``/filters)."""
+
+    async def body(queue: Queue) -> int:
+        if ids:
+            return _by_ids("requeued", await queue.dead_requeue(ids=list(ids)), ids)
+        pace = f" at {rate:g}/s" if rate else ""
+        stop = await _ask(queue, flt, confirm, lambda n: f"Requeue {n:,} dead task(s){_describe(flt)}{pace}?")
+        if stop is not None:
+            return stop
+        job = Replay(queue, flt, rate)
+        printer = asyncio.create_task(_progress(job))
+        view = await job.run()
+        printer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await printer
+        out.print(f"requeued {view['requeued']:,} task(s)"
+                  + (f", {view['skipped']} skipped (no longer dead)" if view["skipped"] else ""))
+        return 0 if view["state"] == "done" else 1
+
+    return _with_queue(settings, body)
+
+
+async def _progress(job: Replay) -> None:
+    while True:
+        await asyncio.sleep(2.0)
+        out.print(f"... {job.requeued:,} of {job.total or 0:,} requeued", markup=False)
+
+
+def dlq_purge(settings: Settings, ids: Sequence[str], flt: DeadFilter, confirm: Confirm) -> int:
+    """``reliq dlq purge``: delete the given ids, or every dead task matching (``--all``/filters)."""
+
+    async def body(queue: Queue) -> int:
+        if ids:
+            return _by_ids("deleted", await queue.dead_purge(ids=list(ids)), ids)
+        stop = await _ask(queue, flt, confirm, lambda n: f"Delete {n:,} dead task(s){_describe(flt)} and their "
+                                                         "records, for good?")
+        if stop is not None:
+            return stop
+        out.print(f"deleted {await deadletter.purge(queue, flt):,} task(s)")
+        return 0
+
+    return _with_queue(settings, body)

@@ -1,0 +1,640 @@
+// reliq monitor page: live counts over Server-Sent Events (polling /stats as a fallback),
+// canvas charts of the monitor's 15-minute history, and dead-letter actions.
+// Plain JS, no build step, nothing loaded from anywhere but this monitor.
+"use strict";
+
+const HISTORY_S = 15 * 60;
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
+
+// -- small helpers --------------------------------------------------------------------
+
+/** Build an element; children are nodes or text (never parsed as HTML). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "style") el.style.cssText = v;
+    else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+function fmtInt(n) {
+  if (n === null || n === undefined) return "–";
+  if (Math.abs(n) >= 1e6) return (n / 1e6).toFixed(n >= 1e7 ? 0 : 1) + "M";
+  if (Math.abs(n) >= 1e4) return (n / 1e3).toFixed(n >= 1e5 ? 0 : 1) + "k";
+  return n.toLocaleString("en-US");
+}
+function fmtRate(r) {
+  if (r === null || r === undefined) return "–";
+  if (r >= 1000) return fmtInt(Math.round(r));
+  if (r >= 10) return r.toFixed(0);
+  if (r > 0) return r.toFixed(1);
+  return "0";
+}
+function fmtSecs(s) {
+  if (s === null || s === undefined) return "–";
+  if (s === 0) return "0 s";
+  if (s < 0.001) return (s * 1e6).toFixed(0) + " µs";
+  if (s < 1) return (s * 1000).toFixed(s < 0.01 ? 1 : 0) + " ms";
+  if (s < 60) return s.toFixed(s < 10 ? 2 : 1) + " s";
+  if (s < 3600) return Math.floor(s / 60) + "m " + Math.round(s % 60) + "s";
+  return Math.floor(s / 3600) + "h " + Math.round((s % 3600) / 60) + "m";
+}
+function ago(date) {
+  const s = Math.max(0, (Date.now() - date.getTime()) / 1000);
+  if (s < 60) return Math.round(s) + "s ago";
+  if (s < 3600) return Math.round(s / 60) + "m ago";
+  if (s < 86400) return Math.round(s / 3600) + "h ago";
+  return Math.round(s / 86400) + "d ago";
+}
+function clock(t) { return new Date(t * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }); }
+
+function toast(text, bad = false) {
+  const el = h("div", { class: "toast" + (bad ? " bad" : ""), role: "status" }, text);
+  $("#toasts").append(el);
+  setTimeout(() => el.remove(), bad ? 7000 : 3500);
+}
+
+function cssVar(name) { return getComputedStyle(document.documentElement).getPropertyValue(name).trim(); }
+
+// -- talking to the monitor -------------------------------------------------------------
+
+const TOKEN_KEY = "reliq-token";
+let tokenPrompt = null;
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+/** Ask for the API token once (concurrent 401s share one dialog); false when cancelled. */
+function askToken() {
+  if (tokenPrompt) return tokenPrompt;
+  const dlg = $("#token");
+  const input = $("input", dlg);
+  input.value = "";
+  tokenPrompt = new Promise((resolve) => {
+    dlg.addEventListener("close", () => {
+      tokenPrompt = null;
+      if (dlg.returnValue === "ok" && input.value) {
+        sessionStorage.setItem(TOKEN_KEY, input.value);
+        resolve(true);
+      } else resolve(false);
+    }, { once: true });
+    dlg.showModal();
+  });
+  return tokenPrompt;
+}
+
+class HttpError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+/** fetch() a JSON endpoint (relative, so the page works behind a path prefix). */
+async function api(method, path, body) {
+  for (let attempt = 0; ; attempt++) {
+    const init = { method, headers: { ...authHeaders() } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    const res = await fetch(path, init);
+    if (res.status === 401 && attempt < 2) {
+      if (sessionStorage.getItem(TOKEN_KEY) && attempt === 0) toast("The token was refused; enter it again.", true);
+      if (await askToken()) continue;
+      throw new HttpError(401, "a token is needed for this");
+    }
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) throw new HttpError(res.status, data.error || res.statusText);
+    return data;
+  }
+}
+
+// -- charts -----------------------------------------------------------------------------
+
+/** A line chart of the last 15 minutes on a canvas, with a hover read-out. */
+class LineChart {
+  constructor(canvas, legend, series, opts = {}) {
+    this.canvas = canvas;
+    this.legend = legend;
+    this.series = series; // [{index, label, color (css var)}]
+    this.opts = opts;
+    this.points = [];
+    this.hover = null;
+    this.legendItems = series.map((s) => {
+      const value = h("b", {}, "–");
+      const li = h("li", { style: `--c: var(${s.color})` }, h("i"), s.label, value);
+      legend.append(li);
+      return value;
+    });
+    new ResizeObserver(() => this.draw()).observe(canvas);
+    canvas.addEventListener("pointermove", (e) => { this.hover = e.offsetX; this.draw(); });
+    canvas.addEventListener("pointerleave", () => { this.hover = null; this.draw(); });
+  }
+
+  update(points) { this.points = points; this.draw(); }
+
+  draw() {
+    const c = this.canvas;
+    const dpr = window.devicePixelRatio || 1;
+    const w = c.clientWidth, hgt = c.clientHeight;
+    if (!w || !hgt) return;
+    if (c.width !== Math.round(w * dpr) || c.height !== Math.round(hgt * dpr)) {
+      c.width = Math.round(w * dpr); c.height = Math.round(hgt * dpr);
+    }
+    const g = c.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, hgt);
+    const pad = { l: 44, r: 10, t: 8, b: 22 };
+    const pw = w - pad.l - pad.r, ph = hgt - pad.t - pad.b;
+    const now = this.points.length ? this.points[this.points.length - 1][0] : Date.now() / 1000;
+    const span = chartSpan(now, this.opts.since && this.opts.since());
+    const t0 = now - span;
+    let max = 0;
+    for (const p of this.points) for (const s of this.series) max = Math.max(max, p[s.index]);
+    const top = niceCeil(max || 1);
+    const x = (t) => pad.l + ((t - t0) / span) * pw;
+    const y = (v) => pad.t + ph - (v / top) * ph;
+    const muted = cssVar("--muted"), line = cssVar("--line");
+    g.font = "11px system-ui, sans-serif";
+    g.lineWidth = 1;
+    g.fillStyle = muted;
+    g.textAlign = "right";
+    g.textBaseline = "middle";
+    for (let i = 0; i <= 4; i++) {
+      const v = (top * i) / 4, yy = Math.round(y(v)) + 0.5;
+      g.strokeStyle = line;
+      g.beginPath(); g.moveTo(pad.l, yy); g.lineTo(w - pad.r, yy); g.stroke();
+      g.fillText(fmtInt(Math.round(v * 100) / 100), pad.l - 6, yy);
+    }
+    g.textAlign = "center";
+    g.textBaseline = "top";
+    const step = [30, 60, 120, 300].find((s) => span / s <= 5) || 300;
+    for (let ago = Math.floor(span / step) * step; ago >= 0; ago -= step) {
+      const label = ago === 0 ? "now" : ago < 60 ? `−${ago}s` : `−${ago / 60}m`;
+      g.fillText(label, Math.min(Math.max(x(now - ago), pad.l + 12), w - pad.r - 12), pad.t + ph + 6);
+    }
+    if (this.opts.since && this.opts.since() > t0) {
+      // Shade the span before the monitor started: there is no history there, not zero.
+      g.fillStyle = cssVar("--panel2");
+      g.fillRect(pad.l, pad.t, Math.max(0, x(this.opts.since()) - pad.l), ph);
+    }
+    for (const s of this.series) {
+      g.strokeStyle = cssVar(s.color);
+      g.lineWidth = s.dash ? 1.5 : 2;
+      g.setLineDash(s.dash || []);
+      g.lineJoin = "round";
+      g.beginPath();
+      let started = false, prevT = null;
+      for (const p of this.points) {
+        if (p[0] < t0) continue;
+        // A gap of several seconds (monitor could not read Redis) breaks the line.
+        if (!started || p[0] - prevT > 5) g.moveTo(x(p[0]), y(p[s.index]));
+        else g.lineTo(x(p[0]), y(p[s.index]));
+        started = true; prevT = p[0];
+      }
+      g.stroke();
+      g.setLineDash([]);
+      if (s.fill) {
+        g.globalAlpha = 0.08;
+        g.lineTo(x(now), y(0)); g.lineTo(x(Math.max(t0, this.points[0]?.[0] ?? now)), y(0)); g.closePath();
+        g.fillStyle = cssVar(s.color); g.fill();
+        g.globalAlpha = 1;
+      }
+    }
+    let shown = this.points[this.points.length - 1];
+    if (this.hover !== null && this.points.length) {
+      const t = t0 + ((this.hover - pad.l) / pw) * span;
+      shown = nearest(this.points, t);
+      const xx = Math.round(x(shown[0])) + 0.5;
+      g.strokeStyle = muted; g.lineWidth = 1; g.setLineDash([3, 3]);
+      g.beginPath(); g.moveTo(xx, pad.t); g.lineTo(xx, pad.t + ph); g.stroke(); g.setLineDash([]);
+      for (const s of this.series) {
+        g.fillStyle = cssVar(s.color);
+        g.beginPath(); g.arc(xx, y(shown[s.index]), 3, 0, Math.PI * 2); g.fill();
+      }
+      g.fillStyle = muted; g.textAlign = "left"; g.textBaseline = "top";
+      g.fillText(new Date(shown[0] * 1000).toLocaleTimeString(), Math.min(xx + 6, w - 70), pad.t + 2);
+    }
+    this.series.forEach((s, i) => {
+      this.legendItems[i].textContent = shown ? this.opts.format(shown[s.index]) : "–";
+    });
+  }
+}
+
+/** Seconds the x axis spans: the whole 15 minutes, or less while the monitor is young. */
+function chartSpan(now, since) {
+  const span = since ? Math.min(HISTORY_S, Math.max(60, Math.ceil((now - since) / 60) * 60)) : HISTORY_S;
+  for (const el of $$(".span-hint")) el.textContent = span >= HISTORY_S ? "last 15 min" : `last ${span / 60} min (since the monitor started)`;
+  return span;
+}
+
+function niceCeil(v) {
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+function nearest(points, t) {
+  let lo = 0, hi = points.length - 1;
+  while (lo < hi) { const mid = (lo + hi) >> 1; if (points[mid][0] < t) lo = mid + 1; else hi = mid; }
+  if (lo > 0 && Math.abs(points[lo - 1][0] - t) < Math.abs(points[lo][0] - t)) lo--;
+  return points[lo];
+}
+
+// -- live state -------------------------------------------------------------------------
+
+const state = {
+  points: [], since: null, fields: null, last: null, deadCount: null,
+  dead: { offset: 0, limit: 20, type: "", reason: "", total: 0 }, deadLoadedAt: 0, job: null,
+};
+let rateChart, depthChart;
+
+function setConn(kind, text) {
+  const pill = $("#conn");
+  pill.dataset.state = kind;
+  $("b", pill).textContent = text;
+}
+
+function setStat(name, value, text) {
+  const out = $(`[data-stat="${name}"]`);
+  if (!out) return;
+  const shown = text ?? fmtInt(value);
+  if (out.textContent !== shown) {
+    out.textContent = shown;
+    const card = out.closest(".card");
+    card.classList.remove("flash"); void card.offsetWidth; card.classList.add("flash");
+  }
+}
+function setSub(name, text) { const el = $(`[data-sub="${name}"]`); if (el) el.textContent = text; }
+
+/** Show one reading: counts, rates, latency, totals, workers; extend the charts. */
+function render(sample) {
+  const st = sample.stats;
+  state.last = sample;
+  $("#queue-name").textContent = st.queue;
+  document.title = `${fmtInt(st.pending)} pending · ${st.queue} · reliq`;
+  for (const k of ["pending", "processing", "delayed", "dead_letter", "workers"]) setStat(k, st[k]);
+  setStat("ok_rate", null, fmtRate(st.rates.succeeded));
+  setStat("fail_rate", null, fmtRate(st.rates.failed));
+  setStat("lag", null, fmtSecs(st.lag_s));
+  setSub("lag", fmtRate(st.rates.enqueued) + "/s arriving");
+  setSub("succeeded", fmtInt(st.succeeded) + " total");
+  setSub("failed", fmtInt(st.failed) + " total");
+  setSub("dead", fmtInt(st.dead) + " ever · " + fmtInt(st.requeued) + " requeued");
+  setSub("recovered", fmtInt(st.recovered) + " tasks recovered");
+  const lagCard = $(".c-lag");
+  lagCard.dataset.level = st.lag_s > 60 ? "bad" : st.lag_s > 5 ? "warn" : "";
+  $(".c-dead").dataset.level = st.dead_letter > 0 ? "bad" : "";
+  $(".c-fail").dataset.level = st.rates.failed > 0 ? "warn" : "";
+  renderTotals(st);
+  if (sample.latency) renderLatency(sample.latency);
+  if (sample.workers) renderWorkers(sample.workers);
+  if (sample.point) addPoint(sample.point);
+  if (st.dead_letter !== state.deadCount || Date.now() - state.deadLoadedAt > 5000) {
+    state.deadCount = st.dead_letter;
+    loadDead();
+  }
+}
+
+function addPoint(p) {
+  const pts = state.points;
+  if (pts.length && p[0] <= pts[pts.length - 1][0]) return;
+  pts.push(p);
+  const cut = p[0] - HISTORY_S - 5;
+  while (pts.length && pts[0][0] < cut) pts.shift();
+  rateChart.update(pts);
+  depthChart.update(pts);
+}
+
+const TOTALS = ["enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled"];
+function renderTotals(st) {
+  const dl = $("#totals");
+  if (!dl.children.length) {
+    for (const k of TOTALS) dl.append(h("div", {}, h("dt", {}, k), h("dd", { "data-total": k }, "–")));
+  }
+  for (const k of TOTALS) $(`[data-total="${k}"]`, dl).textContent = fmtInt(st[k]);
+}
+
+function renderLatency(lat) {
+  let recent = lat.wait.count + lat.run.count > 0;
+  $("#latency-window").textContent = recent ? `last ${lat.window_s} s` : "all time (nothing ran in the last minute)";
+  for (const kind of ["wait", "run"]) {
+    const p = recent ? lat[kind] : lat[kind + "_all"];
+    const cells = $$(`tr[data-kind="${kind}"] td`);
+    cells[0].textContent = fmtSecs(p.p50);
+    cells[1].textContent = fmtSecs(p.p95);
+    cells[2].textContent = fmtSecs(p.p99);
+    cells[3].textContent = fmtInt(p.count);
+  }
+}
+
+function renderWorkers(workers) {
+  const body = $("#workers tbody");
+  const rows = [...workers].sort((a, b) => a.id.localeCompare(b.id)).map((w) => {
+    const pct = w.concurrency ? Math.min(100, (100 * w.in_flight) / w.concurrency) : 0;
+    const age = w.heartbeat_age_s;
+    const cls = age < 3 ? "age-ok" : age < 10 ? "age-warn" : "age-bad";
+    return h("tr", { "data-worker": w.id },
+      h("td", { class: "mono", title: w.id }, shortWorker(w.id)),
+      h("td", {}, w.host),
+      h("td", { class: "num" }, String(w.pid)),
+      h("td", { class: "num" }, String(w.concurrency)),
+      h("td", {}, h("span", { class: "meter" }, h("span", {}, h("i", { style: `width:${pct}%` })), `${w.in_flight}`)),
+      h("td", { class: "num" }, fmtInt(w.processed)),
+      h("td", { class: "num " + cls }, fmtSecs(age) + " ago"));
+  });
+  body.replaceChildren(...rows);
+  $("#workers-empty").hidden = workers.length > 0;
+  const slots = workers.reduce((n, w) => n + w.concurrency, 0);
+  const busy = workers.reduce((n, w) => n + w.in_flight, 0);
+  $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy` : "";
+  setSub("slots", slots ? `${busy} / ${slots} slots busy` : "no worker slots");
+}
+function shortWorker(id) { const parts = id.split(":"); return parts.length >= 3 ? parts.slice(-2).join(":") : id; }
+
+// -- dead letters ----------------------------------------------------------------------
+
+function deadQuery(extra = {}) {
+  const d = state.dead;
+  const q = new URLSearchParams({ facets: "1", offset: d.offset, limit: d.limit, ...extra });
+  if (d.type) q.set("type", d.type);
+  if (d.reason) q.set("reason", d.reason);
+  return q;
+}
+
+let deadLoading = null;
+async function loadDead() {
+  if (deadLoading) return deadLoading;
+  deadLoading = (async () => {
+    try {
+      const page = await api("GET", "dead?" + deadQuery());
+      state.deadLoadedAt = Date.now();
+      renderDead(page);
+    } catch (e) {
+      if (e.status !== 401) console.warn("dead-letter listing failed", e);
+    } finally { deadLoading = null; }
+  })();
+  return deadLoading;
+}
+
+function fillSelect(sel, counts, current) {
+  const keys = Object.keys(counts).sort();
+  if (current && !keys.includes(current)) keys.push(current);
+  const opts = [h("option", { value: "" }, "any")].concat(
+    keys.map((k) => h("option", { value: k, selected: k === current }, `${k || "(none)"} (${counts[k] || 0})`)));
+  sel.replaceChildren(...opts);
+  sel.value = current;
+}
+
+function renderDead(page) {
+  const d = state.dead;
+  d.total = page.total;
+  if (document.activeElement !== $("#f-type")) fillSelect($("#f-type"), page.types, d.type);
+  if (document.activeElement !== $("#f-reason")) fillSelect($("#f-reason"), page.reasons, d.reason);
+  const rows = page.items.map((t) => h("tr", { "data-id": t.task_id, onclick: () => showDetail(t.task_id) },
+    h("td", { title: t.failed_at || "" }, t.failed_at ? ago(new Date(t.failed_at)) : "–"),
+    h("td", { class: "mono" }, t.type),
+    h("td", {}, h("span", { class: "badge " + t.reason }, t.reason || "?")),
+    h("td", { class: "num" }, `${t.attempts}`),
+    h("td", { class: "wide" }, h("div", { class: "err", title: t.last_error }, t.last_error)),
+    h("td", { class: "actions" },
+      h("button", { type: "button", class: "btn small", "data-act": "requeue", title: "Requeue",
+        onclick: (e) => { e.stopPropagation(); requeueOne(t.task_id); } }, "Requeue"),
+      h("button", { type: "button", class: "btn small danger", "data-act": "delete", title: "Delete",
+        onclick: (e) => { e.stopPropagation(); deleteOne(t.task_id); } }, "Delete"))));
+  $("#dead-table tbody").replaceChildren(...rows);
+  $("#dead-empty").hidden = page.total > 0;
+  $("#dead-table").hidden = page.total === 0;
+  const filtered = d.type || d.reason;
+  const all = Object.values(page.types).reduce((a, b) => a + b, 0);
+  $("#dead-hint").textContent = filtered ? `${page.total} of ${all} match` : `${all} task${all === 1 ? "" : "s"}`;
+  $("#requeue-all").textContent = filtered ? `Requeue ${fmtInt(page.total)} matching` : "Requeue all";
+  $("#purge").textContent = filtered ? `Delete ${fmtInt(page.total)} matching` : "Purge";
+  $("#requeue-all").disabled = $("#purge").disabled = page.total === 0;
+  const from = page.total ? page.offset + 1 : 0, to = page.offset + page.items.length;
+  $("#page-info").textContent = `${from}–${to} of ${fmtInt(page.total)}`;
+  $("#prev").disabled = page.offset === 0;
+  $("#next").disabled = to >= page.total;
+  if (page.offset > 0 && page.items.length === 0) { d.offset = Math.max(0, page.total - d.limit); loadDead(); }
+}
+
+/** An in-page confirmation; resolves to the dialog's form (ok) or null (cancel). */
+function confirmDialog({ title, body, ok, danger = false, extra = null }) {
+  const dlg = $("#confirm");
+  $('[data-slot="title"]', dlg).textContent = title;
+  $('[data-slot="body"]', dlg).textContent = body;
+  $('[data-slot="extra"]', dlg).replaceChildren(...(extra ? [extra] : []));
+  const okBtn = $('[data-slot="ok"]', dlg);
+  okBtn.textContent = ok;
+  okBtn.className = "btn primary" + (danger ? " danger" : "");
+  return new Promise((resolve) => {
+    dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok" ? $("form", dlg) : null), { once: true });
+    dlg.returnValue = "";
+    dlg.showModal();
+    okBtn.focus();
+  });
+}
+
+async function act(fn, done) {
+  try {
+    const result = await fn();
+    if (done) toast(done(result));
+  } catch (e) {
+    toast(`Failed: ${e.message}`, true);
+  }
+  loadDead();
+}
+
+async function requeueOne(id) {
+  if (!await confirmDialog({ title: "Requeue this task?", body: `Task ${id} goes back to pending with a fresh retry budget.`, ok: "Requeue" })) return;
+  await act(() => api("POST", `dead/${encodeURIComponent(id)}/requeue`), () => "Task requeued");
+}
+
+async function deleteOne(id) {
+  if (!await confirmDialog({ title: "Delete this task?", body: `Task ${id} and its record are deleted for good.`, ok: "Delete", danger: true })) return;
+  await act(() => api("DELETE", `dead/${encodeURIComponent(id)}`), () => "Task deleted");
+}
+
+function filterText() {
+  const d = state.dead, parts = [];
+  if (d.type) parts.push(`type “${d.type}”`);
+  if (d.reason) parts.push(`reason “${d.reason}”`);
+  return parts.length ? " with " + parts.join(" and ") : "";
+}
+
+async function requeueAll() {
+  const d = state.dead;
+  const rate = h("input", { type: "number", name: "rate", min: "0.1", step: "any", placeholder: "no limit", inputmode: "decimal" });
+  const extra = h("label", { class: "field" }, "Pace (tasks per second) — so a replay cannot flatten a recovering downstream", rate);
+  const form = await confirmDialog({
+    title: `Requeue ${fmtInt(d.total)} dead task${d.total === 1 ? "" : "s"}?`,
+    body: `Every dead task${filterText()} goes back to pending, oldest first.`, ok: "Requeue", extra,
+  });
+  if (!form) return;
+  const body = { type: d.type || null, reason: d.reason || null };
+  if (rate.value) body.rate = Number(rate.value);
+  await act(async () => { const job = await api("POST", "dead/requeue", body); followJob(job); return job; },
+    (job) => `Requeue started${job.rate ? ` at ${job.rate}/s` : ""}`);
+}
+
+async function purge() {
+  const d = state.dead;
+  const what = d.type || d.reason ? `${fmtInt(d.total)} dead task(s)${filterText()}` : "every task in the dead-letter queue";
+  if (!await confirmDialog({ title: "Purge the dead-letter queue?", body: `This deletes ${what} and their records. It cannot be undone.`, ok: "Purge", danger: true })) return;
+  const q = new URLSearchParams();
+  if (d.type) q.set("type", d.type);
+  if (d.reason) q.set("reason", d.reason);
+  await act(() => api("DELETE", "dead" + (q.size ? "?" + q : "")), (r) => `Deleted ${fmtInt(r.deleted)} task(s)`);
+}
+
+async function followJob(job) {
+  state.job = job;
+  const box = $("#job");
+  box.hidden = false;
+  while (state.job && state.job.id === job.id) {
+    const j = state.job;
+    const pct = j.total ? (100 * (j.requeued + j.skipped)) / j.total : j.state === "done" ? 100 : 0;
+    $(".bar i", box).style.width = pct + "%";
+    $("span", box).textContent = `Requeue ${j.state}: ${fmtInt(j.requeued)} of ${j.total === null ? "…" : fmtInt(j.total)}` +
+      (j.rate ? ` at ${j.rate}/s` : "") + (j.skipped ? ` · ${j.skipped} skipped` : "") + (j.error ? ` · ${j.error}` : "");
+    $("#job-cancel").hidden = j.state !== "running";
+    if (j.state !== "running") { setTimeout(() => { if (state.job === j) box.hidden = true; }, 4000); loadDead(); return; }
+    await new Promise((r) => setTimeout(r, 500));
+    try { state.job = await api("GET", `jobs/${encodeURIComponent(job.id)}`); } catch { return; }
+  }
+}
+
+async function showDetail(id) {
+  let t;
+  try { t = await api("GET", `dead/${encodeURIComponent(id)}`); } catch (e) { toast(`Cannot open ${id}: ${e.message}`, true); loadDead(); return; }
+  const dlg = $("#detail");
+  $('[data-slot="id"]', dlg).textContent = t.task_id;
+  const kv = [["type", t.type], ["reason", t.reason], ["attempts", `${t.attempts} (max retries ${t.max_retries})`],
+    ["failures", t.failures], ["crashes", t.crashes], ["enqueued", t.enqueued_at], ["started", t.started_at],
+    ["failed", t.finished_at], ["worker", t.worker]];
+  $('[data-slot="fields"]', dlg).replaceChildren(...kv.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "–")]));
+  $('[data-slot="error"]', dlg).textContent = t.last_error || "–";
+  $('[data-slot="payload"]', dlg).textContent = JSON.stringify(t.payload, null, 2);
+  dlg.returnValue = "";
+  dlg.addEventListener("close", () => {
+    if (dlg.returnValue === "requeue") requeueOne(id);
+    else if (dlg.returnValue === "delete") deleteOne(id);
+  }, { once: true });
+  dlg.showModal();
+}
+
+// -- the live stream, with polling as a fallback ----------------------------------------------
+
+let pollTimer = null;
+
+/** Read /events with fetch (so the token header can be sent), one SSE message at a time. */
+async function stream() {
+  const res = await fetch("events", { headers: { Accept: "text/event-stream", ...authHeaders() } });
+  if (res.status === 401) { if (await askToken()) return stream(); throw new Error("token needed"); }
+  if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error("stream ended");
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const msg = buf.slice(0, cut); buf = buf.slice(cut + 2);
+      const data = msg.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+      if (data) onSample(JSON.parse(data), "live");
+    }
+  }
+}
+
+function onSample(sample, mode) {
+  if (sample.error || !sample.stats) {
+    setConn("down", sample.error && sample.error.startsWith("Redis") ? "Redis down" : "waiting");
+    showBanner(sample.error);
+    return;
+  }
+  showBanner(null);
+  setConn(mode, mode === "live" ? "live" : "polling");
+  render(sample);
+}
+
+function showBanner(text) {
+  const b = $("#banner");
+  b.hidden = !text;
+  b.textContent = text || "";
+}
+
+async function pollOnce() {
+  try {
+    const [stats, workers] = await Promise.all([api("GET", "stats"), api("GET", "workers")]);
+    const point = [Date.now() / 1000, stats.pending, stats.processing, stats.delayed, stats.dead_letter,
+      stats.rates.succeeded, stats.rates.failed, stats.rates.enqueued];
+    onSample({ stats, latency: stats.latency, workers: workers.workers, point }, "polling");
+  } catch (e) {
+    setConn("down", e.status === 503 ? "Redis down" : "offline");
+  }
+}
+
+async function connect() {
+  let failures = 0;
+  for (;;) {
+    try {
+      await stream();
+    } catch (e) {
+      failures++;
+      console.warn("event stream:", e.message);
+    }
+    // The stream broke: poll /stats each second meanwhile, and try the stream again later.
+    if (!pollTimer) { pollOnce(); pollTimer = setInterval(pollOnce, 1000); }
+    await new Promise((r) => setTimeout(r, Math.min(15000, 1000 * 2 ** Math.min(failures, 4))));
+    clearInterval(pollTimer); pollTimer = null;
+  }
+}
+
+async function loadHistory() {
+  try {
+    const hist = await api("GET", "history");
+    state.fields = hist.fields;
+    state.since = hist.since;
+    $("#since").textContent = `history since ${clock(hist.since)}`;
+    $("#since").title = "The monitor keeps 15 minutes of history in memory, from when it started.";
+    for (const p of hist.points) addPoint(p);
+  } catch (e) {
+    console.warn("history:", e.message);
+  }
+}
+
+function init() {
+  const since = () => state.since;
+  const f = (name) => ["t", "pending", "processing", "delayed", "dead_letter", "succeeded_s", "failed_s", "enqueued_s"].indexOf(name);
+  rateChart = new LineChart($("#chart-rate"), $("#legend-rate"), [
+    { index: f("succeeded_s"), label: "succeeded", color: "--ok", fill: true },
+    { index: f("failed_s"), label: "failed", color: "--fail" },
+    { index: f("enqueued_s"), label: "enqueued", color: "--pending", dash: [5, 4] },
+  ], { format: fmtRate, since });
+  depthChart = new LineChart($("#chart-depth"), $("#legend-depth"), [
+    { index: f("pending"), label: "pending", color: "--pending", fill: true },
+    { index: f("processing"), label: "processing", color: "--processing" },
+    { index: f("delayed"), label: "scheduled", color: "--delayed" },
+    { index: f("dead_letter"), label: "dead", color: "--dead" },
+  ], { format: fmtInt, since });
+  $("#f-type").addEventListener("change", (e) => { state.dead.type = e.target.value; state.dead.offset = 0; loadDead(); });
+  $("#f-reason").addEventListener("change", (e) => { state.dead.reason = e.target.value; state.dead.offset = 0; loadDead(); });
+  $("#prev").addEventListener("click", () => { state.dead.offset = Math.max(0, state.dead.offset - state.dead.limit); loadDead(); });
+  $("#next").addEventListener("click", () => { state.dead.offset += state.dead.limit; loadDead(); });
+  $("#requeue-all").addEventListener("click", requeueAll);
+  $("#purge").addEventListener("click", purge);
+  $("#job-cancel").addEventListener("click", () => state.job &&
+    act(() => api("DELETE", `jobs/${encodeURIComponent(state.job.id)}`), () => "Requeue stopped"));
+  matchMedia("(prefers-color-scheme: light)").addEventListener("change", () => { rateChart.draw(); depthChart.draw(); });
+  setInterval(() => { rateChart.draw(); depthChart.draw(); }, 30000);
+  loadHistory().then(() => { loadDead(); connect(); });
+}
+
+document.addEventListener("DOMContentLoaded", init);

@@ -1,0 +1,162 @@
+"""The dashboard in headless Chromium: live counts, the dead-letter table and its buttons."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from reliq import api, builtins, monitor
+from reliq.connection import connect
+from reliq.queue import Queue
+from reliq.settings import Settings
+from reliq.worker import Worker
+
+CHROMIUM = "/usr/bin/chromium"
+assert builtins  # registers noop, sleep, fail and email-notification
+TOKEN = "dash-s3cret"
+#: Where to copy the screenshot taken under load (set to refresh docs/dashboard.png).
+SCREENSHOT_TO = os.environ.get("RELIQ_SCREENSHOT")
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs the system Chromium")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless system Chromium (never a downloaded browser)."""
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM,
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        yield b
+        await b.close()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
+    """An in-process worker on its own connection, stopped gracefully on exit."""
+    redis = connect(settings.redis_url, max_connections=8)
+    worker = Worker(Queue(redis, settings), settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        yield worker
+    finally:
+        stop.set()
+        await task
+        await redis.aclose()
+
+
+async def post_tasks(session: aiohttp.ClientSession, url: str, tasks: list[dict[str, object]]) -> list[str]:
+    async with session.post(url + "tasks", json=tasks) as resp:
+        assert resp.status == 202, await resp.text()
+        ids: list[str] = (await resp.json())["task_ids"]
+        return ids
+
+
+async def stat(page: Page, name: str) -> str:
+    return await page.locator(f'[data-stat="{name}"]').inner_text()
+
+
+async def test_dashboard_shows_live_counts_and_manages_dead_letters(
+    browser: Browser, queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.replace(api_token=TOKEN, concurrency=16)
+    api_server = TestServer(api.create_app(queue, settings), host="127.0.0.1")
+    mon_server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await api_server.start_server()
+    await mon_server.start_server()
+    api_url, mon_url = str(api_server.make_url("/")), str(mon_server.make_url("/"))
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    page = await browser.new_page(viewport={"width": 1400, "height": 1500})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            await page.goto(mon_url)
+            await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=10_000)
+            await expect(page.locator('[data-stat="pending"]')).to_have_text("0")
+
+            # No worker yet: the tasks wait, and the page shows them arrive without a reload.
+            failing: list[dict[str, object]] = [{"type": "fail", "payload": i, "max_retries": 0} for i in range(2)]
+            fails = await post_tasks(http, api_url, failing)
+            await post_tasks(http, api_url, [{"type": "noop", "payload": i} for i in range(40)])
+            await expect(page.locator('[data-stat="pending"]')).to_have_text("42", timeout=5_000)
+
+            async with running_worker(settings) as worker:
+                await expect(page.locator('[data-stat="pending"]')).to_have_text("0", timeout=10_000)
+                await expect(page.locator('[data-stat="workers"]')).to_have_text("1")
+                await expect(page.locator(f'#workers tr[data-worker="{worker.id}"]')).to_be_visible()
+                for task_id in fails:
+                    await expect(page.locator(f'#dead-table tr[data-id="{task_id}"]')).to_be_visible(timeout=10_000)
+                await expect(page.locator('[data-stat="dead_letter"]')).to_have_text("2")
+
+                # Under load: a stream of short tasks, some failing, for the screenshot.
+                async def load() -> None:
+                    for i in range(25):
+                        batch = [{"type": "sleep", "payload": 0.05} for _ in range(40)]
+                        batch += [{"type": "email-notification", "payload": f"user{i}@example.com"}] * 10
+                        await post_tasks(http, api_url, batch)
+                        await asyncio.sleep(0.2)
+
+                await load()
+                await expect(page.locator('[data-stat="ok_rate"]')).not_to_have_text("0")
+                png = await page.screenshot(path=SCREENSHOT_TO or str(tmp_path / "dashboard.png"), full_page=True)
+                assert len(png) > 10_000
+
+            # The worker has stopped, so a requeued task stays in pending and leaves the table.
+            row = page.locator(f'#dead-table tr[data-id="{fails[0]}"]')
+            await row.locator('button[data-act="requeue"]').click()
+            await expect(page.locator("#confirm")).to_be_visible()
+            await page.locator('#confirm button[value="ok"]').click()
+            # The token is set, so the mutating call gets 401 and the page asks for it once.
+            await expect(page.locator("#token")).to_be_visible()
+            await page.locator('#token input[name="token"]').fill(TOKEN)
+            await page.locator('#token button[value="ok"]').click()
+            await expect(row).to_have_count(0, timeout=5_000)
+            assert (await queue.get(fails[0]))["state"] == "pending"
+            await expect(page.locator('[data-stat="dead_letter"]')).to_have_text("1", timeout=5_000)
+
+            # Purge asks first; cancelling keeps everything.
+            await page.locator("#purge").click()
+            await expect(page.locator("#confirm")).to_be_visible()
+            await expect(page.locator('#confirm [data-slot="title"]')).to_contain_text("Purge")
+            await page.locator('#confirm button[value="cancel"]').click()
+            await expect(page.locator(f'#dead-table tr[data-id="{fails[1]}"]')).to_be_visible()
+            assert await queue.dead_ids() == [fails[1]]
+
+            await page.locator("#purge").click()
+            await page.locator('#confirm button[value="ok"]').click()
+            await expect(page.locator("#dead-empty")).to_be_visible(timeout=5_000)
+            assert await queue.dead_ids() == []
+            assert errors == []
+    finally:
+        await page.close()
+        await mon_server.close()
+        await api_server.close()
+
+
+async def test_dashboard_falls_back_to_polling_when_the_stream_is_blocked(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page(viewport={"width": 390, "height": 844})  # a phone
+    try:
+        await page.route("**/events", lambda route: route.abort())
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "polling", timeout=10_000)
+        await queue.enqueue("noop", None)
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("1", timeout=5_000)
+        # Nothing overflows the phone's width.
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390
+    finally:
+        await page.close()
+        await server.close()
