@@ -160,3 +160,24 @@ async def test_dashboard_falls_back_to_polling_when_the_stream_is_blocked(
     finally:
         await page.close()
         await server.close()
+
+
+async def test_a_private_dashboard_asks_for_the_token_before_showing_anything(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    settings = settings.replace(api_token=TOKEN, private=True)
+    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page()
+    try:
+        await queue.enqueue("noop", None)
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#token")).to_be_visible(timeout=5_000)
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("\u2013")  # nothing shown yet
+        await page.locator('#token input[name="token"]').fill(TOKEN)
+        await page.locator('#token button[value="ok"]').click()
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("1", timeout=5_000)
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
+    finally:
+        await page.close()
+        await server.close()

@@ -73,9 +73,16 @@ function authHeaders() {
   return token ? { Authorization: "Bearer " + token } : {};
 }
 
-/** Ask for the API token once (concurrent 401s share one dialog); false when cancelled. */
-function askToken() {
+let tokenDeclined = false;
+
+/** Ask for the API token (concurrent 401s share one dialog); false when cancelled.
+ * Once declined, background reads stop asking; a button press (``force``) asks again. */
+function askToken(force = false) {
   if (tokenPrompt) return tokenPrompt;
+  if (tokenDeclined && !force) {
+    showBanner("This monitor is private: press any button, or reload the page, to enter its token.");
+    return Promise.resolve(false);
+  }
   const dlg = $("#token");
   const input = $("input", dlg);
   input.value = "";
@@ -84,8 +91,12 @@ function askToken() {
       tokenPrompt = null;
       if (dlg.returnValue === "ok" && input.value) {
         sessionStorage.setItem(TOKEN_KEY, input.value);
+        tokenDeclined = false;
         resolve(true);
-      } else resolve(false);
+      } else {
+        tokenDeclined = true;
+        resolve(false);
+      }
     }, { once: true });
     dlg.showModal();
   });
@@ -106,8 +117,8 @@ async function api(method, path, body) {
     }
     const res = await fetch(path, init);
     if (res.status === 401 && attempt < 2) {
-      if (sessionStorage.getItem(TOKEN_KEY) && attempt === 0) toast("The token was refused; enter it again.", true);
-      if (await askToken()) continue;
+      if (sessionStorage.getItem(TOKEN_KEY)) toast("The token was refused; enter it again.", true);
+      if (await askToken(method !== "GET")) continue;
       throw new HttpError(401, "a token is needed for this");
     }
     const data = await res.json().catch(() => ({}));
