@@ -155,7 +155,11 @@ class Supervisor:
             log.info("worker process %d started (pid %d)", slot, proc.pid)
             started = time.monotonic()
             code = await proc.wait()
-            if self._stop.is_set() or (self.burst and code == 0):
+            if self._stop.is_set():
+                # killed by the forwarded signal itself: it had not yet installed its
+                # handlers, so it had not claimed anything either
+                return 0 if code in (-signal.SIGTERM, -signal.SIGINT) else code
+            if self.burst and code == 0:
                 return code
             if code == CONFIG_EXIT:
                 log.error("worker process %d refused its configuration (exit %d): stopping all", slot, code)

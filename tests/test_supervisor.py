@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,9 +16,10 @@ from redis.asyncio import Redis
 
 from reliq.errors import ConfigError
 from reliq.queue import Queue, text
+from reliq.redis_server import free_port
 from reliq.settings import Settings
 from reliq.supervisor import child_env, resolve_processes
-from tests.util import eventually
+from tests.util import eventually, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +109,35 @@ def test_bad_processes_value_is_a_clear_cli_error() -> None:
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "--processes must be a whole number" in proc.stderr
+
+
+def _get(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_health_port_answers_from_the_worker_or_its_supervisor(
+    redis_url: str, queue_name: str, tmp_path: Path, processes: str
+) -> None:
+    port = free_port()
+    log = tmp_path / "worker.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reliq", "work", "--processes", processes, "--health-port", str(port),
+             "--redis-url", redis_url, "--queue", queue_name], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        want = {"status": "ok"} if processes == "1" else {"status": "ok", "processes": 2, "running": 2,
+                                                          "restarts": 0}
+        wait_until(lambda: _get(port) == (200, want), timeout=20, what=f"/healthz answering {want}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
