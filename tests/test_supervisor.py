@@ -19,6 +19,7 @@ from reliq.queue import Queue, text
 from reliq.redis_server import free_port
 from reliq.settings import Settings
 from reliq.supervisor import child_env, resolve_processes
+from tests import procs
 from tests.util import eventually, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,11 +42,8 @@ def test_children_load_exactly_the_supervisors_settings() -> None:
 
 def supervise(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     """``reliq work --processes 2`` with short intervals."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "reliq", "work", "--processes", "2", "--redis-url", redis_url, "--queue", queue,
-             "--concurrency", "4", "--lease", "2", "--heartbeat-interval", "0.5", "--drain-timeout", "10", *extra],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return procs.reliq(["work", "--processes", "2", "--redis-url", redis_url, "--queue", queue, "--concurrency", "4",
+                        "--lease", "2", "--heartbeat-interval", "0.5", "--drain-timeout", "10", *extra], log)
 
 
 async def worker_pids(redis: Redis, queue: Queue) -> set[int]:
@@ -82,9 +80,7 @@ async def test_killed_child_is_restarted_and_sigterm_drains_every_child_losing_n
         parent.send_signal(signal.SIGTERM)
         assert parent.wait(20) == 0, log.read_text()
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        procs.stop(parent)
     snap = await queue.snapshot()
     assert (snap["workers"], snap["processing"]) == (0, 0), "every child deregistered, holding nothing"
     assert snap["recovered"] >= 1
@@ -127,10 +123,8 @@ def test_health_port_answers_from_the_worker_or_its_supervisor(
 ) -> None:
     port = free_port()
     log = tmp_path / "worker.log"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "reliq", "work", "--processes", processes, "--health-port", str(port),
-             "--redis-url", redis_url, "--queue", queue_name], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    proc = procs.reliq(["work", "--processes", processes, "--health-port", str(port), "--redis-url", redis_url,
+                        "--queue", queue_name], log)
     try:
         want = {"status": "ok"} if processes == "1" else {"status": "ok", "processes": 2, "running": 2,
                                                           "restarts": 0}
@@ -138,6 +132,4 @@ def test_health_port_answers_from_the_worker_or_its_supervisor(
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        procs.stop(proc)
