@@ -80,8 +80,8 @@ class MultiHostURL:
     hosts: tuple[tuple[str, int], ...]
     username: str | None
     password: str | None
-    #: Sentinel only: the monitored service's name, the database number and the
-    #: Sentinels' own password.
+    #: Sentinel only: the monitored service's name (the first path segment), the
+    #: database number (the second) and the Sentinels' own password.
     service: str
     db: int
     sentinel_password: str | None
@@ -116,7 +116,7 @@ def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
 
 
 def _cluster(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: float | None) -> RedisCluster:
-    if u.db:
+    if u.service not in ("", "0"):  # the path of a cluster URL can only name database 0
         raise ConfigError("Redis Cluster has only database 0")
     return RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in u.hosts],

@@ -13,12 +13,15 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterException, TryAgainError
 
 import reliq.builtins  # noqa: F401  (registers the built-in types)
 from reliq import api
 from reliq.client import AsyncClient
-from reliq.connection import connect
+from reliq.connection import UNAVAILABLE, connect, parse_multi_host
+from reliq.errors import ConfigError
 from reliq.keys import QueueKeys
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer, free_port
@@ -201,3 +204,21 @@ async def test_killed_worker_on_a_cluster_is_reaped_and_a_drained_one_exits_0(
 
 async def _processing(queue: Queue) -> bool:
     return (await queue.snapshot())["processing"] > 0
+
+
+def test_cluster_urls_name_seed_nodes_credentials_and_tls() -> None:
+    u = parse_multi_host("rediss+cluster://bob:p%40ss@a:7000,b,[::1]:7002", 6379)
+    assert u.hosts == (("a", 7000), ("b", 6379), ("::1", 7002))
+    assert (u.username, u.password, u.db) == ("bob", "p@ss", 0)
+    client = connect("rediss+cluster://a:7000,b:7001")
+    assert isinstance(client, RedisCluster)
+    for bad, why in (("redis+cluster://", "names no host"), ("redis+cluster://a:x", "not host:port"),
+                     ("redis+cluster://a:1/3", "only database 0")):
+        with pytest.raises(ConfigError, match=why):
+            connect(bad)
+
+
+def test_cluster_outages_count_as_redis_unavailable() -> None:
+    for exc in (ClusterDownError("CLUSTERDOWN"), MasterDownError("MASTERDOWN"), TryAgainError("TRYAGAIN"),
+                RedisClusterException("Redis Cluster cannot be connected")):
+        assert isinstance(exc, UNAVAILABLE)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from reliq.connection import UNAVAILABLE, connect
+from reliq.connection import UNAVAILABLE, connect, parse_multi_host
+from reliq.errors import ConfigError
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
@@ -202,3 +203,21 @@ def _state_is(queue: Queue, task_id: str, state: str) -> object:
     async def check() -> bool:
         return (await queue.get(task_id))["state"] == state
     return check
+
+
+def test_sentinel_urls_name_the_sentinels_the_service_and_the_database() -> None:
+    u = parse_multi_host("redis+sentinel://:dpass@s1,s2:26380/mymaster/2?sentinel_password=spass", 26379)
+    assert u.hosts == (("s1", 26379), ("s2", 26380))
+    assert (u.service, u.db, u.password, u.sentinel_password) == ("mymaster", 2, "dpass", "spass")
+    with pytest.raises(ConfigError, match="service name"):
+        connect("redis+sentinel://s1:26379")
+    with pytest.raises(ConfigError, match="not a number"):
+        connect("redis+sentinel://s1:26379/mymaster/x")
+
+
+def test_failover_errors_count_as_redis_unavailable() -> None:
+    from redis.exceptions import BusyLoadingError, ReadOnlyError
+    from redis.sentinel import MasterNotFoundError
+
+    for exc in (MasterNotFoundError("no master"), ReadOnlyError("READONLY"), BusyLoadingError("LOADING")):
+        assert isinstance(exc, UNAVAILABLE)
