@@ -23,10 +23,14 @@ F = Callable[..., Any]
 def _common(fn: F) -> F:
     """Options every role takes."""
     fn = click.option("--redis-url", help="Redis URL [env REDIS_URL; default redis://localhost:6379/0]")(fn)
-    fn = click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
     fn = click.option("--log-level", default="INFO", show_default=True,
                       type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))(fn)
     return fn
+
+
+def _one_queue(fn: F) -> F:
+    """``--queue`` for roles that act on one queue."""
+    return click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
 
 
 def _private_option(fn: F) -> F:
@@ -38,6 +42,11 @@ def _private_option(fn: F) -> F:
 def _worker_options(fn: F) -> F:
     """Options of the worker pool (``work`` and ``all``)."""
     for decorator in reversed([
+        click.option("--queue", "queues", multiple=True,
+                     help="Queue to serve: NAME or NAME=WEIGHT, repeatable (e.g. --queue critical=6 "
+                          "--queue default=3 --queue low=1) [env RELIQ_QUEUES; default 'default']"),
+        click.option("--strict", is_flag=True, default=None,
+                     help="Serve the queues in strict order of weight instead of weighted random"),
         click.option("--concurrency", type=click.IntRange(1), help="Tasks run at once [default 64]"),
         click.option("--app", "apps", multiple=True, help="Module registering handlers (repeatable)"),
         click.option("--drain-timeout", type=float, help="Seconds to let tasks finish on SIGTERM [30]"),
@@ -84,6 +93,7 @@ def work(log_level: str, burst: bool, processes: str, **flags: Any) -> None:
 
 @main.command()
 @_common
+@_one_queue
 @click.option("--host", help="Address to listen on [127.0.0.1]")
 @click.option("--port", "api_port", type=int, help="Port [8085]")
 @click.option("--max-body", type=int, help="Largest request body in bytes [1 MiB]")
@@ -95,6 +105,7 @@ def serve(log_level: str, **flags: Any) -> None:
 
 @main.command()
 @_common
+@_one_queue
 @click.option("--host", help="Address to listen on [127.0.0.1]")
 @click.option("--port", "monitor_port", type=int, help="Port [8082]")
 @click.option("--target-lag", type=click.FloatRange(min=0, min_open=True),
@@ -115,25 +126,6 @@ def monitor(log_level: str, **flags: Any) -> None:
 def all_(log_level: str, **flags: Any) -> None:
     """Run the API, the monitor and a worker in one process."""
     _exit(runner.run_all(_settings(log_level, **flags)))
-
-
-@main.command()
-@click.option("--duration", type=click.FloatRange(1), default=60.0, show_default=True,
-              help="Seconds of load and faults before draining and auditing")
-@click.option("--seed", type=int, help="Makes the task mix and the fault plan repeatable [random, printed]")
-@click.option("--rate", type=click.FloatRange(1), default=40.0, show_default=True, help="Tasks per second sent")
-@click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Worker processes")
-@click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True, help="Tasks per worker")
-@click.option("--settle-timeout", type=click.FloatRange(1), default=90.0, show_default=True,
-              help="Seconds to wait for the queues to drain after the load")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep Redis data, logs and the execution log here [a temporary directory]")
-def chaos(**flags: Any) -> None:
-    """Inject faults under load into a private cluster and prove no accepted task is lost."""
-    from reliq.chaos.run import ChaosOptions, run_chaos
-
-    _exit(run_chaos(ChaosOptions(**flags)))
 
 
 @main.command()
@@ -165,6 +157,25 @@ def bench(redis_url: str | None, queue: str | None, type_: str, payload: str, ba
     config = BenchConfig(redis_url=settings.redis_url, queue=settings.queue, token=settings.api_token,
                          type=type_, payload=body, batch=batch or 0, progress=not as_json, **flags)
     _exit(run_bench(config, as_json))
+
+
+@main.command()
+@click.option("--duration", type=click.FloatRange(1), default=60.0, show_default=True,
+              help="Seconds of load and faults before draining and auditing")
+@click.option("--seed", type=int, help="Makes the task mix and the fault plan repeatable [random, printed]")
+@click.option("--rate", type=click.FloatRange(1), default=40.0, show_default=True, help="Tasks per second sent")
+@click.option("--workers", type=click.IntRange(1), default=4, show_default=True, help="Worker processes")
+@click.option("--concurrency", type=click.IntRange(1), default=16, show_default=True, help="Tasks per worker")
+@click.option("--settle-timeout", type=click.FloatRange(1), default=90.0, show_default=True,
+              help="Seconds to wait for the queues to drain after the load")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="Keep Redis data, logs and the execution log here [a temporary directory]")
+def chaos(**flags: Any) -> None:
+    """Inject faults under load into a private cluster and prove no accepted task is lost."""
+    from reliq.chaos.run import ChaosOptions, run_chaos
+
+    _exit(run_chaos(ChaosOptions(**flags)))
 
 
 def _dead_filter(fn: F) -> F:

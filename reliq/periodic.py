@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from reliq.connection import UNAVAILABLE
 
@@ -31,6 +32,35 @@ class Backoff:
         self.failures = 0
 
 
+def reraise_if_cancelled() -> None:
+    """Raise CancelledError if someone cancelled the running task.
+
+    redis-py can turn a cancellation in the middle of a command into a connection
+    error; a loop that catches those to retry must not swallow its own cancellation.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def cancel_all(tasks: Iterable[asyncio.Task[Any]], patience: float = 10.0) -> None:
+    """Cancel ``tasks`` and wait until every one has finished.
+
+    On Python 3.11 a cancellation that lands while redis-py's own timeout fires can be
+    lost, so a task is cancelled again until it really ends: a fetcher that lived on
+    after shutdown could claim work no reaper would look for.
+    """
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + patience
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
+        if pending and asyncio.get_running_loop().time() > deadline:
+            log.error("%d task(s) would not stop: %s", len(pending), [t.get_name() for t in pending])
+            return
+
+
 async def every(interval: float, step: Callable[[], Awaitable[object]], name: str) -> None:
     """Run ``step`` every ``interval`` seconds until cancelled.
 
@@ -42,11 +72,13 @@ async def every(interval: float, step: Callable[[], Awaitable[object]], name: st
         try:
             await step()
         except UNAVAILABLE as exc:
+            reraise_if_cancelled()
             if backoff.failures == 0:
                 log.warning("%s: Redis unreachable (%s); retrying with backoff", name, exc)
             await asyncio.sleep(backoff.next())
             continue
         except Exception:
+            reraise_if_cancelled()
             log.exception("%s failed; trying again in %.1fs", name, interval)
         if backoff.failures:
             log.info("%s: Redis is back", name)

@@ -110,6 +110,7 @@ class Claimed:
     timeout_ms: int | None
     queued_at: int
     started_at: int
+    queue: str
 
 
 @dataclass(slots=True)
@@ -223,15 +224,18 @@ class Queue:
         task_id = await self.redis.blmove(k.pending, k.processing(worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
         return None if task_id is None else text(task_id)
 
-    async def claim(self, worker_id: str, limit: int, moved: str = "") -> tuple[list[Claimed], bool]:
+    async def claim(self, worker_id: str, limit: int, moved: str = "",
+                    elsewhere: int = 0) -> tuple[list[Claimed], bool]:
         """Claim up to ``limit`` tasks (and ``moved``, already in the worker's list).
 
-        Returns the claimed tasks and whether a crash suspect is waiting for this worker
-        to hold nothing else.
+        ``elsewhere`` is how many tasks the worker holds in other queues. Returns the
+        claimed tasks and whether a crash suspect is waiting for this worker to hold
+        nothing else.
         """
         k = self.keys
         raw = await self._scripts(
-            "claim", [k.pending, k.processing(worker_id), k.task_prefix], [limit, worker_id, moved]
+            "claim", [k.pending, k.processing(worker_id), k.task_prefix, k.workers],
+            [limit, worker_id, moved, elsewhere],
         )
         now = int(raw[1])
         tasks = []
@@ -249,6 +253,7 @@ class Queue:
                     timeout_ms=int(r[7]) if r[7] else None,
                     queued_at=int(r[8] or now),
                     started_at=now,
+                    queue=self.name,
                 )
             )
         return tasks, raw[0] == 1

@@ -106,10 +106,12 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
             return 0
         # The worker gets its own small pool: the fetcher blocks on one connection, the
         # settler and the loops use a few more, however many tasks run at once.
-        worker_queue = await _open_queue(stack, settings, max_connections=8)
-        worker = Worker(worker_queue, settings, REGISTRY, burst=burst)
-        log.info("worker %s serving queue %r with concurrency %d; task types: %s",
-                 worker.id, settings.queue, settings.concurrency, ", ".join(REGISTRY.names()))
+        weighted = settings.weighted_queues()
+        first = await _open_queue(stack, settings, max_connections=8 + len(weighted))
+        queues = [(Queue(first.redis, settings, name), weight) for name, weight in weighted]
+        worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict)
+        log.info("worker %s serving %s with concurrency %d; task types: %s", worker.id,
+                 ", ".join(f"{n}={w}" for n, w in weighted), settings.concurrency, ", ".join(REGISTRY.names()))
         released = await worker.run(signals.stop, signals.hard_stop)
         return 0 if released else 1
 

@@ -25,8 +25,13 @@ class Settings:
     #: lets ``reliq all`` start a private redis-server when nothing answers there.
     redis_url: str = DEFAULT_REDIS_URL
     redis_url_given: bool = False
-    #: The queue this process serves (the ``{queue}`` hash tag of every key).
+    #: The queue this process serves (the ``{queue}`` hash tag of every key); for the API,
+    #: the queue of tasks that name none.
     queue: str = "default"
+    #: Queues a worker serves, ``NAME`` or ``NAME=WEIGHT`` (none: just ``queue``).
+    queues: tuple[str, ...] = ()
+    #: Serve ``queues`` in strict order of weight instead of weighted random.
+    strict: bool = False
 
     #: Producer API and monitor listen addresses.
     host: str = "127.0.0.1"
@@ -96,6 +101,8 @@ class Settings:
         given = {k: v for k, v in flags.items() if v is not None and v != ()}
         values.update(given)
         values["redis_url_given"] = "redis_url" in values
+        if values.get("queues") and "queue" not in given:
+            values["queue"] = str(values["queues"][0]).partition("=")[0]
         if isinstance(values.get("apps"), list):
             values["apps"] = tuple(values["apps"])
         settings = cls(**values)
@@ -104,8 +111,8 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that cannot work, saying what is wrong."""
-        if not self.queue or any(c in self.queue for c in "{}: "):
-            raise ConfigError(f"queue name {self.queue!r} must be non-empty without {{}}: or spaces")
+        for name, _ in self.weighted_queues():
+            check_queue_name(name)
         if not self.target_lag > 0:
             raise ConfigError("target_lag must be a positive number of seconds")
         if self.concurrency < 1:
@@ -117,9 +124,28 @@ class Settings:
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 1:
             raise ConfigError("crash_limit and dead_cap must be >= 1, max_retries >= 0")
 
+    def weighted_queues(self) -> list[tuple[str, int]]:
+        """``queues`` as (name, weight) pairs: ``critical=6`` -> ("critical", 6); none -> [(queue, 1)]."""
+        pairs: list[tuple[str, int]] = []
+        for spec in self.queues or (self.queue,):
+            name, _, weight = spec.partition("=")
+            if weight and not (weight.isdigit() and int(weight) > 0):
+                raise ConfigError(f"queue weight in {spec!r} must be a positive whole number")
+            pairs.append((name, int(weight or 1)))
+        if len({name for name, _ in pairs}) != len(pairs):
+            raise ConfigError(f"a queue is named twice in {', '.join(self.queues)}")
+        return pairs
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (used by tests and ``reliq all``)."""
         return dataclasses.replace(self, **changes)
+
+
+def check_queue_name(name: Any) -> str:
+    """Return ``name`` if it can be a queue name (it becomes a Redis hash tag); raise otherwise."""
+    if not isinstance(name, str) or not name or len(name) > 100 or any(c in name for c in "{}: \t\n"):
+        raise ConfigError(f"queue name {name!r} must be 1 to 100 characters without braces, colons or spaces")
+    return name
 
 
 def _cast(name: str, raw: str, default: Any) -> Any:

@@ -20,17 +20,20 @@ import random
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
+import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq.connection import UNAVAILABLE
 from reliq.errors import PermanentError
+from reliq.fetcher import Fetcher
 from reliq.heartbeat import Heartbeat
-from reliq.periodic import Backoff
+from reliq.periodic import Backoff, cancel_all, reraise_if_cancelled
 from reliq.promoter import Promoter
-from reliq.queue import Claimed, Outcome, Queue, text
+from reliq.queue import Claimed, Outcome, Queue
 from reliq.reaper import Reaper
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
@@ -57,13 +60,17 @@ def retry_delay_ms(failures: int, base: float, cap: float) -> int:
 class Worker:
     """Runs tasks of one queue until stopped (or, in burst mode, until it is empty)."""
 
-    def __init__(self, queue: Queue, settings: Settings, registry: Registry = REGISTRY,
-                 *, burst: bool = False, worker_id: str | None = None) -> None:
-        self.queue = queue
+    def __init__(self, queues: Queue | Sequence[tuple[Queue, int]], settings: Settings,
+                 registry: Registry = REGISTRY, *, burst: bool = False, worker_id: str | None = None,
+                 strict: bool = False) -> None:
+        weighted = [(queues, 1)] if isinstance(queues, Queue) else list(queues)
+        self.queues = {q.name: q for q, _ in weighted}
+        self.queue = weighted[0][0]
         self.settings = settings
         self.registry = registry
         self.burst = burst
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.fetcher = Fetcher(weighted, self.id, strict=strict)
         self.concurrency = settings.concurrency
         self.held: dict[str, Claimed] = {}  # claimed and not yet settled
         self.busy = 0  # handed to runners and not yet finished
@@ -89,32 +96,31 @@ class Worker:
         stop = stop or asyncio.Event()
         hard_stop = hard_stop or asyncio.Event()
         s = self.settings
-        heartbeat = Heartbeat(self.queue, self.id, s.heartbeat_interval, s.lease, self.status)
-        await self._until_redis(heartbeat.run_once)
-        background = [
-            asyncio.create_task(heartbeat.run(), name="heartbeat"),
-            asyncio.create_task(Promoter(self.queue, s.promote_interval).run(), name="promoter"),
-            asyncio.create_task(Reaper(self.queue, s.lease, s.reap_interval, self.id).run(), name="reaper"),
-        ]
+        background = []
+        for queue in self.queues.values():
+            heartbeat = Heartbeat(queue, self.id, s.heartbeat_interval, s.lease, self.status)
+            await self._until_redis(heartbeat.run_once)
+            background += [
+                asyncio.create_task(heartbeat.run(), name="heartbeat"),
+                asyncio.create_task(Promoter(queue, s.promote_interval).run(), name="promoter"),
+                asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id).run(), name="reaper"),
+            ]
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))
         settler = asyncio.create_task(self._settler(), name="settler")
         self._fetcher = asyncio.create_task(self._fetch_loop(), name="fetcher")
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait([stop_wait, self._fetcher], return_when=asyncio.FIRST_COMPLETED)
-        stop_wait.cancel()
+        await cancel_all([stop_wait])
         log.info("worker %s stopping: %d task(s) running", self.id, self.busy)
         self._stopping = True
-        self._fetcher.cancel()
+        await cancel_all([self._fetcher])
         await self._drain(hard_stop)
-        for r in runners:
-            r.cancel()
-        await asyncio.gather(*runners, self._fetcher, return_exceptions=True)
+        await cancel_all(runners)
+        await self.fetcher.close()
         await self._flush(settler)
         released = await self._release()
-        for t in background:
-            t.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await cancel_all(background)
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
         return released
@@ -130,8 +136,7 @@ class Worker:
             self._changed.clear()
             waiters = [asyncio.create_task(self._changed.wait()), asyncio.create_task(hard_stop.wait())]
             await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+            await cancel_all(waiters)
 
     async def _flush(self, settler: asyncio.Task[None]) -> None:
         """Settle what has finished (riding out a short outage), then stop the settler."""
@@ -140,8 +145,7 @@ class Worker:
             async with asyncio.timeout(max(5.0, self.settings.heartbeat_interval)):
                 while self._done or self._settling:
                     await self._wait_change()
-        settler.cancel()
-        await asyncio.gather(settler, return_exceptions=True)
+        await cancel_all([settler])
 
     async def _release(self) -> bool:
         """Hand back whatever is still held and deregister; retry through a short outage."""
@@ -149,11 +153,12 @@ class Worker:
         deadline = time.monotonic() + max(10.0, self.settings.heartbeat_interval * 2)
         while True:
             try:
-                n = await self.queue.release(self.id)
+                n = sum([await queue.release(self.id) for queue in self.queues.values()])
                 if n:
                     log.info("handed back %d unfinished task(s) to pending", n)
                 return True
             except UNAVAILABLE as exc:
+                reraise_if_cancelled()
                 if time.monotonic() > deadline:
                     log.error("could not hand back tasks (%s); the reaper will requeue them "
                               "after the %.0fs lease", exc, self.settings.lease)
@@ -168,6 +173,7 @@ class Worker:
                 await step()
                 return
             except UNAVAILABLE as exc:
+                reraise_if_cancelled()
                 if backoff.failures == 0:
                     log.warning("waiting for Redis: %s", exc)
                 await asyncio.sleep(backoff.next())
@@ -175,7 +181,7 @@ class Worker:
     def status(self) -> dict[str, Any]:
         """What the heartbeat publishes about this worker."""
         return {"concurrency": self.concurrency, "in_flight": self.busy, "processed": self.processed,
-                "queue": self.queue.name}
+                "queues": ",".join(self.queues)}
 
     # -- fetching -----------------------------------------------------------------------
 
@@ -194,11 +200,13 @@ class Worker:
                     next_check = time.monotonic() + self.settings.lease
                     await self._adopt_orphans()
             except UNAVAILABLE as exc:
+                reraise_if_cancelled()
                 if backoff.failures == 0:
                     log.warning("fetcher: Redis unreachable (%s); retrying with backoff", exc)
                 await asyncio.sleep(backoff.next())
                 await self._adopt_orphans()
             except Exception:
+                reraise_if_cancelled()
                 log.exception("fetcher failed; retrying")
                 await asyncio.sleep(backoff.next())
 
@@ -208,7 +216,7 @@ class Worker:
         if free <= 0 or self._holds_suspect():
             await self._wait_change()
             return False
-        tasks, blocked = await self.queue.claim(self.id, free)
+        tasks, blocked = await self.fetcher.claim(free, len(self.held))
         if tasks:
             self._dispatch(tasks)
             return False
@@ -216,12 +224,10 @@ class Worker:
             while self.held:
                 await self._wait_change()
             return False
-        if self.burst and not self.held and await self._queue_empty():
+        if self.burst and not self.held and await self.fetcher.empty():
             return True
-        moved = await self.queue.wait_for_task(self.id, BURST_BLOCK_S if self.burst else BLOCK_S)
-        if moved is not None:
-            tasks, _ = await self.queue.claim(self.id, self.concurrency - self.busy, moved)
-            self._dispatch(tasks)
+        block_s = BURST_BLOCK_S if self.burst else BLOCK_S
+        self._dispatch(await self.fetcher.wait(block_s, free, len(self.held)))
         return False
 
     async def _wait_change(self) -> None:
@@ -230,14 +236,6 @@ class Worker:
 
     def _holds_suspect(self) -> bool:
         return any(t.crashes for t in self.held.values()) if len(self.held) == 1 else False
-
-    async def _queue_empty(self) -> bool:
-        k = self.queue.keys
-        async with self.queue.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(k.pending)
-            pipe.zcard(k.delayed)
-            pending, delayed = await pipe.execute()
-        return bool(pending == 0 and delayed == 0)
 
     def _dispatch(self, tasks: list[Claimed]) -> None:
         for t in tasks:
@@ -249,15 +247,8 @@ class Worker:
 
     async def _adopt_orphans(self) -> None:
         """After a lost reply, claim ids in our list that we do not know we hold."""
-        try:
-            ids = await self.queue.redis.lrange(self.queue.keys.processing(self.id), 0, -1)
-            for raw in ids:
-                task_id = text(raw)
-                if task_id not in self.held:
-                    tasks, _ = await self.queue.claim(self.id, 1, task_id)
-                    self._dispatch(tasks)
-        except UNAVAILABLE:
-            pass  # still down: the next failure brings us back here
+        with contextlib.suppress(*UNAVAILABLE):  # still down: the next failure brings us back
+            self._dispatch(await self.fetcher.adopt_orphans(self.held, len(self.held)))
 
     # -- running ---------------------------------------------------------------------------
 
@@ -315,6 +306,17 @@ class Worker:
 
     # -- settling -----------------------------------------------------------------------------
 
+    async def _settle(self, batch: list[Outcome]) -> int:
+        """Settle a batch, one script call per queue; return how many were stale."""
+        if len(self.queues) == 1:
+            return (await self.queue.settle(self.id, batch))[1]
+        stale = 0
+        for name, queue in self.queues.items():
+            mine = [o for o in batch if o.task.queue == name]
+            if mine:
+                stale += (await queue.settle(self.id, mine))[1]
+        return stale
+
     async def _settler(self) -> None:
         backoff = Backoff()
         while True:
@@ -325,9 +327,10 @@ class Worker:
                 self._done = []
                 self._settling = True
                 try:
-                    _, stale = await self.queue.settle(self.id, batch)
+                    stale = await self._settle(batch)
                 except UNAVAILABLE as exc:
                     self._done = batch + self._done
+                    reraise_if_cancelled()
                     if backoff.failures == 0:
                         log.warning("settler: Redis unreachable (%s); %d result(s) wait", exc, len(batch))
                     await asyncio.sleep(backoff.next())

@@ -19,10 +19,11 @@ def reliq(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 stderr=subprocess.STDOUT)
 
 
-def worker(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def worker(redis_url: str, queue: str | None, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A ``reliq work`` process with a short lease, so crashes are recovered in test time."""
-    return reliq(["work", "--redis-url", redis_url, "--queue", queue, "--lease", "2",
-                  "--heartbeat-interval", "0.5", *extra], log)
+    queue_args = ["--queue", queue] if queue else []
+    return reliq(["work", "--redis-url", redis_url, *queue_args, "--lease", "2", "--heartbeat-interval", "0.5",
+                  *extra], log)
 
 
 def api(redis_url: str, queue: str, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -75,6 +75,7 @@ async def test_claim_moves_batch_into_worker_list_and_marks_processing(queue: Qu
     assert await keyspace(redis, queue.name) == {
         "pending": [c],
         "processing:" + W: [b, a],
+        "workers": [W],  # a claim (re)registers its worker, so a reaper will find its list
         "stats": {"enqueued": "3"},
         f"task:{a}": record(state="processing", attempts=1, started_at="T", worker=W),
         f"task:{b}": record(state="processing", attempts=1, started_at="T", worker=W),
@@ -102,6 +103,7 @@ async def test_settle_ok_marks_succeeded_with_ttl_and_counts(queue: Queue, redis
     assert await queue.settle(W, [outcome(task, "ok", '{"x":1}')]) == (1, 0)
     space = await keyspace(redis, queue.name)
     assert space == {
+        "workers": [W],
         "stats": {"enqueued": "1", "succeeded": "1"},
         "metrics": space["metrics"],
         f"task:{a}": record(state="succeeded", attempts=1, started_at="T", worker=W, finished_at="T",
@@ -196,6 +198,16 @@ async def test_heartbeat_registers_worker_and_reports_when_it_was_reaped(queue: 
     await queue.reap(W, lease_s=0)
     _, known = await queue.heartbeat(W, {"pid": 1}, ttl_s=10)
     assert not known
+
+
+async def test_a_released_worker_that_claims_again_is_registered_again(queue: Queue, redis: Redis) -> None:
+    [a] = await enqueue(queue)
+    await queue.heartbeat(W, {}, ttl_s=10)
+    await queue.release(W)
+    await claim_all(queue)  # a fetcher that outlived its shutdown
+    assert (await keyspace(redis, queue.name))["workers"] == [W]
+    assert await queue.reap(W, lease_s=0) == (1, 0)
+    assert (await queue.get(a))["state"] == "pending"
 
 
 async def test_reap_leaves_a_live_worker_alone(queue: Queue, redis: Redis) -> None:

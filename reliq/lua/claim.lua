@@ -1,20 +1,25 @@
 -- Claim up to N ready tasks for worker W: move each id from pending into W's own
 -- processing list, mark it processing, and return its body, in one round trip.
 -- KEYS[1] pending list  KEYS[2] processing list of W  KEYS[3] task key prefix
+-- KEYS[4] workers zset: W is put back in it if missing (reaped, or already released), so
+--         that whatever it claims stays where a reaper will look once W goes silent
 -- ARGV[1] N (max tasks)  ARGV[2] W (worker id)
 -- ARGV[3] an id already in KEYS[2] ('' = none): moved there by BLMOVE, or found there
 --         unknown to W after a lost reply (then it may be marked processing by W already);
 --         ignored when it is no longer there: a reaper took W for dead and requeued it
 --         since, and claiming it here would leave it claimed in no list, i.e. lost
+-- ARGV[4] how many tasks W holds in its lists of other queues
 -- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being FIELDS below.
 -- blocked = 1 when the next task is a crash suspect (it has taken a worker down before)
--- and W holds other tasks: suspects run alone, so a crash is blamed on the right task.
+-- and W holds other tasks, here or in other queues: suspects run alone, so that a crash
+-- is blamed on the right task.
 -- Ids whose record is gone or no longer pending (cancelled, finished by a late ack)
 -- are dropped on the way.
 local FIELDS = {'type', 'payload', 'attempts', 'failures', 'max_retries', 'crashes',
                 'timeout_ms', 'queued_at'}
 local now = now_ms()
 local max = tonumber(ARGV[1])
+local elsewhere = tonumber(ARGV[4])
 local out = {0, now}
 local taken = 0
 
@@ -40,7 +45,7 @@ if ARGV[3] ~= '' and redis.call('LPOS', KEYS[2], ARGV[3]) then
   local ours = state == 'processing' and redis.call('HGET', KEYS[3] .. id, 'worker') == ARGV[2]
   if state ~= 'pending' and not ours then
     redis.call('LREM', KEYS[2], 1, id)
-  elseif tonumber(f[6]) > 0 and redis.call('LLEN', KEYS[2]) > 1 then
+  elseif tonumber(f[6]) > 0 and (redis.call('LLEN', KEYS[2]) > 1 or elsewhere > 0) then
     redis.call('LREM', KEYS[2], 1, id)
     redis.call('RPUSH', KEYS[1], id)
     out[1] = 1
@@ -61,7 +66,7 @@ while taken < max and skipped < 1000 do
     local id = window[i]
     local state, f = fields(id)
     if state == 'pending' and tonumber(f[6]) > 0 then
-      if taken == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+      if taken == 0 and elsewhere == 0 and redis.call('LLEN', KEYS[2]) == 0 then
         used = used + 1
         moved[#moved + 1] = id
         claim(id, f)
@@ -85,4 +90,5 @@ while taken < max and skipped < 1000 do
   end
   if stop or #window == 0 then break end
 end
+if taken > 0 then redis.call('ZADD', KEYS[4], 'NX', now, ARGV[2]) end
 return out

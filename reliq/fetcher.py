@@ -1,0 +1,110 @@
+"""Claiming tasks for one worker from one or more queues, by weight or in strict order.
+
+Under load the fetcher claims in batches with the claim script, visiting the queues in
+a weighted random order each time (Sidekiq's rule: a queue of weight 6 is visited first
+six times as often as one of weight 1), or by descending weight with ``strict``. When
+every queue is empty it blocks on one BLMOVE per queue at once, each into this worker's
+own processing list of that queue, so a task in any queue starts within milliseconds
+and an idle worker costs Redis nothing. A BLMOVE left waiting is kept for the next idle
+spell rather than cancelled, so waking up never loses a moved id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Container, Sequence
+
+from reliq.periodic import cancel_all
+from reliq.queue import Claimed, Queue, text
+
+
+class Fetcher:
+    """Claims tasks for worker ``worker_id`` from ``queues`` (each with a weight)."""
+
+    def __init__(self, queues: Sequence[tuple[Queue, int]], worker_id: str, *, strict: bool = False) -> None:
+        self.queues = [q for q, _ in queues]
+        self.weights = [w for _, w in queues]
+        self.worker_id = worker_id
+        self.strict = strict
+        self._waiters: dict[str, asyncio.Task[str | None]] = {}
+
+    def order(self) -> list[Queue]:
+        """The order to visit the queues in this time."""
+        if self.strict or len(self.queues) == 1:
+            ranked = sorted(zip(self.weights, range(len(self.queues)), strict=True), reverse=True)
+            return [self.queues[i] for _, i in ranked]
+        # Weighted sampling without replacement: sort by u^(1/w), u uniform in (0, 1).
+        keys = [random.random() ** (1 / w) for w in self.weights]
+        return [q for _, q in sorted(zip(keys, self.queues, strict=True), key=lambda kq: kq[0], reverse=True)]
+
+    async def claim(self, free: int, held: int) -> tuple[list[Claimed], bool]:
+        """Claim up to ``free`` tasks without blocking; ``held`` is what the worker holds.
+
+        Returns the tasks and whether a crash suspect waits for the worker to hold
+        nothing (then nothing else is claimed: a suspect must run alone).
+        """
+        tasks = await self._harvest(free, held)
+        if any(t.crashes for t in tasks):
+            return tasks, False  # a suspect came alone: claim nothing beside it
+        for queue in self.order():
+            if len(tasks) >= free:
+                break
+            got, blocked = await queue.claim(self.worker_id, free - len(tasks), elsewhere=held + len(tasks))
+            if blocked:
+                return tasks, True
+            tasks += got
+            if any(t.crashes for t in got):
+                break  # a suspect came alone: claim nothing beside it
+        return tasks, False
+
+    async def wait(self, block_s: float, free: int, held: int) -> list[Claimed]:
+        """Block up to ``block_s`` until a task arrives in any queue, then claim it."""
+        for queue in self.queues:
+            if queue.name not in self._waiters:
+                self._waiters[queue.name] = asyncio.create_task(queue.wait_for_task(self.worker_id, block_s))
+        await asyncio.wait(self._waiters.values(), timeout=block_s + 1, return_when=asyncio.FIRST_COMPLETED)
+        return await self._harvest(free, held)
+
+    async def _harvest(self, free: int, held: int) -> list[Claimed]:
+        """Claim the ids finished BLMOVEs moved into our lists."""
+        tasks: list[Claimed] = []
+        for queue in self.queues:
+            waiter = self._waiters.get(queue.name)
+            if waiter is None or not waiter.done():
+                continue
+            if any(t.crashes for t in tasks):
+                break  # leave the rest in our lists, unclaimed, until the suspect is done
+            del self._waiters[queue.name]
+            moved = waiter.result()  # raises the waiter's error, e.g. Redis unreachable
+            if moved is not None:
+                got, _ = await queue.claim(self.worker_id, max(1, free - len(tasks)), moved, held + len(tasks))
+                tasks += got
+        return tasks
+
+    async def adopt_orphans(self, known: Container[str], held: int) -> list[Claimed]:
+        """After a lost reply, claim ids in our lists that the worker does not know it holds."""
+        tasks: list[Claimed] = []
+        for queue in self.queues:
+            for raw in await queue.redis.lrange(queue.keys.processing(self.worker_id), 0, -1):
+                task_id = text(raw)
+                if task_id not in known:
+                    got, _ = await queue.claim(self.worker_id, 1, task_id, held + len(tasks))
+                    tasks += got
+        return tasks
+
+    async def empty(self) -> bool:
+        """Whether every queue has nothing pending and nothing delayed (for burst mode)."""
+        for queue in self.queues:
+            async with queue.redis.pipeline(transaction=False) as pipe:
+                pipe.llen(queue.keys.pending)
+                pipe.zcard(queue.keys.delayed)
+                pending, delayed = await pipe.execute()
+            if pending or delayed:
+                return False
+        return True
+
+    async def close(self) -> None:
+        """Cancel waiting BLMOVEs (an id one of them moved is handed back by the release)."""
+        await cancel_all(self._waiters.values())
+        self._waiters.clear()
