@@ -1,27 +1,77 @@
-"""The producer API (``reliq serve``): validates requests and hands them to the queue.
+"""The producer API (``reliq serve``): validates requests and hands them to the queues.
 
-A task is answered 202 only after the enqueue script has run on Redis. Requests that
-arrive while an enqueue is in flight are sent together in the next script call, so
-concurrent producers share round trips (see :class:`Coalescer`).
+A task is answered 202 only after the enqueue script has run on Redis (and, with
+``"durability": "replicated"``, after a replica confirmed it). Requests that arrive
+while an enqueue is in flight are sent together in the next script call, so
+concurrent producers share round trips (see :class:`~reliq.coalescer.Coalescer`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.asyncio import Redis
 
 from reliq.coalescer import Coalescer
-from reliq.errors import CancelRefused, InvalidTask, TaskNotFound
+from reliq.errors import CancelRefused, ConfigError, InvalidTask, NotReplicated, QueueFull, TaskNotFound
+from reliq.openapi import spec as openapi_spec
 from reliq.queue import Queue, TaskSpec, make_spec
-from reliq.settings import Settings
+from reliq.settings import DURABILITIES, Settings, check_queue_name
 from reliq.web import bearer_auth, error, errors_as_json, json_response
 
-QUEUE = web.AppKey("queue", Queue)
-COALESCER = web.AppKey("coalescer", Coalescer)
 MAX_BATCH = 1000
+#: Queue objects the API keeps at most (a name is cheap, but not free).
+MAX_QUEUES = 1000
+
+#: (task id, created now, replicas that confirmed it)
+Result = tuple[str, bool, int]
+
+
+class Producer:
+    """The API's side of the queues: one Queue, and one Coalescer a durability, per name."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.redis: Redis = queue.redis
+        self.settings: Settings = queue.settings
+        self._queues: dict[str, Queue] = {queue.name: queue}
+        self._coalescers: dict[tuple[str, str], Coalescer[TaskSpec, Result]] = {}
+
+    def queue(self, name: Any) -> Queue:
+        """The Queue called ``name`` (the default queue for None); InvalidTask for a bad name."""
+        if name is None:
+            name = self.settings.queue
+        try:
+            check_queue_name(name)
+        except ConfigError as exc:
+            raise InvalidTask(str(exc)) from None
+        if name not in self._queues:
+            if len(self._queues) >= MAX_QUEUES:
+                self._queues.pop(next(k for k in self._queues if k != self.settings.queue))
+            self._queues[name] = Queue(self.redis, self.settings, name)
+        return self._queues[name]
+
+    async def send(self, queue: Queue, specs: Sequence[TaskSpec], durability: str) -> list[Result]:
+        """Enqueue ``specs`` in one script call; report how many replicas confirmed them."""
+        replicas = 1 if durability == "replicated" else 0
+        try:
+            results = await queue.enqueue_specs(specs, replicas=replicas)
+        except NotReplicated as exc:
+            return [(task_id, created, exc.acked) for task_id, created in exc.results]
+        return [(task_id, created, replicas) for task_id, created in results]
+
+    async def submit(self, queue: Queue, spec: TaskSpec, durability: str) -> Result:
+        """Enqueue one task, sharing the round trip with concurrent requests."""
+        key = (queue.name, durability)
+        if key not in self._coalescers:
+            self._coalescers[key] = Coalescer(lambda specs: self.send(queue, specs, durability), MAX_BATCH)
+        return await self._coalescers[key].submit(spec)
+
+
+PRODUCER = web.AppKey("producer", Producer)
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -36,72 +86,101 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
 
 
-def _spec(request: web.Request, item: Any, idempotency_key: str | None) -> TaskSpec:
+def _spec(settings: Settings, item: Any, idempotency_key: str | None) -> TaskSpec:
     if not isinstance(item, dict):
         raise InvalidTask("a task must be a JSON object with a 'type'")
-    settings = request.app[QUEUE].settings
     return make_spec(
         item.get("type"),
         item.get("payload"),
         max_retries=item.get("max_retries"),
         timeout=item.get("timeout_s"),
         delay=item.get("delay_s"),
+        run_at=item.get("run_at"),
         idempotency_key=item.get("idempotency_key", idempotency_key),
         default_max_retries=settings.max_retries,
     )
 
 
-def _accepted(spec: TaskSpec, task_id: str, created: bool) -> dict[str, Any]:
-    return {"status": "queued" if created else "duplicate", "task_id": task_id,
-            "state": "scheduled" if spec.delay_ms else "pending"}
+def _durability(settings: Settings, body: dict[str, Any]) -> str:
+    durability = body.get("durability", settings.durability)
+    if durability not in DURABILITIES:
+        raise InvalidTask(f"'durability' must be one of {', '.join(DURABILITIES)}")
+    return str(durability)
+
+
+def _accepted(queue: Queue, spec: TaskSpec, result: Result) -> dict[str, Any]:
+    task_id, created, acked = result
+    return {"status": "queued" if created else "duplicate", "task_id": task_id, "queue": queue.name,
+            "state": "scheduled" if spec.delay_ms or spec.run_at_ms else "pending",
+            "durability": "replicated" if acked else "memory"}
+
+
+def _not_replicated(body: dict[str, Any]) -> web.Response:
+    return json_response({**body, "error": "enqueued on the primary, but no replica confirmed it in time; "
+                                           "retry with the same Idempotency-Key to be safe"},
+                         503, {"Retry-After": "1"})
 
 
 async def post_task(request: web.Request) -> web.Response:
     """POST /task: enqueue one task; 202 with its id (200 for a repeated Idempotency-Key)."""
+    producer = request.app[PRODUCER]
     body = await _json_body(request)
-    try:
-        spec = _spec(request, body, request.headers.get("Idempotency-Key"))
-    except InvalidTask as exc:
-        return error(400, str(exc))
-    task_id, created = await request.app[COALESCER].submit(spec)
-    return json_response(_accepted(spec, task_id, created), 202 if created else 200)
+    if not isinstance(body, dict):
+        return error(400, "a task must be a JSON object with a 'type'")
+    spec = _spec(producer.settings, body, request.headers.get("Idempotency-Key"))
+    durability = _durability(producer.settings, body)
+    queue = producer.queue(body.get("queue"))
+    result = await producer.submit(queue, spec, durability)
+    answer = _accepted(queue, spec, result)
+    if durability == "replicated" and not result[2]:
+        return _not_replicated(answer)
+    return json_response(answer, 202 if result[1] else 200)
 
 
 async def post_tasks(request: web.Request) -> web.Response:
-    """POST /tasks: enqueue up to 1,000 tasks in one script call, all or nothing."""
+    """POST /tasks: enqueue up to 1,000 tasks of one queue in one script call, all or nothing."""
+    producer = request.app[PRODUCER]
     body = await _json_body(request)
-    items = body.get("tasks") if isinstance(body, dict) else body
+    envelope = body if isinstance(body, dict) else {"tasks": body}
+    items = envelope.get("tasks")
     if not isinstance(items, list) or not items:
         return error(400, "body must be a non-empty JSON array of tasks, or {\"tasks\": [...]}")
     if len(items) > MAX_BATCH:
         return error(400, f"at most {MAX_BATCH} tasks a request, got {len(items)}")
-    try:
-        specs = [_spec(request, item, None) for item in items]
-    except InvalidTask as exc:
-        return error(400, str(exc))
-    results = await request.app[QUEUE].enqueue_specs(specs)
-    return json_response(
-        {"status": "queued", "task_ids": [task_id for task_id, _ in results],
-         "tasks": [_accepted(s, i, c) for s, (i, c) in zip(specs, results, strict=True)]},
-        202,
-    )
+    named = [i["queue"] for i in items if isinstance(i, dict) and i.get("queue") is not None]
+    if envelope.get("queue") is not None:
+        named.append(envelope["queue"])
+    if any(name != named[0] for name in named):
+        return error(400, "a batch goes to one queue: name it once, as \"queue\" beside \"tasks\"")
+    queue = producer.queue(named[0] if named else None)
+    durability = _durability(producer.settings, envelope)
+    specs = [_spec(producer.settings, item, None) for item in items]
+    results = await producer.send(queue, specs, durability)
+    answer = {"status": "queued", "task_ids": [r[0] for r in results], "queue": queue.name,
+              "tasks": [_accepted(queue, s, r) for s, r in zip(specs, results, strict=True)]}
+    if durability == "replicated" and not results[0][2]:
+        return _not_replicated(answer)
+    return json_response(answer, 202)
 
 
 async def get_task(request: web.Request) -> web.Response:
-    """GET /task/{id}: the task's state, attempts, timestamps, error and result."""
+    """GET /task/{id}?queue=: the task's state, attempts, timestamps, error and result."""
+    queue = request.app[PRODUCER].queue(request.query.get("queue"))
     try:
-        return json_response(await request.app[QUEUE].get(request.match_info["id"]))
+        return json_response(await queue.get(request.match_info["id"]))
     except TaskNotFound:
-        return error(404, f"no task {request.match_info['id']!r} (never enqueued, or its record expired)")
+        return error(404, f"no task {request.match_info['id']!r} in queue {queue.name!r} "
+                          "(never enqueued, or its record expired)")
 
 
 async def delete_task(request: web.Request) -> web.Response:
-    """DELETE /task/{id}: cancel a pending or scheduled task; 409 once it has started."""
+    """DELETE /task/{id}?queue=: cancel a pending or scheduled task; 409 once it has started."""
+    queue = request.app[PRODUCER].queue(request.query.get("queue"))
     task_id = request.match_info["id"]
     try:
-        previous = await request.app[QUEUE].cancel(task_id)
+        previous = await queue.cancel(task_id)
     except TaskNotFound:
-        return error(404, f"no task {task_id!r}")
+        return error(404, f"no task {task_id!r} in queue {queue.name!r}")
     except CancelRefused as exc:
         return json_response({"error": str(exc), "state": exc.state}, 409)
     return json_response({"status": "cancelled", "task_id": task_id, "previous_state": previous})
@@ -114,22 +193,39 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """GET /readyz: Redis answers (503 otherwise, through the error middleware)."""
-    await asyncio.wait_for(request.app[QUEUE].redis.ping(), 2.0)
+    await asyncio.wait_for(request.app[PRODUCER].redis.ping(), 2.0)
     return json_response({"status": "ready"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    """GET /openapi.json: this API described in OpenAPI 3.1."""
+    return json_response(openapi_spec())
+
+
+@web.middleware
+async def task_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bad tasks are 400s, a full queue is a 429: each saying what is wrong."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except InvalidTask as exc:
+        return error(400, str(exc))
+    except QueueFull as exc:
+        return error(429, str(exc), {"Retry-After": "1"})
 
 
 def create_app(queue: Queue, settings: Settings) -> web.Application:
     """The producer API as an aiohttp application."""
-    middlewares = [errors_as_json]
+    middlewares = [errors_as_json, task_errors]
     if settings.api_token:
-        middlewares.append(bearer_auth(settings.api_token, open_paths=("/healthz", "/readyz")))
+        middlewares.insert(1, bearer_auth(settings.api_token, open_paths=("/healthz", "/readyz")))
     app = web.Application(client_max_size=settings.max_body, middlewares=middlewares)
-    app[QUEUE] = queue
-    app[COALESCER] = Coalescer(queue.enqueue_specs, MAX_BATCH)
+    app[PRODUCER] = Producer(queue)
     app.router.add_post("/task", post_task)
     app.router.add_post("/tasks", post_tasks)
     app.router.add_get("/task/{id}", get_task)
     app.router.add_delete("/task/{id}", delete_task)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
     return app

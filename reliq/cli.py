@@ -91,13 +91,32 @@ def work(log_level: str, burst: bool, processes: str, **flags: Any) -> None:
     _exit(runner.run_work(settings, burst=burst))
 
 
+def _listen_options(fn: F) -> F:
+    """Where an HTTP role listens, and the rule that guards non-loopback addresses."""
+    fn = click.option("--insecure", is_flag=True, default=None,
+                      help="Allow a non-loopback --host without RELIQ_API_TOKEN")(fn)
+    return click.option("--host", help="Address to listen on [127.0.0.1]")(fn)
+
+
+def _producer_options(fn: F) -> F:
+    """Options of the producer API (``serve`` and ``all``)."""
+    for decorator in reversed([
+        click.option("--max-body", type=click.IntRange(1), help="Largest request body in bytes [1 MiB]"),
+        click.option("--max-pending", type=click.IntRange(0),
+                     help="Pending tasks a queue may hold before POST /task answers 429 [0 = off]"),
+        click.option("--durability", type=click.Choice(["memory", "replicated"]),
+                     help="Default durability: Redis acknowledged, or WAIT for a replica [memory]"),
+    ]):
+        fn = decorator(fn)
+    return fn
+
+
 @main.command()
 @_common
 @_one_queue
-@click.option("--host", help="Address to listen on [127.0.0.1]")
+@_listen_options
 @click.option("--port", "api_port", type=int, help="Port [8085]")
-@click.option("--max-body", type=int, help="Largest request body in bytes [1 MiB]")
-@click.option("--max-pending", type=int, help="Pending tasks past which POST /task answers 429 [off]")
+@_producer_options
 def serve(log_level: str, **flags: Any) -> None:
     """Run the producer API."""
     _exit(runner.run_serve(_settings(log_level, **flags)))
@@ -106,7 +125,7 @@ def serve(log_level: str, **flags: Any) -> None:
 @main.command()
 @_common
 @_one_queue
-@click.option("--host", help="Address to listen on [127.0.0.1]")
+@_listen_options
 @click.option("--port", "monitor_port", type=int, help="Port [8082]")
 @click.option("--target-lag", type=click.FloatRange(min=0, min_open=True),
               help="Lag, seconds, that reliq_desired_workers aims to keep the queue under [10]")
@@ -119,7 +138,8 @@ def monitor(log_level: str, **flags: Any) -> None:
 @main.command(name="all")
 @_common
 @_worker_options
-@click.option("--host", help="Address to listen on [127.0.0.1]")
+@_listen_options
+@_producer_options
 @click.option("--api-port", type=int, help="Producer API port [8085]")
 @click.option("--monitor-port", type=int, help="Monitor port [8082]")
 @_private_option

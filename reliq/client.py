@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
 from reliq.connection import connect
 from reliq.queue import Queue, TaskInfo, TaskSpec, make_spec
-from reliq.settings import DEFAULT_REDIS_URL, Settings
+from reliq.settings import DEFAULT_REDIS_URL, Settings, check_queue_name
 
 T = TypeVar("T")
 TaskItem = tuple[str, Any] | Mapping[str, Any]
@@ -25,27 +26,40 @@ class AsyncClient:
 
     def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
                  settings: Settings | None = None) -> None:
-        self.settings = (settings or Settings()).replace(redis_url=redis_url, queue=queue)
+        self.settings = (settings or Settings()).replace(redis_url=redis_url, queue=check_queue_name(queue))
         self.redis = connect(redis_url)
         self.queue = Queue(self.redis, self.settings)
+        self._queues = {queue: self.queue}
+
+    def _queue(self, name: str | None) -> Queue:
+        if name is None:
+            return self.queue
+        if name not in self._queues:
+            self._queues[name] = Queue(self.redis, self.settings, check_queue_name(name))
+        return self._queues[name]
 
     def _spec(self, type: str, payload: Any = None, **options: Any) -> TaskSpec:
         return make_spec(type, payload, default_max_retries=self.settings.max_retries, **options)
 
-    async def enqueue(self, type: str, payload: Any = None, *, max_retries: int | None = None,
-                      delay: float | None = None, timeout: float | None = None,
+    async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
+                      max_retries: int | None = None, delay: float | None = None,
+                      run_at: datetime | str | None = None, timeout: float | None = None,
                       idempotency_key: str | None = None) -> str:
-        """Enqueue one task (``delay`` and ``timeout`` in seconds); return its id."""
-        spec = self._spec(type, payload, max_retries=max_retries, delay=delay, timeout=timeout,
+        """Enqueue one task; return its id (an earlier one's for a repeated idempotency key).
+
+        ``queue`` defaults to the client's; ``delay`` and ``timeout`` are seconds;
+        ``run_at`` is an aware datetime or RFC 3339 string and wins over ``delay``.
+        """
+        spec = self._spec(type, payload, max_retries=max_retries, delay=delay, run_at=run_at, timeout=timeout,
                           idempotency_key=idempotency_key)
-        [(task_id, _)] = await self.queue.enqueue_specs([spec])
+        [(task_id, _)] = await self._queue(queue).enqueue_specs([spec])
         return task_id
 
-    async def enqueue_many(self, tasks: Iterable[TaskItem]) -> list[str]:
-        """Enqueue many tasks in one round trip, all or nothing; return their ids in order.
+    async def enqueue_many(self, tasks: Iterable[TaskItem], queue: str | None = None) -> list[str]:
+        """Enqueue many tasks of one queue in one round trip, all or nothing; return their ids.
 
         Each item is ``(type, payload)`` or a mapping with ``type``, ``payload`` and the
-        options of :meth:`enqueue`.
+        options of :meth:`enqueue` (but ``queue``, given once here).
         """
         specs = []
         for item in tasks:
@@ -56,15 +70,15 @@ class AsyncClient:
                 specs.append(self._spec(*item))
         if not specs:
             return []
-        return [task_id for task_id, _ in await self.queue.enqueue_specs(specs)]
+        return [task_id for task_id, _ in await self._queue(queue).enqueue_specs(specs)]
 
-    async def get(self, task_id: str) -> TaskInfo:
+    async def get(self, task_id: str, queue: str | None = None) -> TaskInfo:
         """The record of a task (raises reliq.TaskNotFound)."""
-        return await self.queue.get(task_id)
+        return await self._queue(queue).get(task_id)
 
-    async def cancel(self, task_id: str) -> str:
-        """Cancel a pending or scheduled task; return the state it was in."""
-        return await self.queue.cancel(task_id)
+    async def cancel(self, task_id: str, queue: str | None = None) -> str:
+        """Cancel a pending or scheduled task; return the state it was in (raises CancelRefused)."""
+        return await self._queue(queue).cancel(task_id)
 
     async def close(self) -> None:
         """Close the Redis connections."""
@@ -98,17 +112,17 @@ class Client:
         """See :meth:`AsyncClient.enqueue`."""
         return self._run(self._async.enqueue(type, payload, **options))
 
-    def enqueue_many(self, tasks: Iterable[TaskItem]) -> list[str]:
+    def enqueue_many(self, tasks: Iterable[TaskItem], queue: str | None = None) -> list[str]:
         """See :meth:`AsyncClient.enqueue_many`."""
-        return self._run(self._async.enqueue_many(list(tasks)))
+        return self._run(self._async.enqueue_many(list(tasks), queue))
 
-    def get(self, task_id: str) -> TaskInfo:
+    def get(self, task_id: str, queue: str | None = None) -> TaskInfo:
         """See :meth:`AsyncClient.get`."""
-        return self._run(self._async.get(task_id))
+        return self._run(self._async.get(task_id, queue))
 
-    def cancel(self, task_id: str) -> str:
+    def cancel(self, task_id: str, queue: str | None = None) -> str:
         """See :meth:`AsyncClient.cancel`."""
-        return self._run(self._async.cancel(task_id))
+        return self._run(self._async.cancel(task_id, queue))
 
     def close(self) -> None:
         """Close connections and stop the private loop."""

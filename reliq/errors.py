@@ -27,6 +27,24 @@ class CancelRefused(ReliqError):
         self.state = state
 
 
+class QueueFull(ReliqError):
+    """Admission control: the queue holds ``max_pending`` tasks already; nothing was enqueued."""
+
+    def __init__(self, queue: str, pending: int, limit: int) -> None:
+        super().__init__(f"queue {queue!r} has {pending} pending tasks, at its limit of {limit}; retry later")
+        self.pending = pending
+        self.limit = limit
+
+
+class NotReplicated(ReliqError):
+    """The tasks are on the primary, but fewer replicas than asked confirmed them in time."""
+
+    def __init__(self, results: list[tuple[str, bool]], acked: int, wanted: int) -> None:
+        super().__init__(f"enqueued on the primary, but {acked} of {wanted} replica(s) confirmed it in time")
+        self.results = results
+        self.acked = acked
+
+
 class PermanentError(ReliqError):
     """Raise from a handler to dead-letter the task at once, without retries."""
 

@@ -14,8 +14,9 @@ from typing import Any, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from reliq.errors import CancelRefused, InvalidTask, TaskNotFound
+from reliq.errors import CancelRefused, InvalidTask, NotReplicated, QueueFull, TaskNotFound
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
@@ -45,6 +46,7 @@ class TaskSpec:
     delay_ms: int
     idempotency_key: str
     id: str
+    run_at_ms: int = 0
 
 
 def make_spec(
@@ -54,6 +56,7 @@ def make_spec(
     max_retries: Any = None,
     timeout: Any = None,
     delay: Any = None,
+    run_at: Any = None,
     idempotency_key: Any = None,
     default_max_retries: int = 3,
 ) -> TaskSpec:
@@ -81,7 +84,26 @@ def make_spec(
         delay_ms=math.ceil(delay_s * 1000),
         idempotency_key=idempotency_key or "",
         id=new_id(),
+        run_at_ms=_run_at_ms(run_at),
     )
+
+
+def _run_at_ms(value: Any) -> int:
+    """An RFC 3339 time (string or aware datetime) as ms on the epoch; 0 for None."""
+    if value is None:
+        return 0
+    when = value
+    if isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidTask(f"'run_at' must be an RFC 3339 time like 2030-01-02T03:04:05Z, not {value!r}") from None
+    if not isinstance(when, datetime) or when.tzinfo is None:
+        raise InvalidTask("'run_at' must be an RFC 3339 time with a time zone (Z or +hh:mm)")
+    ms = int(when.timestamp() * 1000)
+    if ms > (datetime.now(UTC).timestamp() + MAX_DELAY_S) * 1000:
+        raise InvalidTask(f"'run_at' must be at most {MAX_DELAY_S / 86400:.0f} days ahead")
+    return max(ms, 1)
 
 
 def _is_int(value: Any) -> bool:
@@ -179,17 +201,38 @@ class Queue:
 
     # -- producing ---------------------------------------------------------------
 
-    async def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool]]:
-        """Enqueue all ``specs`` atomically; return (task id, created now) for each."""
+    async def enqueue_specs(self, specs: Sequence[TaskSpec], replicas: int = 0) -> list[tuple[str, bool]]:
+        """Enqueue all ``specs`` atomically; return (task id, created now) for each.
+
+        Raises QueueFull past ``settings.max_pending`` (nothing written). With
+        ``replicas``, waits (WAIT, on the same connection) until that many replicas
+        have the tasks, and raises NotReplicated when they do not answer in time —
+        the tasks are enqueued on the primary all the same.
+        """
         k = self.keys
         batch = orjson.dumps([
             (s.id, s.type, s.payload.decode(), str(s.max_retries), str(s.timeout_ms or ""), str(s.delay_ms),
-             s.idempotency_key)
+             s.idempotency_key, str(s.run_at_ms))
             for s in specs
         ])
-        args = [int(self.settings.idempotency_ttl * 1000), batch]
-        raw = await self._scripts("enqueue", [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix], args)
-        return [(raw[i].decode(), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+        keys = [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix]
+        args = [int(self.settings.idempotency_ttl * 1000), batch, self.settings.max_pending]
+        try:
+            if replicas:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    await self._scripts("enqueue", keys, args, client=pipe)
+                    pipe.execute_command("WAIT", replicas, int(self.settings.replication_timeout * 1000))
+                    raw, acked = await pipe.execute()
+            else:
+                raw = await self._scripts("enqueue", keys, args)
+        except ResponseError as exc:
+            if str(exc).startswith("FULL "):
+                raise QueueFull(self.name, int(str(exc).split()[1]), self.settings.max_pending) from None
+            raise
+        results = [(text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+        if replicas and acked < replicas:
+            raise NotReplicated(results, int(acked), replicas)
+        return results
 
     async def enqueue(self, type: str, payload: Any = None, **options: Any) -> str:
         """Validate and enqueue one task; return its id."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -96,6 +97,8 @@ async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections
 async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: bool = False,
                 burst: bool = False) -> int:
     """Run the given HTTP apps and, with ``work``, a worker, until a signal arrives."""
+    if sites:
+        check_exposure(settings)
     async with AsyncExitStack() as stack:
         signals = Signals()
         queue = await _open_queue(stack, settings, max_connections=64)
@@ -114,6 +117,26 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
                  ", ".join(f"{n}={w}" for n, w in weighted), settings.concurrency, ", ".join(REGISTRY.names()))
         released = await worker.run(signals.stop, signals.hard_stop)
         return 0 if released else 1
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve HTTP on a non-loopback address without a token, unless --insecure."""
+    if settings.api_token or settings.insecure or is_loopback(settings.host):
+        return
+    raise ConfigError(
+        f"refusing to listen on {settings.host} without RELIQ_API_TOKEN: anyone who can reach it could "
+        "enqueue or delete tasks. Set RELIQ_API_TOKEN, listen on 127.0.0.1, or pass --insecure"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def run_work(settings: Settings, burst: bool = False) -> int:

@@ -44,6 +44,9 @@ class Scripts:
             name: redis.register_script(source(name)) for name in NAMES
         }
 
-    async def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run script ``name`` with ``keys`` and ``args`` (EVALSHA, loading it if needed)."""
-        return await self._scripts[name](keys=keys, args=args)
+    async def __call__(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        """Run script ``name`` with ``keys`` and ``args`` (EVALSHA, loading it if needed).
+
+        With ``client`` a pipeline, the call is queued on it instead.
+        """
+        return await self._scripts[name](keys=keys, args=args, client=client)

@@ -15,6 +15,8 @@ from typing import Any
 from reliq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: What a producer may ask Redis to guarantee before the API answers 202.
+DURABILITIES = ("memory", "replicated")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Settings:
     max_pending: int = 0
     #: Bearer token required by mutating endpoints when set.
     api_token: str = ""
+    #: Listen on a non-loopback address without a token (refused otherwise).
+    insecure: bool = False
+    #: Default durability of POST /task: "memory" (Redis acknowledged) or "replicated"
+    #: (WAIT for a replica, 503 if none confirms within replication_timeout seconds).
+    durability: str = "memory"
+    replication_timeout: float = 1.0
     #: Monitor: require the token for read-only views too (the page itself stays open).
     private: bool = False
 
@@ -121,6 +129,8 @@ class Settings:
             raise ConfigError("lease must be at least twice the heartbeat interval")
         if self.private and not self.api_token:
             raise ConfigError("--private needs a token: set RELIQ_API_TOKEN")
+        if self.durability not in DURABILITIES:
+            raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 1:
             raise ConfigError("crash_limit and dead_cap must be >= 1, max_retries >= 0")
 

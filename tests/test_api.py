@@ -6,28 +6,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from reliq import api
 from reliq.connection import connect
 from reliq.queue import Queue
 from reliq.redis_server import free_port
 from reliq.settings import Settings
 from tests.keyspace import keyspace
-
-
-async def client_for(queue: Queue, settings: Settings) -> TestClient:
-    client = TestClient(TestServer(api.create_app(queue, settings)))
-    await client.start_server()
-    return client
+from tests.util import api_client
 
 
 @pytest.fixture
 async def http(queue: Queue, settings: Settings) -> AsyncIterator[TestClient]:
-    client = await client_for(queue, settings.replace(max_body=4096))
-    yield client
-    await client.close()
+    async with api_client(queue, settings.replace(max_body=4096)) as client:
+        yield client
 
 
 async def test_post_task_accepts_the_seed_example(http: TestClient, queue: Queue) -> None:
@@ -127,15 +120,14 @@ async def test_a_bad_task_in_a_batch_rejects_the_whole_batch(
 async def test_redis_unreachable_answers_503_with_retry_after(settings: Settings) -> None:
     down = settings.replace(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     redis = connect(down.redis_url)
-    client = await client_for(Queue(redis, down), down)
     try:
-        resp = await client.post("/task", json={"type": "noop"})
-        assert resp.status == 503 and resp.headers["Retry-After"] == "1"
-        assert "Redis" in (await resp.json())["error"]
-        assert (await client.get("/readyz")).status == 503
-        assert (await client.get("/healthz")).status == 200
+        async with api_client(Queue(redis, down), down) as client:
+            resp = await client.post("/task", json={"type": "noop"})
+            assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+            assert "Redis" in (await resp.json())["error"]
+            assert (await client.get("/readyz")).status == 503
+            assert (await client.get("/healthz")).status == 200
     finally:
-        await client.close()
         await redis.aclose()
 
 

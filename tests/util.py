@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from reliq import api
+from reliq.queue import Queue
+from reliq.settings import Settings
 
 
 async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0,
@@ -30,3 +37,14 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: f
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s")
         time.sleep(interval)
+
+
+@asynccontextmanager
+async def api_client(queue: Queue, settings: Settings) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    """The producer API app for ``queue``, served on a free port, with a client for it."""
+    client = TestClient(TestServer(api.create_app(queue, settings)))
+    await client.start_server()
+    try:
+        yield client
+    finally:
+        await client.close()

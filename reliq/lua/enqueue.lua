@@ -3,13 +3,21 @@
 -- KEYS[4] task key prefix KEYS[5] idempotency key prefix
 -- ARGV[1] idempotency TTL (ms)
 -- ARGV[2] the tasks as one JSON array of [id, type, payload, max_retries, timeout_ms
---         ('' = type default), delay_ms (0 = ready now), idempotency key ('' = none)],
---         numbers as strings: one argument instead of seven per task, because encoding
+--         ('' = type default), delay_ms (0 = ready now), idempotency key ('' = none),
+--         run_at_ms (0 = none; else the due time on the epoch, which wins over delay_ms)],
+--         numbers as strings: one argument instead of eight per task, because encoding
 --         arguments was most of the API's cost of a batch.
+-- ARGV[3] admission limit: refuse when pending holds this many tasks already (0 = none)
 -- Returns a flat array: for each task, the id that stands for it and 1 if it was
 -- created now, 0 if an earlier request with the same idempotency key created it.
+-- Or the error 'FULL <pending>' when the limit is reached: then nothing was written.
 local now = now_ms()
 local idem_ttl = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
+if limit > 0 then
+  local pending = redis.call('LLEN', KEYS[1])
+  if pending >= limit then return redis.error_reply('FULL ' .. pending) end
+end
 local out = {}
 local ready = {}  -- ids for pending, pushed together (in order) at the end
 local created = 0
@@ -26,12 +34,13 @@ for _, t in ipairs(cjson.decode(ARGV[2])) do
     if idem ~= '' then
       redis.call('SET', KEYS[5] .. idem, id, 'PX', idem_ttl)
     end
-    local delay = tonumber(t[6])
+    local due = now + tonumber(t[6])
+    if tonumber(t[8]) > 0 then due = tonumber(t[8]) end
     local key = KEYS[4] .. id
-    if delay > 0 then
+    if due > now then
       redis.call('HSET', key, 'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
                  'attempts', 0, 'failures', 0, 'crashes', 0, 'enqueued_at', now, 'state', 'scheduled')
-      redis.call('ZADD', KEYS[2], now + delay, id)
+      redis.call('ZADD', KEYS[2], due, id)
     else
       redis.call('HSET', key, 'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
                  'attempts', 0, 'failures', 0, 'crashes', 0, 'enqueued_at', now, 'state', 'pending',
