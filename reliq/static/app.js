@@ -297,7 +297,7 @@ function render(sample) {
   setSub("lag", fmtRate(st.rates.enqueued) + "/s arriving");
   setSub("succeeded", fmtInt(st.succeeded) + " total");
   setSub("failed", fmtInt(st.failed) + " total");
-  setSub("dead", fmtInt(st.dead) + " ever · " + fmtInt(st.requeued) + " requeued");
+  setSub("dead", fmtInt(st.dead) + " all-time");
   setSub("recovered", fmtInt(st.recovered) + " tasks recovered");
   const lagCard = $(".c-lag");
   lagCard.dataset.level = st.lag_s > 60 ? "bad" : st.lag_s > 5 ? "warn" : "";
@@ -364,8 +364,8 @@ function renderWorkers(workers) {
   $("#workers-empty").hidden = workers.length > 0;
   const slots = workers.reduce((n, w) => n + w.concurrency, 0);
   const busy = workers.reduce((n, w) => n + w.in_flight, 0);
-  $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy` : "";
-  setSub("slots", slots ? `${busy} / ${slots} slots busy` : "no worker slots");
+  $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy at the last heartbeats` : "";
+  setSub("slots", slots ? `of ${fmtInt(slots)} worker slots` : "no worker running");
 }
 function shortWorker(id) { const parts = id.split(":"); return parts.length >= 3 ? parts.slice(-2).join(":") : id; }
 
@@ -421,6 +421,7 @@ function renderDead(page) {
         onclick: (e) => { e.stopPropagation(); deleteOne(t.task_id); } }, "Delete"))));
   $("#dead-table tbody").replaceChildren(...rows);
   $("#dead-empty").hidden = page.total > 0;
+  $("#dead-empty").textContent = d.type || d.reason ? "No dead task matches this filter." : "Nothing in the dead-letter queue. 🎉";
   $("#dead-table").hidden = page.total === 0;
   const filtered = d.type || d.reason;
   const all = Object.values(page.types).reduce((a, b) => a + b, 0);
