@@ -75,6 +75,7 @@ def child_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
             value = "true" if value else "false"
         env[f"RELIQ_{f.name.upper()}"] = str(value)
     env["RELIQ_HEALTH_PORT"] = "0"  # the supervisor answers health checks, not each child
+    env["RELIQ_PROCESSES"] = "1"  # a child is one worker, never a supervisor itself
     return env
 
 

@@ -36,8 +36,9 @@ def test_processes_is_a_positive_number_or_auto() -> None:
 def test_children_load_exactly_the_supervisors_settings() -> None:
     settings = Settings(redis_url="redis://h:1/2", queue="q", apps=("a.b", "c"), drain_timeout=7.5,
                         concurrency=3, api_token="s3cret", health_port=8081)
-    loaded = Settings.load(env=child_env(settings, {}))
-    assert loaded == settings.replace(redis_url_given=True, health_port=0)
+    env = child_env(settings, {"RELIQ_PROCESSES": "auto", "PATH": "/bin"})
+    assert Settings.load(env=env) == settings.replace(redis_url_given=True, health_port=0)
+    assert (env["RELIQ_PROCESSES"], env["PATH"]) == ("1", "/bin")  # children never supervise in turn
 
 
 def supervise(redis_url: str, queue: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
