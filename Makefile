@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint install dev clean
+.PHONY: run test lint install dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ lint: dev
 
 test: lint
 	$(BIN)/pytest -q
+
+# Benchmarks (minutes; writes bench/RESULTS.md). The peers are installed into
+# bench/.venv-peers/, never into .venv. Run on a quiet machine.
+bench: dev
+	$(BIN)/python bench/peers/run.py
+	$(BIN)/python bench/api_vs_refs.py
+	$(BIN)/python bench/costs.py
+	$(BIN)/python bench/targets.py
 
 clean:
 	rm -rf $(VENV) .reliq .pytest_cache .mypy_cache .ruff_cache

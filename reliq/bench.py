@@ -34,8 +34,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from reliq.client import AsyncClient
-from reliq.connection import connect
-from reliq.errors import ConfigError
+from reliq.connection import UNAVAILABLE, connect
+from reliq.errors import ConfigError, InvalidTask
 from reliq.keys import QueueKeys
 
 #: Task record fields the report is computed from (ms on the Redis server's clock).
@@ -287,7 +287,7 @@ class Bench:
         started = time.perf_counter()
         try:
             ids = await send(n)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, TimeoutError, InvalidTask, *UNAVAILABLE) as exc:
             self.tally.rejected[type(exc).__name__] += n
             return
         self.tally.request_ms.append((time.perf_counter() - started) * 1000)

@@ -106,6 +106,11 @@ async def test_rejected_requests_are_counted_not_fatal(settings: Settings, api_u
     assert report["accepted"] == 0 and report["rejected"] == {"400": 5}
 
 
+async def test_invalid_tasks_in_direct_mode_are_counted_not_fatal(settings: Settings) -> None:
+    report = await Bench(config(settings, direct=True, tasks=3, type="")).run()
+    assert report["accepted"] == 0 and report["rejected"] == {"InvalidTask": 3}
+
+
 async def test_tasks_that_never_finish_are_reported_after_the_timeout(settings: Settings) -> None:
     report = await Bench(config(settings, direct=True, tasks=3, timeout=0.2)).run()  # no worker runs
     assert report["unfinished"] == 3 and report["states"] == {"pending": 3}
