@@ -335,6 +335,14 @@ class Worker:
                         log.warning("settler: Redis unreachable (%s); %d result(s) wait", exc, len(batch))
                     await asyncio.sleep(backoff.next())
                     continue
+                except Exception:
+                    # Never let the settler die (uvloop raises RuntimeError writing to a
+                    # connection Redis just closed): its results would wait for ever while
+                    # the heartbeat keeps the reaper away from their tasks.
+                    self._done = batch + self._done
+                    log.exception("settler: settling %d result(s) failed; retrying", len(batch))
+                    await asyncio.sleep(backoff.next())
+                    continue
                 finally:
                     self._settling = False
                 backoff.reset()

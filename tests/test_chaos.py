@@ -6,14 +6,18 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from reliq.chaos.audit import Execution, RedisState, audit, read_executions, worker_pid
 from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import Accepted
 from reliq.chaos.tasks import FAIL, NOOP, POISON
 from reliq.queue import COUNTERS, Outcome, Queue
+from reliq.settings import Settings
+from reliq.worker import Worker
 
 LEASE = 3.0
 
@@ -145,3 +149,34 @@ def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     assert all(report["faults"][kind] >= 1 for kind in KINDS), report["faults"]
     assert report["tasks"]["accepted"] >= 200
     assert report["tasks"]["reached"].get("dead:crashed") == 1  # the poison pill, and no innocent task
+
+
+async def test_an_unexpected_error_while_settling_does_not_strand_the_results(
+        queue: Queue, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the Redis-kill fault: uvloop raises RuntimeError (not a connection error)
+    when a command is written to a connection Redis has just closed. The settler caught
+    only connection errors, so it died, and every later result of that worker waited in
+    memory for ever while its heartbeat kept the reaper away from the tasks."""
+    settle = Queue.settle
+    calls = 0
+
+    async def flaky_settle(self: Queue, worker_id: str, outcomes: Any) -> tuple[int, int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        return await settle(self, worker_id, outcomes)
+
+    monkeypatch.setattr(Queue, "settle", flaky_settle)
+    task_id = await queue.enqueue("noop")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(Worker(queue, settings).run(stop))
+    try:
+        for _ in range(100):  # up to 5 s
+            if (await queue.get(task_id))["state"] == "succeeded":
+                break
+            await asyncio.sleep(0.05)
+        assert (await queue.get(task_id))["state"] == "succeeded"
+    finally:
+        stop.set()
+        await worker
