@@ -86,6 +86,8 @@ class Fetcher:
         """After a lost reply, claim ids in our lists that the worker does not know it holds."""
         tasks: list[Claimed] = []
         for queue in self.queues:
+            if queue.name in self._waiters:
+                continue  # its BLMOVE may have moved an id in: adopting it too would claim it twice
             for raw in await queue.redis.lrange(queue.keys.processing(self.worker_id), 0, -1):
                 task_id = text(raw)
                 if task_id not in known:

@@ -15,6 +15,7 @@ from reliq.chaos.audit import Execution, RedisState, audit, read_executions, wor
 from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import Accepted
 from reliq.chaos.tasks import FAIL, NOOP, POISON
+from reliq.fetcher import Fetcher
 from reliq.queue import COUNTERS, Outcome, Queue
 from reliq.settings import Settings
 from reliq.worker import Worker
@@ -180,3 +181,20 @@ async def test_an_unexpected_error_while_settling_does_not_strand_the_results(
     finally:
         stop.set()
         await worker
+
+
+async def test_an_id_a_pending_blmove_moved_is_not_also_adopted(queue: Queue) -> None:
+    """Found by the Redis-stall fault: a BLMOVE outlived the fetcher's wait, moved an id
+    into the worker's list when Redis resumed, and the periodic orphan check adopted that
+    id before the waiter was harvested; the harvest then claimed it a second time and the
+    worker ran it twice (attempts 1 and 2, same process, no fault to explain it)."""
+    fetcher = Fetcher([(queue, 1)], "w1")
+    task_id = await queue.enqueue("noop")
+    moved = await queue.wait_for_task("w1", 1)  # what the outstanding BLMOVE did
+    waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+    waiter.set_result(moved)
+    fetcher._waiters[queue.name] = waiter  # type: ignore[assignment]  # done, not yet harvested
+    adopted = await fetcher.adopt_orphans(set(), 0)
+    harvested, _ = await fetcher.claim(16, len(adopted))
+    assert [t.id for t in adopted + harvested] == [task_id]
+    assert (await queue.get(task_id))["attempts"] == 1
