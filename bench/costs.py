@@ -1,17 +1,20 @@
-"""What a task costs Redis: commands on the processing side, and bytes pending and finished.
+"""What a task costs: Redis commands and CPU on the processing side, CPU to enqueue, bytes.
 
     .venv/bin/python bench/costs.py [--tasks 20000] [--runs 3]
 
-One private redis-server (AOF off). Each run: enqueue the no-op tasks in batches, note
-memory, reset INFO commandstats, run one burst worker in this process (uvloop) until the
-queue is empty, then read:
+One private redis-server (AOF off). Each run: enqueue the no-op tasks in batches of 100,
+note memory, reset INFO commandstats, run one burst worker in this process (uvloop)
+until the queue is empty, then read:
 
 - commands a task, client-issued: what the worker's redis-py client sent (EVALSHA,
   BLMOVE, ...), counted by wrapping its ``execute_command`` and pipelines;
 - commands a task, all: every call in INFO commandstats, the commands that run inside
   the Lua scripts included;
 - bytes a pending task and a finished (succeeded, kept for the result TTL) task: the
-  change of INFO used_memory over the tasks, and MEMORY USAGE of one task hash.
+  change of INFO used_memory over the tasks, and MEMORY USAGE of one task hash;
+- CPU a task (this process's process_time, redis-server's INFO cpu), to enqueue and to
+  process: far less noisy than rates on a shared machine, so optimisations are judged by
+  it. Run with ``PYTHONPATH=<an older tree>`` to measure an older reliq the same way.
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ async def used_memory(redis: Redis) -> int:
     return int((await redis.info("memory"))["used_memory"])
 
 
+async def cpu_seconds(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def one_run(url: str, tasks: int) -> dict[str, float]:
     settings = Settings(redis_url=url, queue="costs")
     admin = connect(url)
@@ -82,17 +90,23 @@ async def one_run(url: str, tasks: int) -> dict[str, float]:
     queue = Queue(admin, settings)
     base = await used_memory(admin)
     ids: list[str] = []
-    for i in range(0, tasks, 1000):
-        done = await queue.enqueue_specs([make_spec("noop", None) for _ in range(min(1000, tasks - i))])
+    enqueue_redis_cpu = await cpu_seconds(admin)
+    enqueue_cpu = time.process_time()
+    for i in range(0, tasks, 100):
+        done = await queue.enqueue_specs([make_spec("noop", None) for _ in range(min(100, tasks - i))])
         ids += [task_id for task_id, _ in done]
+    enqueue_cpu = time.process_time() - enqueue_cpu
+    enqueue_redis_cpu = await cpu_seconds(admin) - enqueue_redis_cpu
     pending = await used_memory(admin)
     pending_hash = await admin.memory_usage(queue.keys.task(ids[len(ids) // 2]), samples=0)
     await admin.config_resetstat()
     redis = connect(url, max_connections=8)
     counter = Counting(redis)
-    started = time.perf_counter()
+    redis_cpu = await cpu_seconds(admin)
+    started, cpu = time.perf_counter(), time.process_time()
     await Worker(Queue(redis, settings), settings, REGISTRY, burst=True).run()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    redis_cpu = await cpu_seconds(admin) - redis_cpu
     stats = await admin.info("commandstats")
     everything = sum(v["calls"] for k, v in stats.items() if "resetstat" not in k)
     finished = await used_memory(admin)
@@ -101,6 +115,10 @@ async def one_run(url: str, tasks: int) -> dict[str, float]:
     await admin.aclose()
     return {
         "rate": tasks / seconds,
+        "enqueue_us": enqueue_cpu / tasks * 1e6,
+        "enqueue_redis_us": enqueue_redis_cpu / tasks * 1e6,
+        "worker_us": cpu / tasks * 1e6,
+        "redis_us": redis_cpu / tasks * 1e6,
         "client": counter.sent / tasks,
         "all": everything / tasks,
         "pending_bytes": (pending - base) / tasks,
@@ -137,7 +155,11 @@ def main() -> None:
         f"| bytes a pending task (used_memory / tasks) | {col('pending_bytes')} |",
         f"| bytes a finished task, kept for the result TTL (used_memory / tasks) | {col('finished_bytes')} |",
         f"| MEMORY USAGE of a task hash, pending / succeeded | {col('pending_hash')} / {col('finished_hash')} |",
+        f"| CPU a task: worker process / redis-server, microseconds | {col('worker_us', '{:.1f}')} / "
+        f"{col('redis_us', '{:.1f}')} |",
         f"| (burst worker, no-op tasks/s during the count) | {col('rate')} |",
+        f"| CPU a task to enqueue in batches of 100 (make_spec + enqueue_specs): client / redis-server, "
+        f"microseconds | {col('enqueue_us', '{:.1f}')} / {col('enqueue_redis_us', '{:.1f}')} |",
     ]
     print("\n".join(lines))
     print(f"median commands: client {statistics.median(r['client'] for r in runs):.3f}")
@@ -149,7 +171,7 @@ Machine: {machine()}
 
 {chr(10).join(lines)}
 
-- {args.tasks:,} no-op tasks enqueued in batches of 1,000 (payload null), then run by one burst
+- {args.tasks:,} no-op tasks enqueued in batches of 100 (payload null), then run by one burst
   worker (concurrency 64, uvloop); {args.runs} runs.
 - Rerun: `.venv/bin/python bench/costs.py --tasks {args.tasks} --runs {args.runs}`
 """)
