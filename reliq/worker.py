@@ -356,7 +356,9 @@ class Worker:
 
 
 def _ms_since(start: float) -> int:
-    return int((time.perf_counter() - start) * 1000)
+    # Rounded, not truncated: asyncio may wake a sleeper up to its clock resolution early,
+    # and a 10 ms sleep read as 9 ms would understate every run-time sum.
+    return round((time.perf_counter() - start) * 1000)
 
 
 def _describe(exc: BaseException) -> str:
