@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -110,15 +111,17 @@ def main() -> None:
     print("\n".join(rows))
     if not args.no_write:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        commands = "\n".join(f"    {c}" for c in dict.fromkeys(c.replace(url, "$REDIS_URL") for c in shown))
+        general = (re.sub(r"127\.0\.0\.1:\d+ ", "127.0.0.1:$API_PORT ", c.replace(url, "$REDIS_URL")) for c in shown)
+        commands = "\n".join(f"    {c}" for c in dict.fromkeys(general))
         write_section("targets", f"""## End to end and latency, {when}
 
 Machine: {machine()}
 
 {chr(10).join(rows)}
 
-- {args.runs} runs; a private redis-server (AOF off) as $REDIS_URL; `reliq work --processes auto`
-  ({os.cpu_count()} processes) for the end-to-end run, `reliq serve` and one `reliq work` for latency.
+- {args.runs} runs; a private redis-server (AOF off) as $REDIS_URL, `reliq serve` on $API_PORT;
+  `reliq work --processes auto` ({os.cpu_count()} processes) for the end-to-end run, `reliq serve`
+  and one `reliq work` for latency.
   Latency is from the task records (Redis clock, ms resolution).
 - Rerun all: `.venv/bin/python bench/targets.py --runs {args.runs} --tasks {args.tasks}`; the bench calls:
 
