@@ -105,6 +105,14 @@ def test_sync_client_enqueues_reads_and_cancels(redis_url: str, queue_name: str)
         ids = client.enqueue_many([("noop", 1), {"type": "sleep", "payload": 0.1, "max_retries": 0}])
         assert [client.get(i)["type"] for i in ids] == ["noop", "sleep"]
         assert client.cancel(task_id) == "scheduled"
+        other = queue_name + "-low"
+        later = client.enqueue("noop", queue=other, run_at="2099-01-01T00:00:00Z", idempotency_key="k")
+        assert client.enqueue("noop", queue=other, idempotency_key="k") == later
+        assert client.get(later, queue=other)["state"] == "scheduled"
+        assert client.enqueue_many([("noop", 1)], queue=other)
+        assert client.cancel(later, queue=other) == "scheduled"
+        with pytest.raises(TaskNotFound):
+            client.get(later)  # it lives in the other queue
         with pytest.raises(TaskNotFound):
             client.get("NOPE")
         with pytest.raises(InvalidTask):
