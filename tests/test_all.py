@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,7 @@ def test_sync_client_enqueues_reads_and_cancels(redis_url: str, queue_name: str)
         assert [client.get(i)["type"] for i in ids] == ["noop", "sleep"]
         assert client.cancel(task_id) == "scheduled"
         other = queue_name + "-low"
-        later = client.enqueue("noop", queue=other, run_at="2099-01-01T00:00:00Z", idempotency_key="k")
+        later = client.enqueue("noop", queue=other, run_at=datetime.now(UTC) + timedelta(days=30), idempotency_key="k")
         assert client.enqueue("noop", queue=other, idempotency_key="k") == later
         assert client.get(later, queue=other)["state"] == "scheduled"
         assert client.enqueue_many([("noop", 1)], queue=other)
