@@ -146,6 +146,7 @@ async def test_replicated_durability_waits_for_a_replica_and_says_so(aof_redis: 
             status, body = await post(client, {"type": "noop", "durability": "replicated"})
             assert status == 503 and body["durability"] == "memory" and "replica" in body["error"]
             assert (await Queue(redis, settings).get(body["task_id"]))["state"] == "pending"  # on the primary
+            await redis.config_set("repl-diskless-sync-delay", 0)  # sync the replica now, not in 5 s
             replica = RedisServer(tmp_path / "replica", aof=False,
                                   extra=("--replicaof", "127.0.0.1", str(aof_redis.port))).start()
             try:
