@@ -26,10 +26,13 @@ log = logging.getLogger(__name__)
 
 #: Task fields a dead-letter listing shows.
 SUMMARY_FIELDS = ("type", "reason", "attempts", "failures", "max_retries", "last_error", "finished_at")
-#: Ids read (and task hashes pipelined) per round trip when scanning the dead list.
+#: Dead tasks read per script call when scanning the dead list (~1 ms of Redis each).
 SCAN_CHUNK = 1000
-#: Ids per script call when requeuing or purging many (keeps each call short for Redis).
+#: Tasks per script call when taking the oldest dead tasks (RPOP: cheap for Redis).
 BATCH = 500
+#: Ids per script call when requeuing or deleting named ids: each costs an LREM over the
+#: dead list, so this bounds how long one call holds Redis (~15 ms at the 10,000 cap).
+ID_BATCH = 100
 #: Longest last_error a listing carries (the detail view has all of it).
 ERROR_PREVIEW = 300
 #: Highest page size a listing accepts.
@@ -50,10 +53,9 @@ class DeadFilter:
         """Whether anything is filtered at all."""
         return self.type is not None or self.reason is not None
 
-    def matches(self, item: DeadSummary) -> bool:
-        """Whether ``item`` passes the filter."""
-        return (self.type is None or item["type"] == self.type) and (
-            self.reason is None or item["reason"] == self.reason)
+    def matches(self, type: str, reason: str) -> bool:
+        """Whether a task of ``type`` that died for ``reason`` passes the filter."""
+        return (self.type is None or type == self.type) and (self.reason is None or reason == self.reason)
 
 
 class DeadSummary(TypedDict):
@@ -103,13 +105,16 @@ async def summaries(queue: Queue, ids: Sequence[str]) -> list[DeadSummary]:
     return [_summary(i, r) for i, r in zip(ids, rows, strict=True)]
 
 
-async def scan(queue: Queue) -> AsyncIterator[list[DeadSummary]]:
-    """Every dead task, newest first, a chunk at a time."""
+async def kinds(queue: Queue) -> AsyncIterator[list[tuple[str, str, str]]]:
+    """(id, type, reason) of every dead task, newest first, a chunk at a time.
+
+    Filtering and counting read only these two fields; full rows are read for one page.
+    """
     for start in itertools.count(0, SCAN_CHUNK):
-        ids = await queue.dead_ids(start, SCAN_CHUNK)
-        if ids:
-            yield await summaries(queue, ids)
-        if len(ids) < SCAN_CHUNK:
+        chunk = await queue.dead_kinds(start, SCAN_CHUNK)
+        if chunk:
+            yield chunk
+        if len(chunk) < SCAN_CHUNK:
             return
 
 
@@ -128,20 +133,22 @@ async def page(queue: Queue, flt: DeadFilter = DeadFilter(), offset: int = 0, li
         result["total"] = (await queue.snapshot())["dead_letter"]
         result["items"] = await summaries(queue, await queue.dead_ids(offset, limit))
         return result
-    async for chunk in scan(queue):
-        for item in chunk:
-            result["types"][item["type"]] = result["types"].get(item["type"], 0) + 1
-            result["reasons"][item["reason"]] = result["reasons"].get(item["reason"], 0) + 1
-            if flt.matches(item):
+    shown: list[str] = []
+    async for chunk in kinds(queue):
+        for task_id, ttype, reason in chunk:
+            result["types"][ttype] = result["types"].get(ttype, 0) + 1
+            result["reasons"][reason] = result["reasons"].get(reason, 0) + 1
+            if flt.matches(ttype, reason):
                 if offset <= result["total"] < offset + limit:
-                    result["items"].append(item)
+                    shown.append(task_id)
                 result["total"] += 1
+    result["items"] = await summaries(queue, shown)
     return result
 
 
 async def matching_ids(queue: Queue, flt: DeadFilter) -> list[str]:
     """Ids of every dead task matching ``flt``, newest first."""
-    return [item["task_id"] async for chunk in scan(queue) for item in chunk if flt.matches(item)]
+    return [i async for chunk in kinds(queue) for i, ttype, reason in chunk if flt.matches(ttype, reason)]
 
 
 async def show(queue: Queue, task_id: str) -> TaskInfo:
@@ -172,8 +179,8 @@ async def purge(queue: Queue, flt: DeadFilter = DeadFilter()) -> int:
             if n < BATCH:
                 return deleted
     ids = await matching_ids(queue, flt)
-    for i in range(0, len(ids), BATCH):
-        deleted += await queue.dead_purge(ids=ids[i : i + BATCH])
+    for i in range(0, len(ids), ID_BATCH):
+        deleted += await queue.dead_purge(ids=ids[i : i + ID_BATCH])
     return deleted
 
 
@@ -243,31 +250,38 @@ class Replay:
         return self.view()
 
     async def _run(self) -> None:
-        ids = await matching_ids(self.queue, self.flt)
         # Oldest first: a replay hands work back in the order it originally failed.
-        ids.reverse()
-        self.total = len(ids)
-        size = BATCH if not self.rate else max(1, min(BATCH, int(self.rate / 10)))
-        began = time.monotonic()
-        for i in range(0, len(ids), size):
-            if self._stop.is_set():
-                return
-            chunk = ids[i : i + size]
-            n = await self._requeue(chunk)
+        ids: list[str] | None = None
+        if self.flt.active:
+            ids = (await matching_ids(self.queue, self.flt))[::-1]
+            self.total = len(ids)
+        else:
+            # Everything: take the oldest, as many as were dead at the start. Tasks that
+            # die meanwhile join at the other end of the list, so they are not taken.
+            self.total = (await self.queue.snapshot())["dead_letter"]
+        cap = ID_BATCH if ids is not None else BATCH
+        size = cap if not self.rate else max(1, min(cap, int(self.rate / 10)))
+        began, done = time.monotonic(), 0
+        while done < self.total and not self._stop.is_set():
+            step = min(size, self.total - done)
+            n = await self._requeue(ids[done : done + step] if ids is not None else None, step)
+            done += step
             self.requeued += n
-            self.skipped += len(chunk) - n  # requeued or deleted by someone else meanwhile
+            self.skipped += step - n  # requeued or deleted by someone else meanwhile
             if self.rate:
-                pause = max(0.0, began + (i + len(chunk)) / self.rate - time.monotonic())
+                pause = max(0.0, began + done / self.rate - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), pause)
 
-    async def _requeue(self, ids: list[str]) -> int:
+    async def _requeue(self, ids: list[str] | None, oldest: int) -> int:
         backoff = Backoff()
         while True:
             try:
-                n = await self.queue.dead_requeue(ids=ids)
+                n = await (self.queue.dead_requeue(ids=ids) if ids is not None else
+                           self.queue.dead_requeue(oldest=oldest))
             except UNAVAILABLE as exc:
-                # Requeuing ids is idempotent (ids no longer dead are ignored): retry the batch.
+                # Retrying is safe: ids no longer dead are ignored, and 'oldest' only ever
+                # takes tasks that are dead (at worst a few that died after the start).
                 self.error = f"waiting for Redis: {exc}"
                 await asyncio.sleep(backoff.next())
                 continue

@@ -371,6 +371,12 @@ class Queue:
         """Dead-lettered ids, newest first."""
         return [text(i) for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
 
+    async def dead_kinds(self, start: int = 0, count: int = 1000) -> list[tuple[str, str, str]]:
+        """(id, type, reason) of dead-lettered tasks from ``start``, newest first, in one call."""
+        k = self.keys
+        raw = await self._scripts("dead_kinds", [k.dead, k.task_prefix], [start, start + count - 1])
+        return [(text(raw[i]), text(raw[i + 1]), text(raw[i + 2])) for i in range(0, len(raw), 3)]
+
     # -- inspection ---------------------------------------------------------------------
 
     async def task_fields(self, ids: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:

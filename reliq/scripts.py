@@ -26,6 +26,7 @@ NAMES = (
     "dead_purge",
     "cancel",
     "snapshot",
+    "dead_kinds",
 )
 
 

@@ -192,6 +192,17 @@ async def test_dead_show_returns_payload_and_error_or_404(http: TestClient, queu
     assert (await http.get(f"/dead/{alive}")).status == 404
 
 
+async def test_dead_kinds_reads_ids_types_and_reasons_in_chunks(queue: Queue, settings: Settings,
+                                                                  redis: Any) -> None:
+    ids = await make_dead(queue, settings)
+    kinds = await queue.dead_kinds(0, 4) + await queue.dead_kinds(4, 4)
+    assert [i for i, _, _ in kinds] == await queue.dead_ids()
+    assert {(t, r) for _, t, r in kinds} == {("fail", "error"), ("nope", "unknown_type"),
+                                             ("email-notification", "permanent")}
+    await redis.delete(queue.keys.task(ids["fail"][0]))  # a record gone under our feet
+    assert (ids["fail"][0], "", "") in await queue.dead_kinds()
+
+
 @pytest.mark.parametrize("bad", ["/dead?limit=abc", "/dead?limit=0", "/dead?offset=-1", "/dead?limit=100000"])
 async def test_dead_list_rejects_bad_paging_with_400(http: TestClient, bad: str) -> None:
     resp = await http.get(bad)
