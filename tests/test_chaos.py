@@ -10,11 +10,13 @@ from typing import Any
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
 from reliq.chaos.audit import Execution, RedisState, audit, read_executions, worker_pid
 from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import Accepted
 from reliq.chaos.tasks import FAIL, NOOP, POISON
+from reliq.cli import main
 from reliq.fetcher import Fetcher
 from reliq.queue import COUNTERS, Outcome, Queue
 from reliq.settings import Settings
@@ -198,3 +200,10 @@ async def test_an_id_a_pending_blmove_moved_is_not_also_adopted(queue: Queue) ->
     harvested, _ = await fetcher.claim(16, len(adopted))
     assert [t.id for t in adopted + harvested] == [task_id]
     assert (await queue.get(task_id))["attempts"] == 1
+
+
+def test_bad_flags_get_a_clear_cli_error() -> None:
+    result = CliRunner().invoke(main, ["chaos", "--duration", "0"])
+    assert result.exit_code == 2 and "--duration" in result.output
+    result = CliRunner().invoke(main, ["chaos", "--workers", "zero"])
+    assert result.exit_code == 2 and "--workers" in result.output

@@ -96,11 +96,15 @@ class Cluster:
         return Proc(role, popen, log)
 
     def start(self) -> None:
-        """Start Redis, the API and the workers."""
-        self.redis.start()
-        self.start_api()
-        for _ in range(self.options.workers):
-            self.start_worker()
+        """Start Redis, the API and the workers (stopping what started if one of them fails)."""
+        try:
+            self.redis.start()
+            self.start_api()
+            for _ in range(self.options.workers):
+                self.start_worker()
+        except BaseException:
+            self.stop()
+            raise
 
     def start_api(self, wait: float = 15.0) -> Proc:
         """Start the producer API and wait until it listens."""
