@@ -99,7 +99,7 @@ async def test_dashboard_shows_live_counts_and_manages_dead_letters(
 
                 # Under load: a stream of short tasks, some failing, for the screenshot.
                 async def load() -> None:
-                    for i in range(25):
+                    for i in range(12):
                         batch = [{"type": "sleep", "payload": 0.05} for _ in range(40)]
                         batch += [{"type": "email-notification", "payload": f"user{i}@example.com"}] * 10
                         await post_tasks(http, api_url, batch)

@@ -307,7 +307,10 @@ function render(sample) {
   if (sample.latency) renderLatency(sample.latency);
   if (sample.workers) renderWorkers(sample.workers);
   if (sample.point) addPoint(sample.point);
-  if (st.dead_letter !== state.deadCount || Date.now() - state.deadLoadedAt > 5000) {
+  // Refresh the dead-letter table when its size changes (at most every 2 s while tasks
+  // keep dying), and every 10 s regardless so ages and replaced rows stay true.
+  const since = Date.now() - state.deadLoadedAt;
+  if ((st.dead_letter !== state.deadCount && since > 2000) || since > 10000) {
     state.deadCount = st.dead_letter;
     loadDead();
   }
