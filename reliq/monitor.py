@@ -55,7 +55,7 @@ async def stats(request: web.Request) -> web.Response:
     sampler = request.app[SAMPLER]
     snapshot = await request.app[QUEUE].snapshot()
     return json_response({**snapshot, "rates": sampler.rates(), "rates_window_s": RATE_WINDOW_S,
-                          "latency": sampler.latency()})
+                          "latency": sampler.latency(), "types": sampler.types()})
 
 
 async def healthz(request: web.Request) -> web.Response:

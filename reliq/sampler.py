@@ -14,10 +14,19 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from reliq.connection import UNAVAILABLE
-from reliq.metrics import N_BUCKETS, Percentiles, WorkerView, merge_buckets, parse_metrics, percentiles, read_workers
+from reliq.metrics import (
+    N_BUCKETS,
+    Percentiles,
+    TypeMetrics,
+    WorkerView,
+    merge_buckets,
+    parse_metrics,
+    percentiles,
+    read_workers,
+)
 from reliq.queue import Queue, Snapshot
 
 log = logging.getLogger(__name__)
@@ -31,6 +40,8 @@ LATENCY_WINDOW_S = 60
 #: Counters turned into per-second rates.
 RATED = ("enqueued", "succeeded", "failed", "dead")
 #: Fields of a history point, in order (also sent to the page as ``point_fields``).
+#: Task types the per-type table shows at most (the busiest first).
+MAX_TYPES = 25
 POINT_FIELDS = ("t", "pending", "processing", "delayed", "dead_letter", "succeeded_s", "failed_s", "enqueued_s")
 
 
@@ -46,6 +57,38 @@ class Sample:
     point: list[float]
     #: Sum of every run's duration so far, ms (with ``run``, the mean run time for autoscaling).
     run_ms: int = 0
+
+
+class TypeView(TypedDict):
+    """One task type over the latency window: rates, failure share, run and wait percentiles."""
+
+    type: str
+    succeeded_s: float
+    failed_s: float
+    failure_ratio: float | None
+    run: Percentiles
+    wait: Percentiles
+    run_all: Percentiles
+    runs_total: int
+    failed_total: int
+
+
+def _type_view(name: str, new: TypeMetrics, old: TypeMetrics, seconds: float) -> TypeView:
+    ok = max(0, new.outcomes.get("ok", 0) - old.outcomes.get("ok", 0))
+    runs = sum(_minus(new.run, old.run))
+    failed = max(0, runs - ok)
+    total = sum(new.outcomes.values())
+    return TypeView(
+        type=name,
+        succeeded_s=round(ok / seconds, 3) if seconds > 0 else 0.0,
+        failed_s=round(failed / seconds, 3) if seconds > 0 else 0.0,
+        failure_ratio=round(failed / runs, 4) if runs else None,
+        run=percentiles(_minus(new.run, old.run)),
+        wait=percentiles(_minus(new.wait, old.wait)),
+        run_all=percentiles(new.run),
+        runs_total=total,
+        failed_total=total - new.outcomes.get("ok", 0),
+    )
 
 
 def _rate(new: Snapshot, old: Snapshot, name: str, seconds: float) -> float:
@@ -65,6 +108,9 @@ class Sampler:
         self.queue = queue
         self.interval = interval
         self.samples: deque[Sample] = deque(maxlen=keep)
+        # Per-type readings are bulky, so only the latency window's worth is kept.
+        self._types: deque[tuple[float, dict[str, TypeMetrics]]] = deque(
+            maxlen=int(LATENCY_WINDOW_S / interval) + 2)
         self.started = time.time()
         self.seq = 0
         self.error: str | None = None
@@ -85,6 +131,7 @@ class Sampler:
         sample = Sample(t, snapshot, merge_buckets(types, "wait"), merge_buckets(types, "run"), workers, point,
                         run_ms=sum(m.run_sum_ms for m in types.values()))
         self.samples.append(sample)
+        self._types.append((t, types))
         return sample
 
     async def tick(self) -> None:
@@ -156,6 +203,17 @@ class Sampler:
         }
         return {"window_s": window, **recent, "wait_all": percentiles(new.wait), "run_all": percentiles(new.run)}
 
+    def types(self, window: float = LATENCY_WINDOW_S) -> list[TypeView]:
+        """The busiest task types over the last ``window`` seconds (then the most run ever)."""
+        if not self._types:
+            return []
+        new_t, new = self._types[-1]
+        old_t, old = next(((t, m) for t, m in self._types if new_t - t <= window + self.interval / 2),
+                          self._types[-1])
+        views = [_type_view(name, m, old.get(name, TypeMetrics()), new_t - old_t) for name, m in new.items()]
+        views.sort(key=lambda v: (-(v["succeeded_s"] + v["failed_s"]), -v["runs_total"], v["type"]))
+        return views[:MAX_TYPES]
+
     def history(self) -> dict[str, Any]:
         """Every kept point (see POINT_FIELDS) and when the monitor started keeping them."""
         return {"since": self.started, "interval_s": self.interval, "fields": POINT_FIELDS,
@@ -167,4 +225,4 @@ class Sampler:
             return {"seq": self.seq, "error": self.error or "no reading yet"}
         s = self.samples[-1]
         return {"seq": self.seq, "error": self.error, "t": s.t, "stats": {**s.snapshot, "rates": self.rates()},
-                "latency": self.latency(), "workers": s.workers, "point": s.point}
+                "latency": self.latency(), "types": self.types(), "workers": s.workers, "point": s.point}

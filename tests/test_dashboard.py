@@ -107,6 +107,7 @@ async def test_dashboard_shows_live_counts_and_manages_dead_letters(
 
                 await load()
                 await expect(page.locator('[data-stat="ok_rate"]')).not_to_have_text("0")
+                await expect(page.locator('#types tr[data-type="sleep"]')).to_be_visible()
                 png = await page.screenshot(path=SCREENSHOT_TO or str(tmp_path / "dashboard.png"), full_page=True)
                 assert len(png) > 10_000
 

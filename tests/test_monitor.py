@@ -104,6 +104,22 @@ async def test_sampler_turns_counter_deltas_into_rates_history_and_latency(queue
     assert latency["run"]["p50"] is not None and latency["run"]["p50"] <= latency["run"]["p99"]
 
 
+async def test_sampler_reports_each_task_type_with_its_failure_ratio(queue: Queue, settings: Settings) -> None:
+    sampler = Sampler(queue)
+    await sampler.sample_once()
+    for i in range(6):
+        await queue.enqueue("noop", i)
+    for i in range(2):
+        await queue.enqueue("fail", i, max_retries=0)
+    await run_burst(queue, settings)
+    await asyncio.sleep(0.05)
+    await sampler.sample_once()
+    noop, fail = sampler.types()  # the busiest first
+    assert noop["type"] == "noop" and noop["runs_total"] == 6 and noop["failure_ratio"] == 0
+    assert noop["succeeded_s"] > 0 and noop["failed_s"] == 0 and noop["run"]["count"] == 6
+    assert fail["type"] == "fail" and fail["failure_ratio"] == 1 and fail["failed_total"] == 2
+
+
 async def test_history_and_events_stream_a_sample_every_second(http: TestClient, queue: Queue) -> None:
     await queue.enqueue("noop", None)
     resp = await http.get("/events")

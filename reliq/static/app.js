@@ -306,6 +306,7 @@ function render(sample) {
   renderTotals(st);
   if (sample.latency) renderLatency(sample.latency);
   if (sample.workers) renderWorkers(sample.workers);
+  if (sample.types) renderTypes(sample.types);
   if (sample.point) addPoint(sample.point);
   // Refresh the dead-letter table when its size changes (at most every 2 s while tasks
   // keep dying), and every 10 s regardless so ages and replaced rows stay true.
@@ -370,6 +371,27 @@ function renderWorkers(workers) {
   $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy at the last heartbeats` : "";
   setSub("slots", slots ? `of ${fmtInt(slots)} worker slots` : "no worker running");
 }
+function renderTypes(types) {
+  const rows = types.map((t) => {
+    // Nothing ran in the window: show the all-time run time, dimmed, rather than nothing.
+    const run = t.run.count ? t.run : t.run_all;
+    const dim = t.run.count ? "" : " dim";
+    const ratio = t.failure_ratio;
+    const level = ratio === null ? "" : ratio >= 0.1 ? " age-bad" : ratio > 0 ? " age-warn" : "";
+    return h("tr", { "data-type": t.type },
+      h("td", { class: "mono" }, t.type),
+      h("td", { class: "num" }, fmtRate(t.succeeded_s)),
+      h("td", { class: "num" + (t.failed_s > 0 ? " age-warn" : "") }, fmtRate(t.failed_s)),
+      h("td", { class: "num" + level }, ratio === null ? "–" : (100 * ratio).toFixed(ratio < 0.1 ? 1 : 0) + " %"),
+      h("td", { class: "num" + dim }, fmtSecs(run.p50)),
+      h("td", { class: "num" + dim }, fmtSecs(run.p95)),
+      h("td", { class: "num wide" }, fmtSecs(t.wait.p95)),
+      h("td", { class: "num wide", title: `${t.failed_total} failed` }, fmtInt(t.runs_total)));
+  });
+  $("#types tbody").replaceChildren(...rows);
+  $("#types-empty").hidden = types.length > 0;
+}
+
 function shortWorker(id) { const parts = id.split(":"); return parts.length >= 3 ? parts.slice(-2).join(":") : id; }
 
 // -- dead letters ----------------------------------------------------------------------
@@ -590,7 +612,7 @@ async function pollOnce() {
     const [stats, workers] = await Promise.all([api("GET", "stats"), api("GET", "workers")]);
     const point = [Date.now() / 1000, stats.pending, stats.processing, stats.delayed, stats.dead_letter,
       stats.rates.succeeded, stats.rates.failed, stats.rates.enqueued];
-    onSample({ stats, latency: stats.latency, workers: workers.workers, point }, "polling");
+    onSample({ stats, latency: stats.latency, types: stats.types, workers: workers.workers, point }, "polling");
   } catch (e) {
     setConn("down", e.status === 503 ? "Redis down" : "offline");
   }
