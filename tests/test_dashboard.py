@@ -84,10 +84,10 @@ async def test_dashboard_shows_live_counts_and_manages_dead_letters(
             await expect(page.locator('[data-stat="pending"]')).to_have_text("0")
 
             # No worker yet: the tasks wait, and the page shows them arrive without a reload.
-            failing: list[dict[str, object]] = [{"type": "fail", "payload": i, "max_retries": 0} for i in range(2)]
+            failing: list[dict[str, object]] = [{"type": "fail", "payload": i, "max_retries": 0} for i in range(3)]
             fails = await post_tasks(http, api_url, failing)
             await post_tasks(http, api_url, [{"type": "noop", "payload": i} for i in range(40)])
-            await expect(page.locator('[data-stat="pending"]')).to_have_text("42", timeout=5_000)
+            await expect(page.locator('[data-stat="pending"]')).to_have_text("43", timeout=5_000)
 
             async with running_worker(settings) as worker:
                 await expect(page.locator('[data-stat="pending"]')).to_have_text("0", timeout=10_000)
@@ -95,7 +95,7 @@ async def test_dashboard_shows_live_counts_and_manages_dead_letters(
                 await expect(page.locator(f'#workers tr[data-worker="{worker.id}"]')).to_be_visible()
                 for task_id in fails:
                     await expect(page.locator(f'#dead-table tr[data-id="{task_id}"]')).to_be_visible(timeout=10_000)
-                await expect(page.locator('[data-stat="dead_letter"]')).to_have_text("2")
+                await expect(page.locator('[data-stat="dead_letter"]')).to_have_text("3")
 
                 # Under load: a stream of short tasks, some failing, for the screenshot.
                 async def load() -> None:
@@ -122,15 +122,23 @@ async def test_dashboard_shows_live_counts_and_manages_dead_letters(
             await page.locator('#token button[value="ok"]').click()
             await expect(row).to_have_count(0, timeout=5_000)
             assert (await queue.get(fails[0]))["state"] == "pending"
-            await expect(page.locator('[data-stat="dead_letter"]')).to_have_text("1", timeout=5_000)
+            await expect(page.locator('[data-stat="dead_letter"]')).to_have_text("2", timeout=5_000)
+
+            # Select a row and delete the selection (asked first, like every action).
+            await page.locator(f'#dead-table tr[data-id="{fails[1]}"] td.pick input').check()
+            await expect(page.locator("#selection")).to_contain_text("1 selected")
+            await page.locator("#delete-selected").click()
+            await page.locator('#confirm button[value="ok"]').click()
+            await expect(page.locator(f'#dead-table tr[data-id="{fails[1]}"]')).to_have_count(0, timeout=5_000)
+            assert await queue.dead_ids() == [fails[2]]
 
             # Purge asks first; cancelling keeps everything.
             await page.locator("#purge").click()
             await expect(page.locator("#confirm")).to_be_visible()
             await expect(page.locator('#confirm [data-slot="title"]')).to_contain_text("Purge")
             await page.locator('#confirm button[value="cancel"]').click()
-            await expect(page.locator(f'#dead-table tr[data-id="{fails[1]}"]')).to_be_visible()
-            assert await queue.dead_ids() == [fails[1]]
+            await expect(page.locator(f'#dead-table tr[data-id="{fails[2]}"]')).to_be_visible()
+            assert await queue.dead_ids() == [fails[2]]
 
             await page.locator("#purge").click()
             await page.locator('#confirm button[value="ok"]').click()

@@ -262,7 +262,7 @@ function nearest(points, t) {
 
 const state = {
   points: [], since: null, fields: null, last: null, deadCount: null,
-  dead: { offset: 0, limit: 20, type: "", reason: "", total: 0 }, deadLoadedAt: 0, job: null,
+  dead: { offset: 0, limit: 20, type: "", reason: "", total: 0 }, deadLoadedAt: 0, job: null, selected: new Set(),
 };
 let rateChart, depthChart;
 
@@ -433,7 +433,12 @@ function renderDead(page) {
   d.total = page.total;
   if (document.activeElement !== $("#f-type")) fillSelect($("#f-type"), page.types, d.type);
   if (document.activeElement !== $("#f-reason")) fillSelect($("#f-reason"), page.reasons, d.reason);
+  const onPage = new Set(page.items.map((t) => t.task_id));
+  for (const id of state.selected) if (!onPage.has(id)) state.selected.delete(id);
   const rows = page.items.map((t) => h("tr", { "data-id": t.task_id, onclick: () => showDetail(t.task_id) },
+    h("td", { class: "pick", onclick: (e) => e.stopPropagation() },
+      h("input", { type: "checkbox", "aria-label": "select", checked: state.selected.has(t.task_id),
+        onchange: (e) => { e.target.checked ? state.selected.add(t.task_id) : state.selected.delete(t.task_id); showSelection(); } })),
     h("td", { title: t.failed_at || "" }, t.failed_at ? ago(new Date(t.failed_at)) : "–"),
     h("td", { class: "mono" }, t.type),
     h("td", {}, h("span", { class: "badge " + t.reason }, t.reason || "?")),
@@ -445,6 +450,7 @@ function renderDead(page) {
       h("button", { type: "button", class: "btn small danger", "data-act": "delete", title: "Delete",
         onclick: (e) => { e.stopPropagation(); deleteOne(t.task_id); } }, "Delete"))));
   $("#dead-table tbody").replaceChildren(...rows);
+  showSelection();
   $("#dead-empty").hidden = page.total > 0;
   $("#dead-empty").textContent = d.type || d.reason ? "No dead task matches this filter." : "Nothing in the dead-letter queue. 🎉";
   $("#dead-table").hidden = page.total === 0;
@@ -459,6 +465,35 @@ function renderDead(page) {
   $("#prev").disabled = page.offset === 0;
   $("#next").disabled = to >= page.total;
   if (page.offset > 0 && page.items.length === 0) { d.offset = Math.max(0, page.total - d.limit); loadDead(); }
+}
+
+function showSelection() {
+  const n = state.selected.size;
+  $("#selection").hidden = n === 0;
+  $("#selection b").textContent = `${n} selected`;
+  const boxes = $$("#dead-table tbody input[type=checkbox]");
+  $("#pick-all").checked = boxes.length > 0 && n === boxes.length;
+  $("#pick-all").indeterminate = n > 0 && n < boxes.length;
+}
+
+/** Requeue or delete the selected rows, one request each (a page holds at most a few dozen). */
+async function actOnSelected(kind) {
+  const ids = [...state.selected];
+  const requeue = kind === "requeue";
+  if (!await confirmDialog({
+    title: `${requeue ? "Requeue" : "Delete"} ${ids.length} selected task${ids.length === 1 ? "" : "s"}?`,
+    body: requeue ? "They go back to pending with a fresh retry budget." : "They and their records are deleted for good.",
+    ok: requeue ? "Requeue" : "Delete", danger: !requeue,
+  })) return;
+  await act(async () => {
+    let done = 0;
+    for (const id of ids) {
+      const path = `dead/${encodeURIComponent(id)}` + (requeue ? "/requeue" : "");
+      try { await api(requeue ? "POST" : "DELETE", path); done++; } catch (e) { if (e.status !== 404) throw e; }
+      state.selected.delete(id);
+    }
+    return done;
+  }, (done) => `${requeue ? "Requeued" : "Deleted"} ${done} task(s)`);
 }
 
 /** An in-page confirmation; resolves to the dialog's form (ok) or null (cancel). */
@@ -666,6 +701,15 @@ function init() {
   $("#prev").addEventListener("click", () => { state.dead.offset = Math.max(0, state.dead.offset - state.dead.limit); loadDead(); });
   $("#next").addEventListener("click", () => { state.dead.offset += state.dead.limit; loadDead(); });
   $("#requeue-all").addEventListener("click", requeueAll);
+  $("#requeue-selected").addEventListener("click", () => actOnSelected("requeue"));
+  $("#delete-selected").addEventListener("click", () => actOnSelected("delete"));
+  $("#pick-all").addEventListener("change", (e) => {
+    for (const box of $$("#dead-table tbody tr")) {
+      if (e.target.checked) state.selected.add(box.dataset.id); else state.selected.delete(box.dataset.id);
+    }
+    for (const box of $$("#dead-table tbody input[type=checkbox]")) box.checked = e.target.checked;
+    showSelection();
+  });
   $("#purge").addEventListener("click", purge);
   $("#job-cancel").addEventListener("click", () => state.job &&
     act(() => api("DELETE", `jobs/${encodeURIComponent(state.job.id)}`), () => "Requeue stopped"));
