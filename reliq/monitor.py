@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ from reliq.queue import Queue
 from reliq.sampler import RATE_WINDOW_S, Sampler
 from reliq.settings import Settings
 from reliq.web import bearer_auth, error, errors_as_json, json_response
-
-log = logging.getLogger(__name__)
 
 QUEUE = web.AppKey("queue", Queue)
 SAMPLER = web.AppKey("sampler", Sampler)
