@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,19 @@ from reliq.sampler import RATE_WINDOW_S, Sampler
 from reliq.settings import Settings
 from reliq.web import bearer_auth, error, errors_as_json, json_response
 
+
+@dataclass
+class Watched:
+    """One queue the monitor shows: its sampler and its requeue jobs."""
+
+    queue: Queue
+    sampler: Sampler
+    replays: Replays
+
+
+#: Every queue the monitor shows, by name; the first is the default of ``?queue=``.
+WATCHED = web.AppKey("watched", dict[str, Watched])
+#: The first queue's objects (what a single-queue monitor serves).
 QUEUE = web.AppKey("queue", Queue)
 SAMPLER = web.AppKey("sampler", Sampler)
 REPLAYS = web.AppKey("replays", Replays)
@@ -41,6 +55,20 @@ KEEPALIVE_S = 5.0
 # -- reading views --------------------------------------------------------------------
 
 
+def watched(request: web.Request) -> Watched:
+    """The queue a request is about: ``?queue=NAME``, else the first one (404 if unknown)."""
+    all_ = request.app[WATCHED]
+    name = request.query.get("queue") or next(iter(all_))
+    if name not in all_:
+        raise web.HTTPNotFound(reason=f"this monitor does not watch a queue {name!r}; it watches {', '.join(all_)}")
+    return all_[name]
+
+
+async def queues(request: web.Request) -> web.Response:
+    """GET /queues: the queues this monitor watches (the page offers a choice when several)."""
+    return json_response({"queues": list(request.app[WATCHED].keys())})
+
+
 async def index(request: web.Request) -> web.StreamResponse:
     """GET /: the dashboard page."""
     return web.FileResponse(STATIC / "index.html", headers={
@@ -49,8 +77,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 async def stats(request: web.Request) -> web.Response:
     """GET /stats: depths, workers, lag and counters, with rates and latency percentiles."""
-    sampler = request.app[SAMPLER]
-    snapshot = await request.app[QUEUE].snapshot()
+    w = watched(request)
+    sampler = w.sampler
+    snapshot = await w.queue.snapshot()
     return json_response({**snapshot, "rates": sampler.rates(), "rates_window_s": RATE_WINDOW_S,
                           "latency": sampler.latency(), "types": sampler.types()})
 
@@ -62,12 +91,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def history(request: web.Request) -> web.Response:
     """GET /history: the sampler's points since the monitor started (at most 15 minutes)."""
-    return json_response(request.app[SAMPLER].history())
+    return json_response(watched(request).sampler.history())
 
 
 async def events(request: web.Request) -> web.StreamResponse:
     """GET /events: Server-Sent Events, one ``sample`` event per reading (about one a second)."""
-    sampler = request.app[SAMPLER]
+    sampler = watched(request).sampler
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await response.prepare(request)
@@ -85,17 +114,21 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 async def prometheus(request: web.Request) -> web.Response:
-    """GET /metrics: the Prometheus text exposition of the queue, read from Redis."""
-    queue = request.app[QUEUE]
-    body = await metrics.render([queue])
-    desired = autoscale.from_samples(request.app[SAMPLER].samples, queue.settings.target_lag)
-    body += autoscale.exposition(queue.name, desired)
+    """GET /metrics: the Prometheus text exposition of every watched queue, read from Redis."""
+    all_ = list(request.app[WATCHED].values())
+    body = await metrics.render([w.queue for w in all_])
+    for i, w in enumerate(all_):
+        desired = autoscale.exposition(w.queue.name, autoscale.from_samples(w.sampler.samples,
+                                                                            w.queue.settings.target_lag))
+        # One family: its HELP and TYPE lines once, then every queue's sample.
+        body += desired if i == 0 else b"".join(
+            line for line in desired.splitlines(keepends=True) if not line.startswith(b"#"))
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def workers(request: web.Request) -> web.Response:
     """GET /workers: every live worker process with its heartbeat age."""
-    return json_response({"workers": await metrics.read_workers(request.app[QUEUE])})
+    return json_response({"workers": await metrics.read_workers(watched(request).queue)})
 
 
 # -- dead letters -------------------------------------------------------------------------
@@ -128,7 +161,7 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def dead_list(request: web.Request) -> web.Response:
     """GET /dead?type=&reason=&offset=&limit=&facets=1: a page of dead tasks, newest first."""
     page = await deadletter.page(
-        request.app[QUEUE], _filter(request.query),
+        watched(request).queue, _filter(request.query),
         offset=_int_param(request, "offset", 0, 0, 10**9),
         limit=_int_param(request, "limit", 20, 1, deadletter.MAX_LIMIT),
         facets=request.query.get("facets", "") in ("1", "true", "yes"),
@@ -140,7 +173,7 @@ async def dead_show(request: web.Request) -> web.Response:
     """GET /dead/{id}: the full record of one dead task (payload, error, timestamps)."""
     task_id = request.match_info["id"]
     try:
-        return json_response(await deadletter.show(request.app[QUEUE], task_id))
+        return json_response(await deadletter.show(watched(request).queue, task_id))
     except TaskNotFound:
         return error(404, f"no task {task_id!r} in the dead-letter queue")
 
@@ -148,7 +181,7 @@ async def dead_show(request: web.Request) -> web.Response:
 async def dead_requeue_one(request: web.Request) -> web.Response:
     """POST /dead/{id}/requeue: send one dead task back to pending with a fresh retry budget."""
     task_id = request.match_info["id"]
-    if not await deadletter.requeue_one(request.app[QUEUE], task_id):
+    if not await deadletter.requeue_one(watched(request).queue, task_id):
         return error(404, f"no task {task_id!r} in the dead-letter queue")
     return json_response({"status": "requeued", "task_id": task_id, "requeued": 1})
 
@@ -184,14 +217,14 @@ async def dead_requeue_many(request: web.Request) -> web.Response:
     Runs in the background and answers 202 with the job; follow it at ``/jobs/{id}``.
     """
     options = await _options(request)
-    job = request.app[REPLAYS].start(_filter(options), _rate(options.get("rate")))
+    job = watched(request).replays.start(_filter(options), _rate(options.get("rate")))
     return json_response(job.view(), 202, {"Location": f"jobs/{job.id}"})
 
 
 async def dead_delete_one(request: web.Request) -> web.Response:
     """DELETE /dead/{id}: delete one dead task and its record."""
     task_id = request.match_info["id"]
-    if not await deadletter.delete_one(request.app[QUEUE], task_id):
+    if not await deadletter.delete_one(watched(request).queue, task_id):
         return error(404, f"no task {task_id!r} in the dead-letter queue")
     return json_response({"status": "deleted", "task_id": task_id, "deleted": 1})
 
@@ -199,24 +232,24 @@ async def dead_delete_one(request: web.Request) -> web.Response:
 async def dead_purge(request: web.Request) -> web.Response:
     """DELETE /dead?type=&reason=: delete every dead task (or those matching)."""
     flt = _filter(request.query)
-    deleted = await deadletter.purge(request.app[QUEUE], flt)
+    deleted = await deadletter.purge(watched(request).queue, flt)
     return json_response({"status": "purged", "deleted": deleted, "filter": {"type": flt.type, "reason": flt.reason}})
 
 
 async def jobs(request: web.Request) -> web.Response:
     """GET /jobs: recent and running requeue jobs, newest first."""
-    return json_response({"jobs": request.app[REPLAYS].views()})
+    return json_response({"jobs": watched(request).replays.views()})
 
 
 async def job(request: web.Request) -> web.Response:
     """GET /jobs/{id}: one requeue job's progress."""
-    found = request.app[REPLAYS].jobs.get(request.match_info["id"])
+    found = watched(request).replays.jobs.get(request.match_info["id"])
     return json_response(found.view()) if found else error(404, f"no job {request.match_info['id']!r}")
 
 
 async def job_cancel(request: web.Request) -> web.Response:
     """DELETE /jobs/{id}: stop a running requeue job (tasks already requeued stay requeued)."""
-    found = request.app[REPLAYS].cancel(request.match_info["id"])
+    found = watched(request).replays.cancel(request.match_info["id"])
     return json_response(found.view()) if found else error(404, f"no job {request.match_info['id']!r}")
 
 
@@ -239,32 +272,38 @@ def _middlewares(settings: Settings) -> list[Any]:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    """Run the sampler while the app serves; stop it and running replays on the way out."""
-    sampler = asyncio.create_task(app[SAMPLER].run(), name="monitor-sampler")
+    """Run the samplers while the app serves; stop them and running replays on the way out."""
+    samplers = [asyncio.create_task(w.sampler.run(), name=f"monitor-sampler-{name}")
+                for name, w in app[WATCHED].items()]
     yield
-    sampler.cancel()
-    await app[REPLAYS].close()
-    with contextlib.suppress(asyncio.CancelledError):
-        await sampler
+    for task in samplers:
+        task.cancel()
+    for w in app[WATCHED].values():
+        await w.replays.close()
+    await asyncio.gather(*samplers, return_exceptions=True)
 
 
 async def _release_streams(app: web.Application) -> None:
     # Open SSE streams would hold the shutdown for its whole timeout: end them first.
-    await app[SAMPLER].close()
+    for w in app[WATCHED].values():
+        await w.sampler.close()
 
 
 def create_app(queue: Queue, settings: Settings) -> web.Application:
-    """The monitor as an aiohttp application."""
+    """The monitor as an aiohttp application: ``queue``, and any other of ``settings.queues``."""
     app = web.Application(middlewares=_middlewares(settings))
-    app[QUEUE] = queue
-    app[SAMPLER] = Sampler(queue)
-    app[REPLAYS] = Replays(queue)
+    names = [queue.name, *(n for n, _ in settings.weighted_queues() if n != queue.name)]
+    all_ = {n: Queue(queue.redis, settings, n) if n != queue.name else queue for n in names}
+    app[WATCHED] = {n: Watched(q, Sampler(q), Replays(q)) for n, q in all_.items()}
+    first = app[WATCHED][queue.name]
+    app[QUEUE], app[SAMPLER], app[REPLAYS] = first.queue, first.sampler, first.replays
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_release_streams)
     r = app.router
     r.add_get("/", index)
     r.add_static("/static", STATIC)
     r.add_get("/healthz", healthz)
+    r.add_get("/queues", queues)
     r.add_get("/stats", stats)
     r.add_get("/history", history)
     r.add_get("/events", events)

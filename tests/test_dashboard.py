@@ -190,3 +190,25 @@ async def test_a_private_dashboard_asks_for_the_token_before_showing_anything(
     finally:
         await page.close()
         await server.close()
+
+
+async def test_a_monitor_of_several_queues_lets_the_page_switch_between_them(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    other_name = settings.queue + "-low"
+    settings = settings.replace(queues=(settings.queue, other_name))
+    await Queue(queue.redis, settings, other_name).enqueue("noop", None)
+    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page()
+    try:
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#queue-select")).to_have_value(settings.queue, timeout=5_000)
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("0", timeout=5_000)
+        await page.locator("#queue-select").select_option(other_name)
+        await expect(page).to_have_url(f"{server.make_url('/')}?queue={other_name}")
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("1", timeout=5_000)
+        await expect(page.locator("#queue-select")).to_have_value(other_name)
+    finally:
+        await page.close()
+        await server.close()

@@ -352,6 +352,29 @@ async def test_reads_stay_open_with_a_token_but_not_when_private(
     assert (await private.post(f"/dead/{ids['fail'][0]}/requeue")).status == 401
 
 
+async def test_one_monitor_watches_every_configured_queue(client_for: Any, redis: Any, queue: Queue,
+                                                          settings: Settings) -> None:
+    other_name = settings.queue + "-low"
+    multi = settings.replace(queues=(settings.queue, other_name))
+    other = Queue(redis, multi, other_name)
+    client = await client_for(queue, multi)
+    assert (await (await client.get("/queues")).json())["queues"] == [settings.queue, other_name]
+    ids = await make_dead(other, multi)
+    await other.enqueue("noop", None)
+    assert (await (await client.get("/stats")).json())["pending"] == 0  # the first queue by default
+    assert (await (await client.get(f"/stats?queue={other_name}")).json())["pending"] == 1
+    assert (await (await client.get(f"/dead?queue={other_name}")).json())["total"] == 6
+    assert (await (await client.get("/dead")).json())["total"] == 0
+    resp = await client.post(f"/dead/{ids['fail'][0]}/requeue?queue={other_name}")
+    assert resp.status == 200 and (await other.get(ids["fail"][0]))["state"] == "pending"
+    unknown = await client.get("/stats?queue=nope")
+    assert unknown.status == 404 and "does not watch" in (await unknown.json())["error"]
+    text = await (await client.get("/metrics")).text()
+    assert f'reliq_queue_depth{{queue="{other_name}",state="dead"}} 5.0' in text
+    assert f'reliq_queue_depth{{queue="{settings.queue}",state="dead"}} 0.0' in text
+    assert text.count("# HELP reliq_desired_workers") <= 1 and text.count("# HELP reliq_queue_depth") == 1
+
+
 def test_private_without_a_token_is_refused() -> None:
     from reliq.errors import ConfigError
 

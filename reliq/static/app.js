@@ -103,6 +103,14 @@ function askToken(force = false) {
   return tokenPrompt;
 }
 
+/** The queue this page shows: ``?queue=`` in the address, else the monitor's first. */
+const QUEUE = new URLSearchParams(location.search).get("queue");
+
+function withQueue(path) {
+  if (!QUEUE) return path;
+  return path + (path.includes("?") ? "&" : "?") + "queue=" + encodeURIComponent(QUEUE);
+}
+
 class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
@@ -115,7 +123,7 @@ async function api(method, path, body) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const res = await fetch(path, init);
+    const res = await fetch(withQueue(path), init);
     if (res.status === 401 && attempt < 2) {
       if (sessionStorage.getItem(TOKEN_KEY)) toast("The token was refused; enter it again.", true);
       if (await askToken(method !== "GET")) continue;
@@ -607,7 +615,7 @@ let pollTimer = null;
 
 /** Read /events with fetch (so the token header can be sent), one SSE message at a time. */
 async function stream() {
-  const res = await fetch("events", { headers: { Accept: "text/event-stream", ...authHeaders() } });
+  const res = await fetch(withQueue("events"), { headers: { Accept: "text/event-stream", ...authHeaders() } });
   if (res.status === 401) { if (await askToken()) return stream(); throw new Error("token needed"); }
   if (!res.ok || !res.body) throw new Error(`HTTP ${res.status}`);
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -669,6 +677,21 @@ async function connect() {
   }
 }
 
+/** Offer a choice of queue when the monitor watches several (switching reloads the page). */
+async function loadQueues() {
+  try {
+    const { queues } = await api("GET", "queues");
+    if (queues.length < 2) return;
+    const sel = $("#queue-select");
+    sel.replaceChildren(...queues.map((q) => h("option", { value: q, selected: q === (QUEUE || queues[0]) }, q)));
+    sel.hidden = false;
+    $("#queue-name").hidden = true;
+    sel.addEventListener("change", () => { location.search = "?queue=" + encodeURIComponent(sel.value); });
+  } catch (e) {
+    console.warn("queues:", e.message);
+  }
+}
+
 async function loadHistory() {
   try {
     const hist = await api("GET", "history");
@@ -715,7 +738,7 @@ function init() {
     act(() => api("DELETE", `jobs/${encodeURIComponent(state.job.id)}`), () => "Requeue stopped"));
   matchMedia("(prefers-color-scheme: light)").addEventListener("change", () => { rateChart.draw(); depthChart.draw(); });
   setInterval(() => { rateChart.draw(); depthChart.draw(); }, 30000);
-  loadHistory().then(() => { loadDead(); connect(); });
+  loadHistory().then(() => { loadQueues(); loadDead(); connect(); });
 }
 
 document.addEventListener("DOMContentLoaded", init);
