@@ -97,7 +97,7 @@ async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections
 async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: bool = False,
                 burst: bool = False) -> int:
     """Run the given HTTP apps and, with ``work``, a worker, until a signal arrives."""
-    if sites:
+    if any(factory is not _liveness for factory, _ in sites):
         check_exposure(settings)
     async with AsyncExitStack() as stack:
         signals = Signals()
@@ -142,10 +142,14 @@ def is_loopback(host: str) -> bool:
 def run_work(settings: Settings, burst: bool = False) -> int:
     """``reliq work``: one worker process (and its liveness endpoint, with a health port)."""
     import_apps(settings.apps)
-    sites: list[tuple[AppFactory, int]] = []
-    if settings.health_port:
-        sites.append((lambda queue, settings: health_app(), settings.health_port))
+    sites: list[tuple[AppFactory, int]] = [(_liveness, settings.health_port)] if settings.health_port else []
     return run(lambda: serve(settings, sites, work=True, burst=burst))
+
+
+def _liveness(queue: Queue, settings: Settings) -> web.Application:
+    # GET /healthz shows nothing and changes nothing: unlike the API, it needs no token
+    # to listen on a pod's address
+    return health_app()
 
 
 def run_serve(settings: Settings) -> int:

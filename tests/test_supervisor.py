@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from reliq import api, runner
 from reliq.errors import ConfigError
 from reliq.queue import Queue, text
 from reliq.redis_server import free_port
@@ -134,3 +135,19 @@ def test_health_port_answers_from_the_worker_or_its_supervisor(
         assert proc.wait(15) == 0, log.read_text()
     finally:
         procs.stop(proc)
+
+
+async def test_a_workers_liveness_port_needs_no_token_on_a_pod_address_unlike_the_api(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[str, int]] = []
+
+    async def record(stack: object, app: object, host: str, port: int) -> None:  # no socket: we bind nothing
+        started.append((host, port))
+
+    monkeypatch.setattr(runner, "_start_site", record)
+    exposed = settings.replace(host="0.0.0.0", api_token="")
+    assert await runner.serve(exposed, [(runner._liveness, 8081)], work=True, burst=True) == 0
+    assert started == [("0.0.0.0", 8081)]
+    with pytest.raises(ConfigError, match="RELIQ_API_TOKEN"):
+        await runner.serve(exposed, [(api.create_app, 8085)])
