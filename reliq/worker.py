@@ -362,5 +362,7 @@ def _ms_since(start: float) -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+    # Lone surrogates (bytes decoded with surrogateescape) cannot be encoded for Redis:
+    # escaped here, or the settle of the whole batch would fail on every retry.
+    text = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
     return text if len(text) <= 2000 else text[:2000] + "…"
