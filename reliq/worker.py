@@ -96,10 +96,12 @@ class Worker:
         stop = stop or asyncio.Event()
         hard_stop = hard_stop or asyncio.Event()
         s = self.settings
-        background = []
+        background: list[asyncio.Task[None]] = []
         for queue in self.queues.values():
             heartbeat = Heartbeat(queue, self.id, s.heartbeat_interval, s.lease, self.status)
-            await self._until_redis(heartbeat.run_once)
+            if not await self._until_redis(heartbeat.run_once, stop):
+                await cancel_all(background)
+                return True  # stopped while waiting for Redis: it never claimed anything
             background += [
                 asyncio.create_task(heartbeat.run(), name="heartbeat"),
                 asyncio.create_task(Promoter(queue, s.promote_interval).run(), name="promoter"),
@@ -165,18 +167,20 @@ class Worker:
                     return False
                 await asyncio.sleep(backoff.next())
 
-    async def _until_redis(self, step: Any) -> None:
-        """Run ``step`` until Redis answers (a worker may start before Redis does)."""
+    async def _until_redis(self, step: Any, stop: asyncio.Event) -> bool:
+        """Run ``step`` until Redis answers (a worker may start before Redis does); False if stopped first."""
         backoff = Backoff()
-        while True:
+        while not stop.is_set():
             try:
                 await step()
-                return
+                return True
             except UNAVAILABLE as exc:
                 reraise_if_cancelled()
                 if backoff.failures == 0:
                     log.warning("waiting for Redis: %s", exc)
-                await asyncio.sleep(backoff.next())
+                with contextlib.suppress(TimeoutError):  # a signal ends the wait, Redis or not
+                    await asyncio.wait_for(stop.wait(), backoff.next())
+        return False
 
     def status(self) -> dict[str, Any]:
         """What the heartbeat publishes about this worker."""

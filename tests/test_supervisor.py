@@ -151,3 +151,17 @@ async def test_a_workers_liveness_port_needs_no_token_on_a_pod_address_unlike_th
     assert started == [("0.0.0.0", 8081)]
     with pytest.raises(ConfigError, match="RELIQ_API_TOKEN"):
         await runner.serve(exposed, [(api.create_app, 8085)])
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_sigterm_stops_workers_still_waiting_for_redis_and_they_exit_0(tmp_path: Path, processes: str) -> None:
+    log = tmp_path / "worker.log"
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    proc = procs.reliq(["work", "--processes", processes, "--redis-url", nowhere], log)
+    try:
+        wait_until(lambda: log.read_text().count("waiting for Redis") == int(processes), timeout=20,
+                   what="every worker process waiting for Redis")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, log.read_text()
+    finally:
+        procs.stop(proc)
