@@ -64,6 +64,18 @@ def test_a_task_dead_for_the_wrong_reason_fails_the_run() -> None:
     assert report["tasks"]["wrong"] == 1 and not report["ok"]
 
 
+def test_an_innocent_quarantined_only_by_our_kills_is_reported_apart_not_wrong() -> None:
+    records = {"a": {"state": "dead", "reason": "crashed", "crashes": "3"}}
+    runs = [Execution("a", pid, n, 100.0 + n) for n, pid in enumerate((10, 11, 12), start=1)]
+    killed = [Event(100.5 + n, "worker", pid, "kill") for n, pid in enumerate((10, 11, 12), start=1)]
+    report = audit(_accepted(("a", NOOP)), {"a": runs}, _faults(*killed),
+                   _state(records, enqueued=1, dead=1, recovered=2), [], LEASE)
+    assert report["tasks"]["wrong"] == 0 and report["tasks"]["quarantined_by_injected_kills"] == ["a"]
+    report = audit(_accepted(("a", NOOP)), {"a": runs}, _faults(*killed[:2]),
+                   _state(records, enqueued=1, dead=1, recovered=2), [], LEASE)
+    assert report["tasks"]["wrong"] == 1, "a crash we did not cause is the task's own"
+
+
 def test_a_duplicate_after_its_worker_was_killed_is_explained_and_timed() -> None:
     runs = [Execution("a", 10, 1, 100.0), Execution("a", 11, 2, 103.5, 103.6, "ok")]
     faults = _faults(Event(100.2, "worker", 10, "kill"))

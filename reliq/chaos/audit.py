@@ -110,10 +110,21 @@ def worker_pid(worker_id: str) -> int:
 # -- the checks ---------------------------------------------------------------------------
 
 
+def _quarantined_by_faults(record: Mapping[str, str], runs: list[Execution], events: list[Event]) -> bool:
+    """Whether every crash on an innocent task's record is one of our SIGKILLs or stalls.
+
+    A task that was running alone on a worker we killed looks to the reaper exactly like a
+    poison pill; after ``crash_limit`` such kills it is quarantined, by design. It is in
+    the dead-letter queue with its reason, not lost, but it is reported apart.
+    """
+    hit = {ev.pid for ev in events if ev.role == "worker" and ev.action.split()[0] in ("kill", "stop")}
+    return sum(1 for e in runs if e.pid in hit) >= int(record.get("crashes", 0) or 0) > 0
+
+
 def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
-              execs: Mapping[str, list[Execution]]) -> dict[str, Any]:
+              execs: Mapping[str, list[Execution]], events: list[Event]) -> dict[str, Any]:
     """Each accepted task against the final state it had to reach (and a success must have run)."""
-    lost, wrong = [], []
+    lost, wrong, by_faults = [], [], []
     unrun = [i for i, r in state.records.items()
              if r.get("state") == "succeeded" and not any(e.outcome == "ok" for e in execs.get(i, ()))]
     reached: Counter[str] = Counter()
@@ -124,7 +135,9 @@ def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
             continue
         got = rec["state"] if rec["state"] == "succeeded" else f"dead:{rec.get('reason', '')}"
         reached[got] += 1
-        if got != a.expect:
+        if got == "dead:crashed" and _quarantined_by_faults(rec, execs.get(a.id, []), events):
+            by_faults.append(a.id)
+        elif got != a.expect:
             wrong.append({"id": a.id, "type": a.type, "expected": a.expect, "got": got,
                           "last_error": rec.get("last_error", "")})
     unacked = [i for i in state.records if i not in accepted]
@@ -132,6 +145,7 @@ def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
     return {"accepted": len(accepted), "succeeded": reached["succeeded"],
             "dead": sum(n for s, n in reached.items() if s.startswith("dead")), "reached": dict(reached),
             "lost": len(lost), "lost_tasks": lost[:50], "wrong": len(wrong), "wrong_tasks": wrong[:50],
+            "quarantined_by_injected_kills": by_faults[:50],
             "created_without_202": len(unacked), "stuck_without_202": stuck_unacked[:50],
             "succeeded_without_running": unrun[:50]}
 
@@ -269,7 +283,7 @@ def _orphans(state: RedisState, live_pids: Iterable[int]) -> dict[str, Any]:
 def audit(accepted: Mapping[str, Accepted], execs: Mapping[str, list[Execution]], faults: FaultLog,
           state: RedisState, live_pids: Iterable[int], lease: float) -> dict[str, Any]:
     """The report of a run (see ``reliq chaos --help``); ``ok`` is False when anything failed."""
-    tasks = _outcomes(accepted, state, execs)
+    tasks = _outcomes(accepted, state, execs, faults.events)
     dups = _duplicates(accepted, execs, faults.events, lease)
     counters = _counters(state)
     orphans = _orphans(state, live_pids)

@@ -34,6 +34,7 @@ def render(report: dict[str, Any], console: Console) -> None:
                        + (", ".join(f"{k} {v}" for k, v in d["causes"].items()) or "none")),
         ("lost", t["lost"]),
         ("wrong final state", t["wrong"]),
+        ("quarantined by injected kills", len(t["quarantined_by_injected_kills"])),
         ("recovery after kill", f"median {_s(rec['median_s'])}, max {_s(rec['max_s'])} "
                                 f"over {rec['measured']} kill(s) of a busy worker"),
         ("each kill", " ".join(f"{k['how']}:{_s(k['recovery_s'])}" for k in rec["kills"])),
