@@ -53,6 +53,21 @@ async def worker_pids(redis: Redis, queue: Queue) -> set[int]:
     return {int(text(w).split(":")[1]) for w in await redis.zrange(queue.keys.workers, 0, -1)}
 
 
+async def eventually_holding(redis: Redis, queue: Queue) -> int:
+    """The pid of a worker that holds tasks right now (so killing it leaves some to recover)."""
+    holder: list[int] = []
+
+    async def found() -> bool:
+        for w in await redis.zrange(queue.keys.workers, 0, -1):
+            if await redis.llen(queue.keys.processing(text(w))):
+                holder.append(int(text(w).split(":")[1]))
+                return True
+        return False
+
+    await eventually(found, timeout=10, what="a worker holding tasks")
+    return holder[0]
+
+
 def parent_of(pid: int) -> int:
     """The parent pid of ``pid``, from /proc."""
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -61,14 +76,14 @@ def parent_of(pid: int) -> int:
 async def test_killed_child_is_restarted_and_sigterm_drains_every_child_losing_nothing(
     redis: Redis, queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:
-    ids = [await queue.enqueue("sleep", 0.2) for _ in range(60)]
+    ids = [await queue.enqueue("sleep", 0.5) for _ in range(60)]
     log = tmp_path / "supervisor.log"
     parent = supervise(settings.redis_url, queue.name, log)
     try:
         await eventually(lambda: _count(redis, queue, 2), timeout=20, what="two worker processes registered")
         first = await worker_pids(redis, queue)
         assert {parent_of(pid) for pid in first} == {parent.pid}
-        victim = min(first)
+        victim = await eventually_holding(redis, queue)
         os.kill(victim, signal.SIGKILL)
 
         async def replaced() -> bool:
