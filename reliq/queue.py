@@ -14,6 +14,7 @@ from typing import Any, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from reliq.errors import CancelRefused, InvalidTask, NotReplicated, QueueFull, TaskNotFound
@@ -217,6 +218,11 @@ class Queue:
         ])
         keys = [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix]
         args = [int(self.settings.idempotency_ttl * 1000), batch, self.settings.max_pending]
+        if replicas and isinstance(self.redis, RedisCluster):
+            # WAIT must follow the write on the same connection, and the cluster client
+            # neither pipelines scripts nor routes a keyless WAIT to the queue's node.
+            raise InvalidTask("'durability': 'replicated' is not available on Redis Cluster; use a primary "
+                              "with replicas (plain or Sentinel), or 'memory'")
         try:
             if replicas:
                 async with self.redis.pipeline(transaction=False) as pipe:

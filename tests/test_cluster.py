@@ -152,6 +152,8 @@ async def _flow_on(url: str, queue_name: str, client: Redis) -> None:
         cancelled = await http.post("/task", json={"type": "noop", "delay_s": 60})
         cancel_id = (await cancelled.json())["task_id"]
         assert (await http.delete(f"/task/{cancel_id}")).status == 200
+        resp = await http.post("/task", json={"type": "noop", "durability": "replicated"})
+        assert resp.status == 400 and "Redis Cluster" in (await resp.json())["error"]
     async with AsyncClient(url, queue_name, settings) as producer:
         client_ids = await producer.enqueue_many([("noop", i) for i in range(20)])
     # two workers of the same queue share the work
