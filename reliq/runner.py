@@ -84,13 +84,16 @@ async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, po
     log.info("listening on http://%s:%d", host, port)
 
 
-async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections: int) -> Queue:
+async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections: int,
+                      check: bool = True) -> Queue:
+    """A Queue on a new client (closed with the stack); ``check`` logs Redis's risks once."""
     redis = connect(settings.redis_url, max_connections=max_connections)
     stack.push_async_callback(redis.aclose)
-    try:
-        await warn_about_redis(redis)
-    except UNAVAILABLE as exc:
-        log.warning("Redis at %s is not reachable yet (%s); carrying on and retrying", settings.redis_url, exc)
+    if check:
+        try:
+            await warn_about_redis(redis)
+        except UNAVAILABLE as exc:
+            log.warning("Redis at %s is not reachable yet (%s); carrying on and retrying", settings.redis_url, exc)
     return Queue(redis, settings)
 
 
@@ -110,7 +113,7 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         # The worker gets its own small pool: the fetcher blocks on one connection, the
         # settler and the loops use a few more, however many tasks run at once.
         weighted = settings.weighted_queues()
-        first = await _open_queue(stack, settings, max_connections=8 + len(weighted))
+        first = await _open_queue(stack, settings, max_connections=8 + len(weighted), check=False)
         queues = [(Queue(first.redis, settings, name), weight) for name, weight in weighted]
         worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict)
         log.info("worker %s serving %s with concurrency %d; task types: %s", worker.id,
