@@ -312,8 +312,6 @@ class Worker:
 
     async def _settle(self, batch: list[Outcome]) -> int:
         """Settle a batch, one script call per queue; return how many were stale."""
-        if len(self.queues) == 1:
-            return (await self.queue.settle(self.id, batch))[1]
         stale = 0
         for name, queue in self.queues.items():
             mine = [o for o in batch if o.task.queue == name]

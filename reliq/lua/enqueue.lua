@@ -36,15 +36,13 @@ for _, t in ipairs(cjson.decode(ARGV[2])) do
     end
     local due = now + tonumber(t[6])
     if tonumber(t[8]) > 0 then due = tonumber(t[8]) end
-    local key = KEYS[4] .. id
+    local fields = {'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
+                    'attempts', 0, 'failures', 0, 'crashes', 0, 'enqueued_at', now}
     if due > now then
-      redis.call('HSET', key, 'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
-                 'attempts', 0, 'failures', 0, 'crashes', 0, 'enqueued_at', now, 'state', 'scheduled')
+      redis.call('HSET', KEYS[4] .. id, 'state', 'scheduled', unpack(fields))
       redis.call('ZADD', KEYS[2], due, id)
     else
-      redis.call('HSET', key, 'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
-                 'attempts', 0, 'failures', 0, 'crashes', 0, 'enqueued_at', now, 'state', 'pending',
-                 'queued_at', now)
+      redis.call('HSET', KEYS[4] .. id, 'state', 'pending', 'queued_at', now, unpack(fields))
       ready[#ready + 1] = id
     end
     created = created + 1
