@@ -19,7 +19,7 @@ from typing import TypedDict
 
 from reliq.connection import UNAVAILABLE
 from reliq.errors import TaskNotFound
-from reliq.periodic import Backoff
+from reliq.periodic import Backoff, cancel_all
 from reliq.queue import Queue, TaskInfo, text
 
 log = logging.getLogger(__name__)
@@ -328,7 +328,5 @@ class Replays:
         running = [t for t in self._tasks.values() if not t.done()]
         for job in self.jobs.values():
             job.stop()
-        for t in running:
-            t.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await cancel_all(running)
 

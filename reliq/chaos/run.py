@@ -21,6 +21,7 @@ from reliq.chaos.faults import FaultLog, Injector, plan
 from reliq.chaos.load import Load
 from reliq.chaos.report import render
 from reliq.connection import UNAVAILABLE, connect
+from reliq.periodic import cancel_all
 from reliq.queue import Queue, text
 from reliq.settings import Settings
 
@@ -82,8 +83,7 @@ async def _run(options: ChaosOptions, seed: int, workdir: Path, console: Console
             await redis.aclose()
         live = cluster.live_pids()
     finally:
-        supervisor.cancel()
-        await asyncio.gather(supervisor, return_exceptions=True)
+        await cancel_all([supervisor])
         codes = await asyncio.to_thread(cluster.stop)
     (workdir / "faults.json").write_bytes(orjson.dumps(faults.to_json(), option=orjson.OPT_INDENT_2))
     report = audit(load.accepted, read_executions(cluster.exec_log), faults, state, live, cluster.options.lease)
@@ -122,9 +122,7 @@ async def _inject(options: ChaosOptions, seed: int, load: Load, injector: Inject
     finally:
         load.stop()
         await load_task
-        for s in streams:
-            s.cancel()
-        await asyncio.gather(*streams, return_exceptions=True)
+        await cancel_all(streams)
 
 
 async def _drain(queue: Queue, load: Load, cluster: Cluster, timeout: float,
