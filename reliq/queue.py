@@ -7,6 +7,7 @@ touches Redis keys directly.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -287,36 +288,29 @@ class Queue:
             [limit, worker_id, moved, elsewhere],
         )
         now = int(raw[1])
-        tasks = []
-        for i in range(2, len(raw), _CLAIM_WIDTH):
-            r = raw[i : i + _CLAIM_WIDTH]
-            tasks.append(
-                Claimed(
-                    id=r[0].decode(),
-                    type=r[1].decode(),
-                    payload=r[2],
-                    attempts=int(r[3]),
-                    failures=int(r[4]),
-                    max_retries=int(r[5]),
-                    crashes=int(r[6]),
-                    timeout_ms=int(r[7]) if r[7] else None,
-                    queued_at=int(r[8] or now),
-                    started_at=now,
-                    queue=self.name,
-                )
-            )
+        rows = iter(raw[2:])
+        # Positional and in one comprehension: this parse was a tenth of a worker's CPU.
+        tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
+                         int(q or now), now, self.name)
+                 for i, t, p, a, f, m, c, to, q in zip(*[rows] * _CLAIM_WIDTH, strict=True)]
         return tasks, raw[0] == 1
 
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome]) -> tuple[int, int]:
         """Record a batch of outcomes; return (applied, stale)."""
         k = self.keys
         batch = []
+        sums: Counter[str] = Counter()  # the metrics fields, summed here: see settle.lua
         for o in outcomes:
             t = o.task
             wait_ms = max(0, t.started_at - t.queued_at)
+            wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
             batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
-                          wait_ms, o.run_ms, bucket(wait_ms), bucket(o.run_ms)))
-        args = [int(self.settings.result_ttl * 1000), self.settings.dead_cap, orjson.dumps(batch)]
+                          wait_ms, o.run_ms, wait_b, run_b))
+            sums.update((f"t|{t.type}|{o.outcome}", f"w|{t.type}|{wait_b}", f"r|{t.type}|{run_b}"))
+            sums[f"ws|{t.type}"] += wait_ms
+            sums[f"rs|{t.type}"] += o.run_ms
+        args = [int(self.settings.result_ttl * 1000), self.settings.dead_cap, orjson.dumps(batch),
+                orjson.dumps(sums)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)

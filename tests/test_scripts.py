@@ -168,6 +168,31 @@ async def test_settle_from_a_reaped_worker_is_dropped(queue: Queue, redis: Redis
     assert (await queue.get(a))["state"] == "processing"
 
 
+async def test_settle_counts_no_metrics_for_a_stale_task(queue: Queue, redis: Redis) -> None:
+    [a, b] = await enqueue(queue, 2)
+    tasks = await claim_all(queue)
+    await redis.lrem(queue.keys.processing(W), 1, a)  # as if reaped: a is no longer W's
+    assert await queue.settle(W, [outcome(t, "error", "x") for t in tasks]) == (1, 1)
+    metrics = {k.decode(): int(v) for k, v in (await redis.hgetall(queue.keys.metrics)).items()}
+    assert metrics["t|noop|error"] == 1 and metrics["rs|noop"] == 3
+    assert sum(n for field, n in metrics.items() if field.startswith(("w|", "r|"))) == 2
+    assert (await queue.get(b))["state"] == "retrying"
+
+
+@pytest.mark.parametrize("settled", [3, 20])  # a few: one LREM each; most: one rewrite of the list
+async def test_settle_takes_exactly_the_batch_out_of_the_workers_list_in_order(
+    queue: Queue, redis: Redis, settled: int
+) -> None:
+    await enqueue(queue, 24)
+    tasks = await claim_all(queue)
+    mixed = tasks[1::2][: settled // 2] + tasks[::2][: settled - settled // 2]
+    assert await queue.settle(W, [outcome(t) for t in mixed]) == (settled, 0)
+    left = [t.id for t in reversed(tasks) if t not in mixed]  # the head holds the newest
+    assert [i.decode() for i in await redis.lrange(queue.keys.processing(W), 0, -1)] == left
+    assert await queue.settle(W, [outcome(t) for t in tasks]) == (len(left), settled)
+    assert not await redis.exists(queue.keys.processing(W))
+
+
 async def test_late_success_of_a_reaped_task_still_pending_counts_once(queue: Queue, redis: Redis) -> None:
     [a] = await enqueue(queue)
     [task] = await claim_all(queue)

@@ -7,46 +7,70 @@
 --   of ten per task, because encoding arguments is most of the worker's cost of a settle.
 --   outcome: ok (text = JSON result or ''), error | timeout (retried while failures <=
 --   max_retries, else dead), permanent | unknown_type (dead at once); text = the error.
+-- ARGV[4] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
+--   observe() below writes a task. Summing them here cost as much as the rest of the
+--   script; the script only takes back the share of a stale task.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending instead of run twice.
--- Counters and metrics are summed over the batch and written once per field.
-local now = now_ms()
-local ttl = tonumber(ARGV[1])
+-- Counters and metrics are written once per field a batch.
+-- Numbers go to redis.call as strings made once: Lua turns a number into a string with
+-- sprintf, which costs as much as a small command.
+local now = tostring(now_ms())
 local cap = tonumber(ARGV[2])
 local stats, metrics, prefix = KEYS[5], KEYS[6], KEYS[7]
+local batch = cjson.decode(ARGV[3])
+local sums = cjson.decode(ARGV[4])  -- metrics field -> amount
 local applied, stale = 0, 0
-local sums = {}  -- metrics field -> amount
 local counts = {}  -- stats field -> amount
 
 local function add(tbl, field, n)
   tbl[field] = (tbl[field] or 0) + n
 end
 
-local function observe(ttype, outcome, wait_ms, run_ms, wait_b, run_b)
-  add(sums, 't|' .. ttype .. '|' .. outcome, 1)
-  add(sums, 'w|' .. ttype .. '|' .. wait_b, 1)
-  add(sums, 'ws|' .. ttype, wait_ms)
-  add(sums, 'r|' .. ttype .. '|' .. run_b, 1)
-  add(sums, 'rs|' .. ttype, run_ms)
+-- The metrics fields of one task, as W sums them (reliq/queue.py: Queue.settle).
+local function observe(ttype, outcome, wait_ms, run_ms, wait_b, run_b, sign)
+  add(sums, 't|' .. ttype .. '|' .. outcome, sign)
+  add(sums, 'w|' .. ttype .. '|' .. wait_b, sign)
+  add(sums, 'ws|' .. ttype, sign * wait_ms)
+  add(sums, 'r|' .. ttype .. '|' .. run_b, sign)
+  add(sums, 'rs|' .. ttype, sign * run_ms)
 end
 
-for _, t in ipairs(cjson.decode(ARGV[3])) do
+-- Taking an id out of W's list: one LREM each (from the tail, -1: W pushes claimed ids
+-- at the head, so the oldest sit there), or, when the batch is a good part of the list,
+-- one read of the list and one rewrite of what is left: an LREM costs as much as
+-- moving several ids.
+local list = nil
+local held = {}
+if #batch * 4 >= redis.call('LLEN', KEYS[1]) then
+  list = redis.call('LRANGE', KEYS[1], 0, -1)
+  for _, id in ipairs(list) do held[id] = true end
+end
+local taken = 0
+local function take(id)
+  if not list then return redis.call('LREM', KEYS[1], -1, id) == 1 end
+  if not held[id] then return false end
+  held[id] = nil
+  taken = taken + 1
+  return true
+end
+
+for _, t in ipairs(batch) do
   local id, ttype, max_retries, outcome, text = t[1], t[2], t[3], t[4], t[5]
   local key = prefix .. id
-  -- From the tail (-1): W pushes claimed ids at the head, so the oldest sit at the tail.
-  local mine = redis.call('LREM', KEYS[1], -1, id) == 1
+  local mine = take(id)
   if not mine and outcome == 'ok' and redis.call('HGET', key, 'state') == 'pending' then
     mine = redis.call('LREM', KEYS[2], 1, id) == 1
   end
   if not mine then
     stale = stale + 1
+    observe(ttype, outcome, t[7], t[8], t[9], t[10], -1)
   else
     applied = applied + 1
-    observe(ttype, outcome, t[7], t[8], t[9], t[10])
     if outcome == 'ok' then
       redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now, 'result', text)
-      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', key, ARGV[1])
       add(counts, 'succeeded', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
@@ -56,7 +80,7 @@ for _, t in ipairs(cjson.decode(ARGV[3])) do
       local failures = redis.call('HINCRBY', key, 'failures', 1)
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
-        redis.call('ZADD', KEYS[3], now + t[6], id)
+        redis.call('ZADD', KEYS[3], tonumber(now) + t[6], id)
         add(counts, 'retried', 1)
       else
         dead_letter(KEYS[4], stats, prefix, id, outcome, text, now, cap)
@@ -64,7 +88,19 @@ for _, t in ipairs(cjson.decode(ARGV[3])) do
     end
   end
 end
+if taken > 0 then
+  local kept = {}
+  for _, id in ipairs(list) do
+    if held[id] then kept[#kept + 1] = id end
+  end
+  redis.call('DEL', KEYS[1])
+  for i = 1, #kept, 1000 do  -- in slices: unpack has a stack limit
+    redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+  end
+end
 -- '%d': an integer however large; a Lua number as argument may be sent in e-notation.
-for field, n in pairs(sums) do redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
+for field, n in pairs(sums) do
+  if n ~= 0 then redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
+end
 for field, n in pairs(counts) do redis.call('HINCRBY', stats, field, string.format('%d', n)) end
 return {applied, stale}
