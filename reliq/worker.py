@@ -1,7 +1,10 @@
 """A worker process: a fixed set of runner coroutines fed by one fetcher and one settler.
 
 - The fetcher claims as many tasks as there are idle runners in one script call, and
-  blocks on BLMOVE (into this worker's own list) when the queue is empty.
+  blocks on BLMOVE (into this worker's own list) when the queue is empty. With short
+  tasks it claims ahead: as many more as the runners finish during one claim round
+  trip (see :meth:`Worker.ahead`), so they never wait for Redis and Redis never waits
+  for them.
 - Runners execute handlers: async ones on the loop, plain ones in a thread pool.
 - The settler acknowledges finished tasks in batches, one script call per batch.
 - Heartbeat, promoter and reaper loops run beside them.
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 BLOCK_S = 1.0
 #: In burst mode the fetcher looks more often, to return soon after the last task.
 BURST_BLOCK_S = 0.05
+#: Weight of the newest sample in the running means of run time and claim round trip.
+EWMA = 0.05
 
 
 def retry_delay_ms(failures: int, base: float, cap: float) -> int:
@@ -73,7 +78,9 @@ class Worker:
         self.fetcher = Fetcher(weighted, self.id, strict=strict)
         self.concurrency = settings.concurrency
         self.held: dict[str, Claimed] = {}  # claimed and not yet settled
-        self.busy = 0  # handed to runners and not yet finished
+        self.busy = 0  # claimed and not yet finished: running, or waiting for a runner
+        self._run_s = 1.0  # running mean of a task's run time, seconds (cautious at start)
+        self._claim_s = 0.001  # running mean of a claim's round trip, seconds
         self.processed = 0
         self._ready: asyncio.Queue[Claimed | None] = asyncio.Queue()
         self._done: list[Outcome] = []
@@ -114,9 +121,10 @@ class Worker:
         stop_wait = asyncio.create_task(stop.wait())
         await asyncio.wait([stop_wait, self._fetcher], return_when=asyncio.FIRST_COMPLETED)
         await cancel_all([stop_wait])
-        log.info("worker %s stopping: %d task(s) running", self.id, self.busy)
         self._stopping = True
         await cancel_all([self._fetcher])
+        self._unqueue()
+        log.info("worker %s stopping: %d task(s) running", self.id, self.busy)
         await self._drain(hard_stop)
         await cancel_all(runners)
         await self.fetcher.close()
@@ -182,10 +190,33 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), backoff.next())
         return False
 
+    def _unqueue(self) -> None:
+        """Take back the claimed tasks no runner has started: the release hands them back."""
+        while not self._ready.empty():
+            task = self._ready.get_nowait()
+            if task is not None:
+                del self.held[task.id]
+                self.busy -= 1
+
     def status(self) -> dict[str, Any]:
         """What the heartbeat publishes about this worker."""
-        return {"concurrency": self.concurrency, "in_flight": self.busy, "processed": self.processed,
-                "queues": ",".join(self.queues)}
+        return {"concurrency": self.concurrency, "in_flight": self.busy - self._ready.qsize(),
+                "processed": self.processed, "queues": ",".join(self.queues)}
+
+    def ahead(self) -> int:
+        """How many tasks to claim beyond one a runner: what the runners finish in a claim's round trip.
+
+        Claiming only when a runner is idle makes the two sides take turns: Redis runs the
+        claim while the runners wait, then the runners run while Redis waits. Tasks claimed
+        ahead keep both busy. The amount is what ``concurrency`` runners finish in one
+        round trip, at most ``concurrency``: a task claimed ahead then waits for a runner
+        about as long as it would have waited for the claim, and with long tasks (where
+        one round trip finishes next to nothing) nothing is claimed ahead, so a task never
+        sits behind a slow one on this worker while another worker is idle. A task claimed
+        ahead is in this worker's list like a running one: if the worker dies, it is
+        recovered, and counted a crash, like the tasks that were running.
+        """
+        return min(self.concurrency, round(self.concurrency * self._claim_s / self._run_s))
 
     # -- fetching -----------------------------------------------------------------------
 
@@ -216,11 +247,15 @@ class Worker:
 
     async def _fetch_once(self) -> bool:
         """Claim what idle runners can take; return True when a burst run is finished."""
-        free = self.concurrency - self.busy
+        # At most a runner's worth a claim, so that with tasks held ahead the next claim
+        # is sent as soon as one arrives, and runs in Redis while this one runs here.
+        free = min(self.concurrency, self.concurrency + self.ahead() - self.busy)
         if free <= 0 or self._holds_suspect():
             await self._wait_change()
             return False
+        sent = time.perf_counter()
         tasks, blocked = await self.fetcher.claim(free, len(self.held))
+        self._claim_s += EWMA * (time.perf_counter() - sent - self._claim_s)
         if tasks:
             self._dispatch(tasks)
             return False
@@ -257,25 +292,29 @@ class Worker:
     # -- running ---------------------------------------------------------------------------
 
     async def _runner(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
         while True:
             task = await self._ready.get()
             if task is None:
                 return
+            start = time.perf_counter()
             try:
-                outcome = await self._execute(task)
+                outcome = await self._execute(task, me)
             finally:
                 self.busy -= 1
                 self._changed.set()
+            self._run_s += EWMA * (time.perf_counter() - start - self._run_s)
             self._done.append(outcome)
             self._settle_wake.set()
 
-    async def _execute(self, task: Claimed) -> Outcome:
+    async def _execute(self, task: Claimed, runner: asyncio.Task[Any]) -> Outcome:
         handler = self.registry.get(task.type)
         if handler is None:
             return Outcome(task, "unknown_type", f"no handler is registered for type {task.type!r}", 0)
         start = time.perf_counter()
         try:
-            result = await self._call(handler, task)
+            result = await self._call(handler, task, runner)
             text = "" if result is None else orjson.dumps(result, default=str).decode()
             return Outcome(task, "ok", text, _ms_since(start))
         except PermanentError as exc:
@@ -294,7 +333,7 @@ class Worker:
             return task.timeout_ms / 1000
         return handler.timeout or self.settings.task_timeout
 
-    async def _call(self, handler: Handler, task: Claimed) -> Any:
+    async def _call(self, handler: Handler, task: Claimed, runner: asyncio.Task[Any]) -> Any:
         try:
             payload = orjson.loads(task.payload)
         except orjson.JSONDecodeError as exc:
@@ -302,11 +341,12 @@ class Worker:
         ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
         timeout = self._timeout(handler, task)
         if handler.is_async:
-            return await self._watchdog.within(handler.call(payload, ctx), timeout)
+            return await self._watchdog.within(handler.call(payload, ctx), timeout, runner)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
         loop = asyncio.get_running_loop()
-        return await self._watchdog.within(loop.run_in_executor(self._pool, handler.call, payload, ctx), timeout)
+        return await self._watchdog.within(loop.run_in_executor(self._pool, handler.call, payload, ctx), timeout,
+                                           runner)
 
     # -- settling -----------------------------------------------------------------------------
 

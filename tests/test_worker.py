@@ -171,6 +171,45 @@ async def test_stop_drains_running_tasks_then_hands_back_the_rest(queue: Queue, 
     assert (snap["pending"], snap["processing"], snap["workers"]) == (2, 0, 0)
 
 
+async def test_claims_ahead_what_the_runners_finish_in_one_claim_round_trip(queue: Queue,
+                                                                          settings: Settings) -> None:
+    worker = Worker(queue, settings.replace(concurrency=64))
+    worker._claim_s = 0.001
+    for run_s, ahead in ((0.00001, 64), (0.001, 64), (0.004, 16), (0.1, 1), (1.0, 0), (30.0, 0)):
+        worker._run_s = run_s
+        assert worker.ahead() == ahead, run_s
+
+
+async def test_tasks_claimed_ahead_wait_in_the_workers_list_and_go_back_uncounted_on_stop(
+    queue: Queue, settings: Settings, redis: Redis
+) -> None:
+    settings = settings.replace(concurrency=2, drain_timeout=10)
+    gate = asyncio.Event()
+
+    async def hold(payload: Any) -> None:
+        await gate.wait()
+
+    ids = [await queue.enqueue("hold", i) for i in range(10)]
+    worker_redis = connect(settings.redis_url)
+    worker = Worker(Queue(worker_redis, settings), settings, registry_with(hold=hold))
+    worker._run_s = worker._claim_s / 100  # as after a run of short tasks
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop))
+    await eventually(lambda: len(worker.held) == 4, what="2 tasks running and 2 claimed ahead")
+    await asyncio.sleep(0.1)  # and no more
+    assert set(worker.held) == set(ids[:4]) and worker.status()["in_flight"] == 2
+    assert {i.decode() for i in await redis.lrange(queue.keys.processing(worker.id), 0, -1)} == set(ids[:4])
+    stop.set()
+    await asyncio.sleep(0.1)
+    gate.set()  # the two running finish in the drain; the two waiting never start
+    assert await asyncio.wait_for(run, 10) is True
+    await worker_redis.aclose()
+    infos = [await queue.get(i) for i in ids]
+    assert [(i["state"], i["attempts"]) for i in infos] == [("succeeded", 1)] * 2 + [("pending", 0)] * 8
+    snap = await queue.snapshot()
+    assert (snap["pending"], snap["processing"], snap["workers"]) == (8, 0, 0)
+
+
 async def test_second_signal_skips_the_drain(queue: Queue, settings: Settings) -> None:
     settings = settings.replace(drain_timeout=30)
     task_id = await queue.enqueue("sleep", 30)
