@@ -32,6 +32,7 @@ bench: dev
 	$(BIN)/python bench/api_vs_refs.py
 	$(BIN)/python bench/costs.py
 	$(BIN)/python bench/targets.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) .reliq .pytest_cache .mypy_cache .ruff_cache

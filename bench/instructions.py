@@ -1,0 +1,121 @@
+"""Instructions redis-server executes to claim and to settle a task, counted by callgrind.
+
+    .venv/bin/python bench/instructions.py [--tasks 12800] [--batch 64] [--no-write]
+
+On a shared machine CPU time moves with the neighbours (the same commit measured 12.5
+and 18.7 us a task an hour apart here); valgrind's instruction counts do not. So the
+scripts' cost is judged by this: one private redis-server runs under
+``valgrind --tool=callgrind`` (AOF off); ``--tasks`` no-op tasks are enqueued in
+batches of 100; then claimed ``--batch`` at a time, each batch by its own worker id (so
+every worker's list holds one batch, as in a running worker); then each batch is
+settled as succeeded. Counters are dumped between the phases (``callgrind_control``),
+so each phase's instructions are its own. Run with ``PYTHONPATH=<an older tree>`` to
+count an older reliq the same way. Needs valgrind (Debian's ``valgrind``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report import machine, write_section  # noqa: E402
+
+from reliq.connection import connect  # noqa: E402
+from reliq.queue import Outcome, Queue, make_spec  # noqa: E402
+from reliq.redis_server import answers, free_port  # noqa: E402
+from reliq.settings import Settings  # noqa: E402
+
+PHASES = ("enqueue", "claim", "settle")
+
+
+async def workload(url: str, pid: int, tasks: int, batch: int) -> None:
+    """Enqueue, claim and settle, dumping callgrind's counters after each phase."""
+
+    def dump(phase: str) -> None:
+        subprocess.run(["callgrind_control", "-d", phase, str(pid)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    redis = connect(url)
+    queue = Queue(redis, Settings(redis_url=url, queue="instructions"))
+    await redis.ping()
+    dump("start")  # what start-up cost stays out of the phases
+    for _ in range(0, tasks, 100):
+        await queue.enqueue_specs([make_spec("noop", None) for _ in range(100)])
+    dump("enqueue")
+    claimed = [(f"w{i}", (await queue.claim(f"w{i}", batch))[0]) for i in range(tasks // batch)]
+    dump("claim")
+    for worker, batch_tasks in claimed:
+        applied, stale = await queue.settle(worker, [Outcome(t, "ok", "", 0) for t in batch_tasks])
+        assert (applied, stale) == (len(batch_tasks), 0)
+    dump("settle")
+    await redis.aclose()
+
+
+def count(tasks: int, batch: int) -> dict[str, float]:
+    """Instructions a task in each phase."""
+    work = Path(tempfile.mkdtemp(prefix="reliq-callgrind-"))
+    port = free_port()
+    out = work / "callgrind.out"
+    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
+                             "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not answers("127.0.0.1", port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("redis-server under callgrind did not start")
+            time.sleep(0.2)
+        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch))
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    result = {}
+    for i, phase in enumerate(PHASES, start=2):
+        for line in Path(f"{out}.{i}").read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                result[phase] = int(line.split()[1]) / tasks
+                break
+    shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=12_800)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("valgrind"):
+        sys.exit("needs valgrind: apt-get install valgrind")
+    r = count(args.tasks, args.batch)
+    rows = [f"| {phase} | {r[phase]:,.0f} |" for phase in PHASES]
+    rows.append(f"| claim + settle | {r['claim'] + r['settle']:,.0f} |")
+    print("\n".join(rows))
+    if args.no_write:
+        return
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    write_section("instructions", f"""## Instructions redis-server runs a task, {when}
+
+Machine: {machine()}
+
+| phase | instructions a no-op task (callgrind) |
+|---|---|
+{chr(10).join(rows)}
+
+- {args.tasks:,} tasks, enqueued 100 a call, claimed and settled {args.batch} a call (each batch by
+  its own worker id). Repeatable to a fraction of a percent, whatever the machine does.
+- Rerun: `.venv/bin/python bench/instructions.py --tasks {args.tasks} --batch {args.batch}`
+""")
+
+
+if __name__ == "__main__":
+    main()
