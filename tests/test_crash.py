@@ -48,15 +48,45 @@ async def test_worker_killed_mid_run_another_worker_finishes_every_task(
         assert held > 0, "the kill should catch tasks in flight"
     finally:
         procs.stop(first)
-    second = procs.worker(settings.redis_url, queue.name, tmp_path / "w2.log", "--concurrency", "50")
+    await a_second_worker_finishes(queue, settings, ids, tmp_path / "w2.log", "50")
+    snap = await queue.snapshot()
+    assert snap["recovered"] >= held and snap["processing"] == 0 and snap["succeeded"] == 200
+
+
+async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
+    queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    """Short tasks: the worker holds more than its runners (claimed ahead) when it dies."""
+    ids = await enqueue_many(queue, "sleep", [0.001] * 20_000)
+    first = procs.worker(settings.redis_url, queue.name, tmp_path / "w1.log", "--concurrency", "16")
     try:
-        await eventually(lambda: all_in(queue, ids, {"succeeded"}), timeout=30, what="every task succeeded")
+        lists: list[str] = []
+
+        async def holding_ahead() -> bool:
+            lists[:] = [k.decode() async for k in queue.redis.scan_iter(match=queue.keys.processing("*"))]
+            return len(lists) == 1 and await queue.redis.llen(lists[0]) > 16
+
+        await eventually(holding_ahead, timeout=20, interval=0.002, what="more tasks held than runners")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        held = [i.decode() for i in await queue.redis.lrange(lists[0], 0, -1)]
+        assert len(held) > 16, held
+    finally:
+        procs.stop(first)
+    await a_second_worker_finishes(queue, settings, ids, tmp_path / "w2.log", "16")
+    assert {(await queue.get(i))["crashes"] for i in held} == {1}  # charged, run alone, not quarantined
+
+
+async def a_second_worker_finishes(queue: Queue, settings: Settings, ids: list[str], log: Path,
+                                   concurrency: str) -> None:
+    """Start another worker and wait until every one of ``ids`` has succeeded."""
+    second = procs.worker(settings.redis_url, queue.name, log, "--concurrency", concurrency)
+    try:
+        await eventually(lambda: all_in(queue, ids, {"succeeded"}), timeout=60, what="every task succeeded")
     finally:
         procs.stop(second)
     final = await states(queue, ids)
     assert [i for i, s in final.items() if s != "succeeded"] == []
-    snap = await queue.snapshot()
-    assert snap["recovered"] >= held and snap["processing"] == 0 and snap["succeeded"] == 200
 
 
 async def _succeeded_at_least(queue: Queue, n: int) -> bool:
