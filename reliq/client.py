@@ -2,7 +2,9 @@
 
 ``AsyncClient`` is for asyncio code; ``Client`` is the same API for plain code (it runs
 an ``AsyncClient`` on a private event loop thread, so it also works inside notebooks
-and other programs that already run a loop).
+and other programs that already run a loop). Concurrent ``enqueue`` calls of one client
+share round trips, as the API's requests do (:class:`~reliq.coalescer.Coalescer`):
+each still returns only once Redis has its task.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from collections.abc import Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
+from reliq.coalescer import Coalescer
 from reliq.connection import connect
 from reliq.queue import Queue, TaskInfo, TaskSpec, make_spec
 from reliq.settings import DEFAULT_REDIS_URL, Settings, check_queue_name
 
 T = TypeVar("T")
 TaskItem = tuple[str, Any] | Mapping[str, Any]
+#: The most tasks concurrent ``enqueue`` calls share one script call with.
+MAX_SHARED = 1000
 
 
 class AsyncClient:
@@ -30,6 +35,7 @@ class AsyncClient:
         self.redis = connect(redis_url)
         self.queue = Queue(self.redis, self.settings)
         self._queues = {queue: self.queue}
+        self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, bool]]] = {}
 
     def _queue(self, name: str | None) -> Queue:
         if name is None:
@@ -52,7 +58,10 @@ class AsyncClient:
         """
         spec = self._spec(type, payload, max_retries=max_retries, delay=delay, run_at=run_at, timeout=timeout,
                           idempotency_key=idempotency_key)
-        [(task_id, _)] = await self._queue(queue).enqueue_specs([spec])
+        target = self._queue(queue)
+        if target.name not in self._coalescers:
+            self._coalescers[target.name] = Coalescer(target.enqueue_specs, MAX_SHARED)
+        task_id, _ = await self._coalescers[target.name].submit(spec)
         return task_id
 
     async def enqueue_many(self, tasks: Iterable[TaskItem], queue: str | None = None) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -128,3 +129,25 @@ async def test_async_client_enqueue_many_is_all_or_nothing(redis_url: str, queue
         ids = await client.enqueue_many([("noop", i) for i in range(1000)])
         assert len(set(ids)) == 1000
         assert (await client.get(ids[-1]))["payload"] == 999
+
+
+async def test_concurrent_enqueues_of_one_client_share_round_trips(redis_url: str, queue_name: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    async with AsyncClient(redis_url, queue=queue_name) as client:
+        calls: list[int] = []
+        send = client.queue.enqueue_specs
+
+        async def counted(specs: Any, replicas: int = 0) -> Any:
+            calls.append(len(specs))
+            return await send(specs, replicas)
+
+        monkeypatch.setattr(client.queue, "enqueue_specs", counted)
+        ids = await asyncio.gather(*(client.enqueue("noop", i, idempotency_key=f"k{i % 150}") for i in range(200)))
+        assert sum(calls) == 200 and len(calls) <= 5, calls
+        assert ids[:50] == ids[150:]  # a repeated key stands for the task it created, in one call too
+        assert len(set(ids)) == 150
+        assert [(await client.get(task_id))["payload"] for task_id in ids[:150]] == list(range(150))
+        good, bad = await asyncio.gather(client.enqueue("noop", 1), client.enqueue(""), return_exceptions=True)
+        assert isinstance(bad, InvalidTask)  # refused alone, before it could join a batch
+        assert (await client.get(str(good)))["state"] == "pending"
+        assert (await client.queue.snapshot())["enqueued"] == 151
