@@ -6,6 +6,7 @@ import asyncio
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -39,15 +40,10 @@ async def test_worker_killed_mid_run_another_worker_finishes_every_task(
     queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:
     ids = await enqueue_many(queue, "sleep", [0.2] * 200)
-    first = procs.worker(settings.redis_url, queue.name, tmp_path / "w1.log", "--concurrency", "20")
-    try:
-        await eventually(lambda: _succeeded_at_least(queue, 30), timeout=20, what="30 tasks done")
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        held = (await queue.snapshot())["processing"]
-        assert held > 0, "the kill should catch tasks in flight"
-    finally:
-        procs.stop(first)
+    await a_worker_killed_once(queue, settings, tmp_path / "w1.log", "20",
+                               lambda: _succeeded_at_least(queue, 30), what="30 tasks done")
+    held = (await queue.snapshot())["processing"]
+    assert held > 0, "the kill should catch tasks in flight"
     await a_second_worker_finishes(queue, settings, ids, tmp_path / "w2.log", "50")
     snap = await queue.snapshot()
     assert snap["recovered"] >= held and snap["processing"] == 0 and snap["succeeded"] == 200
@@ -58,23 +54,30 @@ async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
 ) -> None:
     """Short tasks: the worker holds more than its runners (claimed ahead) when it dies."""
     ids = await enqueue_many(queue, "sleep", [0.001] * 20_000)
-    first = procs.worker(settings.redis_url, queue.name, tmp_path / "w1.log", "--concurrency", "16")
-    try:
-        lists: list[str] = []
+    lists: list[str] = []
 
-        async def holding_ahead() -> bool:
-            lists[:] = [k.decode() async for k in queue.redis.scan_iter(match=queue.keys.processing("*"))]
-            return len(lists) == 1 and await queue.redis.llen(lists[0]) > 16
+    async def holding_ahead() -> bool:
+        lists[:] = [k.decode() async for k in queue.redis.scan_iter(match=queue.keys.processing("*"))]
+        return len(lists) == 1 and await queue.redis.llen(lists[0]) > 16
 
-        await eventually(holding_ahead, timeout=20, interval=0.002, what="more tasks held than runners")
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-        held = [i.decode() for i in await queue.redis.lrange(lists[0], 0, -1)]
-        assert len(held) > 16, held
-    finally:
-        procs.stop(first)
+    await a_worker_killed_once(queue, settings, tmp_path / "w1.log", "16", holding_ahead,
+                               what="more tasks held than runners", interval=0.002)
+    held = [i.decode() for i in await queue.redis.lrange(lists[0], 0, -1)]
+    assert len(held) > 16, held
     await a_second_worker_finishes(queue, settings, ids, tmp_path / "w2.log", "16")
     assert {(await queue.get(i))["crashes"] for i in held} == {1}  # charged, run alone, not quarantined
+
+
+async def a_worker_killed_once(queue: Queue, settings: Settings, log: Path, concurrency: str,
+                               condition: Callable[[], Awaitable[bool]], what: str, interval: float = 0.01) -> None:
+    """Start a worker, SIGKILL it as soon as ``condition`` holds, and wait until it is gone."""
+    worker = procs.worker(settings.redis_url, queue.name, log, "--concurrency", concurrency)
+    try:
+        await eventually(condition, timeout=20, interval=interval, what=what)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    finally:
+        procs.stop(worker)
 
 
 async def a_second_worker_finishes(queue: Queue, settings: Settings, ids: list[str], log: Path,
