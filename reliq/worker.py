@@ -300,7 +300,7 @@ class Worker:
                 return
             start = time.perf_counter()
             try:
-                outcome = await self._execute(task, me)
+                outcome = await self._execute(task, me, start)
             finally:
                 self.busy -= 1
                 self._changed.set()
@@ -308,11 +308,10 @@ class Worker:
             self._done.append(outcome)
             self._settle_wake.set()
 
-    async def _execute(self, task: Claimed, runner: asyncio.Task[Any]) -> Outcome:
+    async def _execute(self, task: Claimed, runner: asyncio.Task[Any], start: float) -> Outcome:
         handler = self.registry.get(task.type)
         if handler is None:
             return Outcome(task, "unknown_type", f"no handler is registered for type {task.type!r}", 0)
-        start = time.perf_counter()
         try:
             result = await self._call(handler, task, runner)
             text = "" if result is None else orjson.dumps(result, default=str).decode()

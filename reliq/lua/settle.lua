@@ -16,7 +16,8 @@
 -- Counters and metrics are written once per field a batch.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command.
-local now = tostring(now_ms())
+local now = now_ms()
+local now_s = tostring(now)
 local cap = tonumber(ARGV[2])
 local stats, metrics, prefix = KEYS[5], KEYS[6], KEYS[7]
 local batch = cjson.decode(ARGV[3])
@@ -69,21 +70,21 @@ for _, t in ipairs(batch) do
   else
     applied = applied + 1
     if outcome == 'ok' then
-      redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now, 'result', text)
+      redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
       redis.call('PEXPIRE', key, ARGV[1])
       add(counts, 'succeeded', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
-      dead_letter(KEYS[4], stats, prefix, id, outcome, text, now, cap)
+      dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s, cap)
     else
       add(counts, 'failed', 1)
       local failures = redis.call('HINCRBY', key, 'failures', 1)
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
-        redis.call('ZADD', KEYS[3], tonumber(now) + t[6], id)
+        redis.call('ZADD', KEYS[3], now + t[6], id)
         add(counts, 'retried', 1)
       else
-        dead_letter(KEYS[4], stats, prefix, id, outcome, text, now, cap)
+        dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s, cap)
       end
     end
   end
