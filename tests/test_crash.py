@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from reliq.queue import Queue, make_spec
+from reliq.queue import Queue, make_spec, text
 from reliq.redis_server import RedisServer, free_port
 from reliq.settings import Settings
 from tests import procs
@@ -57,12 +57,12 @@ async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
     lists: list[str] = []
 
     async def holding_ahead() -> bool:
-        lists[:] = [k.decode() async for k in queue.redis.scan_iter(match=queue.keys.processing("*"))]
+        lists[:] = [text(k) async for k in queue.redis.scan_iter(match=queue.keys.processing("*"))]
         return len(lists) == 1 and await queue.redis.llen(lists[0]) > 16
 
     await a_worker_killed_once(queue, settings, tmp_path / "w1.log", "16", holding_ahead,
                                what="more tasks held than runners", interval=0.002)
-    held = [i.decode() for i in await queue.redis.lrange(lists[0], 0, -1)]
+    held = [text(i) for i in await queue.redis.lrange(lists[0], 0, -1)]
     assert len(held) > 16, held
     await a_second_worker_finishes(queue, settings, ids, tmp_path / "w2.log", "16")
     assert {(await queue.get(i))["crashes"] for i in held} == {1}  # charged, run alone, not quarantined
