@@ -14,6 +14,15 @@ from reliq.queue import Queue
 
 log = logging.getLogger(__name__)
 
+#: The longest the heartbeat waits between two tries to reach Redis again (seconds): one
+#: cheap call, so it retries often, and reapers know when every live worker is back.
+RECONNECT_CAP = 1.0
+
+
+def landing_time(interval: float) -> float:
+    """Seconds after Redis is back by which every live worker's heartbeat has landed."""
+    return RECONNECT_CAP + interval + 0.5  # the last backoff, one beat, and the call itself
+
 
 class Heartbeat:
     """Stamps one worker alive every ``interval`` seconds, with its info for the monitor."""
@@ -44,4 +53,4 @@ class Heartbeat:
 
     async def run(self) -> None:
         """Beat forever (until cancelled)."""
-        await every(self.interval, self.run_once, "heartbeat")
+        await every(self.interval, self.run_once, "heartbeat", reconnect_cap=RECONNECT_CAP)

@@ -58,6 +58,11 @@ class QueueKeys:
         return self.base + "reaper-lock"
 
     @property
+    def reaper_clock(self) -> str:
+        """HASH: when a reaper round last reached Redis, and the grace after an outage (ms)."""
+        return self.base + "reaper-clock"
+
+    @property
     def task_prefix(self) -> str:
         """Prefix of task hashes; scripts append the id (ids are data, not known up front)."""
         return self.base + "task:"

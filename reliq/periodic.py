@@ -13,10 +13,14 @@ from reliq.connection import UNAVAILABLE
 log = logging.getLogger(__name__)
 
 
+#: The longest a loop waits between two tries to reach Redis again (seconds).
+RECONNECT_CAP = 5.0
+
+
 class Backoff:
     """Growing, jittered delays for reconnecting: 50 ms doubling up to ``cap`` seconds."""
 
-    def __init__(self, first: float = 0.05, cap: float = 5.0) -> None:
+    def __init__(self, first: float = 0.05, cap: float = RECONNECT_CAP) -> None:
         self.first = first
         self.cap = cap
         self.failures = 0
@@ -61,13 +65,15 @@ async def cancel_all(tasks: Iterable[asyncio.Task[Any]], patience: float = 10.0)
             return
 
 
-async def every(interval: float, step: Callable[[], Awaitable[object]], name: str) -> None:
+async def every(interval: float, step: Callable[[], Awaitable[object]], name: str,
+                reconnect_cap: float = RECONNECT_CAP) -> None:
     """Run ``step`` every ``interval`` seconds until cancelled.
 
-    When Redis is unreachable the step is retried with backoff and a warning is logged
-    once per outage; any other error is logged with its traceback and the loop goes on.
+    When Redis is unreachable the step is retried with backoff (at most ``reconnect_cap``
+    seconds apart) and a warning is logged once per outage; any other error is logged
+    with its traceback and the loop goes on.
     """
-    backoff = Backoff()
+    backoff = Backoff(cap=reconnect_cap)
     while True:
         try:
             await step()

@@ -334,11 +334,16 @@ class Queue:
         now, known = await self._scripts("heartbeat", [k.workers, k.worker_info(worker_id)], args)
         return int(now), known == 1
 
-    async def silent_workers(self, lease_s: float) -> list[str]:
-        """Workers whose last heartbeat is older than the lease (by the server's clock)."""
-        sec, usec = await self.redis.time()
-        cutoff = sec * 1000 + usec // 1000 - int(lease_s * 1000)
-        return [text(w) for w in await self.redis.zrangebyscore(self.keys.workers, "-inf", cutoff)]
+    async def reap_round(self, owner: str, lease_s: float, interval_s: float, gap_s: float,
+                         grace_s: float) -> list[str]:
+        """Start a reaper's round: the workers silent past the lease (by the server's clock).
+
+        Empty when another reaper holds this round (for ``interval_s``), or for ``grace_s``
+        after no round reached Redis for over ``gap_s`` (an outage; see ``reap_scan.lua``).
+        """
+        k = self.keys
+        args = [owner, max(1, int(interval_s * 1000)), int(lease_s * 1000), int(gap_s * 1000), int(grace_s * 1000)]
+        return [text(w) for w in await self._scripts("reap_scan", [k.workers, k.reaper_lock, k.reaper_clock], args)]
 
     async def reap(self, worker_id: str, lease_s: float) -> tuple[int, int] | None:
         """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""

@@ -20,6 +20,7 @@ NAMES = (
     "settle",
     "promote",
     "heartbeat",
+    "reap_scan",
     "reap",
     "release",
     "dead_requeue",

@@ -33,7 +33,7 @@ import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq.connection import UNAVAILABLE
 from reliq.errors import PermanentError
 from reliq.fetcher import Fetcher
-from reliq.heartbeat import Heartbeat
+from reliq.heartbeat import Heartbeat, landing_time
 from reliq.periodic import Backoff, cancel_all, reraise_if_cancelled
 from reliq.promoter import Promoter
 from reliq.queue import Claimed, Outcome, Queue
@@ -112,7 +112,8 @@ class Worker:
             background += [
                 asyncio.create_task(heartbeat.run(), name="heartbeat"),
                 asyncio.create_task(Promoter(queue, s.promote_interval).run(), name="promoter"),
-                asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id).run(), name="reaper"),
+                asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id,
+                                           landing_time(s.heartbeat_interval)).run(), name="reaper"),
             ]
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))

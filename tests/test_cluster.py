@@ -124,7 +124,7 @@ async def test_each_queue_lives_on_one_shard_and_queues_spread_over_all_three(
     ports = set()
     for name in shard_queues:
         k = QueueKeys(name)
-        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.metrics, k.reaper_lock,
+        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.metrics, k.reaper_lock, k.reaper_clock,
                 k.task("x"), k.idem("y"), k.processing("w"), k.worker_info("w")]
         slots = {int(await rc.execute_command("CLUSTER KEYSLOT", key)) for key in keys}
         assert len(slots) == 1, f"keys of queue {name} span slots {slots}"
