@@ -117,7 +117,7 @@ def _quarantined_by_faults(record: Mapping[str, str], runs: list[Execution], eve
     poison pill; after ``crash_limit`` such kills it is quarantined, by design. It is in
     the dead-letter queue with its reason, not lost, but it is reported apart.
     """
-    hit = {ev.pid for ev in events if ev.role == "worker" and ev.action.split()[0] in ("kill", "stop")}
+    hit = {ev.pid for ev in events if ev.role == "worker" and ev.action.split()[0] in ("kill", "stop", "partition")}
     return sum(1 for e in runs if e.pid in hit) >= int(record.get("crashes", 0) or 0) > 0
 
 
@@ -159,7 +159,8 @@ def _cause(task_id: str, runs: list[Execution], events: list[Event], lease: floa
     """The fault on a worker that ran the task which explains why it ran again, or 'unexplained'."""
     pids = {e.pid for e in runs}
     low, high = runs[0].start - lease - 2.0, runs[-1].start
-    causes = {"kill": "worker SIGKILL", "stop": "worker stall", "term": "rolling restart"}
+    causes = {"kill": "worker SIGKILL", "stop": "worker stall", "term": "rolling restart",
+              "partition": "network partition"}
     for ev in events:
         if ev.role == "worker" and ev.pid in pids and low <= ev.t <= high:
             action = ev.action.split()[0]

@@ -85,11 +85,11 @@ class Cluster:
                     "RELIQ_PROMOTE_INTERVAL": "0.05", "RELIQ_RETRY_CAP": str(o.retry_cap)})
         return env
 
-    def _spawn(self, role: str, args: list[str]) -> Proc:
+    def _spawn(self, role: str, args: list[str], redis_url: str | None = None) -> Proc:
         self._count += 1
         self._logs.mkdir(parents=True, exist_ok=True)
         log = (self._logs / f"{self._count:03d}-{role}.log").open("wb")
-        cmd = [sys.executable, "-m", "reliq", *args, "--redis-url", self.redis.url, "--queue", self.queue,
+        cmd = [sys.executable, "-m", "reliq", *args, "--redis-url", redis_url or self.redis.url, "--queue", self.queue,
                "--log-level", "INFO"]
         popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                  stdin=subprocess.DEVNULL)
@@ -116,15 +116,15 @@ class Cluster:
             time.sleep(0.05)
         return self.api
 
-    def start_worker(self) -> Proc:
-        """Start one more worker process."""
+    def start_worker(self, redis_url: str | None = None) -> Proc:
+        """Start one more worker process (reaching Redis at ``redis_url``: a proxy, say)."""
         o = self.options
         proc = self._spawn("worker", [
             "work", "--app", "reliq.chaos.tasks", "--concurrency", str(o.concurrency), "--lease", str(o.lease),
             "--heartbeat-interval", str(o.heartbeat_interval), "--crash-limit", str(o.crash_limit),
             "--drain-timeout", str(o.drain_timeout), "--retry-base", str(o.retry_base),
             "--max-retries", str(o.max_retries),
-        ])
+        ], redis_url)
         self.workers.append(proc)
         return proc
 

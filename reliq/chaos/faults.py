@@ -18,9 +18,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from reliq.chaos.cluster import Cluster, Proc
+from reliq.chaos.proxy import Proxy
 
 #: Fault kinds, in report order.
-KINDS = ("worker-kill", "rolling-restart", "redis-kill", "redis-stall", "worker-stall", "poison", "api-kill")
+KINDS = ("worker-kill", "rolling-restart", "redis-kill", "redis-stall", "worker-stall", "partition", "poison",
+         "api-kill")
 
 
 @dataclass
@@ -81,14 +83,15 @@ class Injector:
         self.rng = rng
         self.submit_poison = submit_poison
         self.lease = cluster.options.lease
+        self.proxy: Proxy | None = None
 
     async def _fault(self, kind: str, action: Callable[[], Awaitable[tuple[list[int], str]]]) -> None:
         at = time.time()
         pids, detail = await action()
         self.log.faults.append(Fault(kind, at, time.time(), pids, detail))
 
-    def _start_worker(self) -> Proc:
-        proc = self.cluster.start_worker()
+    def _start_worker(self, redis_url: str | None = None) -> Proc:
+        proc = self.cluster.start_worker(redis_url)
         self.log.event("worker", proc.pid, "start")
         return proc
 
@@ -172,6 +175,37 @@ class Injector:
             return [victim.pid], f"stopped {seconds:g}s"
         await self._fault("worker-stall", act)
 
+    async def partition(self) -> None:
+        """Cut one worker off from Redis: a hold past the lease, then a reset, then heal.
+
+        The worker reaches Redis through a proxy of the run's; the rest of the fleet does
+        not. While held, its heartbeats stop arriving, so it is taken for dead and its
+        tasks run elsewhere; what it sends meanwhile (late acks) arrives after the heal and
+        must be dropped. The reset then closes its connections, which it must reopen.
+        """
+        seconds = self.lease + 1.5
+        async def act() -> tuple[list[int], str]:
+            if self.proxy is None:
+                self.proxy = await Proxy(self.cluster.redis.port).start()
+            victim = self._start_worker(self.proxy.url)
+            await asyncio.sleep(3.0)  # registered and holding work, or the partition proves nothing
+            if victim.popen.poll() is not None or victim.state != "running":
+                return [victim.pid], "the partitioned worker was gone before the cut"
+            self.log.event("worker", victim.pid, "partition")
+            self.proxy.hold()
+            await asyncio.sleep(seconds)
+            self.proxy.drop()
+            await asyncio.sleep(0.5)
+            self.proxy.restore()
+            self.log.event("worker", victim.pid, "heal")
+            return [victim.pid], f"held {seconds:g}s, reset, healed"
+        await self._fault("partition", act)
+
+    async def close(self) -> None:
+        """Stop the proxy, if a partition started one."""
+        if self.proxy is not None:
+            await self.proxy.close()
+
     async def poison(self) -> None:
         """Enqueue a task whose handler SIGKILLs its own worker, every time it runs."""
         async def act() -> tuple[list[int], str]:
@@ -203,7 +237,7 @@ class Injector:
         return {
             "worker-kill": self.kill_worker, "rolling-restart": self.rolling_restart,
             "redis-kill": self.kill_redis, "redis-stall": self.stall_redis, "worker-stall": self.stall_worker,
-            "poison": self.poison, "api-kill": self.kill_api,
+            "partition": self.partition, "poison": self.poison, "api-kill": self.kill_api,
         }[kind]
 
     # -- the streams --------------------------------------------------------------------

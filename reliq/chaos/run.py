@@ -84,7 +84,8 @@ async def _run(options: ChaosOptions, seed: int, workdir: Path, console: Console
         live = cluster.live_pids()
     finally:
         await cancel_all([supervisor])
-        codes = await asyncio.to_thread(cluster.stop)
+        codes = await asyncio.to_thread(cluster.stop)  # the proxy still serves its worker's hand-back
+        await injector.close()
     (workdir / "faults.json").write_bytes(orjson.dumps(faults.to_json(), option=orjson.OPT_INDENT_2))
     report = audit(load.accepted, read_executions(cluster.exec_log), faults, state, live, cluster.options.lease)
     if not drained:
