@@ -1,64 +1,104 @@
 """The Python client: enqueue, inspect and cancel tasks without going through HTTP.
 
-``AsyncClient`` is for asyncio code; ``Client`` is the same API for plain code (it runs
-an ``AsyncClient`` on a private event loop thread, so it also works inside notebooks
-and other programs that already run a loop). Concurrent ``enqueue`` calls of one client
-share round trips, as the API's requests do (:class:`~reliq.coalescer.Coalescer`):
-each still returns only once Redis has its task.
+``AsyncClient`` is for asyncio code: concurrent ``enqueue`` calls of one client share
+round trips, as the API's requests do (:class:`~reliq.coalescer.Coalescer`), and each
+still returns only once Redis has its task. ``Client`` is the same API for blocking
+code, on redis-py's sync client (:class:`~reliq.syncredis.SyncRedis`): one client may
+be shared by any number of threads, and it keeps working in processes forked after it
+was created or used (gunicorn ``--preload``, uWSGI, ``multiprocessing``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
 from reliq.coalescer import Coalescer
 from reliq.connection import connect
 from reliq.queue import Queue, TaskInfo, TaskSpec, make_spec
 from reliq.settings import DEFAULT_REDIS_URL, Settings, check_queue_name
+from reliq.syncqueue import SyncQueue
+from reliq.syncredis import SyncRedis
 
-T = TypeVar("T")
 TaskItem = tuple[str, Any] | Mapping[str, Any]
 #: The most tasks concurrent ``enqueue`` calls share one script call with.
 MAX_SHARED = 1000
+Q = TypeVar("Q", Queue, SyncQueue)
 
 
-class AsyncClient:
-    """Enqueue and inspect tasks of one queue from asyncio code."""
+class EnqueueOptions(TypedDict, total=False):
+    """The options of one ``enqueue`` call; each one left out takes the queue's default."""
 
-    def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
-                 settings: Settings | None = None) -> None:
+    #: The queue to put the task on (default: the client's).
+    queue: str | None
+    #: Retries after the first failed attempt (default: the settings' ``max_retries``, 3).
+    max_retries: int | None
+    #: Seconds to wait before the task is due.
+    delay: float | None
+    #: When the task is due: an aware datetime or RFC 3339 string (wins over ``delay``).
+    run_at: datetime | str | None
+    #: Seconds one attempt may run (default: the type's, then the worker's).
+    timeout: float | None
+    #: The same key returns the first task's id and enqueues nothing new (for 24 h).
+    idempotency_key: str | None
+
+
+class _Producer(Generic[Q]):
+    """What both clients share: settings, the queues by name, and checking a task's fields."""
+
+    settings: Settings
+    queue: Q
+
+    def _setup(self, redis_url: str, queue: str, settings: Settings | None) -> None:
         self.settings = (settings or Settings()).replace(redis_url=redis_url, queue=check_queue_name(queue))
-        self.redis = connect(redis_url)
-        self.queue = Queue(self.redis, self.settings)
-        self._queues = {queue: self.queue}
-        self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, bool]]] = {}
+        self.queue = self._open_queue(None)
+        self._queues: dict[str, Q] = {self.queue.name: self.queue}
 
-    def _queue(self, name: str | None) -> Queue:
+    def _open_queue(self, name: str | None) -> Q:
+        raise NotImplementedError
+
+    def _queue(self, name: str | None) -> Q:
         if name is None:
             return self.queue
         if name not in self._queues:
-            self._queues[name] = Queue(self.redis, self.settings, check_queue_name(name))
+            self._queues[name] = self._open_queue(check_queue_name(name))
         return self._queues[name]
 
     def _spec(self, type: str, payload: Any = None, **options: Any) -> TaskSpec:
         return make_spec(type, payload, default_max_retries=self.settings.max_retries, **options)
 
-    async def enqueue(self, type: str, payload: Any = None, *, queue: str | None = None,
-                      max_retries: int | None = None, delay: float | None = None,
-                      run_at: datetime | str | None = None, timeout: float | None = None,
-                      idempotency_key: str | None = None) -> str:
+    def _specs(self, tasks: Iterable[TaskItem]) -> list[TaskSpec]:
+        specs = []
+        for item in tasks:
+            if isinstance(item, Mapping):
+                options = dict(item)
+                specs.append(self._spec(options.pop("type", None), options.pop("payload", None), **options))
+            else:
+                specs.append(self._spec(*item))
+        return specs
+
+
+class AsyncClient(_Producer[Queue]):
+    """Enqueue and inspect tasks of one queue from asyncio code."""
+
+    def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
+                 settings: Settings | None = None) -> None:
+        self.redis = connect(redis_url)
+        self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, bool]]] = {}
+        self._setup(redis_url, queue, settings)
+
+    def _open_queue(self, name: str | None) -> Queue:
+        return Queue(self.redis, self.settings, name)
+
+    async def enqueue(self, type: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> str:
         """Enqueue one task; return its id (an earlier one's for a repeated idempotency key).
 
-        ``queue`` defaults to the client's; ``delay`` and ``timeout`` are seconds;
-        ``run_at`` is an aware datetime or RFC 3339 string and wins over ``delay``.
+        See :class:`EnqueueOptions` for the options: ``queue`` defaults to the client's;
+        ``delay`` and ``timeout`` are seconds; ``run_at`` wins over ``delay``.
         """
-        spec = self._spec(type, payload, max_retries=max_retries, delay=delay, run_at=run_at, timeout=timeout,
-                          idempotency_key=idempotency_key)
-        target = self._queue(queue)
+        target = self._queue(options.pop("queue", None))
+        spec = self._spec(type, payload, **options)
         if target.name not in self._coalescers:
             self._coalescers[target.name] = Coalescer(target.enqueue_specs, MAX_SHARED)
         task_id, _ = await self._coalescers[target.name].submit(spec)
@@ -70,13 +110,7 @@ class AsyncClient:
         Each item is ``(type, payload)`` or a mapping with ``type``, ``payload`` and the
         options of :meth:`enqueue` (but ``queue``, given once here).
         """
-        specs = []
-        for item in tasks:
-            if isinstance(item, Mapping):
-                options = dict(item)
-                specs.append(self._spec(options.pop("type", None), options.pop("payload", None), **options))
-            else:
-                specs.append(self._spec(*item))
+        specs = self._specs(tasks)
         if not specs:
             return []
         return [task_id for task_id, _ in await self._queue(queue).enqueue_specs(specs)]
@@ -100,45 +134,45 @@ class AsyncClient:
         await self.close()
 
 
-class Client:
-    """The blocking twin of :class:`AsyncClient`."""
+class Client(_Producer[SyncQueue]):
+    """The blocking twin of :class:`AsyncClient`: thread-safe, and safe across ``os.fork()``.
+
+    Each call is one round trip on a connection of its own thread; a forked child
+    opens its own connections on its first call and never touches the parent's.
+    """
 
     def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
                  settings: Settings | None = None) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="reliq-client", daemon=True)
-        self._thread.start()
-        self._async = self._run(self._make(redis_url, queue, settings))
+        self.redis = SyncRedis(redis_url)
+        self._setup(redis_url, queue, settings)
 
-    @staticmethod
-    async def _make(redis_url: str, queue: str, settings: Settings | None) -> AsyncClient:
-        return AsyncClient(redis_url, queue, settings)
+    def _open_queue(self, name: str | None) -> SyncQueue:
+        return SyncQueue(self.redis, self.settings, name)
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def enqueue(self, type: str, payload: Any = None, **options: Any) -> str:
-        """See :meth:`AsyncClient.enqueue`."""
-        return self._run(self._async.enqueue(type, payload, **options))
+    def enqueue(self, type: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> str:
+        """Enqueue one task; return its id. See :meth:`AsyncClient.enqueue`."""
+        target = self._queue(options.pop("queue", None))
+        [(task_id, _)] = target.enqueue_specs([self._spec(type, payload, **options)])
+        return task_id
 
     def enqueue_many(self, tasks: Iterable[TaskItem], queue: str | None = None) -> list[str]:
         """See :meth:`AsyncClient.enqueue_many`."""
-        return self._run(self._async.enqueue_many(list(tasks), queue))
+        specs = self._specs(tasks)
+        if not specs:
+            return []
+        return [task_id for task_id, _ in self._queue(queue).enqueue_specs(specs)]
 
     def get(self, task_id: str, queue: str | None = None) -> TaskInfo:
         """See :meth:`AsyncClient.get`."""
-        return self._run(self._async.get(task_id, queue))
+        return self._queue(queue).get(task_id)
 
     def cancel(self, task_id: str, queue: str | None = None) -> str:
         """See :meth:`AsyncClient.cancel`."""
-        return self._run(self._async.cancel(task_id, queue))
+        return self._queue(queue).cancel(task_id)
 
     def close(self) -> None:
-        """Close connections and stop the private loop."""
-        self._run(self._async.close())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        """Close this process's connections."""
+        self.redis.close()
 
     def __enter__(self) -> Client:
         return self

@@ -22,6 +22,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import redis
+import redis.cluster
+import redis.retry
+import redis.sentinel
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -49,28 +53,43 @@ CONNECT_TIMEOUT_S = 2.0
 
 
 def connect(url: str, *, max_connections: int = 16, socket_timeout: float | None = 10.0) -> Redis:
-    """A client for ``url`` whose pool holds at most ``max_connections`` connections.
+    """An asyncio client for ``url`` whose pool holds at most ``max_connections`` connections.
 
     The cluster client is handed out typed as ``Redis``: reliq only sends it commands
     and scripts whose keys share one queue's hash slot, which it routes like a single
     server (see docs/scaling.md).
     """
+    return cast(Redis, _connect(url, _ASYNC, max_connections, socket_timeout))
+
+
+def connect_sync(url: str, *, max_connections: int = 16, socket_timeout: float | None = 10.0) -> redis.Redis:
+    """The blocking twin of :func:`connect`: redis-py's thread-safe sync client, same options."""
+    return cast(redis.Redis, _connect(url, _SYNC, max_connections, socket_timeout))
+
+
+def is_single_server(url: str) -> bool:
+    """Whether ``url`` names one server directly (not a cluster, not through Sentinel)."""
+    scheme = url.partition("://")[0].lower()
+    return scheme not in CLUSTER_SCHEMES and scheme not in SENTINEL_SCHEMES
+
+
+def _connect(url: str, kind: _Kind, max_connections: int, socket_timeout: float | None) -> Any:
     scheme = url.partition("://")[0].lower()
     if scheme in CLUSTER_SCHEMES:
-        return cast(Redis, _cluster(parse_multi_host(url, DEFAULT_PORT), CLUSTER_SCHEMES[scheme],
-                                    max_connections, socket_timeout))
+        return _cluster(parse_multi_host(url, DEFAULT_PORT), kind, CLUSTER_SCHEMES[scheme],
+                        max_connections, socket_timeout)
     if scheme in SENTINEL_SCHEMES:
-        return _sentinel(parse_multi_host(url, DEFAULT_SENTINEL_PORT), SENTINEL_SCHEMES[scheme],
+        return _sentinel(parse_multi_host(url, DEFAULT_SENTINEL_PORT), kind, SENTINEL_SCHEMES[scheme],
                          max_connections, socket_timeout)
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=socket_timeout,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=socket_timeout,
-        health_check_interval=0,
-    )
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() disconnects it
+    pool = kind.pool.from_url(url, **pool_options(max_connections, socket_timeout))
+    return kind.redis.from_pool(pool)  # the client owns the pool: closing it disconnects the pool
+
+
+def pool_options(max_connections: int, socket_timeout: float | None) -> dict[str, Any]:
+    """The options of a single server's blocking pool, for either API of redis-py."""
+    return {"max_connections": max_connections, "timeout": socket_timeout,
+            "socket_connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": socket_timeout,
+            "health_check_interval": 0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +134,11 @@ def _host_port(text: str, default_port: int, url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _cluster(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: float | None) -> RedisCluster:
+def _cluster(u: MultiHostURL, kind: _Kind, tls: bool, max_connections: int, socket_timeout: float | None) -> Any:
     if u.service not in ("", "0"):  # the path of a cluster URL can only name database 0
         raise ConfigError("Redis Cluster has only database 0")
-    return RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in u.hosts],
+    return kind.cluster(
+        startup_nodes=[kind.node(h, p) for h, p in u.hosts],
         username=u.username,
         password=u.password,
         ssl=tls,
@@ -131,6 +150,10 @@ def _cluster(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: f
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """A Sentinel-managed pool that waits for a free connection instead of raising."""
+
+
+class SyncBlockingSentinelPool(redis.sentinel.SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The blocking twin of :class:`BlockingSentinelPool`."""
 
 
 class SentinelRedis(Redis):
@@ -145,7 +168,39 @@ class SentinelRedis(Redis):
             await client.aclose()
 
 
-def _sentinel(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: float | None) -> Redis:
+class SyncSentinelRedis(redis.Redis):
+    """The blocking twin of :class:`SentinelRedis`."""
+
+    sentinel_manager: redis.sentinel.Sentinel | None = None
+
+    def close(self) -> None:
+        """Close the pool of the primary, then the Sentinel clients."""
+        super().close()
+        for client in self.sentinel_manager.sentinels if self.sentinel_manager else ():
+            client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """The classes of one of redis-py's two APIs: the same options build either client."""
+
+    redis: Any
+    pool: Any
+    cluster: Any
+    node: Any
+    sentinel: Any
+    sentinel_redis: Any
+    sentinel_pool: Any
+    retry: Any
+
+
+_ASYNC = _Kind(Redis, BlockingConnectionPool, RedisCluster, ClusterNode, Sentinel, SentinelRedis,
+               BlockingSentinelPool, Retry)
+_SYNC = _Kind(redis.Redis, redis.BlockingConnectionPool, redis.cluster.RedisCluster, redis.cluster.ClusterNode,
+              redis.sentinel.Sentinel, SyncSentinelRedis, SyncBlockingSentinelPool, redis.retry.Retry)
+
+
+def _sentinel(u: MultiHostURL, kind: _Kind, tls: bool, max_connections: int, socket_timeout: float | None) -> Any:
     if not u.service:
         raise ConfigError("a redis+sentinel:// URL needs the service name as its path: "
                           "redis+sentinel://host:26379,host:26379/mymaster")
@@ -153,15 +208,15 @@ def _sentinel(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: 
                                        "socket_connect_timeout": CONNECT_TIMEOUT_S}
     if u.sentinel_password:
         sentinel_kwargs["password"] = u.sentinel_password
-    sentinel = Sentinel(list(u.hosts), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinel = kind.sentinel(list(u.hosts), sentinel_kwargs=sentinel_kwargs)
     # A few quick retries ride out the seconds of a failover (connecting asks the
     # Sentinels for the new primary each time); longer outages reach the callers, which
     # back off on UNAVAILABLE.
-    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries=3)
+    retry = kind.retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), retries=3)
     client = sentinel.master_for(
         u.service,
-        redis_class=SentinelRedis,
-        connection_pool_class=BlockingSentinelPool,
+        redis_class=kind.sentinel_redis,
+        connection_pool_class=kind.sentinel_pool,
         max_connections=max_connections,
         timeout=socket_timeout,
         socket_timeout=socket_timeout,
@@ -173,4 +228,4 @@ def _sentinel(u: MultiHostURL, tls: bool, max_connections: int, socket_timeout: 
         retry=retry,
     )
     client.sentinel_manager = sentinel
-    return cast(Redis, client)
+    return client

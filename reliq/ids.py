@@ -45,6 +45,18 @@ def new_id() -> str:
         return _encode(ms, _last_rand)
 
 
+def _after_fork_in_child() -> None:
+    """A forked child starts afresh: the parent's lock may have been held by a thread the
+    child does not have (it would never be released), and continuing the parent's
+    sequence would give both processes the same next ids within one millisecond."""
+    global _lock, _last_ms, _last_rand
+    _lock = threading.Lock()
+    _last_ms = _last_rand = 0
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def id_time_ms(task_id: str) -> int:
     """The creation time (ms since the epoch) encoded in a task id."""
     value = 0

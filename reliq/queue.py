@@ -18,7 +18,9 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from reliq.errors import CancelRefused, InvalidTask, NotReplicated, QueueFull, TaskNotFound
+from reliq import calls
+from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
+from reliq.errors import InvalidTask, NotReplicated, TaskNotFound
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
@@ -211,14 +213,8 @@ class Queue:
         have the tasks, and raises NotReplicated when they do not answer in time —
         the tasks are enqueued on the primary all the same.
         """
-        k = self.keys
-        batch = orjson.dumps([
-            (s.id, s.type, s.payload.decode(), str(s.max_retries), str(s.timeout_ms or ""), str(s.delay_ms),
-             s.idempotency_key, str(s.run_at_ms))
-            for s in specs
-        ])
-        keys = [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix]
-        args = [int(self.settings.idempotency_ttl * 1000), batch, self.settings.max_pending]
+        keys = calls.enqueue_keys(self.keys)
+        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs))
         if replicas and isinstance(self.redis, RedisCluster):
             # WAIT must follow the write on the same connection, and the cluster client
             # neither pipelines scripts nor routes a keyless WAIT to the queue's node.
@@ -233,10 +229,8 @@ class Queue:
             else:
                 raw = await self._scripts("enqueue", keys, args)
         except ResponseError as exc:
-            if str(exc).startswith("FULL "):
-                raise QueueFull(self.name, int(str(exc).split()[1]), self.settings.max_pending) from None
-            raise
-        results = [(text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+            raise calls.refused(exc, self.name, self.settings) or exc from None
+        results = calls.enqueued(raw)
         if replicas and acked < replicas:
             raise NotReplicated(results, int(acked), replicas)
         return results
@@ -249,22 +243,12 @@ class Queue:
 
     async def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""
-        raw = await self.redis.hgetall(self.keys.task(task_id))
-        if not raw:
-            raise TaskNotFound(task_id)
-        return decode_record(task_id, {text(k): v for k, v in raw.items()})
+        return record_of(task_id, await self.redis.hgetall(self.keys.task(task_id)))
 
     async def cancel(self, task_id: str) -> str:
         """Cancel a task that has not started; return the state it was in."""
-        k = self.keys
-        done, state = await self._scripts(
-            "cancel", [k.pending, k.delayed, k.stats, k.task_prefix], [task_id, int(self.settings.result_ttl * 1000)]
-        )
-        if not state:
-            raise TaskNotFound(task_id)
-        if not done:
-            raise CancelRefused(state.decode())
-        return str(state.decode())
+        raw = await self._scripts("cancel", calls.cancel_keys(self.keys), calls.cancel_args(task_id, self.settings))
+        return calls.cancelled(task_id, raw)
 
     # -- working ------------------------------------------------------------------
 
@@ -429,11 +413,6 @@ class Queue:
         return cast(Snapshot, snap)
 
 
-def text(value: bytes | str | Any) -> str:
-    """A Redis reply as text (replies are bytes; typing allows str too)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _iso(ms: bytes | None) -> str | None:
     if not ms:
         return None
@@ -442,6 +421,13 @@ def _iso(ms: bytes | None) -> str | None:
 
 def _text(raw: bytes | None) -> str | None:
     return raw.decode() if raw else None
+
+
+def record_of(task_id: str, raw: dict[Any, Any]) -> TaskInfo:
+    """A task hash as read by HGETALL, as the API's view; raise TaskNotFound when empty."""
+    if not raw:
+        raise TaskNotFound(task_id)
+    return decode_record(task_id, {text(k): v for k, v in raw.items()})
 
 
 def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:

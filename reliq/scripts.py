@@ -7,12 +7,14 @@ shared helpers exist once. redis-py's ``Script`` calls by SHA and reloads on NOS
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from typing import Any
 
+import redis
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 
 NAMES = (
     "enqueue",
@@ -38,6 +40,12 @@ def source(name: str) -> str:
     return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
+@cache
+def sha(name: str) -> str:
+    """The SHA1 that EVALSHA calls script ``name`` by."""
+    return hashlib.sha1(source(name).encode()).hexdigest()
+
+
 class Scripts:
     """The registered scripts of one Redis client, as awaitable callables."""
 
@@ -52,3 +60,14 @@ class Scripts:
         With ``client`` a pipeline, the call is queued on it instead.
         """
         return await self._scripts[name](keys=keys, args=args, client=client)
+
+
+class SyncScripts:
+    """The blocking twin of :class:`Scripts`, for redis-py's sync client."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._scripts: dict[str, Script] = {name: client.register_script(source(name)) for name in NAMES}
+
+    def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run script ``name`` with ``keys`` and ``args`` (EVALSHA, loading it if needed)."""
+        return self._scripts[name](keys=keys, args=args)

@@ -19,7 +19,7 @@ from redis.exceptions import ClusterDownError, MasterDownError, RedisClusterExce
 
 import reliq.builtins  # noqa: F401  (registers the built-in types)
 from reliq import api
-from reliq.client import AsyncClient
+from reliq.client import AsyncClient, Client
 from reliq.connection import UNAVAILABLE, connect, parse_multi_host
 from reliq.errors import ConfigError
 from reliq.keys import QueueKeys
@@ -156,6 +156,8 @@ async def _flow_on(url: str, queue_name: str, client: Redis) -> None:
         assert resp.status == 400 and "Redis Cluster" in (await resp.json())["error"]
     async with AsyncClient(url, queue_name, settings) as producer:
         client_ids = await producer.enqueue_many([("noop", i) for i in range(20)])
+    with Client(url, queue_name, settings) as blocking:  # redis-py's sync cluster client, routed alike
+        client_ids += [blocking.enqueue("noop", "sync"), *blocking.enqueue_many([("noop", 1), ("noop", 2)])]
     # two workers of the same queue share the work
     workers = [Worker(Queue(client, settings), settings, REGISTRY, burst=True) for _ in range(2)]
     assert all(await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 30))
@@ -165,7 +167,7 @@ async def _flow_on(url: str, queue_name: str, client: Redis) -> None:
     assert (dead["state"], dead["reason"], dead["attempts"]) == ("dead", "error", 2)
     assert await queue.dead_ids() == [fail_id]
     snap = await queue.snapshot()
-    assert (snap["succeeded"], snap["retried"], snap["dead"], snap["cancelled"]) == (28, 1, 1, 1)
+    assert (snap["succeeded"], snap["retried"], snap["dead"], snap["cancelled"]) == (31, 1, 1, 1)
     assert (snap["pending"], snap["processing"], snap["delayed"], snap["workers"]) == (0, 0, 0, 0)
     assert await queue.dead_requeue([fail_id]) == 1
     assert (await queue.get(fail_id))["state"] == "pending"

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from reliq.client import Client
 from reliq.connection import UNAVAILABLE, connect, parse_multi_host
 from reliq.errors import ConfigError
+from reliq.keys import QueueKeys
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
@@ -203,6 +205,15 @@ def _state_is(queue: Queue, task_id: str, state: str) -> object:
     async def check() -> bool:
         return (await queue.get(task_id))["state"] == state
     return check
+
+
+def test_sync_client_writes_to_the_primary_the_sentinels_name(topology: Topology) -> None:
+    with Client(topology.url, "q-sync") as client:
+        task_id = client.enqueue("noop", "through the sentinels")
+        assert client.get(task_id)["payload"] == "through the sentinels"
+        assert client.cancel(task_id) == "pending"
+    # on the primary itself, not a replica or a stale address
+    assert _cli(topology.primary.port, "HGET", QueueKeys("q-sync").task(task_id), "state").strip() == "cancelled"
 
 
 def test_sentinel_urls_name_the_sentinels_the_service_and_the_database() -> None:

@@ -18,3 +18,8 @@ def noop():
 def enqueue(n: int, concurrency: int) -> None:
     for _ in range(n):
         noop.send()
+
+
+def sender(lib: str):
+    """What one blocking enqueue is (bench/peers/apps/sequential.py)."""
+    return noop.send

@@ -1,0 +1,78 @@
+"""The pure half of the producer's script calls: the KEYS and ARGV each takes, and what its reply means.
+
+``Queue`` (asyncio, ``queue.py``) and ``SyncQueue`` (blocking, ``syncqueue.py``) do only
+the I/O and call these for everything else, so the two clients cannot drift apart in
+what they send or how they read the answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from reliq.errors import CancelRefused, QueueFull, TaskNotFound
+from reliq.keys import QueueKeys
+from reliq.settings import Settings
+
+if TYPE_CHECKING:
+    from reliq.queue import TaskSpec
+
+
+def enqueue_keys(k: QueueKeys) -> list[str]:
+    """KEYS of enqueue.lua."""
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix]
+
+
+def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
+    """The tasks as enqueue.lua's one JSON argument (ARGV[2]), numbers as strings."""
+    return orjson.dumps([
+        (s.id, s.type, s.payload.decode(), str(s.max_retries), str(s.timeout_ms or ""), str(s.delay_ms),
+         s.idempotency_key, str(s.run_at_ms))
+        for s in specs
+    ])
+
+
+def enqueue_args(settings: Settings, batch: bytes) -> list[Any]:
+    """ARGV of enqueue.lua: idempotency TTL (ms), the batch, the admission limit."""
+    return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending]
+
+
+def enqueued(raw: Sequence[Any]) -> list[tuple[str, bool]]:
+    """enqueue.lua's reply as (task id, created now) for each task."""
+    return [(text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+
+
+def refused(exc: ResponseError, queue: str, settings: Settings) -> QueueFull | None:
+    """The QueueFull that enqueue.lua's error stands for, or None when it is another error."""
+    message = str(exc)
+    if message.startswith("FULL "):
+        return QueueFull(queue, int(message.split()[1]), settings.max_pending)
+    return None
+
+
+def cancel_keys(k: QueueKeys) -> list[str]:
+    """KEYS of cancel.lua."""
+    return [k.pending, k.delayed, k.stats, k.task_prefix]
+
+
+def cancel_args(task_id: str, settings: Settings) -> list[Any]:
+    """ARGV of cancel.lua: the id and how long the cancelled record is kept (ms)."""
+    return [task_id, int(settings.result_ttl * 1000)]
+
+
+def cancelled(task_id: str, raw: Sequence[Any]) -> str:
+    """cancel.lua's reply as the state the task was in; raise when there was nothing to cancel."""
+    done, state = raw
+    if not state:
+        raise TaskNotFound(task_id)
+    if not done:
+        raise CancelRefused(text(state))
+    return text(state)
+
+
+def text(value: bytes | str | Any) -> str:
+    """A Redis reply as text (replies are bytes; typing allows str too)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

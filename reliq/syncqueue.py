@@ -1,0 +1,46 @@
+"""The producer's side of a queue for blocking code: enqueue, get and cancel over :class:`SyncRedis`.
+
+The same scripts, keys and replies as :class:`reliq.queue.Queue` (both build their calls
+and read the replies with ``reliq.calls``); only the I/O is blocking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from redis.exceptions import ResponseError
+
+from reliq import calls
+from reliq.keys import QueueKeys
+from reliq.queue import TaskInfo, TaskSpec, record_of
+from reliq.settings import Settings
+from reliq.syncredis import SyncRedis
+
+
+class SyncQueue:
+    """One named queue, as a blocking producer sees it."""
+
+    def __init__(self, redis: SyncRedis, settings: Settings, name: str | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.name = name or settings.queue
+        self.keys = QueueKeys(self.name)
+        self._enqueue_keys = calls.enqueue_keys(self.keys)
+
+    def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool]]:
+        """Enqueue all ``specs`` atomically; (task id, created now) for each (raises QueueFull)."""
+        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs))
+        try:
+            raw = self.redis.script("enqueue", self._enqueue_keys, args)
+        except ResponseError as exc:
+            raise calls.refused(exc, self.name, self.settings) or exc from None
+        return calls.enqueued(raw)
+
+    def get(self, task_id: str) -> TaskInfo:
+        """The record of ``task_id``; raise TaskNotFound when there is none."""
+        return record_of(task_id, self.redis.client.hgetall(self.keys.task(task_id)))
+
+    def cancel(self, task_id: str) -> str:
+        """Cancel a task that has not started; return the state it was in."""
+        raw = self.redis.script("cancel", calls.cancel_keys(self.keys), calls.cancel_args(task_id, self.settings))
+        return calls.cancelled(task_id, raw)

@@ -1,0 +1,153 @@
+"""The producer's blocking Redis: shared by threads, safe across ``fork()``, one round trip a call.
+
+- **Threads**: script calls take a connection from a stack of idle ones (``list.pop`` and
+  ``append`` are atomic) or open a new one, so each thread has a connection to itself
+  for the length of one call and no lock is held anywhere; other commands go through
+  redis-py's sync client, whose pool is thread-safe.
+- **Fork**: everything lives in one ``_State`` stamped with the pid that made it. A call
+  in another process (a gunicorn ``--preload`` worker, a ``multiprocessing`` child) finds
+  the pid changed and builds a new state: new client, new pool, no connections. The
+  inherited state is kept but never used nor closed — closing it would run redis-py's
+  pool code in the child, which takes the pool's lock, and a thread of the parent may
+  have held that lock at the fork (redis-py's own pid check waits 5 s on its fork lock,
+  then its ``reset()`` takes the pool lock without a timeout).
+- **Speed**: on a single server (``redis://``, ``rediss://``, ``unix://``) a script call is
+  one EVALSHA written as one buffer (the command, SHA and keys packed once) and one
+  hiredis read: redis-py's ``Script`` call spent about as long in its pool and command
+  layers as Redis took to run the script (bench/sync_client.py). Cluster and Sentinel
+  URLs go through redis-py's client, which routes and follows failovers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from reliq.connection import connect_sync, is_single_server, pool_options
+from reliq.scripts import SyncScripts, sha, source
+
+#: What forked children inherited: kept so that it is never garbage-collected (and so
+#: never closed) in the child; see the module docstring.
+_INHERITED: list[_State] = []
+
+
+def _bulk(value: bytes | str | int | float) -> bytes:
+    """One RESP bulk string (redis-py's packer costs 9 µs a call against 3 for this)."""
+    if isinstance(value, str):
+        value = value.encode()
+    elif isinstance(value, int):
+        value = b"%d" % value
+    elif isinstance(value, float):
+        value = repr(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+@dataclass
+class _State:
+    """One process's connections."""
+
+    url: str
+    max_connections: int
+    pid: int = field(default_factory=os.getpid)
+    client: redis.Redis = field(init=False)
+    scripts: SyncScripts = field(init=False)
+    #: The factory of direct connections, None for Cluster and Sentinel URLs.
+    factory: redis.ConnectionPool | None = field(init=False)
+    idle: list[Any] = field(default_factory=list)  # redis-py Connections (whose methods are untyped)
+    heads: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.client = connect_sync(self.url, max_connections=self.max_connections)
+        self.scripts = SyncScripts(self.client)
+        self.factory = None
+        if is_single_server(self.url):
+            options = pool_options(self.max_connections, 10.0)
+            del options["max_connections"], options["timeout"]  # the stack grows with the threads
+            self.factory = redis.ConnectionPool.from_url(self.url, **options)
+
+    def head(self, name: str, keys: Sequence[str]) -> bytes:
+        """EVALSHA, the script's SHA, the number of keys and the keys, packed once."""
+        index = (name, tuple(keys))
+        parts: list[bytes | str | int | float]
+        packed = self.heads.get(index)
+        if packed is None:
+            parts = ["EVALSHA", sha(name), len(keys), *keys]
+            packed = self.heads[index] = b"".join([_bulk(a) for a in parts])
+        return packed
+
+
+class SyncRedis:
+    """A Redis of one process at a time for blocking producers: see the module docstring."""
+
+    def __init__(self, url: str, max_connections: int = 16) -> None:
+        self._state = _State(url, max_connections)
+
+    def _current(self) -> _State:
+        state = self._state
+        if state.pid != os.getpid():  # forked: start afresh, touch nothing inherited
+            _INHERITED.append(state)
+            state = self._state = _State(state.url, state.max_connections)
+        return state
+
+    @property
+    def client(self) -> redis.Redis:
+        """redis-py's sync client of this process, for commands other than scripts."""
+        return self._current().client
+
+    def script(self, name: str, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
+        """Run script ``name`` (EVALSHA, loading it on NOSCRIPT, e.g. after a Redis restart)."""
+        state = self._current()
+        if state.factory is None:
+            return state.scripts(name, list(keys), list(args))
+        packed = b"*%d\r\n%s%s" % (3 + len(keys) + len(args), state.head(name, keys),
+                                   b"".join([_bulk(a) for a in args]))
+        for attempt in (1, 2):
+            try:
+                conn, fresh = state.idle.pop(), False
+            except IndexError:
+                conn, fresh = cast(Any, state.factory.make_connection()), True
+            try:
+                reply = _round_trip(conn, packed, name)
+            except ResponseError:
+                state.idle.append(conn)  # the error reply was read whole: the connection is fine
+                raise
+            except RedisConnectionError:
+                conn.disconnect()
+                # An idle connection the server closed meanwhile (a restart, its idle
+                # timeout) fails before anything ran: once more on a new connection.
+                # A timeout is not retried: the script may have run.
+                if fresh or attempt == 2:
+                    raise
+                continue
+            except BaseException:
+                conn.disconnect()  # a reply may be left unread: never reuse the connection
+                raise
+            state.idle.append(conn)
+            return reply
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close this process's connections (a forked child's inherited ones stay untouched)."""
+        state = self._state
+        if state.pid != os.getpid():
+            return
+        while state.idle:
+            state.idle.pop().disconnect()
+        state.client.close()
+
+
+def _round_trip(conn: Any, packed: bytes, name: str) -> Any:
+    conn.send_packed_command([packed], check_health=False)
+    try:
+        return conn.read_response()
+    except NoScriptError:  # a restarted or flushed server: load the script, call again
+        conn.send_command("SCRIPT", "LOAD", source(name))
+        conn.read_response()
+        conn.send_packed_command([packed], check_health=False)
+        return conn.read_response()
