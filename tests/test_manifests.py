@@ -186,8 +186,13 @@ def test_both_autoscalers_scale_the_worker_deployment() -> None:
 
 
 def referenced_metrics() -> set[str]:
-    """Every reliq_* metric named in the manifests and in docs/scaling.md."""
-    texts = [p.read_text() for p in K8S.rglob("*.yaml")] + [(ROOT / "docs" / "scaling.md").read_text()]
+    """Every reliq_* metric named in the manifests and in docs/scaling.md.
+
+    monitoring/ (the alert rules) is left to tests/test_rules.py: it names recording rules
+    and metrics other changes announced.
+    """
+    texts = [p.read_text() for p in K8S.rglob("*.yaml") if "monitoring" not in p.parts]
+    texts.append((ROOT / "docs" / "scaling.md").read_text())
     return {m for text in texts for m in re.findall(r"\breliq_[a-z_]+\b", text)}
 
 
