@@ -29,7 +29,7 @@ from rich.console import Console
 
 from reliq.redis_server import RedisServer
 
-LIBS = ("reliq", "dramatiq")
+LIBS = ("reliq", "reliq-task", "dramatiq")
 
 
 def one_run(lib: str, url: str, calls: int) -> dict[str, float]:

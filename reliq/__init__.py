@@ -2,6 +2,7 @@
 
 from reliq.client import AsyncClient, Client
 from reliq.errors import CancelRefused, InvalidTask, PermanentError, ReliqError, TaskNotFound
+from reliq.producer import TaskFunction, configure
 from reliq.registry import Context, task
 from reliq.settings import Settings
 
@@ -14,7 +15,9 @@ __all__ = [
     "PermanentError",
     "ReliqError",
     "Settings",
+    "TaskFunction",
     "TaskNotFound",
+    "configure",
     "task",
 ]
 __version__ = "0.1.0"

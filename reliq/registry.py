@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate
+
+from reliq.producer import P, R, T, TaskFunction
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,8 @@ class Registry:
 
     def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None) -> Handler:
         """Register ``fn`` for task type ``name`` (a later registration replaces it)."""
+        if isinstance(fn, TaskFunction):  # already decorated: register the function itself
+            fn = fn.fn
         params = [
             p for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -67,20 +71,22 @@ class Registry:
 #: The registry ``@reliq.task`` fills and ``reliq work`` serves.
 REGISTRY = Registry()
 
-F = Callable[..., Awaitable[Any] | Any]
-
-
-def task(name: str, *, timeout: float | None = None) -> Callable[[F], F]:
+def task(name: str, *, timeout: float | None = None
+         ) -> Callable[[Callable[Concatenate[T, P], R]], TaskFunction[T, P, R]]:
     """Register the decorated function as the handler of task type ``name``.
 
     The function takes ``(payload)`` or ``(payload, ctx)``; async functions run on the
     worker's event loop, plain ones in its thread pool. ``timeout`` (seconds) overrides
     the worker's default for this type. Raise ``reliq.PermanentError`` to dead-letter
     the task without retries.
+
+    The decorated name stays callable as the function, and becomes a producer:
+    ``fn.enqueue(payload, **options)`` and ``await fn.aenqueue(...)`` (see
+    :mod:`reliq.producer`), the payload type-checked against the first parameter's.
     """
 
-    def register(fn: F) -> F:
+    def register(fn: Callable[Concatenate[T, P], R]) -> TaskFunction[T, P, R]:
         REGISTRY.add(name, fn, timeout=timeout)
-        return fn
+        return TaskFunction(name, fn)
 
     return register
