@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 from rich.console import Console
 from rich.table import Table
 
-from reliq import deadletter
+from reliq import deadletter, dlq_io
 from reliq.connection import UNAVAILABLE, connect
 from reliq.deadletter import DeadFilter, Replay
-from reliq.errors import TaskNotFound
+from reliq.errors import InvalidTask, TaskNotFound
 from reliq.metrics import read_workers
 from reliq.queue import COUNTERS, Queue
 from reliq.runner import run
@@ -161,6 +164,62 @@ async def _progress(job: Replay) -> None:
     while True:
         await asyncio.sleep(2.0)
         out.print(f"... {job.requeued:,} of {job.total or 0:,} requeued", markup=False)
+
+
+def dlq_edit(settings: Settings, task_id: str, payload: Any, requeue: bool = False) -> int:
+    """``reliq dlq edit ID --payload`` (and ``requeue ID --payload``): change, then maybe requeue."""
+
+    async def body(queue: Queue) -> int:
+        if not await deadletter.edit(queue, task_id, payload, editor(), requeue=requeue):
+            raise TaskNotFound(task_id)
+        out.print(f"{'edited and requeued' if requeue else 'edited'} {task_id}", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def editor() -> str:
+    """Who edits from this terminal, for the record: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "?"
+    return f"{user}@{socket.gethostname()} (cli)"
+
+
+def dlq_export(settings: Settings, flt: DeadFilter, archived: bool) -> int:
+    """``reliq dlq export``: JSON Lines on stdout, a summary on stderr."""
+
+    async def body(queue: Queue) -> int:
+        n = 0
+        async for line in dlq_io.export(queue, flt, archived):
+            sys.stdout.buffer.write(dlq_io.encode(line))
+            n += 1
+        sys.stdout.buffer.flush()
+        err.print(f"exported {n:,} dead task(s){_describe(flt)} of {queue.name!r}"
+                  + (", archived ones included" if archived else ""))
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def dlq_import(settings: Settings, file: BinaryIO, queue_flag: str | None) -> int:
+    """``reliq dlq import FILE``: check the whole file first (exit 2, nothing written), then import."""
+    try:
+        by_queue = dlq_io.parse(file, queue_flag)
+    except InvalidTask as exc:
+        err.print(f"reliq: {getattr(file, 'name', 'input')}: {exc}; nothing was imported", markup=False,
+                  soft_wrap=True)
+        return 2
+
+    async def body(queue: Queue) -> int:
+        for name, tasks in by_queue.items():
+            created = await dlq_io.import_tasks(Queue(queue.redis, settings, name), tasks)
+            out.print(f"{name}: imported {len(created):,} dead task(s), skipped {len(tasks) - len(created):,} "
+                      "whose id exists already", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
 
 
 def dlq_purge(settings: Settings, ids: Sequence[str], flt: DeadFilter, confirm: Confirm) -> int:

@@ -34,9 +34,16 @@ def _one_queue(fn: F) -> F:
 
 
 def _private_option(fn: F) -> F:
-    """``--private``: the monitor's read-only views need the token too."""
+    """Who may read the monitor: ``--private``, ``--public-read``, ``--public-metrics``."""
+    fn = click.option("--public-metrics", is_flag=True, default=None,
+                      help="Monitor: serve /metrics without a token (a Prometheus that cannot send one) "
+                           "[env RELIQ_PUBLIC_METRICS]")(fn)
+    fn = click.option("--public-read", is_flag=True, default=None,
+                      help="Monitor beyond loopback: let anyone read stats and dead letters without a token "
+                           "[env RELIQ_PUBLIC_READ]")(fn)
     return click.option("--private", is_flag=True, default=None,
-                        help="Monitor: require RELIQ_API_TOKEN for read-only views too [env RELIQ_PRIVATE]")(fn)
+                        help="Monitor: require a token for reads even on loopback (RELIQ_API_TOKEN, or "
+                             "RELIQ_READ_TOKEN for reads only) [env RELIQ_PRIVATE]")(fn)
 
 
 def _worker_options(fn: F) -> F:
@@ -56,6 +63,10 @@ def _worker_options(fn: F) -> F:
         click.option("--lease", type=float, help="Seconds of silence before a worker is taken for dead [15]"),
         click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats [2]"),
         click.option("--crash-limit", type=click.IntRange(1), help="Solo crashes before quarantine [3]"),
+        click.option("--dead-cap", type=click.IntRange(0),
+                     help="Dead tasks kept before the oldest move to the archive [0 = no cap]"),
+        click.option("--dead-archive-cap", type=click.IntRange(1),
+                     help="Entries the dead-letter archive keeps; older ones are deleted, counted [100000]"),
     ]):
         fn = decorator(fn)
     return fn
@@ -263,18 +274,61 @@ def dlq_show(redis_url: str | None, queue: str | None, task_id: str) -> None:
     _exit(reliq.admin.dlq_show(_admin_settings(redis_url, queue), task_id))
 
 
+def _json_payload(raw: str) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--payload") from None
+
+
 @dlq.command(name="requeue")
 @_dlq_common
 @_dead_filter
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every dead task (narrow with --type/--reason)")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Requeue at most this many tasks/s")
+@click.option("--payload", help="With one ID: replace its payload (JSON) first; the edit is recorded")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation")
 def dlq_requeue(redis_url: str | None, queue: str | None, ids: tuple[str, ...], all_: bool, type_: str | None,
-                reason: str | None, rate: float | None, yes: bool) -> None:
+                reason: str | None, rate: float | None, payload: str | None, yes: bool) -> None:
     """Send dead tasks back to pending with a fresh retry budget: IDS, or --all/--type/--reason."""
     flt = _bulk(ids, all_, type_, reason)
-    _exit(reliq.admin.dlq_requeue(_admin_settings(redis_url, queue), ids, flt, rate, _confirm(yes)))
+    settings = _admin_settings(redis_url, queue)
+    if payload is not None:
+        if len(ids) != 1:
+            raise click.UsageError("--payload edits one task: give exactly one task id")
+        _exit(reliq.admin.dlq_edit(settings, ids[0], _json_payload(payload), requeue=True))
+    _exit(reliq.admin.dlq_requeue(settings, ids, flt, rate, _confirm(yes)))
+
+
+@dlq.command(name="edit")
+@_dlq_common
+@click.argument("task_id")
+@click.option("--payload", required=True, help="The new payload, as JSON")
+def dlq_edit(redis_url: str | None, queue: str | None, task_id: str, payload: str) -> None:
+    """Replace a dead task's payload before requeuing it (who, when and the old payload are recorded)."""
+    _exit(reliq.admin.dlq_edit(_admin_settings(redis_url, queue), task_id, _json_payload(payload)))
+
+
+@dlq.command(name="export")
+@_dlq_common
+@_dead_filter
+@click.option("--archived", is_flag=True, help="Also the tasks evicted past the cap into the archive")
+def dlq_export(redis_url: str | None, queue: str | None, type_: str | None, reason: str | None,
+               archived: bool) -> None:
+    """Write dead tasks to stdout as JSON Lines, newest first (whole records: `reliq dlq import` reads them)."""
+    _exit(reliq.admin.dlq_export(_admin_settings(redis_url, queue), DeadFilter(type=type_, reason=reason), archived))
+
+
+@dlq.command(name="import")
+@_dlq_common
+@click.argument("file", type=click.File("rb"))
+def dlq_import(redis_url: str | None, queue: str | None, file: Any) -> None:
+    """Dead-letter again the tasks of an export FILE ('-' for stdin); ids that exist are skipped.
+
+    Each task goes to the queue its line names, or to --queue when given.
+    """
+    _exit(reliq.admin.dlq_import(_admin_settings(redis_url, queue), file, queue))
 
 
 @dlq.command(name="purge")

@@ -15,7 +15,9 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TypedDict
+from typing import Any, TypedDict
+
+import orjson
 
 from reliq.connection import UNAVAILABLE
 from reliq.errors import TaskNotFound
@@ -151,12 +153,46 @@ async def matching_ids(queue: Queue, flt: DeadFilter) -> list[str]:
     return [i async for chunk in kinds(queue) for i, ttype, reason in chunk if flt.matches(ttype, reason)]
 
 
-async def show(queue: Queue, task_id: str) -> TaskInfo:
+class Edit(TypedDict):
+    """One change of a dead task's payload, as its record keeps it."""
+
+    at: str
+    by: str
+    previous_payload: Any
+
+
+class DeadTask(TaskInfo):
+    """A dead task's full record, with the payload edits made to it (oldest first)."""
+
+    edits: list[Edit]
+
+
+async def show(queue: Queue, task_id: str) -> DeadTask:
     """The full record of a dead task; TaskNotFound when the id is not dead-lettered."""
     info = await queue.get(task_id)
     if info["state"] != "dead":
         raise TaskNotFound(task_id)
-    return info
+    [[raw]] = await queue.task_fields([task_id], ["edits"])
+    return DeadTask(**info, edits=decode_edits(raw))
+
+
+def decode_edits(raw: bytes | str | None) -> list[Edit]:
+    """The ``edits`` field of a record (a JSON array, times in ms) as the API shows it."""
+    edits = orjson.loads(raw) if raw else []
+    return [Edit(at=datetime.fromtimestamp(int(e["at"]) / 1000, UTC).isoformat(timespec="milliseconds")
+                 .replace("+00:00", "Z"), by=str(e["by"]), previous_payload=orjson.loads(e["previous_payload"]))
+            for e in edits]
+
+
+async def edit(queue: Queue, task_id: str, payload: Any, by: str, requeue: bool = False) -> bool:
+    """Replace a dead task's payload (the edit is recorded on it), then requeue it if asked.
+
+    False when the task is not dead-lettered. The edit and the requeue are two atomic
+    steps: a crash between them leaves the task dead with its new payload, edit recorded.
+    """
+    if not await queue.dead_edit(task_id, payload, by):
+        return False
+    return await requeue_one(queue, task_id) if requeue else True
 
 
 async def requeue_one(queue: Queue, task_id: str) -> bool:

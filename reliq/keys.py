@@ -38,6 +38,11 @@ class QueueKeys:
         return self.base + "dead"
 
     @property
+    def dead_archive(self) -> str:
+        """STREAM of dead tasks evicted past the dead-letter cap (whole records), capped itself."""
+        return self.base + "dead-archive"
+
+    @property
     def workers(self) -> str:
         """ZSET worker id -> last heartbeat (ms, Redis server time)."""
         return self.base + "workers"

@@ -30,6 +30,12 @@ COUNTER_HELP = {
     "requeued": "Dead-lettered tasks sent back to pending.",
     "cancelled": "Tasks cancelled before they started.",
 }
+#: Dead-letter counters of the stats hash exported as reliq_<name>_total.
+DEAD_COUNTER_HELP = {
+    "dead_evicted": "Dead tasks evicted past the dead-letter cap into the archive.",
+    "dead_archive_dropped": "Archived dead tasks deleted past the archive's own cap (lost for good).",
+    "dead_imported": "Dead tasks created by `reliq dlq import`.",
+}
 
 
 @dataclass
@@ -196,11 +202,20 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                                 labels=["queue", "type", "outcome"])
     counters = {name: CounterMetricFamily(f"reliq_tasks_{name}", doc, labels=["queue"])
                 for name, doc in COUNTER_HELP.items()}
+    counters |= {name: CounterMetricFamily(f"reliq_{name}", doc, labels=["queue"])
+                 for name, doc in DEAD_COUNTER_HELP.items()}
+    dead_age = GaugeMetricFamily("reliq_dead_letter_oldest_age_seconds",
+                                 "Seconds since the oldest task in the dead-letter queue died (0 when empty).",
+                                 labels=["queue"])
+    archived = GaugeMetricFamily("reliq_dead_archived", "Dead tasks held in the archive (evicted past the cap).",
+                                 labels=["queue"])
     for r in readings:
         q, snap = r.snapshot["queue"], r.snapshot
         for state, key in DEPTHS.items():
             depth.add_metric([q, state], snap[key])  # type: ignore[literal-required]
         lag.add_metric([q], snap["lag_s"])
+        dead_age.add_metric([q], snap["dead_oldest_age_s"])
+        archived.add_metric([q], snap["dead_archived"])
         workers.add_metric([q], snap["workers"])
         in_flight.add_metric([q], r.in_flight)
         slots.add_metric([q], r.slots)
@@ -209,7 +224,7 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                 tasks.add_metric([q, ttype, outcome], n)
         for name, family in counters.items():
             family.add_metric([q], snap[name])  # type: ignore[literal-required]
-    yield from (depth, lag, workers, in_flight, slots, tasks, *counters.values())
+    yield from (depth, lag, dead_age, archived, workers, in_flight, slots, tasks, *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
 

@@ -1,8 +1,10 @@
 """The monitor (``reliq monitor``): the live dashboard, /stats, /metrics, dead-letter actions.
 
-Read-only views are open unless ``--private``; when an API token is set, every mutating
-endpoint needs ``Authorization: Bearer <token>``. A background sampler reads the queue
-once a second for rates, the 15-minute history and the Server-Sent Events stream.
+Who may read and write is decided once, by :func:`access` (see docs/monitor.md): with a
+token set, every mutating endpoint needs ``Authorization: Bearer <RELIQ_API_TOKEN>``, and
+reads need it (or ``RELIQ_READ_TOKEN``) too beyond loopback, unless ``--public-read``.
+A background sampler reads the queue once a second for rates, the 15-minute history and
+the Server-Sent Events stream.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from reliq.errors import TaskNotFound
 from reliq.periodic import cancel_all
 from reliq.queue import Queue
 from reliq.sampler import RATE_WINDOW_S, Sampler
-from reliq.settings import Settings
-from reliq.web import bearer_auth, error, errors_as_json, json_response
+from reliq.settings import Settings, is_loopback
+from reliq.web import ROLE, Access, access_guard, error, errors_as_json, json_response
 
 
 @dataclass
@@ -49,6 +51,8 @@ MAX_RATE = 100_000.0
 #: What the page may load: only reliq itself (no CDN), and no inline script.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; frame-ancestors 'none'")
+#: Longest editor name a payload edit records.
+MAX_BY = 200
 #: Seconds between SSE keep-alive comments when no reading arrives (Redis down).
 KEEPALIVE_S = 5.0
 
@@ -179,18 +183,45 @@ async def dead_show(request: web.Request) -> web.Response:
         return error(404, f"no task {task_id!r} in the dead-letter queue")
 
 
-async def dead_requeue_one(request: web.Request) -> web.Response:
-    """POST /dead/{id}/requeue: send one dead task back to pending with a fresh retry budget."""
+def _editor(request: web.Request, body: dict[str, Any]) -> str:
+    """Who made an edit, for the record: the body's "by" (a name) with how they authenticated."""
+    name = body.get("by")
+    if name is not None and (not isinstance(name, str) or not 0 < len(name) <= MAX_BY):
+        raise web.HTTPBadRequest(reason=f"'by' must be a string of 1 to {MAX_BY} characters")
+    role = request.get(ROLE) or "no"
+    return f"{name + ' ' if name else ''}(monitor, {role} token, from {request.remote or '?'})"
+
+
+async def dead_edit(request: web.Request) -> web.Response:
+    """PATCH /dead/{id} {payload, by?}: change a dead task's payload; the edit is recorded on it."""
     task_id = request.match_info["id"]
-    if not await deadletter.requeue_one(watched(request).queue, task_id):
+    body = await _body(request)
+    if "payload" not in body:
+        return error(400, "body must be a JSON object with the new \"payload\" (any JSON value)")
+    if not await deadletter.edit(watched(request).queue, task_id, body["payload"], _editor(request, body)):
         return error(404, f"no task {task_id!r} in the dead-letter queue")
-    return json_response({"status": "requeued", "task_id": task_id, "requeued": 1})
+    return json_response(await deadletter.show(watched(request).queue, task_id))
 
 
-async def _options(request: web.Request) -> dict[str, Any]:
-    """Options of a bulk action: a JSON object body, or else the query string."""
+async def dead_requeue_one(request: web.Request) -> web.Response:
+    """POST /dead/{id}/requeue {payload?, by?}: send one dead task back to pending with a fresh
+    retry budget, with a new payload first when one is given (the edit is recorded)."""
+    task_id = request.match_info["id"]
+    queue = watched(request).queue
+    body = await _body(request)
+    if "payload" in body:
+        done = await deadletter.edit(queue, task_id, body["payload"], _editor(request, body), requeue=True)
+    else:
+        done = await deadletter.requeue_one(queue, task_id)
+    if not done:
+        return error(404, f"no task {task_id!r} in the dead-letter queue")
+    return json_response({"status": "requeued", "task_id": task_id, "requeued": 1, "edited": "payload" in body})
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON object body ({} when there is none); 400 for anything else."""
     if not request.can_read_body:
-        return dict(request.query)
+        return {}
     try:
         body = orjson.loads(await request.read() or b"{}")
     except orjson.JSONDecodeError as exc:
@@ -198,6 +229,11 @@ async def _options(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(reason="body must be a JSON object like {\"type\": ..., \"rate\": ...}")
     return body
+
+
+async def _options(request: web.Request) -> dict[str, Any]:
+    """Options of a bulk action: a JSON object body, or else the query string."""
+    return await _body(request) if request.can_read_body else dict(request.query)
 
 
 def _rate(value: Any) -> float | None:
@@ -262,13 +298,28 @@ def page_paths() -> tuple[str, ...]:
     return ("/", *(f"/static/{p.name}" for p in STATIC.iterdir() if p.is_file()))
 
 
+def access(settings: Settings) -> Access | None:
+    """The monitor's access rules for ``settings``; None when there is no token to check.
+
+    Without a token everything is open (loopback, or ``--insecure``). With one, writes
+    need it; reads need a token (the write or the read one) when ``--private``, or when
+    listening beyond loopback without ``--public-read``. ``--public-metrics`` opens
+    /metrics alone. The page and its static files are always open: they hold no data.
+    """
+    if not settings.api_token:
+        return None
+    open_paths = {*page_paths(), "/healthz"}
+    if settings.public_metrics:
+        open_paths.add("/metrics")
+    open_reads = not settings.private and (is_loopback(settings.host) or settings.public_read)
+    return Access(settings.api_token, settings.read_token, frozenset(open_paths), open_reads)
+
+
 def _middlewares(settings: Settings) -> list[Any]:
     middlewares: list[Any] = [errors_as_json]
-    if settings.api_token:
-        if settings.private:
-            middlewares.append(bearer_auth(settings.api_token, open_paths=(*page_paths(), "/healthz")))
-        else:
-            middlewares.append(bearer_auth(settings.api_token, open_methods=("GET", "HEAD", "OPTIONS")))
+    rules = access(settings)
+    if rules:
+        middlewares.append(access_guard(rules))
     return middlewares
 
 
@@ -316,6 +367,7 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     r.add_post("/dead/requeue", dead_requeue_many)
     r.add_get("/dead/{id}", dead_show)
     r.add_delete("/dead/{id}", dead_delete_one)
+    r.add_patch("/dead/{id}", dead_edit)
     r.add_post("/dead/{id}/requeue", dead_requeue_one)
     r.add_get("/jobs", jobs)
     r.add_get("/jobs/{id}", job)

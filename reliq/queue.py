@@ -36,7 +36,10 @@ MAX_TIMEOUT_S = 24 * 3600.0
 #: States a task record can be in (the ``state`` field of GET /task/{id}).
 STATES = ("pending", "scheduled", "processing", "retrying", "succeeded", "dead", "cancelled")
 #: Counters kept in the stats hash (reported as 0 until first incremented).
-COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled")
+COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
+            "dead_evicted", "dead_archive_dropped", "dead_imported")
+#: Payload edits a dead task's record keeps (each with the payload it replaced).
+EDITS_KEPT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +181,10 @@ class Snapshot(TypedDict):
     processing: int
     delayed: int
     dead_letter: int
+    #: Seconds since the oldest task in the dead-letter queue died (0 when it is empty).
+    dead_oldest_age_s: float
+    #: Entries in the dead-letter archive (tasks evicted past the cap).
+    dead_archived: int
     workers: int
     lag_s: float
     enqueued: int
@@ -188,6 +195,17 @@ class Snapshot(TypedDict):
     recovered: int
     requeued: int
     cancelled: int
+    dead_evicted: int
+    dead_archive_dropped: int
+    dead_imported: int
+
+
+class ArchivedTask(TypedDict):
+    """A dead task evicted into the archive: when, and its whole record as it was."""
+
+    task_id: str
+    evicted_at: int
+    fields: dict[str, str]
 
 
 _CLAIM_WIDTH = 9  # id + the eight FIELDS of claim.lua
@@ -293,8 +311,7 @@ class Queue:
             sums.update((f"t|{t.type}|{o.outcome}", f"w|{t.type}|{wait_b}", f"r|{t.type}|{run_b}"))
             sums[f"ws|{t.type}"] += wait_ms
             sums[f"rs|{t.type}"] += o.run_ms
-        args = [int(self.settings.result_ttl * 1000), self.settings.dead_cap, orjson.dumps(batch),
-                orjson.dumps(sums)]
+        args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
@@ -333,7 +350,7 @@ class Queue:
         """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""
         k = self.keys
         keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix]
-        args = [worker_id, int(lease_s * 1000), self.settings.crash_limit, self.settings.dead_cap]
+        args = [worker_id, int(lease_s * 1000), self.settings.crash_limit]
         recovered, quarantined = await self._scripts("reap", keys, args)
         return None if recovered == -1 else (int(recovered), int(quarantined))
 
@@ -355,6 +372,50 @@ class Queue:
         """Delete the given dead ids, or the ``oldest`` n, with their records."""
         args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
         return int(await self._scripts("dead_purge", [self.keys.dead, self.keys.task_prefix], args))
+
+    async def dead_trim(self, most: int = 1000) -> tuple[list[str], list[str]]:
+        """Evict dead tasks past the cap into the archive, at most ``most`` a call.
+
+        Returns (ids evicted, ids that fell off the archive past its own cap).
+        """
+        k = self.keys
+        evicted, dropped = await self._scripts(
+            "dead_trim", [k.dead, k.dead_archive, k.stats, k.task_prefix],
+            [self.settings.dead_cap, self.settings.dead_archive_cap, most])
+        return [text(i) for i in evicted], [text(i) for i in dropped]
+
+    async def dead_edit(self, task_id: str, payload: Any, by: str) -> bool:
+        """Replace a dead task's payload, recording who and the payload replaced; False if not dead."""
+        try:
+            body = orjson.dumps(payload)
+        except TypeError as exc:
+            raise InvalidTask(f"'payload' is not JSON-serialisable: {exc}") from None
+        return int(await self._scripts("dead_edit", [self.keys.task(task_id)], [body, by, EDITS_KEPT])) == 1
+
+    async def dead_import(self, records: Sequence[tuple[str, list[str]]]) -> list[str]:
+        """Recreate dead tasks (id, [field, value, ...]) whose ids do not exist; return those created."""
+        k = self.keys
+        raw = await self._scripts("dead_import", [k.dead, k.stats, k.task_prefix], [orjson.dumps(records)])
+        return [text(i) for i in raw]
+
+    async def dead_archived(self, before: str = "+", count: int = 1000) -> list[tuple[str, ArchivedTask]]:
+        """Archived (evicted) dead tasks, newest first, from stream id ``before`` (exclusive)."""
+        end = "+" if before == "+" else "(" + before
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       await self.redis.xrevrange(self.keys.dead_archive, end, "-", count=count))
+        out = []
+        for entry_id, raw in entries:
+            fields = {text(f): text(v) for f, v in raw.items()}
+            task_id, evicted = fields.pop("task_id", ""), fields.pop("evicted_at", "0")
+            out.append((text(entry_id), ArchivedTask(task_id=task_id, evicted_at=int(evicted), fields=fields)))
+        return out
+
+    async def records(self, ids: Sequence[str]) -> list[dict[str, str]]:
+        """The whole hash of each task in ``ids`` (empty when gone), in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in ids:
+                pipe.hgetall(self.keys.task(task_id))
+            return [{text(k): text(v) for k, v in raw.items()} for raw in await pipe.execute()]
 
     async def dead_ids(self, start: int = 0, count: int = 50) -> list[str]:
         """Dead-lettered ids, newest first."""
@@ -395,20 +456,23 @@ class Queue:
     async def snapshot(self) -> Snapshot:
         """Depths, lag and counters of the queue, read in one script."""
         k = self.keys
-        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix]
+        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
+                k.dead_archive]
         raw = await self._scripts("snapshot", keys, [])
-        now, oldest = int(raw[0]), int(raw[6])
+        now, oldest, oldest_dead = int(raw[0]), int(raw[6]), int(raw[7])
         snap: dict[str, Any] = {
             "queue": self.name,
             "pending": int(raw[1]),
             "processing": int(raw[5]),
             "delayed": int(raw[2]),
             "dead_letter": int(raw[3]),
+            "dead_oldest_age_s": max(0.0, (now - oldest_dead) / 1000) if oldest_dead >= 0 else 0.0,
+            "dead_archived": int(raw[8]),
             "workers": int(raw[4]),
             "lag_s": max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
         }
         snap.update(dict.fromkeys(COUNTERS, 0))
-        for i in range(7, len(raw), 2):
+        for i in range(9, len(raw), 2):
             snap[text(raw[i])] = int(raw[i + 1])
         return cast(Snapshot, snap)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import ipaddress
 import logging
 import signal
 from collections.abc import Callable, Coroutine
@@ -23,7 +22,7 @@ from reliq.preflight import warn_about_redis
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer, answers
 from reliq.registry import REGISTRY
-from reliq.settings import Settings
+from reliq.settings import Settings, is_loopback
 from reliq.supervisor import health_app
 from reliq.worker import Worker
 
@@ -130,16 +129,6 @@ def check_exposure(settings: Settings) -> None:
         f"refusing to listen on {settings.host} without RELIQ_API_TOKEN: anyone who can reach it could "
         "enqueue or delete tasks. Set RELIQ_API_TOKEN, listen on 127.0.0.1, or pass --insecure"
     )
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run_work(settings: Settings, burst: bool = False) -> int:

@@ -30,6 +30,9 @@ NAMES = (
     "cancel",
     "snapshot",
     "dead_kinds",
+    "dead_trim",
+    "dead_edit",
+    "dead_import",
 )
 
 

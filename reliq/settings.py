@@ -7,6 +7,7 @@ Redis URL also as ``REDIS_URL``. Times are in seconds.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,8 +44,10 @@ class Settings:
     max_body: int = 1024 * 1024
     #: Admission control: pending tasks past which POST /task answers 429 (0 = off).
     max_pending: int = 0
-    #: Bearer token required by mutating endpoints when set.
+    #: Bearer token required by mutating endpoints when set (and, beyond loopback, by reads).
     api_token: str = ""
+    #: Monitor: a second token that may only read (dashboards, scrapers); writes get 403.
+    read_token: str = ""
     #: Listen on a non-loopback address without a token (refused otherwise).
     insecure: bool = False
     #: Default durability of POST /task: "memory" (Redis acknowledged) or "replicated"
@@ -52,7 +55,12 @@ class Settings:
     durability: str = "memory"
     replication_timeout: float = 1.0
     #: Monitor: require the token for read-only views too (the page itself stays open).
+    #: Beyond loopback this is the default whenever a token is set; see ``public_read``.
     private: bool = False
+    #: Monitor beyond loopback: let anyone read (stats, dead letters, events) without a token.
+    public_read: bool = False
+    #: Monitor: serve GET /metrics without a token (for a Prometheus that cannot send one).
+    public_metrics: bool = False
 
     #: Tasks one worker process runs at once.
     concurrency: int = 64
@@ -85,8 +93,11 @@ class Settings:
 
     #: How long records of succeeded and cancelled tasks are kept, seconds.
     result_ttl: float = 24 * 3600.0
-    #: How many dead-lettered tasks are kept; the oldest are dropped past this.
-    dead_cap: int = 10_000
+    #: How many dead-lettered tasks are kept (0 = no cap, the default). Past a cap the
+    #: oldest are evicted into the dead-letter archive (counted, logged), never just dropped.
+    dead_cap: int = 0
+    #: Entries the dead-letter archive (a Redis stream) keeps; what falls off is counted.
+    dead_archive_cap: int = 100_000
     #: How long an Idempotency-Key keeps returning the task it created, seconds.
     idempotency_ttl: float = 24 * 3600.0
 
@@ -127,12 +138,21 @@ class Settings:
             raise ConfigError("concurrency must be at least 1")
         if self.heartbeat_interval * 2 > self.lease:
             raise ConfigError("lease must be at least twice the heartbeat interval")
-        if self.private and not self.api_token:
-            raise ConfigError("--private needs a token: set RELIQ_API_TOKEN")
+        self._check_access()
         if self.durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
-        if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 1:
-            raise ConfigError("crash_limit and dead_cap must be >= 1, max_retries >= 0")
+        if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 0 or self.dead_archive_cap < 1:
+            raise ConfigError("crash_limit and dead_archive_cap must be >= 1, dead_cap and max_retries >= 0")
+
+    def _check_access(self) -> None:
+        if self.private and not self.api_token:
+            raise ConfigError("--private needs a token: set RELIQ_API_TOKEN")
+        if self.private and self.public_read:
+            raise ConfigError("--private and --public-read contradict each other: choose one")
+        if self.read_token and not self.api_token:
+            raise ConfigError("RELIQ_READ_TOKEN needs RELIQ_API_TOKEN too (the read token may not write)")
+        if self.read_token and self.read_token == self.api_token:
+            raise ConfigError("RELIQ_READ_TOKEN must differ from RELIQ_API_TOKEN")
 
     def weighted_queues(self) -> list[tuple[str, int]]:
         """``queues`` as (name, weight) pairs: ``critical=6`` -> ("critical", 6); none -> [(queue, 1)]."""
@@ -149,6 +169,16 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (used by tests and ``reliq all``)."""
         return dataclasses.replace(self, **changes)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_queue_name(name: Any) -> str:

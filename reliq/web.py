@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -60,6 +61,62 @@ def bearer_auth(token: str, open_paths: Collection[str] = (), open_methods: Coll
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             return error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
+
+
+#: Methods that only read (a read token may use them).
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
+#: request[ROLE]: who a request authenticated as: "write", "read" or "" (no token).
+ROLE = web.RequestKey("reliq_role", str)
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may do what on the monitor: a write token, an optional read-only token, open parts.
+
+    ``open_paths`` never need a token (the page and its files hold no data, /healthz).
+    ``open_reads``: reads pass without a token. Writes always need the write token: a
+    read token gets 403 (it is known, but may not write), no or a wrong token 401.
+    """
+
+    write_token: str
+    read_token: str = ""
+    open_paths: frozenset[str] = frozenset()
+    open_reads: bool = False
+
+    def role(self, authorization: str) -> str:
+        """"write", "read" or "" for an Authorization header (compared in constant time)."""
+        given = authorization.encode()
+        if hmac.compare_digest(given, f"Bearer {self.write_token}".encode()):
+            return "write"
+        if self.read_token and hmac.compare_digest(given, f"Bearer {self.read_token}".encode()):
+            return "read"
+        return ""
+
+    def refusal(self, method: str, path: str, role: str) -> tuple[int, str] | None:
+        """(status, message) when this request may not go ahead, else None."""
+        if role == "write" or path in self.open_paths:
+            return None
+        if method in READ_METHODS:
+            return None if role == "read" or self.open_reads else (401, "missing or wrong bearer token")
+        if role == "read":
+            return 403, "this token may only read; writes need RELIQ_API_TOKEN"
+        return 401, "missing or wrong bearer token"
+
+
+def access_guard(access: Access) -> Any:
+    """Middleware enforcing ``access``; it records the caller's role as ``request[ROLE]``."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        role = access.role(request.headers.get("Authorization", ""))
+        refused = access.refusal(request.method, request.path, role)
+        if refused:
+            status, message = refused
+            return error(status, message, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        request[ROLE] = role
         return await handler(request)
 
     return check

@@ -31,6 +31,7 @@ import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq.connection import UNAVAILABLE
+from reliq.dead_trimmer import DeadTrimmer
 from reliq.errors import PermanentError
 from reliq.fetcher import Fetcher
 from reliq.heartbeat import Heartbeat, landing_time
@@ -115,6 +116,8 @@ class Worker:
                 asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id,
                                            landing_time(s.heartbeat_interval)).run(), name="reaper"),
             ]
+            if s.dead_cap:
+                background.append(asyncio.create_task(DeadTrimmer(queue, s.reap_interval).run(), name="dead-trimmer"))
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))
         settler = asyncio.create_task(self._settler(), name="settler")

@@ -28,6 +28,8 @@ async def keyspace(redis: Redis, queue: str) -> dict[str, Any]:
         elif kind == "hash":
             fields = {text(k): text(v) for k, v in (await redis.hgetall(key)).items()}
             out[name] = {k: ("T" if k in TIME_FIELDS else v) for k, v in fields.items()}
+        elif kind == "stream":  # the dead-letter archive: its task ids, oldest first
+            out[name] = [text(fields[b"task_id"]) for _, fields in await redis.xrange(key)]
         else:
             out[name] = text(await redis.get(key))
     return out

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
@@ -209,6 +210,47 @@ async def test_a_monitor_of_several_queues_lets_the_page_switch_between_them(
         await expect(page).to_have_url(f"{server.make_url('/')}?queue={other_name}")
         await expect(page.locator('[data-stat="pending"]')).to_have_text("1", timeout=5_000)
         await expect(page.locator("#queue-select")).to_have_value(other_name)
+    finally:
+        await page.close()
+        await server.close()
+
+
+async def test_dashboard_edits_a_dead_payload_then_requeues_it_with_the_edit_recorded(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    settings = settings.replace(api_token=TOKEN)
+    task_id = await queue.enqueue("fail", {"invoice": 1, "email": "old@example.com"}, max_retries=0)
+    await Worker(queue, settings, burst=True).run()
+    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(str(server.make_url("/")))
+        row = page.locator(f'#dead-table tr[data-id="{task_id}"]')
+        await row.locator("td.mono").click()
+        await expect(page.locator("#detail")).to_be_visible()
+        await page.locator('#detail button[value="edit"]').click()
+        editor = page.locator("#edit textarea")
+        await expect(editor).to_have_value('{\n  "invoice": 1,\n  "email": "old@example.com"\n}')
+        await editor.fill("{not json")
+        await page.locator('#edit button[value="requeue"]').click()
+        await expect(page.locator('#edit [data-slot="problem"]')).to_contain_text("Not valid JSON")
+        assert (await queue.get(task_id))["payload"] == {"invoice": 1, "email": "old@example.com"}
+        await editor.fill('{"invoice": 1, "email": "new@example.com"}')
+        await page.locator('#edit button[value="requeue"]').click()
+        await expect(page.locator("#token")).to_be_visible()  # writes need the token
+        await page.locator('#token input[name="token"]').fill(TOKEN)
+        await page.locator('#token button[value="ok"]').click()
+        await expect(row).to_have_count(0, timeout=5_000)
+        info = await queue.get(task_id)
+        assert info["state"] == "pending" and info["payload"] == {"invoice": 1, "email": "new@example.com"}
+        [[edits]] = await queue.task_fields([task_id], ["edits"])
+        [edit] = orjson.loads(edits or b"[]")
+        assert orjson.loads(edit["previous_payload"]) == {"invoice": 1, "email": "old@example.com"}
+        assert "write token" in edit["by"]
+        assert errors == []
     finally:
         await page.close()
         await server.close()

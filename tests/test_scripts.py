@@ -149,14 +149,38 @@ async def test_settle_permanent_failures_dead_letter_at_once(queue: Queue, redis
     assert space[f"task:{a}"]["reason"] == kind
 
 
-async def test_dead_letter_list_is_capped_oldest_dropped(redis: Redis, settings: Settings) -> None:
-    queue = Queue(redis, settings.replace(dead_cap=2))
-    ids = await enqueue(queue, 3, max_retries=0)
+async def test_dead_letter_list_has_no_cap_by_default(queue: Queue, redis: Redis) -> None:
+    ids = await enqueue(queue, 5, max_retries=0)
     for task in await claim_all(queue):
         await queue.settle(W, [outcome(task, "error", "x")])
+    assert await queue.dead_trim() == ([], [])
     space = await keyspace(redis, queue.name)
-    assert space["dead"] == [ids[2], ids[1]]
-    assert f"task:{ids[0]}" not in space
+    assert space["dead"] == ids[::-1] and "dead-archive" not in space
+
+
+async def test_dead_trim_archives_the_oldest_past_the_cap_before_deleting_them(redis: Redis,
+                                                                               settings: Settings) -> None:
+    queue = Queue(redis, settings.replace(dead_cap=2, dead_archive_cap=2))
+    ids = await enqueue(queue, 5, max_retries=0)
+    for task in await claim_all(queue):
+        await queue.settle(W, [outcome(task, "error", f"boom {task.id}")])
+    # Settling never drops anything: the list is over its cap until the trimmer runs.
+    assert (await keyspace(redis, queue.name))["dead"] == ids[::-1]
+    evicted, dropped = await queue.dead_trim()
+    assert evicted == ids[:3]  # the oldest three, oldest first
+    assert dropped == ids[:1]  # the archive keeps two: the first evicted fell off it, counted
+    space = await keyspace(redis, queue.name)
+    assert space["dead"] == [ids[4], ids[3]]
+    assert not any(f"task:{i}" in space for i in ids[:3])
+    assert space["dead-archive"] == ids[1:3]
+    assert space["stats"]["dead_evicted"] == "3" and space["stats"]["dead_archive_dropped"] == "1"
+    archived = await queue.dead_archived()
+    assert [a["task_id"] for _, a in archived] == [ids[2], ids[1]]  # newest first
+    assert archived[1][1]["fields"]["last_error"] == f"boom {ids[1]}"
+    assert archived[0][1]["fields"]["state"] == "dead" and archived[0][1]["evicted_at"] > 0
+    snap = await queue.snapshot()
+    assert (snap["dead_letter"], snap["dead_archived"], snap["dead_evicted"]) == (2, 2, 3)
+    assert snap["dead_oldest_age_s"] >= 0
 
 
 async def test_settle_from_a_reaped_worker_is_dropped(queue: Queue, redis: Redis) -> None:

@@ -2,7 +2,6 @@
 -- KEYS[1] dead list  KEYS[2] pending list  KEYS[3] stats hash  KEYS[4] task key prefix
 -- ARGV[1] 'ids' followed by task ids, or 'oldest' followed by a count
 -- Returns the number requeued (ids not in the dead list are ignored).
-local now = now_ms()
 local ids = {}
 if ARGV[1] == 'oldest' then
   for _ = 1, tonumber(ARGV[2]) do
@@ -15,15 +14,4 @@ else
     if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then ids[#ids + 1] = ARGV[i] end
   end
 end
-local n = 0
-for _, id in ipairs(ids) do
-  local key = KEYS[4] .. id
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'attempts', 0,
-               'failures', 0, 'crashes', 0, 'reason', '')
-    redis.call('LPUSH', KEYS[2], id)
-    n = n + 1
-  end
-end
-if n > 0 then redis.call('HINCRBY', KEYS[3], 'requeued', n) end
-return n
+return requeue_dead(KEYS[2], KEYS[3], KEYS[4], ids, now_ms())

@@ -1,7 +1,7 @@
 -- Recover the tasks of worker W if it has been silent for longer than the lease.
 -- KEYS[1] workers zset  KEYS[2] processing list of W  KEYS[3] pending list
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] info hash of W  KEYS[7] task key prefix
--- ARGV[1] W  ARGV[2] lease (ms)  ARGV[3] crash limit  ARGV[4] dead-letter cap
+-- ARGV[1] W  ARGV[2] lease (ms)  ARGV[3] crash limit
 -- Returns {recovered, quarantined}, or {-1, 0} when W is alive after all.
 -- Every task W held gets one more crash on its record. Only a task W held alone is
 -- known to be the culprit (workers run crash suspects alone): it is quarantined in the
@@ -26,8 +26,7 @@ for _, id in ipairs(ids) do
     if state == 'processing' then crashes = redis.call('HINCRBY', key, 'crashes', 1) end
     if solo and crashes >= limit then
       dead_letter(KEYS[4], KEYS[5], KEYS[7], id, 'crashed',
-                  'its worker died ' .. crashes .. ' times while running it', now,
-                  tonumber(ARGV[4]))
+                  'its worker died ' .. crashes .. ' times while running it', now)
       quarantined = quarantined + 1
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)

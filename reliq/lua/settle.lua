@@ -1,13 +1,13 @@
 -- Record the outcome of a batch of tasks that worker W ran (the batched ack).
 -- KEYS[1] processing list of W  KEYS[2] pending list  KEYS[3] delayed zset
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] metrics hash  KEYS[7] task key prefix
--- ARGV[1] result TTL (ms)  ARGV[2] dead-letter cap
--- ARGV[3] the batch as one JSON array of [id, type, max_retries, outcome, text,
+-- ARGV[1] result TTL (ms)
+-- ARGV[2] the batch as one JSON array of [id, type, max_retries, outcome, text,
 --   retry delay (ms), wait (ms), run (ms), wait bucket, run bucket]: one argument instead
 --   of ten per task, because encoding arguments is most of the worker's cost of a settle.
 --   outcome: ok (text = JSON result or ''), error | timeout (retried while failures <=
 --   max_retries, else dead), permanent | unknown_type (dead at once); text = the error.
--- ARGV[4] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
+-- ARGV[3] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
 --   observe() below writes a task. Summing them here cost as much as the rest of the
 --   script; the script only takes back the share of a stale task.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
@@ -18,10 +18,9 @@
 -- sprintf, which costs as much as a small command.
 local now = now_ms()
 local now_s = tostring(now)
-local cap = tonumber(ARGV[2])
 local stats, metrics, prefix = KEYS[5], KEYS[6], KEYS[7]
-local batch = cjson.decode(ARGV[3])
-local sums = cjson.decode(ARGV[4])  -- metrics field -> amount
+local batch = cjson.decode(ARGV[2])
+local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
 local applied, stale = 0, 0
 local counts = {}  -- stats field -> amount
 
@@ -75,7 +74,7 @@ for _, t in ipairs(batch) do
       add(counts, 'succeeded', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
-      dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s, cap)
+      dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)
     else
       add(counts, 'failed', 1)
       local failures = redis.call('HINCRBY', key, 'failures', 1)
@@ -84,7 +83,7 @@ for _, t in ipairs(batch) do
         redis.call('ZADD', KEYS[3], now + t[6], id)
         add(counts, 'retried', 1)
       else
-        dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s, cap)
+        dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)
       end
     end
   end

@@ -129,6 +129,11 @@ async function api(method, path, body) {
       if (await askToken(method !== "GET")) continue;
       throw new HttpError(401, "a token is needed for this");
     }
+    if (res.status === 403 && method !== "GET" && attempt < 2) {
+      // A read-only token: this action needs the write token.
+      toast("This token may only read; enter the write token (RELIQ_API_TOKEN).", true);
+      if (await askToken(true)) continue;
+    }
     const data = await res.json().catch(() => ({}));
     if (!res.ok) throw new HttpError(res.status, data.error || res.statusText);
     return data;
@@ -601,12 +606,48 @@ async function showDetail(id) {
   $('[data-slot="fields"]', dlg).replaceChildren(...kv.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "–")]));
   $('[data-slot="error"]', dlg).textContent = t.last_error || "–";
   $('[data-slot="payload"]', dlg).textContent = JSON.stringify(t.payload, null, 2);
+  const edits = t.edits || [];
+  $('[data-slot="edits"]', dlg).replaceChildren(...(edits.length ? [
+    h("h3", {}, `Edits (${edits.length})`),
+    h("ul", { class: "edits" }, ...edits.map((e) => h("li", {}, `${e.at} by ${e.by}; it replaced `,
+      h("code", {}, JSON.stringify(e.previous_payload))))),
+  ] : []));
   dlg.returnValue = "";
   dlg.addEventListener("close", () => {
     if (dlg.returnValue === "requeue") requeueOne(id);
     else if (dlg.returnValue === "delete") deleteOne(id);
+    else if (dlg.returnValue === "edit") editPayload(id, t.payload);
   }, { once: true });
   dlg.showModal();
+}
+
+/** Change a dead task's payload (recorded on the task), then save it or requeue it with it. */
+function editPayload(id, payload) {
+  const dlg = $("#edit");
+  const area = $("textarea", dlg), problem = $('[data-slot="problem"]', dlg);
+  $('[data-slot="id"]', dlg).textContent = id;
+  area.value = JSON.stringify(payload, null, 2);
+  problem.hidden = true;
+  const path = `dead/${encodeURIComponent(id)}`;
+  const onClose = async () => {
+    const how = dlg.returnValue;
+    if (how !== "save" && how !== "requeue") return;
+    let value;
+    try { value = JSON.parse(area.value); } catch (e) {
+      problem.textContent = `Not valid JSON: ${e.message}`;
+      problem.hidden = false;
+      dlg.returnValue = "";
+      dlg.addEventListener("close", onClose, { once: true });
+      dlg.showModal();
+      return;
+    }
+    if (how === "save") await act(() => api("PATCH", path, { payload: value }), () => "Payload saved");
+    else await act(() => api("POST", `${path}/requeue`, { payload: value }), () => "Payload saved and task requeued");
+  };
+  dlg.returnValue = "";
+  dlg.addEventListener("close", onClose, { once: true });
+  dlg.showModal();
+  area.focus();
 }
 
 // -- the live stream, with polling as a fallback ----------------------------------------------
