@@ -6,8 +6,13 @@ server) and against a real ``/metrics`` output, never against a list typed by ha
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +21,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from reliq import monitor
 from reliq.queue import Queue
+from reliq.redis_server import free_port
 from reliq.settings import Settings
 from reliq.worker import Worker
+from tests.util import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "reliq-rules.yaml"
@@ -72,3 +79,77 @@ async def exported(queue: Queue, settings: Settings) -> set[str]:
         await app[monitor.SAMPLER].sample_once()
         body = await (await http.get("/metrics")).text()
     return {re.split(r"[{ ]", line)[0] for line in body.splitlines() if line and not line.startswith("#")}
+
+
+class PrometheusServer:
+    """A real Prometheus (``/usr/bin/prometheus``) on a free port, with a temp TSDB.
+
+    Scrapes ``targets`` every second and evaluates ``rule_files`` every second.
+    """
+
+    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
+            "rule_files": [str(p) for p in rule_files],
+            "scrape_configs": [{"job_name": "reliq", "static_configs": [{"targets": targets}]}],
+        }
+        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
+        self.log = workdir / "prometheus.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> PrometheusServer:
+        """Start it and return once it answers ready."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [tool("prometheus"), f"--config.file={self.workdir / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.workdir / 'tsdb'}", f"--web.listen-address=127.0.0.1:{self.port}",
+                 "--log.level=warn"],
+                stdout=out, stderr=subprocess.STDOUT)
+        wait_until(lambda: self._ready() or self.proc is None or self.proc.poll() is not None, timeout=30,
+                   what="prometheus ready")
+        assert self.proc.poll() is None, self.log.read_text()
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Terminate it (SIGTERM: it shuts its TSDB down cleanly)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET /api/v1/<path>; the ``data`` of a success, or an AssertionError with Prometheus's error."""
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                body = json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read())
+        assert body["status"] == "success", (params, body.get("errorType"), body.get("error"))
+        return body["data"]
+
+    def query(self, expr: str) -> dict[frozenset[tuple[str, str]], float]:
+        """An instant query: each series' labels (``__name__`` aside) -> value."""
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        return {frozenset((k, v) for k, v in s["metric"].items() if k != "__name__"): float(s["value"][1])
+                for s in data["result"]}
+
+    def value(self, expr: str) -> float | None:
+        """The value of a query that selects one series (None when it selects none)."""
+        result = self.query(expr)
+        assert len(result) <= 1, (expr, result)
+        return next(iter(result.values()), None)
