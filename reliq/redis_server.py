@@ -34,6 +34,17 @@ def answers(host: str, port: int, timeout: float = 0.3) -> bool:
         return False
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """Stop a child process with SIGTERM, and SIGKILL it if it is not gone within ``timeout``."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class RedisServer:
     """A redis-server we start, own and stop; AOF on unless ``aof=False``."""
 
@@ -94,10 +105,4 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server cleanly (SIGTERM), killing it if it does not go."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)

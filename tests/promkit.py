@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from reliq import monitor
 from reliq.queue import Queue
-from reliq.redis_server import free_port
+from reliq.redis_server import free_port, terminate
 from reliq.settings import Settings
 from reliq.worker import Worker
 from tests.util import wait_until
@@ -122,13 +122,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         """Terminate it (SIGTERM: it shuts its TSDB down cleanly)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
     def api(self, path: str, **params: str) -> Any:
         """GET /api/v1/<path>; the ``data`` of a success, or an AssertionError with Prometheus's error."""
