@@ -67,6 +67,10 @@ def _worker_options(fn: F) -> F:
                      help="Dead tasks kept before the oldest move to the archive [0 = no cap]"),
         click.option("--dead-archive-cap", type=click.IntRange(1),
                      help="Entries the dead-letter archive keeps; older ones are deleted, counted [100000]"),
+        click.option("--loop-block-warn", type=click.FloatRange(min=0, min_open=True),
+                     help="Warn when a handler holds the event loop this many seconds [1]"),
+        click.option("--process-pool", type=click.IntRange(0),
+                     help="Child processes for isolation='process' handlers [0 = one per core]"),
     ]):
         fn = decorator(fn)
     return fn

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from reliq.histogram import BOUNDS_S
+from reliq.loopwatch import BLOCK_BUCKET, BLOCK_SUM
 from reliq.queue import Queue, Snapshot
 
 #: Buckets per histogram: one per bound, then +Inf.
@@ -74,6 +75,30 @@ def parse_metrics(raw: dict[str, int]) -> dict[str, TypeMetrics]:
     return by_type
 
 
+@dataclass
+class LoopBlocks:
+    """Blocks of the workers' event loops past the warning threshold (counted by the heartbeats)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * N_BUCKETS)
+    sum_ms: int = 0
+
+    @property
+    def count(self) -> int:
+        """How many blocks."""
+        return sum(self.buckets)
+
+
+def parse_loop_blocks(raw: dict[str, int]) -> LoopBlocks:
+    """The loop-block histogram of the metrics hash (``lb|bucket`` counts and the ``lbs`` sum)."""
+    blocks = LoopBlocks(sum_ms=raw.get(BLOCK_SUM, 0))
+    for key, value in raw.items():
+        if key.startswith(BLOCK_BUCKET) and key[len(BLOCK_BUCKET):].isdigit():
+            i = int(key[len(BLOCK_BUCKET):])
+            if i < N_BUCKETS:
+                blocks.buckets[i] += value
+    return blocks
+
+
 def merge_buckets(metrics: dict[str, TypeMetrics], which: str) -> list[int]:
     """Bucket counts of ``which`` ("wait" or "run") summed over every type."""
     total = [0] * N_BUCKETS
@@ -129,6 +154,8 @@ class WorkerView(TypedDict):
     concurrency: int
     in_flight: int
     processed: int
+    loop_blocks: int
+    loop_blocked_s: float
     started_at: int
     last_seen_ms: int
     heartbeat_age_s: float
@@ -142,7 +169,8 @@ async def read_workers(queue: Queue) -> list[WorkerView]:
         views.append(WorkerView(
             id=worker_id, host=info.get("host", "?"), pid=_int(info.get("pid")), queue=info.get("queue", queue.name),
             concurrency=_int(info.get("concurrency")), in_flight=_int(info.get("in_flight")),
-            processed=_int(info.get("processed")), started_at=_int(info.get("started_at")),
+            processed=_int(info.get("processed")), loop_blocks=_int(info.get("loop_blocks")),
+            loop_blocked_s=_int(info.get("loop_blocked_ms")) / 1000, started_at=_int(info.get("started_at")),
             last_seen_ms=beat, heartbeat_age_s=max(0.0, (now - beat) / 1000),
         ))
     return views
@@ -163,15 +191,16 @@ class QueueReading:
     types: dict[str, TypeMetrics]
     in_flight: int
     slots: int
+    loop_blocks: LoopBlocks = field(default_factory=LoopBlocks)
 
 
 async def read(queue: Queue) -> QueueReading:
     """Read one queue's snapshot, metrics hash and worker infos."""
     snapshot = await queue.snapshot()
-    types = parse_metrics(await queue.metric_counts())
+    raw = await queue.metric_counts()
     workers = await read_workers(queue)
-    return QueueReading(snapshot, types, in_flight=sum(w["in_flight"] for w in workers),
-                        slots=sum(w["concurrency"] for w in workers))
+    return QueueReading(snapshot, parse_metrics(raw), in_flight=sum(w["in_flight"] for w in workers),
+                        slots=sum(w["concurrency"] for w in workers), loop_blocks=parse_loop_blocks(raw))
 
 
 def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str) -> HistogramMetricFamily:
@@ -184,6 +213,20 @@ def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str
                 cumulative += n
                 buckets.append((bound, cumulative))
             family.add_metric([r.snapshot["queue"], ttype], buckets, getattr(m, which + "_sum_ms") / 1000)
+    return family
+
+
+def _loop_histogram(readings: Sequence[QueueReading]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(
+        "reliq_event_loop_blocked_seconds",
+        "Times a handler held a worker's event loop past the warning threshold, and for how long.",
+        labels=["queue"])
+    for r in readings:
+        cumulative, buckets = 0, []
+        for bound, n in zip([*map(_le, BOUNDS_S), "+Inf"], r.loop_blocks.buckets, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        family.add_metric([r.snapshot["queue"]], buckets, r.loop_blocks.sum_ms / 1000)
     return family
 
 
@@ -227,6 +270,7 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     yield from (depth, lag, dead_age, archived, workers, in_flight, slots, tasks, *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
+    yield _loop_histogram(readings)
 
 
 class _Readings:

@@ -85,8 +85,10 @@ async def stats(request: web.Request) -> web.Response:
     w = watched(request)
     sampler = w.sampler
     snapshot = await w.queue.snapshot()
+    blocks = metrics.parse_loop_blocks(await w.queue.metric_counts())
     return json_response({**snapshot, "rates": sampler.rates(), "rates_window_s": RATE_WINDOW_S,
-                          "latency": sampler.latency(), "types": sampler.types()})
+                          "latency": sampler.latency(), "types": sampler.types(),
+                          "event_loop_blocked": {"blocks": blocks.count, "seconds": blocks.sum_ms / 1000}})
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -326,13 +326,13 @@ class Queue:
             if n < limit:
                 return total
 
-    async def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float) -> tuple[int, bool]:
-        """Stamp the worker alive; return (server time ms, whether it was registered)."""
-        k = self.keys
-        args: list[Any] = [worker_id, int(ttl_s * 1000)]
-        for field, value in info.items():
-            args += [field, value]
-        now, known = await self._scripts("heartbeat", [k.workers, k.worker_info(worker_id)], args)
+    async def heartbeat(self, worker_id: str, info: dict[str, Any], ttl_s: float,
+                        counts: dict[str, int] | None = None) -> tuple[int, bool]:
+        """Stamp the worker alive; return (server time ms, whether it was registered).
+
+        ``counts`` are metrics increments the beat carries (see :func:`heartbeat_call`).
+        """
+        now, known = await self._scripts("heartbeat", *heartbeat_call(self.keys, worker_id, info, ttl_s, counts))
         return int(now), known == 1
 
     async def reap_round(self, owner: str, lease_s: float, interval_s: float, gap_s: float,
@@ -475,6 +475,19 @@ class Queue:
         for i in range(9, len(raw), 2):
             snap[text(raw[i])] = int(raw[i + 1])
         return cast(Snapshot, snap)
+
+
+def heartbeat_call(keys: QueueKeys, worker_id: str, info: dict[str, Any], ttl_s: float,
+                   counts: dict[str, int] | None = None) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of heartbeat.lua, for the async :meth:`Queue.heartbeat` and the heartbeat thread.
+
+    ``counts`` are increments of the metrics hash the worker gathered since its last beat
+    (the event loop's blocks), so reporting them costs no round trip of its own.
+    """
+    args: list[Any] = [worker_id, int(ttl_s * 1000), orjson.dumps(counts or {})]
+    for field, value in info.items():
+        args += [field, value]
+    return [keys.workers, keys.worker_info(worker_id), keys.metrics], args
 
 
 def _iso(ms: bytes | None) -> str | None:

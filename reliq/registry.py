@@ -20,6 +20,10 @@ class Context:
     attempt: int
 
 
+#: Where a handler may run besides its default (async: the event loop; plain: a thread).
+ISOLATIONS = ("process",)
+
+
 @dataclass(frozen=True, slots=True)
 class Handler:
     """A registered handler: the function, whether it is async, and its options."""
@@ -29,6 +33,8 @@ class Handler:
     is_async: bool
     wants_context: bool
     timeout: float | None
+    #: "process": run in the worker's pool of child processes (reliq/procpool.py).
+    isolation: str | None = None
 
     def call(self, payload: Any, ctx: Context | None) -> Any:
         """Call the function with the payload (and the context when it takes two arguments)."""
@@ -41,10 +47,16 @@ class Registry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
-    def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None) -> Handler:
+    def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None,
+            isolation: str | None = None) -> Handler:
         """Register ``fn`` for task type ``name`` (a later registration replaces it)."""
         if isinstance(fn, TaskFunction):  # already decorated: register the function itself
             fn = fn.fn
+        if isolation is not None and isolation not in ISOLATIONS:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)} (or left out), not {isolation!r}")
+        if isolation == "process" and fn.__module__ == "__main__":
+            raise ValueError(f"task {name!r}: isolation='process' needs a handler its child processes can import "
+                             "by module path; define it in a module, not in __main__")
         params = [
             p for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
@@ -55,6 +67,7 @@ class Registry:
             is_async=asyncio.iscoroutinefunction(fn),
             wants_context=len(params) >= 2,
             timeout=timeout,
+            isolation=isolation,
         )
         self._handlers[name] = handler
         return handler
@@ -71,14 +84,17 @@ class Registry:
 #: The registry ``@reliq.task`` fills and ``reliq work`` serves.
 REGISTRY = Registry()
 
-def task(name: str, *, timeout: float | None = None
+
+def task(name: str, *, timeout: float | None = None, isolation: str | None = None
          ) -> Callable[[Callable[Concatenate[T, P], R]], TaskFunction[T, P, R]]:
     """Register the decorated function as the handler of task type ``name``.
 
     The function takes ``(payload)`` or ``(payload, ctx)``; async functions run on the
     worker's event loop, plain ones in its thread pool. ``timeout`` (seconds) overrides
-    the worker's default for this type. Raise ``reliq.PermanentError`` to dead-letter
-    the task without retries.
+    the worker's default for this type. ``isolation="process"`` runs it in a child
+    process instead (for code that may hang past its timeout or needs a core of its own):
+    a timed-out child is killed, and the retry starts only once it is gone. Raise
+    ``reliq.PermanentError`` to dead-letter the task without retries.
 
     The decorated name stays callable as the function, and becomes a producer:
     ``fn.enqueue(payload, **options)`` and ``await fn.aenqueue(...)`` (see
@@ -86,7 +102,7 @@ def task(name: str, *, timeout: float | None = None
     """
 
     def register(fn: Callable[Concatenate[T, P], R]) -> TaskFunction[T, P, R]:
-        REGISTRY.add(name, fn, timeout=timeout)
+        REGISTRY.add(name, fn, timeout=timeout, isolation=isolation)
         return TaskFunction(name, fn)
 
     return register

@@ -84,6 +84,10 @@ class Settings:
     promote_interval: float = 0.1
     #: How often a worker looks for dead workers (one at a time, under a lock).
     reap_interval: float = 1.0
+    #: A worker logs a warning (task type and id) when a handler holds its event loop this long.
+    loop_block_warn: float = 1.0
+    #: Child processes a worker runs ``isolation="process"`` handlers in (0 = one per core).
+    process_pool: int = 0
     #: Crashes of a worker running a task alone before that task is quarantined.
     crash_limit: int = 3
     #: Port of the worker's liveness endpoint, GET /healthz (0 = none; workers need no port).
@@ -136,6 +140,8 @@ class Settings:
             raise ConfigError("target_lag must be a positive number of seconds")
         if self.concurrency < 1:
             raise ConfigError("concurrency must be at least 1")
+        if not self.loop_block_warn > 0 or self.process_pool < 0:
+            raise ConfigError("loop_block_warn must be a positive number of seconds, process_pool >= 0")
         if self.heartbeat_interval * 2 > self.lease:
             raise ConfigError("lease must be at least twice the heartbeat interval")
         self._check_access()

@@ -7,7 +7,9 @@
   for them.
 - Runners execute handlers: async ones on the loop, plain ones in a thread pool.
 - The settler acknowledges finished tasks in batches, one script call per batch.
-- Heartbeat, promoter and reaper loops run beside them.
+- Promoter and reaper loops run beside them, and a loop watch (reliq/loopwatch.py); the
+  heartbeat runs in a thread of its own, so a handler that blocks the loop cannot
+  silence it (reliq/heartbeat.py).
 
 A task is in this worker's processing list from the moment Redis moves it until its
 outcome is settled, so a crash at any point leaves it where the reaper finds it.
@@ -35,6 +37,7 @@ from reliq.dead_trimmer import DeadTrimmer
 from reliq.errors import PermanentError
 from reliq.fetcher import Fetcher
 from reliq.heartbeat import Heartbeat, landing_time
+from reliq.loopwatch import Culprit, LoopWatch
 from reliq.periodic import Backoff, cancel_all, reraise_if_cancelled
 from reliq.promoter import Promoter
 from reliq.queue import Claimed, Outcome, Queue
@@ -92,6 +95,8 @@ class Worker:
         self._pool: ThreadPoolExecutor | None = None
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetcher: asyncio.Task[None] | None = None
+        self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
+        self.watch = LoopWatch(settings.loop_block_warn, self._culprit)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -104,14 +109,22 @@ class Worker:
         stop = stop or asyncio.Event()
         hard_stop = hard_stop or asyncio.Event()
         s = self.settings
-        background: list[asyncio.Task[None]] = []
+        heartbeat = Heartbeat(s.redis_url, list(self.queues), self.id, s.heartbeat_interval, s.lease, self.status,
+                              self.watch)
+        if not await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop):
+            heartbeat.stop()
+            return True  # stopped while waiting for Redis: it never claimed anything
+        heartbeat.start()
+        try:
+            return await self._work(stop, hard_stop, heartbeat)
+        finally:
+            heartbeat.stop()
+
+    async def _work(self, stop: asyncio.Event, hard_stop: asyncio.Event, heartbeat: Heartbeat) -> bool:
+        s = self.settings
+        background = [asyncio.create_task(self.watch.run(self.stuck_after), name="loopwatch")]
         for queue in self.queues.values():
-            heartbeat = Heartbeat(queue, self.id, s.heartbeat_interval, s.lease, self.status)
-            if not await self._until_redis(heartbeat.run_once, stop):
-                await cancel_all(background)
-                return True  # stopped while waiting for Redis: it never claimed anything
             background += [
-                asyncio.create_task(heartbeat.run(), name="heartbeat"),
                 asyncio.create_task(Promoter(queue, s.promote_interval).run(), name="promoter"),
                 asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id,
                                            landing_time(s.heartbeat_interval)).run(), name="reaper"),
@@ -133,6 +146,7 @@ class Worker:
         await cancel_all(runners)
         await self.fetcher.close()
         await self._flush(settler)
+        heartbeat.stop()  # no beat may re-register this worker after it deregistered
         released = await self._release()
         await cancel_all(background)
         if self._pool:
@@ -203,9 +217,31 @@ class Worker:
                 self.busy -= 1
 
     def status(self) -> dict[str, Any]:
-        """What the heartbeat publishes about this worker."""
+        """What the heartbeat publishes about this worker (read from the heartbeat thread)."""
         return {"concurrency": self.concurrency, "in_flight": self.busy - self._ready.qsize(),
-                "processed": self.processed, "queues": ",".join(self.queues)}
+                "processed": self.processed, "queues": ",".join(self.queues),
+                "loop_blocks": self.watch.blocks, "loop_blocked_ms": round(self.watch.blocked_s * 1000)}
+
+    def stuck_after(self) -> float:
+        """Seconds without a loop tick after which this worker is stuck for good, and stops beating.
+
+        The longest timeout among the tasks it holds, plus the lease: a handler blocking the
+        loop may run that long legitimately (its timeout cannot fire while the loop is held).
+        """
+        longest = 0.0
+        for task in self.held.values():
+            handler = self.registry.get(task.type)
+            longest = max(longest, self._timeout(handler, task) if handler else self.settings.task_timeout)
+        return longest + self.settings.lease
+
+    def _culprit(self, current: asyncio.Task[Any] | None) -> Culprit:
+        """Who holds the loop, for the loop watch (called from the heartbeat thread)."""
+        task = self._running.get(current) if current is not None else None
+        if task is not None:
+            return task.queue, f"task {task.type} {task.id} (queue {task.queue})"
+        if current is not None:
+            return "", f"asyncio task {current.get_name()!r}, not a task handler"
+        return "", "a callback outside any asyncio task"
 
     def ahead(self) -> int:
         """How many tasks to claim beyond one a runner: what the runners finish in a claim's round trip.
@@ -303,9 +339,11 @@ class Worker:
             if task is None:
                 return
             start = time.perf_counter()
+            self._running[me] = task
             try:
                 outcome = await self._execute(task, me, start)
             finally:
+                del self._running[me]
                 self.busy -= 1
                 self._changed.set()
             self._run_s += EWMA * (time.perf_counter() - start - self._run_s)
