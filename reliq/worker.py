@@ -381,6 +381,8 @@ class Worker:
             raise PermanentError(f"payload is not valid JSON: {exc}") from None
         ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
         timeout = self._timeout(handler, task)
+        if timeout + self.settings.lease > self.watch.stuck_after:  # before the loop watch's next tick sees it
+            self.watch.stuck_after = timeout + self.settings.lease
         if handler.is_async:
             return await self._watchdog.within(handler.call(payload, ctx), timeout, runner)
         if self._pool is None:
