@@ -123,6 +123,10 @@ class AsyncClient(_Producer[Queue]):
         """Cancel a pending or scheduled task; return the state it was in (raises CancelRefused)."""
         return await self._queue(queue).cancel(task_id)
 
+    async def ping(self) -> None:
+        """Check that Redis answers (raises redis.ConnectionError otherwise): for readiness checks."""
+        await self.redis.ping()
+
     async def close(self) -> None:
         """Close the Redis connections."""
         await self.redis.aclose()
@@ -169,6 +173,10 @@ class Client(_Producer[SyncQueue]):
     def cancel(self, task_id: str, queue: str | None = None) -> str:
         """See :meth:`AsyncClient.cancel`."""
         return self._queue(queue).cancel(task_id)
+
+    def ping(self) -> None:
+        """See :meth:`AsyncClient.ping`."""
+        self.redis.client.ping()
 
     def close(self) -> None:
         """Close this process's connections."""
