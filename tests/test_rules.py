@@ -65,11 +65,18 @@ def test_operator_prometheus_rule_carries_the_same_groups_as_the_rules_file() ->
 
 def test_operator_service_monitor_scrapes_the_monitor_service() -> None:
     [sm] = list(yaml.safe_load_all((PROMETHEUS_RULE.parent / "servicemonitor.yaml").read_text()))
-    services = [d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "monitor.yaml").read_text())
-                if d["kind"] == "Service"]
+    manifest = list(yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "monitor.yaml").read_text()))
+    services = [d for d in manifest if d["kind"] == "Service"]
     [svc] = [s for s in services if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()]
     assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
     assert {e["path"] for e in sm["spec"]["endpoints"]} == {"/metrics"}
+    [monitor] = [d for d in manifest if d["kind"] == "Deployment"]
+    [container] = monitor["spec"]["template"]["spec"]["containers"]
+    secrets = {(e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"]): e["name"]
+               for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    for endpoint in sm["spec"]["endpoints"]:  # the token Prometheus sends is one the monitor reads
+        credentials = endpoint["authorization"]["credentials"]
+        assert secrets[credentials["name"], credentials["key"]] == "RELIQ_READ_TOKEN"
 
 
 async def test_every_metric_the_rules_use_is_on_metrics_or_announced(queue: Queue, settings: Settings) -> None:
