@@ -20,13 +20,15 @@ def outage_gap(lease: float, interval: float) -> float:
     """How long no reaper round may reach Redis before the silence counts as Redis's outage.
 
     Every worker tries a round each ``interval``, so a longer gap means Redis served none
-    of them; it stays under half the lease so that an outage short enough to go unnoticed
-    leaves the heartbeats (reconnecting within about the outage's length) time to land.
+    of them; it stays a second above the interval, so that a lone worker's own rounds never
+    count as one, and otherwise under half the lease, so that an outage short enough to go
+    unnoticed leaves the heartbeats (reconnecting within about the outage's length) time
+    to land.
     A reaper that was itself away for a while (its worker just started, say) sets the
     grace too: that costs a dead worker's tasks at most the grace, only when it is longer
     than what is left of their lease.
     """
-    return min(lease / 2, max(2 * interval, 0.2))
+    return max(min(lease / 2, 2 * interval), interval + 1.0)
 
 
 class Reaper:

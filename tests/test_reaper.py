@@ -25,13 +25,13 @@ async def _held_by(queue: Queue, worker_id: str) -> str:
     return task_id
 
 
-async def _rounds(reaper: Reaper, seconds: float) -> list[tuple[int, int]]:
+async def _rounds(reaper: Reaper, seconds: float, every: float = INTERVAL) -> list[tuple[int, int]]:
     """Run the reaper's rounds every interval for ``seconds``, as its loop would."""
     results = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         results.append(await reaper.run_once())
-        await asyncio.sleep(INTERVAL)
+        await asyncio.sleep(every)
     return results
 
 
@@ -54,10 +54,18 @@ async def test_only_one_reaper_a_round(queue: Queue) -> None:
     assert sorted(results) == [(0, 0), (1, 0)]
 
 
-def test_the_outage_gap_stays_under_half_the_lease() -> None:
+def test_the_outage_gap_stays_under_half_the_lease_and_above_the_interval() -> None:
     assert outage_gap(15.0, 1.0) == 2.0
-    assert outage_gap(3.0, 1.0) == 1.5
-    assert outage_gap(1.0, 0.01) == 0.2
+    assert outage_gap(3.0, 0.5) == 1.5
+    assert outage_gap(2.0, 1.0) == 2.0  # a lone worker's rounds, 1 s apart, never open a grace
+    assert outage_gap(1.0, 0.01) == 1.01
+
+
+async def test_a_lone_reapers_own_rounds_never_open_a_grace(queue: Queue) -> None:
+    """Rounds one interval apart, with a lease only twice the interval, still reap."""
+    await _held_by(queue, "w-dead")
+    reaper = Reaper(queue, 0.6, 0.3, "w-reaper", grace=5.0)
+    assert (1, 0) in await _rounds(reaper, 1.5, every=0.3)
 
 
 async def test_after_redis_was_stalled_no_live_worker_is_taken_for_dead(tmp_path: Path) -> None:
