@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reliq import deadletter, dlq_io
-from reliq.connection import UNAVAILABLE, connect
+from reliq.connection import UNAVAILABLE, connect, describe
 from reliq.deadletter import DeadFilter, Replay
 from reliq.errors import InvalidTask, TaskNotFound
 from reliq.metrics import read_workers
@@ -40,7 +40,7 @@ def _with_queue(settings: Settings, body: Callable[[Queue], Awaitable[int]]) -> 
         try:
             return await body(Queue(redis, settings))
         except UNAVAILABLE as exc:
-            err.print(f"reliq: cannot reach Redis at {settings.redis_url}: {exc}")
+            err.print(f"reliq: Redis at {settings.redis_url}: {describe(exc)}")
             return 1
         except TaskNotFound as exc:
             err.print(f"reliq: no task {exc} in the dead-letter queue of {settings.queue!r}")

@@ -26,24 +26,59 @@ import redis
 import redis.cluster
 import redis.retry
 import redis.sentinel
+from redis._parsers.base import BaseParser
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ClusterError, ReadOnlyError, RedisClusterException, TryAgainError
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reliq.errors import ConfigError
 
-#: Errors that mean "Redis is not reachable right now": callers back off and retry, or
-#: answer 503, instead of failing the task. Besides lost connections and timeouts
-#: (which include Sentinel's MasterNotFoundError, LOADING and pool exhaustion), that is
-#: a cluster that is down or resharding (CLUSTERDOWN, MASTERDOWN, TRYAGAIN, no node
-#: reachable) and a primary demoted by a failover that still gets our writes (READONLY).
+
+class RedisBusy(ResponseError):
+    """BUSY: Redis is running a script past ``busy-reply-threshold`` (it answers nothing else)."""
+
+
+# redis-py maps error codes to classes in one table, and BUSY is not in it: without this
+# a BUSY reply would be a bare ResponseError, indistinguishable from a bug of ours.
+BaseParser.EXCEPTION_CLASSES.setdefault("BUSY", RedisBusy)
+
+#: Errors that mean "Redis cannot serve us right now": callers log once, back off and
+#: retry, or answer 503 (507 for OOM), instead of failing the task or exiting. Besides
+#: lost connections and timeouts (which include Sentinel's MasterNotFoundError, LOADING
+#: and pool exhaustion), that is a cluster that is down or resharding (CLUSTERDOWN,
+#: MASTERDOWN, TRYAGAIN, no node reachable), a primary demoted by a failover that still
+#: gets our writes (READONLY), a Redis at its maxmemory under noeviction (OOM: the scripts
+#: that drain the queue still run, see docs/memory.md; other writes wait for room), a
+#: script running too long (BUSY), and a script cache flushed between redis-py's load and
+#: its call in a pipeline (NOSCRIPT: the next try loads it again).
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
-               ClusterError, TryAgainError, RedisClusterException, ReadOnlyError)
+               ClusterError, TryAgainError, RedisClusterException, ReadOnlyError,
+               OutOfMemoryError, RedisBusy, NoScriptError)
+
+
+def describe(exc: BaseException) -> str:
+    """What an UNAVAILABLE error means for an operator, and what to do, in one phrase."""
+    if isinstance(exc, OutOfMemoryError):
+        return ("Redis is out of memory (maxmemory reached, noeviction): raise maxmemory or let the "
+                f"workers drain the queue ({exc})")
+    if isinstance(exc, ReadOnlyError):
+        return f"Redis is a read-only replica (a failover in progress?): {exc}"
+    if isinstance(exc, RedisBusy):
+        return f"Redis is busy running a script: {exc}"
+    return f"Redis unreachable: {exc}"
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}

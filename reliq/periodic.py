@@ -8,7 +8,7 @@ import random
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from reliq.connection import UNAVAILABLE
+from reliq.connection import UNAVAILABLE, describe
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ async def every(interval: float, step: Callable[[], Awaitable[object]], name: st
         except UNAVAILABLE as exc:
             reraise_if_cancelled()
             if backoff.failures == 0:
-                log.warning("%s: Redis unreachable (%s); retrying with backoff", name, exc)
+                log.warning("%s: %s; retrying with backoff", name, describe(exc))
             await asyncio.sleep(backoff.next())
             continue
         except Exception:

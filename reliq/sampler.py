@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from reliq.connection import UNAVAILABLE
+from reliq import memory
+from reliq.connection import UNAVAILABLE, describe
 from reliq.metrics import (
     N_BUCKETS,
     Percentiles,
@@ -57,6 +58,8 @@ class Sample:
     point: list[float]
     #: Sum of every run's duration so far, ms (with ``run``, the mean run time for autoscaling).
     run_ms: int = 0
+    #: Redis's used memory and maxmemory at this reading.
+    memory: memory.Reading | None = None
 
 
 class TypeView(TypedDict):
@@ -122,6 +125,7 @@ class Sampler:
         snapshot = await self.queue.snapshot()
         types = parse_metrics(await self.queue.metric_counts())
         workers = await read_workers(self.queue)
+        mem = await memory.read(self.queue.redis)
         t = time.time()
         prev = self.samples[-1] if self.samples else None
         point: list[float] = [round(t, 3), snapshot["pending"], snapshot["processing"],
@@ -129,7 +133,7 @@ class Sampler:
         for name in ("succeeded", "failed", "enqueued"):
             point.append(_rate(snapshot, prev.snapshot, name, t - prev.t) if prev else 0.0)
         sample = Sample(t, snapshot, merge_buckets(types, "wait"), merge_buckets(types, "run"), workers, point,
-                        run_ms=sum(m.run_sum_ms for m in types.values()))
+                        run_ms=sum(m.run_sum_ms for m in types.values()), memory=mem)
         self.samples.append(sample)
         self._types.append((t, types))
         return sample
@@ -141,7 +145,7 @@ class Sampler:
             self.error = None
         except UNAVAILABLE as exc:
             if self.error is None:
-                log.warning("monitor cannot read Redis: %s", exc)
+                log.warning("monitor cannot read Redis: %s", describe(exc))
             self.error = f"Redis is unavailable: {exc}"
         async with self._tick:
             self.seq += 1
@@ -224,5 +228,6 @@ class Sampler:
         if not self.samples:
             return {"seq": self.seq, "error": self.error or "no reading yet"}
         s = self.samples[-1]
-        return {"seq": self.seq, "error": self.error, "t": s.t, "stats": {**s.snapshot, "rates": self.rates()},
+        stats = {**s.snapshot, "rates": self.rates(), "redis_memory": s.memory.view() if s.memory else None}
+        return {"seq": self.seq, "error": self.error, "t": s.t, "stats": stats,
                 "latency": self.latency(), "types": self.types(), "workers": s.workers, "point": s.point}

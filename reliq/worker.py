@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq.connection import UNAVAILABLE
+from reliq.connection import UNAVAILABLE, describe
 from reliq.dead_trimmer import DeadTrimmer
 from reliq.errors import PermanentError
 from reliq.fetcher import Fetcher
@@ -203,7 +203,7 @@ class Worker:
             except UNAVAILABLE as exc:
                 reraise_if_cancelled()
                 if backoff.failures == 0:
-                    log.warning("waiting for Redis: %s", exc)
+                    log.warning("waiting for Redis: %s", describe(exc))
                 with contextlib.suppress(TimeoutError):  # a signal ends the wait, Redis or not
                     await asyncio.wait_for(stop.wait(), backoff.next())
         return False
@@ -277,7 +277,7 @@ class Worker:
             except UNAVAILABLE as exc:
                 reraise_if_cancelled()
                 if backoff.failures == 0:
-                    log.warning("fetcher: Redis unreachable (%s); retrying with backoff", exc)
+                    log.warning("fetcher: %s; retrying with backoff", describe(exc))
                 await asyncio.sleep(backoff.next())
                 await self._adopt_orphans()
             except Exception:
@@ -417,7 +417,7 @@ class Worker:
                     self._done = batch + self._done
                     reraise_if_cancelled()
                     if backoff.failures == 0:
-                        log.warning("settler: Redis unreachable (%s); %d result(s) wait", exc, len(batch))
+                        log.warning("settler: %s; %d result(s) wait", describe(exc), len(batch))
                     await asyncio.sleep(backoff.next())
                     continue
                 except Exception:
