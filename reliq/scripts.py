@@ -3,11 +3,19 @@
 Each transition of the state machine is one file; ``_lib.lua`` is prepended to each so
 shared helpers exist once. redis-py's ``Script`` calls by SHA and reloads on NOSCRIPT
 (after a Redis restart), so a restarted server needs no special handling.
+
+A script whose file starts with a Redis 7 shebang (``#!lua flags=allow-oom``) keeps it as
+its first line, before the helpers: that is where Redis looks for it (EVALSHA of the
+loaded text honours the flags). The scripts that drain a queue carry ``allow-oom`` so a
+Redis at its maxmemory can still be emptied; enqueue does not, so it is refused there.
+Redis 6 knows no shebang and fails to compile one: then the scripts are loaded again
+without it (they then run as on Redis 6: a full Redis refuses their first write).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -15,6 +23,9 @@ from typing import Any
 import redis
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript, Script
+from redis.exceptions import ResponseError
+
+log = logging.getLogger(__name__)
 
 NAMES = (
     "enqueue",
@@ -33,14 +44,35 @@ NAMES = (
     "dead_trim",
     "dead_edit",
     "dead_import",
+    "count",
 )
 
 
 @cache
-def source(name: str) -> str:
-    """The full text of script ``name``: the shared helpers, then the script itself."""
+def source(name: str, shebang: bool = True) -> str:
+    """The full text of script ``name``: its shebang line if any, the shared helpers, the script.
+
+    ``shebang=False`` leaves the shebang out (for Redis 6).
+    """
     lua = resources.files("reliq") / "lua"
-    return (lua / "_lib.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+    first, body = _split_shebang((lua / f"{name}.lua").read_text())
+    return (first if shebang else "") + (lua / "_lib.lua").read_text() + "\n" + body
+
+
+def _split_shebang(text: str) -> tuple[str, str]:
+    if not text.startswith("#!"):
+        return "", text
+    line, _, rest = text.partition("\n")
+    return line + "\n", rest
+
+
+def has_shebang(name: str) -> bool:
+    """Whether script ``name`` carries Redis 7 flags."""
+    return source(name) != source(name, shebang=False)
+
+
+#: Whether a Redis refused a shebang already (then every client loads scripts without one).
+_no_shebang = False
 
 
 @cache
@@ -53,8 +85,9 @@ class Scripts:
     """The registered scripts of one Redis client, as awaitable callables."""
 
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name)) for name in NAMES
+            name: redis.register_script(source(name, shebang=not _no_shebang)) for name in NAMES
         }
 
     async def __call__(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
@@ -62,7 +95,21 @@ class Scripts:
 
         With ``client`` a pipeline, the call is queued on it instead.
         """
-        return await self._scripts[name](keys=keys, args=args, client=client)
+        try:
+            return await self._scripts[name](keys=keys, args=args, client=client)
+        except ResponseError as exc:
+            if client is not None or not has_shebang(name) or "near '#'" not in str(exc):
+                raise
+        self._without_shebangs()
+        return await self._scripts[name](keys=keys, args=args)
+
+    def _without_shebangs(self) -> None:
+        global _no_shebang
+        if not _no_shebang:
+            log.warning("this Redis does not understand script flags (Redis < 7): reliq's scripts run "
+                        "without allow-oom, so workers cannot drain a Redis at its maxmemory; use Redis >= 7")
+            _no_shebang = True
+        self._scripts = {name: self._redis.register_script(source(name, shebang=False)) for name in NAMES}
 
 
 class SyncScripts:

@@ -97,7 +97,7 @@ async def test_blmove_then_claim_takes_the_moved_id_first(queue: Queue, redis: R
     assert [t.id for t in tasks] == [a, b]
 
 
-async def test_settle_ok_marks_succeeded_with_ttl_and_counts(queue: Queue, redis: Redis) -> None:
+async def test_settle_ok_leaves_a_compact_record_with_ttl_and_counts(queue: Queue, redis: Redis) -> None:
     [a] = await enqueue(queue)
     [task] = await claim_all(queue)
     assert await queue.settle(W, [outcome(task, "ok", '{"x":1}')]) == (1, 0)
@@ -106,8 +106,9 @@ async def test_settle_ok_marks_succeeded_with_ttl_and_counts(queue: Queue, redis
         "workers": [W],
         "stats": {"enqueued": "1", "succeeded": "1"},
         "metrics": space["metrics"],
-        f"task:{a}": record(state="succeeded", attempts=1, started_at="T", worker=W, finished_at="T",
-                            result='{"x":1}'),
+        # no payload, max_retries, timeout_ms, worker, queued_at: only what GET /task shows
+        f"task:{a}": {"type": "noop", "state": "succeeded", "attempts": "1", "failures": "0", "crashes": "0",
+                      "enqueued_at": "T", "started_at": "T", "finished_at": "T", "result": '{"x":1}'},
     }
     assert space["metrics"]["t|noop|ok"] == "1" and space["metrics"]["rs|noop"] == "3"
     assert 0 < await redis.pttl(queue.keys.task(a)) <= queue.settings.result_ttl * 1000

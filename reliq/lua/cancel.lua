@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Cancel a task that has not started.
 -- KEYS[1] pending list  KEYS[2] delayed zset  KEYS[3] stats hash  KEYS[4] task key prefix
 -- ARGV[1] task id  ARGV[2] TTL of the cancelled record (ms)

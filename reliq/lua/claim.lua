@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Claim up to N ready tasks for worker W: move each id from pending into W's own
 -- processing list, mark it processing, and return its body, in one round trip.
 -- KEYS[1] pending list  KEYS[2] processing list of W  KEYS[3] task key prefix

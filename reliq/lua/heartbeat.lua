@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Worker W says it is alive, stamped with the server's clock, and publishes its info.
 -- KEYS[1] workers zset  KEYS[2] info hash of W  KEYS[3] metrics hash
 -- ARGV[1] W  ARGV[2] info TTL (ms)  ARGV[3] metrics increments W carries, a JSON object

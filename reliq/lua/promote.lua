@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Move delayed tasks (retries, scheduled tasks) whose due time has come into pending.
 -- KEYS[1] delayed zset  KEYS[2] pending list  KEYS[3] task key prefix
 -- ARGV[1] the most to move in one call

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Recover the tasks of worker W if it has been silent for longer than the lease.
 -- KEYS[1] workers zset  KEYS[2] processing list of W  KEYS[3] pending list
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] info hash of W  KEYS[7] task key prefix

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Start a reaper's round: note that Redis is serving, take the round's lock, list the
 -- workers silent past their lease.
 -- KEYS[1] workers zset  KEYS[2] reaper lock  KEYS[3] reaper clock hash (seen, grace_until)

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Worker W shuts down: hand back every task it still holds and deregister.
 -- KEYS[1] processing list of W  KEYS[2] pending list  KEYS[3] workers zset
 -- KEYS[4] info hash of W  KEYS[5] task key prefix

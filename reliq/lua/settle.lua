@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Record the outcome of a batch of tasks that worker W ran (the batched ack).
 -- KEYS[1] processing list of W  KEYS[2] pending list  KEYS[3] delayed zset
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] metrics hash  KEYS[7] task key prefix
@@ -5,7 +6,7 @@
 -- ARGV[2] the batch as one JSON array of [id, type, max_retries, outcome, text,
 --   retry delay (ms), wait (ms), run (ms), wait bucket, run bucket]: one argument instead
 --   of ten per task, because encoding arguments is most of the worker's cost of a settle.
---   outcome: ok (text = JSON result or ''), error | timeout (retried while failures <=
+--   outcome: ok (text = JSON result or ''; the record becomes compact, see KEPT), error | timeout (retried while failures <=
 --   max_retries, else dead), permanent | unknown_type (dead at once); text = the error.
 -- ARGV[3] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
 --   observe() below writes a task. Summing them here cost as much as the rest of the
@@ -16,6 +17,12 @@
 -- Counters and metrics are written once per field a batch.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command.
+-- What a succeeded task's record keeps (with state, finished_at and result): what
+-- GET /task and waiting show. The rest (payload, max_retries, timeout_ms, worker,
+-- queued_at, last_error) is dropped by writing the record anew: a hash that once held a
+-- value over 64 bytes (a payload, usually) stays a hash table, ~60 bytes a field more than
+-- the listpack a new small hash gets (MEMORY USAGE 1,248 -> 200 bytes, 200-byte payload).
+local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at'}
 local now = now_ms()
 local now_s = tostring(now)
 local stats, metrics, prefix = KEYS[5], KEYS[6], KEYS[7]
@@ -69,7 +76,13 @@ for _, t in ipairs(batch) do
   else
     applied = applied + 1
     if outcome == 'ok' then
-      redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
+      -- The compact record (see KEPT), so that a success frees memory (also on a Redis
+      -- at its maxmemory) instead of adding to it.
+      local f = redis.call('HMGET', key, unpack(KEPT))
+      redis.call('DEL', key)
+      redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text,
+                 'type', f[1] or ttype, 'attempts', f[2] or '1', 'failures', f[3] or '0',
+                 'crashes', f[4] or '0', 'enqueued_at', f[5] or now_s, 'started_at', f[6] or now_s)
       redis.call('PEXPIRE', key, ARGV[1])
       add(counts, 'succeeded', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
