@@ -1,7 +1,7 @@
 """reliq: a fault-tolerant task queue on Redis for asyncio Python."""
 
 from reliq.client import AsyncClient, Client
-from reliq.errors import CancelRefused, InvalidTask, PermanentError, ReliqError, TaskNotFound
+from reliq.errors import CancelRefused, InvalidTask, PermanentError, QueueFull, RedisFull, ReliqError, TaskNotFound
 from reliq.producer import TaskFunction, configure
 from reliq.registry import Context, task
 from reliq.settings import Settings
@@ -13,6 +13,8 @@ __all__ = [
     "Context",
     "InvalidTask",
     "PermanentError",
+    "QueueFull",
+    "RedisFull",
     "ReliqError",
     "Settings",
     "TaskFunction",

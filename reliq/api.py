@@ -17,13 +17,15 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from reliq.coalescer import Coalescer
-from reliq.errors import CancelRefused, ConfigError, InvalidTask, NotReplicated, QueueFull, TaskNotFound
+from reliq.errors import CancelRefused, ConfigError, InvalidTask, NotReplicated, QueueFull, RedisFull, TaskNotFound
 from reliq.openapi import spec as openapi_spec
 from reliq.queue import Queue, TaskSpec, make_spec
 from reliq.settings import DURABILITIES, Settings, check_queue_name
 from reliq.web import bearer_auth, error, errors_as_json, json_response
 
 MAX_BATCH = 1000
+#: Retry-After of a 507: a worker frees the room of a batch of tasks in well under this.
+RETRY_FULL_S = 5
 #: Queue objects the API keeps at most (a name is cheap, but not free).
 MAX_QUEUES = 1000
 
@@ -204,7 +206,7 @@ async def openapi(request: web.Request) -> web.Response:
 
 @web.middleware
 async def task_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bad tasks are 400s, a full queue is a 429: each saying what is wrong."""
+    """Bad tasks are 400s, a full queue is a 429, a full Redis a 507: each saying what is wrong."""
     try:
         response: web.StreamResponse = await handler(request)
         return response
@@ -212,6 +214,8 @@ async def task_errors(request: web.Request, handler: Any) -> web.StreamResponse:
         return error(400, str(exc))
     except QueueFull as exc:
         return error(429, str(exc), {"Retry-After": "1"})
+    except RedisFull as exc:
+        return error(507, str(exc), {"Retry-After": str(RETRY_FULL_S)})
 
 
 def create_app(queue: Queue, settings: Settings) -> web.Application:

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
-from reliq.errors import CancelRefused, QueueFull, TaskNotFound
+from reliq.errors import CancelRefused, QueueFull, RedisFull, TaskNotFound
 from reliq.keys import QueueKeys
+from reliq.memory import REFUSED_MEMORY
 from reliq.settings import Settings
 
 if TYPE_CHECKING:
@@ -45,12 +46,23 @@ def enqueued(raw: Sequence[Any]) -> list[tuple[str, bool]]:
     return [(text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
 
 
-def refused(exc: ResponseError, queue: str, settings: Settings) -> QueueFull | None:
-    """The QueueFull that enqueue.lua's error stands for, or None when it is another error."""
+def refused(exc: ResponseError, queue: str, settings: Settings) -> QueueFull | RedisFull | None:
+    """The refusal that enqueue.lua's error stands for, or None when it is another error.
+
+    OOM: enqueue.lua is not allow-oom, so a Redis at its maxmemory refuses its first
+    write and nothing was written.
+    """
+    if isinstance(exc, OutOfMemoryError):
+        return RedisFull(queue)
     message = str(exc)
     if message.startswith("FULL "):
         return QueueFull(queue, int(message.split()[1]), settings.max_pending)
     return None
+
+
+def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of count.lua adding ``n`` to the refused_memory counter (it runs on a full Redis)."""
+    return [k.stats], [REFUSED_MEMORY, n]
 
 
 def cancel_keys(k: QueueKeys) -> list[str]:

@@ -119,6 +119,8 @@ def _producer_options(fn: F) -> F:
         click.option("--max-body", type=click.IntRange(1), help="Largest request body in bytes [1 MiB]"),
         click.option("--max-pending", type=click.IntRange(0),
                      help="Pending tasks a queue may hold before POST /task answers 429 [0 = off]"),
+        click.option("--max-memory-ratio", type=click.FloatRange(0, 1, min_open=True),
+                     help="Refuse new tasks (507) past this share of Redis's maxmemory [0.9]"),
         click.option("--durability", type=click.Choice(["memory", "replicated"]),
                      help="Default durability: Redis acknowledged, or WAIT for a replica [memory]"),
     ]):

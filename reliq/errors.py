@@ -36,6 +36,23 @@ class QueueFull(ReliqError):
         self.limit = limit
 
 
+class RedisFull(ReliqError):
+    """Redis is (nearly) out of memory: nothing was enqueued; retry once workers made room.
+
+    ``used`` and ``limit`` are Redis's used_memory and maxmemory in bytes (0 when Redis
+    itself refused the write and they were not read); ``ratio`` the admission threshold.
+    """
+
+    def __init__(self, queue: str, used: int = 0, limit: int = 0, ratio: float = 1.0) -> None:
+        where = (f"{used / 2**20:.1f} MiB used of its {limit / 2**20:.1f} MiB maxmemory, past the "
+                 f"{ratio:.0%} admission limit" if limit else "maxmemory reached")
+        super().__init__(f"Redis is out of memory ({where}): queue {queue!r} takes no new tasks until "
+                         "workers drain it or maxmemory is raised; retry later")
+        self.queue = queue
+        self.used = used
+        self.limit = limit
+
+
 class NotReplicated(ReliqError):
     """The tasks are on the primary, but fewer replicas than asked confirmed them in time."""
 

@@ -14,6 +14,7 @@ from typing import TypedDict
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from reliq import memory
 from reliq.histogram import BOUNDS_S
 from reliq.loopwatch import BLOCK_BUCKET, BLOCK_SUM
 from reliq.queue import Queue, Snapshot
@@ -30,6 +31,7 @@ COUNTER_HELP = {
     "recovered": "Tasks taken back from workers that died (crash recovery).",
     "requeued": "Dead-lettered tasks sent back to pending.",
     "cancelled": "Tasks cancelled before they started.",
+    "refused_memory": "Tasks refused (507) because Redis was out of memory or past --max-memory-ratio.",
 }
 #: Dead-letter counters of the stats hash exported as reliq_<name>_total.
 DEAD_COUNTER_HELP = {
@@ -191,6 +193,7 @@ class QueueReading:
     types: dict[str, TypeMetrics]
     in_flight: int
     slots: int
+    memory: memory.Reading
     loop_blocks: LoopBlocks = field(default_factory=LoopBlocks)
 
 
@@ -200,7 +203,8 @@ async def read(queue: Queue) -> QueueReading:
     raw = await queue.metric_counts()
     workers = await read_workers(queue)
     return QueueReading(snapshot, parse_metrics(raw), in_flight=sum(w["in_flight"] for w in workers),
-                        slots=sum(w["concurrency"] for w in workers), loop_blocks=parse_loop_blocks(raw))
+                        slots=sum(w["concurrency"] for w in workers), memory=await memory.read(queue.redis),
+                        loop_blocks=parse_loop_blocks(raw))
 
 
 def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str) -> HistogramMetricFamily:
@@ -241,6 +245,10 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     workers = GaugeMetricFamily("reliq_workers", "Worker processes with a live heartbeat.", labels=["queue"])
     in_flight = GaugeMetricFamily("reliq_tasks_in_flight", "Tasks running on workers now.", labels=["queue"])
     slots = GaugeMetricFamily("reliq_worker_slots", "Sum of the workers' concurrency.", labels=["queue"])
+    mem_used = GaugeMetricFamily("reliq_redis_memory_used_bytes", "used_memory of the Redis holding the queue.",
+                                 labels=["queue"])
+    mem_max = GaugeMetricFamily("reliq_redis_memory_max_bytes",
+                                "maxmemory of the Redis holding the queue (0 = no limit).", labels=["queue"])
     tasks = CounterMetricFamily("reliq_tasks", "Task runs settled, by type and outcome.",
                                 labels=["queue", "type", "outcome"])
     counters = {name: CounterMetricFamily(f"reliq_tasks_{name}", doc, labels=["queue"])
@@ -262,12 +270,15 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
         workers.add_metric([q], snap["workers"])
         in_flight.add_metric([q], r.in_flight)
         slots.add_metric([q], r.slots)
+        mem_used.add_metric([q], r.memory.used)
+        mem_max.add_metric([q], r.memory.max)
         for ttype, m in sorted(r.types.items()):
             for outcome, n in sorted(m.outcomes.items()):
                 tasks.add_metric([q, ttype, outcome], n)
         for name, family in counters.items():
             family.add_metric([q], snap[name])  # type: ignore[literal-required]
-    yield from (depth, lag, dead_age, archived, workers, in_flight, slots, tasks, *counters.values())
+    yield from (depth, lag, dead_age, archived, workers, in_flight, slots, mem_used, mem_max, tasks,
+                *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
     yield _loop_histogram(readings)

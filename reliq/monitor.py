@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from reliq import autoscale, deadletter, metrics
+from reliq import autoscale, deadletter, memory, metrics
 from reliq.deadletter import DeadFilter, Replays
 from reliq.errors import TaskNotFound
 from reliq.periodic import cancel_all
@@ -86,8 +86,9 @@ async def stats(request: web.Request) -> web.Response:
     sampler = w.sampler
     snapshot = await w.queue.snapshot()
     blocks = metrics.parse_loop_blocks(await w.queue.metric_counts())
-    return json_response({**snapshot, "rates": sampler.rates(), "rates_window_s": RATE_WINDOW_S,
-                          "latency": sampler.latency(), "types": sampler.types(),
+    mem = await memory.read(w.queue.redis)
+    return json_response({**snapshot, "redis_memory": mem.view(), "rates": sampler.rates(),
+                          "rates_window_s": RATE_WINDOW_S, "latency": sampler.latency(), "types": sampler.types(),
                           "event_loop_blocked": {"blocks": blocks.count, "seconds": blocks.sum_ms / 1000}})
 
 

@@ -118,7 +118,10 @@ _COMMON = {"401": _error("Missing or wrong bearer token (when RELIQ_API_TOKEN is
            "503": _error("Redis is unavailable (Retry-After: 1)")}
 _BAD_BODY = {"400": _error("Invalid JSON or task"), "413": _error("Body over the limit"),
              "415": _error("Content-Type is not application/json"),
-             "429": _error("The queue is past --max-pending (Retry-After: 1)")}
+             "429": _error("The queue is past --max-pending (Retry-After: 1)"),
+             "507": {**_error("Redis is out of memory, or past --max-memory-ratio of its maxmemory: nothing "
+                              "was enqueued (Retry-After: seconds)"),
+                     "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}}}
 
 
 @cache

@@ -20,10 +20,11 @@ from redis.exceptions import ResponseError
 
 from reliq import calls
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
-from reliq.errors import InvalidTask, NotReplicated, TaskNotFound
+from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
+from reliq.memory import TASK_BYTES, guard
 from reliq.scripts import Scripts
 from reliq.settings import Settings
 
@@ -36,8 +37,9 @@ MAX_TIMEOUT_S = 24 * 3600.0
 #: States a task record can be in (the ``state`` field of GET /task/{id}).
 STATES = ("pending", "scheduled", "processing", "retrying", "succeeded", "dead", "cancelled")
 #: Counters kept in the stats hash (reported as 0 until first incremented).
+#: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
-            "dead_evicted", "dead_archive_dropped", "dead_imported")
+            "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -198,6 +200,7 @@ class Snapshot(TypedDict):
     dead_evicted: int
     dead_archive_dropped: int
     dead_imported: int
+    refused_memory: int
 
 
 class ArchivedTask(TypedDict):
@@ -226,19 +229,23 @@ class Queue:
     async def enqueue_specs(self, specs: Sequence[TaskSpec], replicas: int = 0) -> list[tuple[str, bool]]:
         """Enqueue all ``specs`` atomically; return (task id, created now) for each.
 
-        Raises QueueFull past ``settings.max_pending`` (nothing written). With
+        Raises QueueFull past ``settings.max_pending`` and RedisFull when Redis is past
+        ``settings.max_memory_ratio`` of its maxmemory, or at it (nothing written). With
         ``replicas``, waits (WAIT, on the same connection) until that many replicas
         have the tasks, and raises NotReplicated when they do not answer in time —
         the tasks are enqueued on the primary all the same.
         """
         keys = calls.enqueue_keys(self.keys)
-        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs))
+        batch = calls.enqueue_batch(specs)
+        args = calls.enqueue_args(self.settings, batch)
         if replicas and isinstance(self.redis, RedisCluster):
             # WAIT must follow the write on the same connection, and the cluster client
             # neither pipelines scripts nor routes a keyless WAIT to the queue's node.
             raise InvalidTask("'durability': 'replicated' is not available on Redis Cluster; use a primary "
                               "with replicas (plain or Sentinel), or 'memory'")
         try:
+            memory = guard(self.redis, self.settings.max_memory_ratio)
+            await memory.admit(self.name, len(batch) + TASK_BYTES * len(specs))
             if replicas:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     await self._scripts("enqueue", keys, args, client=pipe)
@@ -246,8 +253,11 @@ class Queue:
                     raw, acked = await pipe.execute()
             else:
                 raw = await self._scripts("enqueue", keys, args)
-        except ResponseError as exc:
-            raise calls.refused(exc, self.name, self.settings) or exc from None
+        except (RedisFull, ResponseError) as exc:
+            refusal = exc if isinstance(exc, RedisFull) else calls.refused(exc, self.name, self.settings)
+            if isinstance(refusal, RedisFull):
+                await self._scripts("count", *calls.count_refused(self.keys, len(specs)))
+            raise refusal or exc from None
         results = calls.enqueued(raw)
         if replicas and acked < replicas:
             raise NotReplicated(results, int(acked), replicas)

@@ -44,6 +44,10 @@ class Settings:
     max_body: int = 1024 * 1024
     #: Admission control: pending tasks past which POST /task answers 429 (0 = off).
     max_pending: int = 0
+    #: Admission by memory: past this share of Redis's maxmemory (when one is set), new
+    #: tasks are refused with 507, so workers keep headroom to drain (1 = only once Redis
+    #: itself refuses writes).
+    max_memory_ratio: float = 0.9
     #: Bearer token required by mutating endpoints when set (and, beyond loopback, by reads).
     api_token: str = ""
     #: Monitor: a second token that may only read (dashboards, scrapers); writes get 403.
@@ -147,6 +151,8 @@ class Settings:
         self._check_access()
         if self.durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
+        if not 0 < self.max_memory_ratio <= 1:
+            raise ConfigError("max_memory_ratio must be above 0 and at most 1 (a share of Redis's maxmemory)")
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 0 or self.dead_archive_cap < 1:
             raise ConfigError("crash_limit and dead_archive_cap must be >= 1, dead_cap and max_retries >= 0")
 

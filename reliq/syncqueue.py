@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from redis.exceptions import ResponseError
 
 from reliq import calls
+from reliq.errors import RedisFull
 from reliq.keys import QueueKeys
 from reliq.queue import TaskInfo, TaskSpec, record_of
 from reliq.settings import Settings
@@ -28,12 +29,19 @@ class SyncQueue:
         self._enqueue_keys = calls.enqueue_keys(self.keys)
 
     def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool]]:
-        """Enqueue all ``specs`` atomically; (task id, created now) for each (raises QueueFull)."""
+        """Enqueue all ``specs`` atomically; (task id, created now) for each.
+
+        Raises QueueFull past ``max_pending``, RedisFull when Redis is at its maxmemory
+        (unlike the asyncio client, not ahead of it: there is no memory guard here yet).
+        """
         args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs))
         try:
             raw = self.redis.script("enqueue", self._enqueue_keys, args)
         except ResponseError as exc:
-            raise calls.refused(exc, self.name, self.settings) or exc from None
+            refusal = calls.refused(exc, self.name, self.settings)
+            if isinstance(refusal, RedisFull):
+                self.redis.script("count", *calls.count_refused(self.keys, len(specs)))
+            raise refusal or exc from None
         return calls.enqueued(raw)
 
     def get(self, task_id: str) -> TaskInfo:

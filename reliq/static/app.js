@@ -316,6 +316,7 @@ function render(sample) {
   lagCard.dataset.level = st.lag_s > 60 ? "bad" : st.lag_s > 5 ? "warn" : "";
   $(".c-dead").dataset.level = st.dead_letter > 0 ? "bad" : "";
   $(".c-fail").dataset.level = st.rates.failed > 0 ? "warn" : "";
+  renderMemory(st.redis_memory);
   renderTotals(st);
   if (sample.latency) renderLatency(sample.latency);
   if (sample.workers) renderWorkers(sample.workers);
@@ -328,6 +329,15 @@ function render(sample) {
     state.deadCount = st.dead_letter;
     loadDead();
   }
+}
+
+/** Redis used memory against its maxmemory: past 90% (the default admission limit) new tasks get 507. */
+function renderMemory(m) {
+  if (!m) return;
+  const mib = (b) => (b / 1048576).toFixed(1) + " MiB";
+  setStat("memory", null, m.max_bytes ? Math.round(m.ratio * 100) + "%" : mib(m.used_bytes));
+  setSub("memory", m.max_bytes ? `${mib(m.used_bytes)} of ${mib(m.max_bytes)}` : "no maxmemory set");
+  $(".c-mem").dataset.level = m.ratio >= 0.9 ? "bad" : m.ratio >= 0.75 ? "warn" : "";
 }
 
 function addPoint(p) {
