@@ -88,6 +88,8 @@ async def test_full_redis_answers_507_writes_nothing_and_a_worker_started_on_it_
     async with reliq.AsyncClient(small_redis.url, queue_name) as producer:
         with pytest.raises(reliq.RedisFull, match="out of memory"):
             await producer.enqueue("noop", PAYLOAD)
+    with reliq.Client(small_redis.url, queue_name) as blocking, pytest.raises(reliq.RedisFull):
+        blocking.enqueue("noop", PAYLOAD)
 
     log = tmp_path / "worker.log"
     worker = procs.worker(small_redis.url, queue_name, log)
