@@ -147,3 +147,26 @@ class PrometheusServer:
         result = self.query(expr)
         assert len(result) <= 1, (expr, result)
         return next(iter(result.values()), None)
+
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "reliq.json"
+#: What Grafana puts in for its built-in variables when it runs a query.
+GRAFANA_BUILTINS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+
+
+def dashboard() -> dict[str, Any]:
+    """deploy/grafana/reliq.json, parsed."""
+    return dict(json.loads(DASHBOARD.read_text()))
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expression) of every PromQL query of the dashboard's panels."""
+    return [(f"{p['title']} {t['refId']}", t["expr"]) for p in dashboard()["panels"] for t in p.get("targets", [])]
+
+
+def with_variables(expr: str, queue: str = ".*", type: str = ".*") -> str:
+    """``expr`` as Grafana sends it: the template variables replaced by values."""
+    for name, value in {**GRAFANA_BUILTINS, "$queue": queue, "$type": type}.items():
+        expr = expr.replace(name, value)
+    assert "$" not in expr, f"a variable the dashboard does not define: {expr}"
+    return expr
