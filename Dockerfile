@@ -6,7 +6,7 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml LICENSE ./
 COPY reliq ./reliq
 # pyproject names a README; the image does not need the real one
 RUN touch README.md \

@@ -2,18 +2,27 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+PIP := $(BIN)/pip --quiet --disable-pip-version-check
 
 .PHONY: run test lint install dev clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(PIP) install --upgrade pip
 
-install: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[fast]'
+# Installed once, and again only when pyproject.toml changes: a second `make run` starts
+# at once, offline too (the install is editable, so edits to reliq/ need none).
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[fast]'
+	@touch $@
 
-dev: $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	@touch $@
+
+install: $(VENV)/.installed-run
+
+dev: $(VENV)/.installed-dev
 
 run: install
 	$(BIN)/reliq all
@@ -35,4 +44,4 @@ bench: dev
 	$(BIN)/python bench/instructions.py
 
 clean:
-	rm -rf $(VENV) .reliq .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .reliq .pytest_cache .mypy_cache .ruff_cache build dist

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,22 @@ from reliq.redis_server import answers
 from tests.util import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def repo_copy(dest: Path) -> Path:
+    """A fresh copy of the repository in ``dest``: what a clone of this work tree holds.
+
+    The files git tracks or would add (uncommitted edits included, ignored files such as
+    ``.venv`` and ``.reliq`` not), so a test sees the tree as a newcomer's clone would.
+    """
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a file deleted but not yet committed is listed too
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+    return dest
 
 
 def reliq(args: list[str], log: Path) -> subprocess.Popen[bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from reliq import api, monitor
+from reliq import __version__, api, monitor
 from reliq.connection import connect
 from reliq.queue import Queue
 from reliq.settings import Settings
@@ -27,7 +26,7 @@ from reliq.supervisor import health_app
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = __version__
 IMAGE = f"reliq:{VERSION}"
 DEFAULTS = Settings()
 
