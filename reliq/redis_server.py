@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from reliq.children import die_with_parent
 from reliq.errors import ConfigError
 
 INSTALL_HINT = (
@@ -54,7 +55,10 @@ class RedisServer:
         if binary is None:
             raise ConfigError(INSTALL_HINT)
         self.binary = binary
-        self.data_dir = Path(data_dir)
+        # redis-server changes into --dir before it opens --logfile and the AOF, so a
+        # relative path would be taken twice over (./.reliq/redis/./.reliq/redis/...):
+        # everything handed to it is made absolute here, the one place that starts it.
+        self.data_dir = Path(data_dir).absolute()
         self.port = port or free_port()
         self.aof = aof
         self.fsync = fsync
@@ -75,12 +79,21 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", self.fsync]
         return args + list(self.extra)
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers."""
+    def start(self, timeout: float = 10.0, *, tied: bool = False) -> RedisServer:
+        """Start the server and wait until it answers.
+
+        ``tied``: the server belongs to this process (``reliq all``'s own Redis). It runs
+        in its own process group, so a Ctrl-C at the terminal reaches only us and we stop
+        it after the worker has drained (had it stopped at once, the drain could not hand
+        tasks back); and it gets SIGTERM if we are killed, so it never outlives us. Start
+        it from the main thread (see :func:`reliq.children.die_with_parent`).
+        """
         self.data_dir.mkdir(parents=True, exist_ok=True)
         stderr = self.data_dir / "redis.stderr"
         with stderr.open("wb") as err:
-            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err)
+            self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=err,
+                                         process_group=0 if tied else None,
+                                         preexec_fn=die_with_parent(os.getpid()) if tied else None)
         deadline = time.monotonic() + timeout
         while not answers("127.0.0.1", self.port):
             if self.proc.poll() is not None:

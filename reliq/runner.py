@@ -80,7 +80,6 @@ async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, po
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
     await web.TCPSite(runner, host, port, reuse_address=True).start()
-    log.info("listening on http://%s:%d", host, port)
 
 
 async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections: int,
@@ -106,6 +105,7 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         queue = await _open_queue(stack, settings, max_connections=64)
         for factory, port in sites:
             await _start_site(stack, factory(queue, settings), settings.host, port)
+            log.info("%s on http://%s:%d", _SITE_NAMES.get(factory, "listening"), settings.host, port)
         if not work:
             await signals.stop.wait()
             return 0
@@ -144,6 +144,14 @@ def _liveness(queue: Queue, settings: Settings) -> web.Application:
     return health_app()
 
 
+#: What the start-up log calls each site, so a newcomer knows which port is which.
+_SITE_NAMES: dict[AppFactory, str] = {
+    api.create_app: "producer API (POST /task)",
+    monitor.create_app: "dashboard (also /stats, /metrics)",
+    _liveness: "liveness (GET /healthz)",
+}
+
+
 def run_serve(settings: Settings) -> int:
     """``reliq serve``: the producer API."""
     return run(lambda: serve(settings, [(api.create_app, settings.api_port)]))
@@ -161,8 +169,8 @@ def own_redis(settings: Settings, port: int = DEFAULT_REDIS_PORT) -> RedisServer
     """
     if settings.redis_url_given or answers("localhost", port):
         return None
-    server = RedisServer(settings.data_dir, port=port).start()
-    log.info("no Redis on localhost:%d: started redis-server with AOF in %s", port, settings.data_dir)
+    server = RedisServer(settings.data_dir, port=port).start(tied=True)
+    log.info("no Redis on localhost:%d: started redis-server with AOF in %s", port, server.data_dir)
     return server
 
 

@@ -19,17 +19,17 @@ and the children open no port; a lone worker (N = 1) serves it itself, see
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
 import logging
 import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from aiohttp import web
 
+from reliq.children import die_with_parent
 from reliq.errors import ConfigError
 from reliq.periodic import Backoff
 from reliq.settings import Settings
@@ -43,7 +43,6 @@ STABLE_S = 30.0
 CONFIG_EXIT = 2
 #: A slot without a running child for this long makes /healthz answer 503.
 UNHEALTHY_AFTER_S = 60.0
-_PR_SET_PDEATHSIG = 1
 
 
 def resolve_processes(value: str | int) -> int:
@@ -77,18 +76,6 @@ def child_env(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
     env["RELIQ_HEALTH_PORT"] = "0"  # the supervisor answers health checks, not each child
     env["RELIQ_PROCESSES"] = "1"  # a child is one worker, never a supervisor itself
     return env
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """A ``preexec_fn`` asking Linux to send the child SIGTERM (a drain) when the supervisor dies."""
-
-    def preexec() -> None:
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != parent:  # the supervisor died before prctl took effect
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 class Supervisor:
@@ -148,7 +135,7 @@ class Supervisor:
         env = child_env(self.settings, os.environ)
         while True:
             proc = await asyncio.create_subprocess_exec(
-                *self.command(), env=env, process_group=0, preexec_fn=_die_with_parent(os.getpid()))
+                *self.command(), env=env, process_group=0, preexec_fn=die_with_parent(os.getpid()))
             self.children[slot] = proc
             self._down_since.pop(slot, None)
             if self._stop.is_set():  # a signal came while it was starting

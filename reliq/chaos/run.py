@@ -44,7 +44,8 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> int:
     """Run, print the report, write it as JSON if asked; 0 when nothing was lost or wrong."""
     console = console or Console()
     seed = options.seed if options.seed is not None else secrets.randbelow(2**31)
-    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="reliq-chaos-"))
+    # absolute: the run's children (redis-server, reliq roles) are handed paths inside it
+    workdir = (options.workdir or Path(tempfile.mkdtemp(prefix="reliq-chaos-"))).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     report = asyncio.run(_run(options, seed, workdir, console))
     render(report, console)
