@@ -7,6 +7,7 @@ PIP := $(BIN)/pip --quiet --disable-pip-version-check
 .PHONY: run test lint install dev clean bench
 
 $(BIN)/python:
+	@echo "Creating $(VENV) and installing reliq into it (the first time only; half a minute or so)"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
