@@ -30,12 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "reliq-rules.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "reliq-rules.test.yaml"
 PROMETHEUS_RULE = ROOT / "deploy" / "kubernetes" / "monitoring" / "prometheusrule.yaml"
-#: Metric names the rules use that other changes of this session announced but that may
-#: not be on /metrics yet (event loop blocks, Redis memory).
-ANNOUNCED = frozenset({
-    "reliq_event_loop_blocked_seconds_count", "reliq_redis_memory_used_bytes", "reliq_redis_memory_max_bytes",
-    "reliq_tasks_refused_memory_total",
-})
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
