@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ import click
 import orjson
 
 import reliq.admin
-from reliq import runner, supervisor
+from reliq import logs, runner, supervisor
 from reliq.deadletter import DeadFilter
 from reliq.errors import ConfigError
 from reliq.settings import Settings
@@ -25,6 +24,9 @@ def _common(fn: F) -> F:
     fn = click.option("--redis-url", help="Redis URL [env REDIS_URL; default redis://localhost:6379/0]")(fn)
     fn = click.option("--log-level", default="INFO", show_default=True,
                       type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))(fn)
+    fn = click.option("--log-format", default="text", show_default=True, envvar="RELIQ_LOG_FORMAT",
+                      type=click.Choice(logs.FORMATS, case_sensitive=False),
+                      help="Log lines as text, or one JSON object a line [env RELIQ_LOG_FORMAT]")(fn)
     return fn
 
 
@@ -76,8 +78,8 @@ def _worker_options(fn: F) -> F:
     return fn
 
 
-def _settings(log_level: str, **flags: Any) -> Settings:
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _settings(log_level: str, log_format: str, **flags: Any) -> Settings:
+    logs.configure(log_level, log_format.lower())
     return Settings.load(**flags)
 
 
@@ -97,12 +99,13 @@ def main() -> None:
 @click.option("--processes", default="1", envvar="RELIQ_PROCESSES", show_default=True,
               help="Worker processes to run and supervise, or 'auto' for one per core [env RELIQ_PROCESSES]")
 @click.option("--health-port", type=click.IntRange(0, 65535), help="Serve GET /healthz on this port [off]")
-def work(log_level: str, burst: bool, processes: str, **flags: Any) -> None:
+def work(log_level: str, log_format: str, burst: bool, processes: str, **flags: Any) -> None:
     """Run a worker process, or supervise several (--processes)."""
-    settings = _settings(log_level, **flags)
+    settings = _settings(log_level, log_format, **flags)
     n = supervisor.resolve_processes(processes)
     if n > 1:
-        _exit(supervisor.run_supervisor(settings, n, burst=burst, log_level=log_level))
+        _exit(supervisor.run_supervisor(settings, n, burst=burst, log_level=log_level,
+                                         log_format=log_format.lower()))
     _exit(runner.run_work(settings, burst=burst))
 
 
@@ -134,9 +137,9 @@ def _producer_options(fn: F) -> F:
 @_listen_options
 @click.option("--port", "api_port", type=int, help="Port [8085]")
 @_producer_options
-def serve(log_level: str, **flags: Any) -> None:
+def serve(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the producer API."""
-    _exit(runner.run_serve(_settings(log_level, **flags)))
+    _exit(runner.run_serve(_settings(log_level, log_format, **flags)))
 
 
 @main.command()
@@ -147,9 +150,9 @@ def serve(log_level: str, **flags: Any) -> None:
 @click.option("--target-lag", type=click.FloatRange(min=0, min_open=True),
               help="Lag, seconds, that reliq_desired_workers aims to keep the queue under [10]")
 @_private_option
-def monitor(log_level: str, **flags: Any) -> None:
+def monitor(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the monitor (dashboard, /stats, /metrics)."""
-    _exit(runner.run_monitor(_settings(log_level, **flags)))
+    _exit(runner.run_monitor(_settings(log_level, log_format, **flags)))
 
 
 @main.command(name="all")
@@ -160,9 +163,9 @@ def monitor(log_level: str, **flags: Any) -> None:
 @click.option("--api-port", type=int, help="Producer API port [8085]")
 @click.option("--monitor-port", type=int, help="Monitor port [8082]")
 @_private_option
-def all_(log_level: str, **flags: Any) -> None:
+def all_(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the API, the monitor and a worker in one process."""
-    _exit(runner.run_all(_settings(log_level, **flags)))
+    _exit(runner.run_all(_settings(log_level, log_format, **flags)))
 
 
 @main.command()

@@ -12,6 +12,7 @@ in the ``workers`` set, the worker's info hash, and the loop-block counts it car
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -94,7 +95,9 @@ class Heartbeat:
 
     def start(self) -> None:
         """Beat from a daemon thread until :meth:`stop`."""
-        self._thread = threading.Thread(target=self._run, name="reliq-heartbeat", daemon=True)
+        # with the starter's context, so that its log lines name the worker (--log-format json)
+        self._thread = threading.Thread(target=contextvars.copy_context().run, args=(self._run,),
+                                        name="reliq-heartbeat", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -82,11 +82,12 @@ class Supervisor:
     """Keeps ``processes`` worker processes running until a signal asks them all to drain."""
 
     def __init__(self, settings: Settings, processes: int, *, burst: bool = False, log_level: str = "INFO",
-                 backoff_first: float = 0.5, backoff_cap: float = 30.0) -> None:
+                 log_format: str = "text", backoff_first: float = 0.5, backoff_cap: float = 30.0) -> None:
         self.settings = settings
         self.processes = processes
         self.burst = burst
         self.log_level = log_level
+        self.log_format = log_format
         self.backoff = (backoff_first, backoff_cap)
         self.children: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
@@ -96,7 +97,7 @@ class Supervisor:
 
     def command(self) -> list[str]:
         """The command line of one child."""
-        args = [sys.executable, "-m", "reliq", "work", "--log-level", self.log_level]
+        args = [sys.executable, "-m", "reliq", "work", "--log-level", self.log_level, "--log-format", self.log_format]
         return args + (["--burst"] if self.burst else [])
 
     async def run(self) -> int:
@@ -227,8 +228,9 @@ async def _supervise(supervisor: Supervisor, health_port: int, host: str) -> int
             await runner.cleanup()
 
 
-def run_supervisor(settings: Settings, processes: int, *, burst: bool = False, log_level: str = "INFO") -> int:
+def run_supervisor(settings: Settings, processes: int, *, burst: bool = False, log_level: str = "INFO",
+                   log_format: str = "text") -> int:
     """``reliq work --processes N`` with N > 1: supervise N worker processes; the exit code."""
     log.info("supervising %d worker processes of queue %r", processes, settings.queue)
-    supervisor = Supervisor(settings, processes, burst=burst, log_level=log_level)
+    supervisor = Supervisor(settings, processes, burst=burst, log_level=log_level, log_format=log_format)
     return asyncio.run(_supervise(supervisor, settings.health_port, settings.host))

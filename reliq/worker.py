@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -32,6 +33,7 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
+from reliq import logs
 from reliq.connection import UNAVAILABLE, describe
 from reliq.dead_trimmer import DeadTrimmer
 from reliq.errors import PermanentError
@@ -106,8 +108,11 @@ class Worker:
         Setting ``hard_stop`` during the drain skips the rest of the wait. Returns True
         when everything this worker held was settled or handed back.
         """
-        stop = stop or asyncio.Event()
-        hard_stop = hard_stop or asyncio.Event()
+        # every line this worker's loops and handlers log names it (--log-format json)
+        with logs.fields(worker=self.id):
+            return await self._run(stop or asyncio.Event(), hard_stop or asyncio.Event())
+
+    async def _run(self, stop: asyncio.Event, hard_stop: asyncio.Event) -> bool:
         s = self.settings
         heartbeat = Heartbeat(s.redis_url, list(self.queues), self.id, s.heartbeat_interval, s.lease, self.status,
                               self.watch)
@@ -124,13 +129,15 @@ class Worker:
         s = self.settings
         background = [asyncio.create_task(self.watch.run(self.stuck_after), name="loopwatch")]
         for queue in self.queues.values():
-            background += [
-                asyncio.create_task(Promoter(queue, s.promote_interval).run(), name="promoter"),
-                asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id,
-                                           landing_time(s.heartbeat_interval)).run(), name="reaper"),
-            ]
-            if s.dead_cap:
-                background.append(asyncio.create_task(DeadTrimmer(queue, s.reap_interval).run(), name="dead-trimmer"))
+            with logs.fields(queue=queue.name):  # the tasks created here log their queue
+                background += [
+                    asyncio.create_task(Promoter(queue, s.promote_interval).run(), name="promoter"),
+                    asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id,
+                                               landing_time(s.heartbeat_interval)).run(), name="reaper"),
+                ]
+                if s.dead_cap:
+                    background.append(asyncio.create_task(DeadTrimmer(queue, s.reap_interval).run(),
+                                                          name="dead-trimmer"))
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))
         settler = asyncio.create_task(self._settler(), name="settler")
@@ -340,8 +347,14 @@ class Worker:
                 return
             start = time.perf_counter()
             self._running[me] = task
+            logs.set_task(task)  # the handler's own log lines carry the task's fields
+            debug = log.isEnabledFor(logging.DEBUG)
             try:
+                if debug:
+                    log.debug("task %s (%s) started, attempt %d", task.id, task.type, task.attempts)
                 outcome = await self._execute(task, me, start)
+                if debug:
+                    _log_outcome(outcome)
             finally:
                 del self._running[me]
                 self.busy -= 1
@@ -388,8 +401,9 @@ class Worker:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
         loop = asyncio.get_running_loop()
-        return await self._watchdog.within(loop.run_in_executor(self._pool, handler.call, payload, ctx), timeout,
-                                           runner)
+        # in the runner's context, so that the handler's log lines carry the task's fields
+        call = loop.run_in_executor(self._pool, contextvars.copy_context().run, handler.call, payload, ctx)
+        return await self._watchdog.within(call, timeout, runner)
 
     # -- settling -----------------------------------------------------------------------------
 
@@ -438,6 +452,13 @@ class Worker:
                     self.held.pop(o.task.id, None)
                 self.processed += len(batch)
                 self._changed.set()
+
+
+def _log_outcome(o: Outcome) -> None:
+    """One DEBUG line a run (never INFO: at thousands of tasks a second it would be the log)."""
+    said = "" if o.outcome == "ok" else f": {o.text}"
+    log.debug("task %s (%s) %s in %d ms%s", o.task.id, o.task.type, o.outcome, o.run_ms, said,
+              extra={"outcome": o.outcome, "duration_ms": o.run_ms})
 
 
 def _ms_since(start: float) -> int:
