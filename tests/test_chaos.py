@@ -150,13 +150,14 @@ async def test_a_moved_task_requeued_by_the_reaper_before_its_claim_is_not_lost(
     assert (await queue.get(task_id))["state"] == "succeeded"
 
 
+@pytest.mark.timeout(260)
 def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
-    """The CI run: ~20 s of load with every fault kind at least once; lost must be 0."""
+    """The CI run: every fault kind at least once (~45 s of load); lost must be 0."""
     report_path = tmp_path / "report.json"
     proc = subprocess.run(
         [sys.executable, "-m", "reliq", "chaos", "--duration", "18", "--seed", "7", "--workers", "3",
          "--rate", "20", "--settle-timeout", "40", "--json", str(report_path), "--workdir", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=110,
+        capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = orjson.loads(report_path.read_bytes())

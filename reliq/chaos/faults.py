@@ -19,10 +19,12 @@ from typing import Any
 
 from reliq.chaos.cluster import Cluster, Proc
 from reliq.chaos.proxy import Proxy
+from reliq.chaos.tasks import BLOCK, POISON
+from reliq.connection import UNAVAILABLE, connect
 
 #: Fault kinds, in report order.
 KINDS = ("worker-kill", "rolling-restart", "redis-kill", "redis-stall", "worker-stall", "partition", "poison",
-         "api-kill")
+         "api-kill", "redis-full", "loop-block")
 
 
 @dataclass
@@ -77,11 +79,11 @@ class Injector:
     """Injects faults into a cluster and logs them."""
 
     def __init__(self, cluster: Cluster, log: FaultLog, rng: random.Random,
-                 submit_poison: Callable[[], Awaitable[str | None]]) -> None:
+                 submit: Callable[[str, Any], Awaitable[str | None]]) -> None:
         self.cluster = cluster
         self.log = log
         self.rng = rng
-        self.submit_poison = submit_poison
+        self.submit = submit
         self.lease = cluster.options.lease
         self.proxy: Proxy | None = None
 
@@ -206,17 +208,52 @@ class Injector:
         if self.proxy is not None:
             await self.proxy.close()
 
+    async def _submit(self, type: str, payload: Any) -> str | None:
+        for _ in range(20):  # the API may be down for a moment (another fault)
+            if task_id := await self.submit(type, payload):
+                return task_id
+            await asyncio.sleep(0.25)
+        return None
+
     async def poison(self) -> None:
         """Enqueue a task whose handler SIGKILLs its own worker, every time it runs."""
         async def act() -> tuple[list[int], str]:
-            task_id = None
-            for _ in range(20):  # the API may be down for a moment (another fault)
-                task_id = await self.submit_poison()
-                if task_id:
-                    break
-                await asyncio.sleep(0.25)
+            task_id = await self._submit(POISON, {})
             return [], f"task {task_id}" if task_id else "not accepted"
         await self._fault("poison", act)
+
+    async def block_loop(self) -> None:
+        """Enqueue a task whose async handler blocks its worker's loop past the lease.
+
+        The worker's heartbeat (a thread) must keep it alive, so the task and every other
+        one the worker holds run exactly once: a duplicate here is unexplained, a failure.
+        """
+        seconds = self.lease + 1.5
+        async def act() -> tuple[list[int], str]:
+            task_id = await self._submit(BLOCK, {"s": seconds})
+            await asyncio.sleep(seconds + 0.5)
+            return [], f"task {task_id} blocks {seconds:g}s" if task_id else "not accepted"
+        await self._fault("loop-block", act)
+
+    async def fill_redis(self, seconds: float = 3.0) -> None:
+        """Lower Redis's maxmemory to what it uses now, under load, then lift it again.
+
+        Producers must get 507 (not promised, so not lost); workers must keep draining,
+        since the scripts that empty a queue run at the limit.
+        """
+        async def act() -> tuple[list[int], str]:
+            redis = connect(self.cluster.redis.url)
+            try:
+                used = int((await redis.info("memory"))["used_memory"])
+                await redis.config_set("maxmemory", used + 64 * 1024)
+                await asyncio.sleep(seconds)
+                await redis.config_set("maxmemory", 0)
+            except UNAVAILABLE as exc:  # another fault took Redis away: it comes back without the limit
+                return [], f"interrupted: {exc}"
+            finally:
+                await redis.aclose()
+            return [], f"maxmemory {used + 64 * 1024} bytes (used + 64 KiB) for {seconds:g}s"
+        await self._fault("redis-full", act)
 
     async def kill_api(self) -> None:
         """SIGKILL the API while requests are in flight, and start it again."""
@@ -238,6 +275,7 @@ class Injector:
             "worker-kill": self.kill_worker, "rolling-restart": self.rolling_restart,
             "redis-kill": self.kill_redis, "redis-stall": self.stall_redis, "worker-stall": self.stall_worker,
             "partition": self.partition, "poison": self.poison, "api-kill": self.kill_api,
+            "redis-full": self.fill_redis, "loop-block": self.block_loop,
         }[kind]
 
     # -- the streams --------------------------------------------------------------------

@@ -84,9 +84,9 @@ class Load:
         self._log.flush()
         return task_id
 
-    async def submit_poison(self) -> str | None:
-        """Enqueue one poison pill."""
-        return await self.submit({"type": t.POISON, "payload": {}})
+    async def submit_fault(self, type: str, payload: Any) -> str | None:
+        """Enqueue one task that is a fault (the poison pill, a loop blocker)."""
+        return await self.submit({"type": type, "payload": payload})
 
     async def _one(self, body: dict[str, Any]) -> None:
         try:

@@ -66,7 +66,7 @@ async def _run(options: ChaosOptions, seed: int, workdir: Path, console: Console
                   f"{options.rate:g} tasks/s, run directory {workdir}")
     await asyncio.to_thread(cluster.start)
     load = Load(cluster.api_url, random.Random(f"{seed}-load"), options.rate, workdir / "accepted.jsonl")
-    injector = Injector(cluster, faults, random.Random(f"{seed}-faults"), load.submit_poison)
+    injector = Injector(cluster, faults, random.Random(f"{seed}-faults"), load.submit_fault)
     # the supervisor replaces workers the poison pill kills, through the drain too
     supervisor = asyncio.create_task(injector.supervise())
     try:

@@ -24,7 +24,8 @@ LOG_ENV = "RELIQ_CHAOS_LOG"
 
 #: Task types of the load (the poison pill is injected as a fault).
 NOOP, SLEEP, FLAKY, FAIL, POISON = "chaos.noop", "chaos.sleep", "chaos.flaky", "chaos.fail", "chaos.poison"
-TYPES = (NOOP, SLEEP, FLAKY, FAIL, POISON)
+BLOCK = "chaos.block"
+TYPES = (NOOP, SLEEP, FLAKY, FAIL, POISON, BLOCK)
 
 _fd: int | None = None
 
@@ -88,6 +89,17 @@ async def fail(payload: Any, ctx: Context) -> None:
     started(ctx)
     ended(ctx, "error")
     raise ChaosFailure("fail: always fails")
+
+
+@task(BLOCK)
+async def block(payload: Any, ctx: Context) -> None:
+    """Block the worker's event loop for ``payload["s"]`` seconds (sync I/O in an async handler).
+
+    Past the lease, the worker must not be taken for dead: it must run exactly once.
+    """
+    started(ctx)
+    time.sleep(float(payload["s"]))  # noqa: ASYNC251 - the mistake this fault stands for
+    ended(ctx, "ok")
 
 
 @task(POISON)
