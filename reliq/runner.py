@@ -17,6 +17,7 @@ from aiohttp import web
 
 from reliq import api, monitor
 from reliq.connection import UNAVAILABLE, connect
+from reliq.entry import starting
 from reliq.errors import ConfigError
 from reliq.preflight import warn_about_redis
 from reliq.queue import Queue
@@ -133,7 +134,8 @@ def check_exposure(settings: Settings) -> None:
 
 def run_work(settings: Settings, burst: bool = False) -> int:
     """``reliq work``: one worker process (and its liveness endpoint, with a health port)."""
-    import_apps(settings.apps)
+    with starting():
+        import_apps(settings.apps)
     sites: list[tuple[AppFactory, int]] = [(_liveness, settings.health_port)] if settings.health_port else []
     return run(lambda: serve(settings, sites, work=True, burst=burst))
 
@@ -176,7 +178,8 @@ def own_redis(settings: Settings, port: int = DEFAULT_REDIS_PORT) -> RedisServer
 
 def run_all(settings: Settings) -> int:
     """``reliq all``: API, monitor and a worker in one process (and Redis, if needed)."""
-    import_apps(settings.apps)
+    with starting():
+        import_apps(settings.apps)
     server = own_redis(settings)
     try:
         sites: list[tuple[AppFactory, int]] = [(api.create_app, settings.api_port),
