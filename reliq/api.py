@@ -172,7 +172,7 @@ async def get_task(request: web.Request) -> web.Response:
         return json_response(await queue.get(request.match_info["id"]))
     except TaskNotFound:
         return error(404, f"no task {request.match_info['id']!r} in queue {queue.name!r} "
-                          "(never enqueued, or its record expired)")
+                          "(never enqueued, or its record expired or was trimmed: see docs/memory.md)")
 
 
 async def delete_task(request: web.Request) -> web.Response:

@@ -43,6 +43,16 @@ class QueueKeys:
         return self.base + "dead-archive"
 
     @property
+    def succeeded(self) -> str:
+        """LIST of the ids of kept succeeded records, newest at the left (retention, settle.lua)."""
+        return self.base + "succeeded"
+
+    @property
+    def succeeded_prefix(self) -> str:
+        """Prefix of the per-type succeeded lists of types with a retention of their own."""
+        return self.base + "succeeded:"
+
+    @property
     def workers(self) -> str:
         """ZSET worker id -> last heartbeat (ms, Redis server time)."""
         return self.base + "workers"

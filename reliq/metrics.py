@@ -32,6 +32,8 @@ COUNTER_HELP = {
     "requeued": "Dead-lettered tasks sent back to pending.",
     "cancelled": "Tasks cancelled before they started.",
     "refused_memory": "Tasks refused (507) because Redis was out of memory or past --max-memory-ratio.",
+    "trimmed": "Succeeded records deleted past their queue's (or type's) keep_succeeded count.",
+    "expired": "Succeeded records deleted once older than their queue's (or type's) result_ttl.",
 }
 #: Dead-letter counters of the stats hash exported as reliq_<name>_total.
 DEAD_COUNTER_HELP = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypedDict, cast
@@ -26,7 +26,7 @@ from reliq.ids import new_id
 from reliq.keys import QueueKeys
 from reliq.memory import TASK_BYTES, guard
 from reliq.scripts import Scripts
-from reliq.settings import Settings
+from reliq.settings import Retention, Settings
 
 #: Bounds on what a producer may ask for, so one bad request cannot park a task forever.
 MAX_TYPE_LEN = 200
@@ -38,8 +38,9 @@ MAX_TIMEOUT_S = 24 * 3600.0
 STATES = ("pending", "scheduled", "processing", "retrying", "succeeded", "dead", "cancelled")
 #: Counters kept in the stats hash (reported as 0 until first incremented).
 #: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
+#: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
-            "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory")
+            "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory", "trimmed", "expired")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -201,6 +202,8 @@ class Snapshot(TypedDict):
     dead_archive_dropped: int
     dead_imported: int
     refused_memory: int
+    trimmed: int
+    expired: int
 
 
 class ArchivedTask(TypedDict):
@@ -307,9 +310,15 @@ class Queue:
                  for i, t, p, a, f, m, c, to, q in zip(*[rows] * _CLAIM_WIDTH, strict=True)]
         return tasks, raw[0] == 1
 
-    async def settle(self, worker_id: str, outcomes: Iterable[Outcome]) -> tuple[int, int]:
-        """Record a batch of outcomes; return (applied, stale)."""
+    async def settle(self, worker_id: str, outcomes: Iterable[Outcome],
+                     retention: Mapping[str, Retention] | None = None) -> tuple[int, int]:
+        """Record a batch of outcomes; return (applied, stale).
+
+        ``retention``: the task types that keep their succeeded records otherwise than
+        the queue (``settings.result_ttl`` and ``settings.keep_succeeded``).
+        """
         k = self.keys
+        own: dict[str, tuple[int, int]] = {}
         batch = []
         sums: Counter[str] = Counter()  # the metrics fields, summed here: see settle.lua
         for o in outcomes:
@@ -321,8 +330,12 @@ class Queue:
             sums.update((f"t|{t.type}|{o.outcome}", f"w|{t.type}|{wait_b}", f"r|{t.type}|{run_b}"))
             sums[f"ws|{t.type}"] += wait_ms
             sums[f"rs|{t.type}"] += o.run_ms
-        args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums)]
-        keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix]
+            if retention and t.type in retention and t.type not in own:
+                own[t.type] = retention[t.type].limits(self.settings)
+        args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
+                self.settings.keep_succeeded, orjson.dumps(own)]
+        keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
+                k.succeeded, k.succeeded_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Concatenate
 
 from reliq.producer import P, R, T, TaskFunction
+from reliq.settings import Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class Handler:
     timeout: float | None
     #: "process": run in the worker's pool of child processes (reliq/procpool.py).
     isolation: str | None = None
+    #: How this type keeps its succeeded records, where it differs from the queue's.
+    retention: Retention | None = None
 
     def call(self, payload: Any, ctx: Context | None) -> Any:
         """Call the function with the payload (and the context when it takes two arguments)."""
@@ -48,7 +51,7 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
 
     def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None,
-            isolation: str | None = None) -> Handler:
+            isolation: str | None = None, retention: Retention | None = None) -> Handler:
         """Register ``fn`` for task type ``name`` (a later registration replaces it)."""
         if isinstance(fn, TaskFunction):  # already decorated: register the function itself
             fn = fn.fn
@@ -68,6 +71,7 @@ class Registry:
             wants_context=len(params) >= 2,
             timeout=timeout,
             isolation=isolation,
+            retention=retention if retention and (retention.age, retention.count) != (None, None) else None,
         )
         self._handlers[name] = handler
         return handler
@@ -80,12 +84,17 @@ class Registry:
         """The registered task types, sorted."""
         return sorted(self._handlers)
 
+    def retentions(self) -> dict[str, Retention]:
+        """The types that keep their succeeded records otherwise than their queue."""
+        return {name: h.retention for name, h in self._handlers.items() if h.retention}
+
 
 #: The registry ``@reliq.task`` fills and ``reliq work`` serves.
 REGISTRY = Registry()
 
 
-def task(name: str, *, timeout: float | None = None, isolation: str | None = None
+def task(name: str, *, timeout: float | None = None, isolation: str | None = None,
+         keep_succeeded: int | None = None, result_ttl: float | None = None,
          ) -> Callable[[Callable[Concatenate[T, P], R]], TaskFunction[T, P, R]]:
     """Register the decorated function as the handler of task type ``name``.
 
@@ -96,13 +105,18 @@ def task(name: str, *, timeout: float | None = None, isolation: str | None = Non
     a timed-out child is killed, and the retry starts only once it is gone. Raise
     ``reliq.PermanentError`` to dead-letter the task without retries.
 
+    ``keep_succeeded`` (records; 0 = none) and ``result_ttl`` (seconds) override, for
+    this type, how many succeeded records its queue keeps and for how long (the worker's
+    ``--keep-succeeded`` and ``result_ttl``; see docs/memory.md).
+
     The decorated name stays callable as the function, and becomes a producer:
     ``fn.enqueue(payload, **options)`` and ``await fn.aenqueue(...)`` (see
     :mod:`reliq.producer`), the payload type-checked against the first parameter's.
     """
 
     def register(fn: Callable[Concatenate[T, P], R]) -> TaskFunction[T, P, R]:
-        REGISTRY.add(name, fn, timeout=timeout, isolation=isolation)
+        REGISTRY.add(name, fn, timeout=timeout, isolation=isolation,
+                     retention=Retention(age=result_ttl, count=keep_succeeded))
         return TaskFunction(name, fn)
 
     return register

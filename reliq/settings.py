@@ -101,6 +101,10 @@ class Settings:
 
     #: How long records of succeeded and cancelled tasks are kept, seconds.
     result_ttl: float = 24 * 3600.0
+    #: How many succeeded records a queue keeps at most (the oldest go first), whatever
+    #: the rate: with ``result_ttl``, BullMQ's removeOnComplete {age, count}. At ~200
+    #: bytes a compact record, the default bounds them to ~0.3 GB a queue (docs/memory.md).
+    keep_succeeded: int = 1_000_000
     #: How many dead-lettered tasks are kept (0 = no cap, the default). Past a cap the
     #: oldest are evicted into the dead-letter archive (counted, logged), never just dropped.
     dead_cap: int = 0
@@ -151,6 +155,8 @@ class Settings:
         self._check_access()
         if self.durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
+        if self.keep_succeeded < 0 or not self.result_ttl > 0:
+            raise ConfigError("keep_succeeded must be >= 0 (0 = keep no succeeded record) and result_ttl above 0")
         if not 0 < self.max_memory_ratio <= 1:
             raise ConfigError("max_memory_ratio must be above 0 and at most 1 (a share of Redis's maxmemory)")
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 0 or self.dead_archive_cap < 1:
@@ -213,3 +219,26 @@ def _cast(name: str, raw: str, default: Any) -> Any:
     except ValueError:
         raise ConfigError(f"RELIQ_{name.upper()}={raw!r} is not a valid {type(default).__name__}") from None
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How one task type keeps its succeeded records, where it differs from its queue's.
+
+    ``age`` in seconds (None: the queue's ``result_ttl``), ``count`` records (None: the
+    queue's ``keep_succeeded``; 0: none, deleted once they succeed).
+    """
+
+    age: float | None = None
+    count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.count is not None and (not isinstance(self.count, int) or self.count < 0):
+            raise ConfigError(f"keep_succeeded must be a whole number >= 0, not {self.count!r}")
+        if self.age is not None and not self.age > 0:
+            raise ConfigError(f"result_ttl must be a number of seconds above 0, not {self.age!r}")
+
+    def limits(self, settings: Settings) -> tuple[int, int]:
+        """(age in ms, count), the queue's own where this leaves them out."""
+        age = settings.result_ttl if self.age is None else self.age
+        return int(age * 1000), settings.keep_succeeded if self.count is None else self.count

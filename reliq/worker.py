@@ -79,6 +79,7 @@ class Worker:
         self.queue = weighted[0][0]
         self.settings = settings
         self.registry = registry
+        self._retentions = registry.retentions()  # types keeping succeeded records their own way
         self.burst = burst
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.fetcher = Fetcher(weighted, self.id, strict=strict)
@@ -413,7 +414,7 @@ class Worker:
         for name, queue in self.queues.items():
             mine = [o for o in batch if o.task.queue == name]
             if mine:
-                stale += (await queue.settle(self.id, mine))[1]
+                stale += (await queue.settle(self.id, mine, self._retentions))[1]
         return stale
 
     async def _settler(self) -> None:

@@ -97,13 +97,14 @@ async def test_blmove_then_claim_takes_the_moved_id_first(queue: Queue, redis: R
     assert [t.id for t in tasks] == [a, b]
 
 
-async def test_settle_ok_leaves_a_compact_record_with_ttl_and_counts(queue: Queue, redis: Redis) -> None:
+async def test_settle_ok_leaves_a_compact_record_kept_in_the_succeeded_list(queue: Queue, redis: Redis) -> None:
     [a] = await enqueue(queue)
     [task] = await claim_all(queue)
     assert await queue.settle(W, [outcome(task, "ok", '{"x":1}')]) == (1, 0)
     space = await keyspace(redis, queue.name)
     assert space == {
         "workers": [W],
+        "succeeded": [a],  # retention by count and age, instead of a TTL a record
         "stats": {"enqueued": "1", "succeeded": "1"},
         "metrics": space["metrics"],
         # no payload, max_retries, timeout_ms, worker, queued_at: only what GET /task shows
@@ -111,7 +112,7 @@ async def test_settle_ok_leaves_a_compact_record_with_ttl_and_counts(queue: Queu
                       "enqueued_at": "T", "started_at": "T", "finished_at": "T", "result": '{"x":1}'},
     }
     assert space["metrics"]["t|noop|ok"] == "1" and space["metrics"]["rs|noop"] == "3"
-    assert 0 < await redis.pttl(queue.keys.task(a)) <= queue.settings.result_ttl * 1000
+    assert await redis.pttl(queue.keys.task(a)) == -1
 
 
 async def test_settle_error_schedules_retry_in_delayed_set(queue: Queue, redis: Redis) -> None:

@@ -2,19 +2,26 @@
 -- Record the outcome of a batch of tasks that worker W ran (the batched ack).
 -- KEYS[1] processing list of W  KEYS[2] pending list  KEYS[3] delayed zset
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] metrics hash  KEYS[7] task key prefix
--- ARGV[1] result TTL (ms)
+-- KEYS[8] succeeded list: the ids of kept succeeded records, newest at the left (of the
+--         types without a retention of their own)  KEYS[9] prefix of per-type such lists
+-- ARGV[1] retention of succeeded records: age (ms)  ARGV[4] and count (0 = keep none)
 -- ARGV[2] the batch as one JSON array of [id, type, max_retries, outcome, text,
 --   retry delay (ms), wait (ms), run (ms), wait bucket, run bucket]: one argument instead
 --   of ten per task, because encoding arguments is most of the worker's cost of a settle.
---   outcome: ok (text = JSON result or ''; the record becomes compact, see KEPT), error | timeout (retried while failures <=
---   max_retries, else dead), permanent | unknown_type (dead at once); text = the error.
+--   outcome: ok (text = JSON result or ''; the record becomes compact, see KEPT), error |
+--   timeout (retried while failures <= max_retries, else dead), permanent | unknown_type
+--   (dead at once); text = the error.
 -- ARGV[3] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
 --   observe() below writes a task. Summing them here cost as much as the rest of the
 --   script; the script only takes back the share of a stale task.
+-- ARGV[5] the retention of the batch's types that have their own, as JSON
+--   {type: [age (ms), count]} ('{}' = none): their ids go to the list KEYS[9] .. type.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending instead of run twice.
--- Counters and metrics are written once per field a batch.
+-- Counters and metrics are written once per field a batch. Succeeded records past their
+-- list's count (trimmed) or age (expired) are deleted and counted: see retain() below.
+-- Dead-lettered tasks are in no such list: they stay until someone handles them.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command.
 -- What a succeeded task's record keeps (with state, finished_at and result): what
@@ -28,6 +35,9 @@ local now_s = tostring(now)
 local stats, metrics, prefix = KEYS[5], KEYS[6], KEYS[7]
 local batch = cjson.decode(ARGV[2])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
+local keep_age, keep_count = tonumber(ARGV[1]), tonumber(ARGV[4])
+local own = cjson.decode(ARGV[5])  -- type -> {age, count}
+local finished = {}  -- succeeded list -> {age, count, new ids}
 local applied, stale = 0, 0
 local counts = {}  -- stats field -> amount
 
@@ -63,6 +73,57 @@ local function take(id)
   return true
 end
 
+-- A succeeded id joins its list (KEYS[8], or its type's own); with a count of 0 its
+-- record goes at once.
+local function keep(key, id, ttype)
+  local r, into = own[ttype], KEYS[8]
+  if r then into = KEYS[9] .. ttype else r = {keep_age, keep_count} end
+  if r[2] == 0 then
+    redis.call('DEL', key)
+    add(counts, 'trimmed', 1)
+    return
+  end
+  local l = finished[into]
+  if not l then
+    l = {r[1], r[2], {}}
+    finished[into] = l
+  end
+  l[3][#l[3] + 1] = id
+end
+
+-- Retention (BullMQ's removeOnComplete {age, count}): after its new ids, a list loses
+-- from its old end what is past its count (trimmed), then what finished longer than its
+-- age ago (expired): at most two ids a new one and 8 more a call, so the work is bounded
+-- and a list shrinks back within a few calls after its limits were lowered.
+local function retain(into, age, count, ids)
+  for i = 1, #ids, 1000 do  -- in slices: unpack has a stack limit
+    redis.call('LPUSH', into, unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  local budget = 2 * #ids + 8
+  local over = math.min(redis.call('LLEN', into) - count, budget)
+  if over > 0 then
+    local old = redis.call('RPOP', into, over)
+    for i = 1, #old do old[i] = prefix .. old[i] end
+    for i = 1, #old, 1000 do
+      add(counts, 'trimmed', redis.call('DEL', unpack(old, i, math.min(i + 999, #old))))
+    end
+    budget = budget - #old
+  end
+  local cutoff = now - age
+  while budget > 0 do
+    local oldest = redis.call('LINDEX', into, -1)
+    if not oldest then break end
+    local at = redis.call('HGET', prefix .. oldest, 'finished_at')
+    if at and tonumber(at) > cutoff then break end
+    redis.call('RPOP', into)
+    if at then
+      redis.call('DEL', prefix .. oldest)
+      add(counts, 'expired', 1)
+    end
+    budget = budget - 1
+  end
+end
+
 for _, t in ipairs(batch) do
   local id, ttype, max_retries, outcome, text = t[1], t[2], t[3], t[4], t[5]
   local key = prefix .. id
@@ -83,7 +144,7 @@ for _, t in ipairs(batch) do
       redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text,
                  'type', f[1] or ttype, 'attempts', f[2] or '1', 'failures', f[3] or '0',
                  'crashes', f[4] or '0', 'enqueued_at', f[5] or now_s, 'started_at', f[6] or now_s)
-      redis.call('PEXPIRE', key, ARGV[1])
+      keep(key, id, ttype)
       add(counts, 'succeeded', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
@@ -111,6 +172,7 @@ if taken > 0 then
     redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
   end
 end
+for into, l in pairs(finished) do retain(into, l[1], l[2], l[3]) end
 -- '%d': an integer however large; a Lua number as argument may be sent in e-notation.
 for field, n in pairs(sums) do
   if n ~= 0 then redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
