@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 
+import reliq.ids
 from reliq import Client
 from reliq.errors import QueueFull
 from reliq.keys import QueueKeys
@@ -115,6 +116,36 @@ def test_forks_while_other_threads_enqueue_never_hang_a_child(
     assert Counter(ids) == Counter(sent + children)
     assert len(set(children)) == 8 and max(Counter(ids).values()) == 1
     assert {client.get(i)["payload"] for i in children} == {"child"}
+    client.close()
+
+
+def test_a_child_forked_while_a_parent_thread_holds_the_locks_never_waits_for_them(
+    redis_url: str, queue_name: str, raw: redis.Redis
+) -> None:
+    # redis-py's pool, reused in a child, would reset itself under its lock: held by a
+    # thread that does not exist in the child, it would never be released. Neither it
+    # nor the id generator's lock may stand in a child's way.
+    client = Client(redis_url, queue_name)
+    before = client.enqueue("noop", "before")
+    client.get(before)  # redis-py's own pool is in use too
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with client.redis.client.connection_pool._lock, reliq.ids._lock:
+            held.set()
+            release.wait()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    try:
+        child = in_child(lambda: client.get(before)["payload"] + "," + client.enqueue("noop", "child"))
+    finally:
+        release.set()
+        holder.join()
+    payload, child_id = child.split(",")
+    assert payload == "before"
+    assert pending(raw, queue_name) == [child_id, before]
     client.close()
 
 
