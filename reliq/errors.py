@@ -68,3 +68,19 @@ class PermanentError(ReliqError):
 
 class TaskTimeout(ReliqError):
     """A handler ran past its timeout."""
+
+
+class HandlerFailed(ReliqError):
+    """A handler failed outside the worker's process (``isolation="process"``).
+
+    The message is the error as the task records it: the child's exception
+    (``ValueError: ...``), or how the child process died.
+    """
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as a task records it: ``Type: message``, encodable, at most 2,000 characters."""
+    # Lone surrogates (bytes decoded with surrogateescape) cannot be encoded for Redis:
+    # escaped here, or the settle of the whole batch would fail on every retry.
+    text = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
+    return text if len(text) <= 2000 else text[:2000] + "…"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -119,6 +120,11 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         log.info("worker %s serving %s with concurrency %d; task types: %s", worker.id,
                  ", ".join(f"{n}={w}" for n, w in weighted), settings.concurrency, ", ".join(REGISTRY.names()))
         released = await worker.run(signals.stop, signals.hard_stop)
+        if worker.threads_left:
+            # A timed-out handler's thread is still running and Python would wait for it at
+            # exit while the reaper, a lease later, starts its retry elsewhere: end it now.
+            logging.shutdown()
+            os._exit(1)
         return 0 if released else 1
 
 

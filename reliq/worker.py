@@ -27,20 +27,21 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs
+from reliq import logs, procpool
 from reliq.connection import UNAVAILABLE, describe
 from reliq.dead_trimmer import DeadTrimmer
-from reliq.errors import PermanentError
+from reliq.errors import HandlerFailed, PermanentError, describe_error
 from reliq.fetcher import Fetcher
 from reliq.heartbeat import Heartbeat, landing_time
 from reliq.loopwatch import Culprit, LoopWatch
 from reliq.periodic import Backoff, cancel_all, reraise_if_cancelled
+from reliq.procpool import ProcessPool
 from reliq.promoter import Promoter
 from reliq.queue import Claimed, Outcome, Queue
 from reliq.reaper import Reaper
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 BLOCK_S = 1.0
 #: In burst mode the fetcher looks more often, to return soon after the last task.
 BURST_BLOCK_S = 0.05
+#: How often a task held past its timeout, its thread still running, is logged again, seconds.
+HOLD_LOG_S = 10.0
 #: Weight of the newest sample in the running means of run time and claim round trip.
 EWMA = 0.05
 
@@ -96,6 +99,11 @@ class Worker:
         self._changed = asyncio.Event()  # a runner finished or a batch settled
         self._stopping = False
         self._pool: ThreadPoolExecutor | None = None
+        self._procs: ProcessPool | None = None  # children of isolation="process" handlers
+        self._overrunning: dict[str, Future[Any]] = {}  # timed-out tasks whose threads still run
+        #: Set when the worker stopped with such a thread still running: its process must
+        #: exit at once (Python would wait for the thread), see runner.serve.
+        self.threads_left = False
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetcher: asyncio.Task[None] | None = None
         self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
@@ -128,6 +136,9 @@ class Worker:
 
     async def _work(self, stop: asyncio.Event, hard_stop: asyncio.Event, heartbeat: Heartbeat) -> bool:
         s = self.settings
+        if any(h.isolation == "process" for h in map(self.registry.get, self.registry.names()) if h):
+            self._procs = ProcessPool(s.process_pool or os.cpu_count() or 1, s.apps)
+            await self._procs.start()  # before the first claim: no task waits for a child to start
         background = [asyncio.create_task(self.watch.run(self.stuck_after), name="loopwatch")]
         for queue in self.queues.values():
             with logs.fields(queue=queue.name):  # the tasks created here log their queue
@@ -159,6 +170,8 @@ class Worker:
         await cancel_all(background)
         if self._pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._procs:
+            await self._procs.close()
         return released
 
     async def _drain(self, hard_stop: asyncio.Event) -> None:
@@ -184,7 +197,19 @@ class Worker:
         await cancel_all([settler])
 
     async def _release(self) -> bool:
-        """Hand back whatever is still held and deregister; retry through a short outage."""
+        """Hand back whatever is still held and deregister; retry through a short outage.
+
+        Not while a timed-out task's thread still runs: its retry would start beside it.
+        The worker then stays registered with its last heartbeat and its list as it is,
+        and its process exits at once; the reaper recovers the tasks one lease later.
+        """
+        running = [i for i, thread in self._overrunning.items() if not thread.done()]
+        if running:
+            self.threads_left = True
+            log.error("task(s) %s still running in threads past their timeout: nothing is handed back, so that no "
+                      "retry starts beside them; this process exits now and the reaper requeues its %d task(s) "
+                      "after the %.0fs lease", ", ".join(running), len(self.held), self.settings.lease)
+            return False
         backoff = Backoff()
         deadline = time.monotonic() + max(10.0, self.settings.heartbeat_interval * 2)
         while True:
@@ -373,11 +398,13 @@ class Worker:
             text = "" if result is None else orjson.dumps(result, default=str).decode()
             return Outcome(task, "ok", text, _ms_since(start))
         except PermanentError as exc:
-            return Outcome(task, "permanent", _describe(exc), _ms_since(start))
+            return Outcome(task, "permanent", describe_error(exc), _ms_since(start))
+        except HandlerFailed as exc:  # in a child process: its error as it was, or how the child died
+            return self._failed(task, "error", str(exc), start)
         except TimeoutError:
             return self._failed(task, "timeout", f"timed out after {self._timeout(handler, task):g}s", start)
         except Exception as exc:
-            return self._failed(task, "error", _describe(exc), start)
+            return self._failed(task, "error", describe_error(exc), start)
 
     def _failed(self, task: Claimed, kind: str, text: str, start: float) -> Outcome:
         delay = retry_delay_ms(task.failures + 1, self.settings.retry_base, self.settings.retry_cap)
@@ -389,22 +416,67 @@ class Worker:
         return handler.timeout or self.settings.task_timeout
 
     async def _call(self, handler: Handler, task: Claimed, runner: asyncio.Task[Any]) -> Any:
+        if handler.isolation == "process":
+            return await self._in_child(handler, task, runner)
         try:
             payload = orjson.loads(task.payload)
         except orjson.JSONDecodeError as exc:
             raise PermanentError(f"payload is not valid JSON: {exc}") from None
         ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
-        timeout = self._timeout(handler, task)
-        if timeout + self.settings.lease > self.watch.stuck_after:  # before the loop watch's next tick sees it
-            self.watch.stuck_after = timeout + self.settings.lease
+        timeout = self._started(handler, task)
         if handler.is_async:
             return await self._watchdog.within(handler.call(payload, ctx), timeout, runner)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="reliq-task")
-        loop = asyncio.get_running_loop()
         # in the runner's context, so that the handler's log lines carry the task's fields
-        call = loop.run_in_executor(self._pool, contextvars.copy_context().run, handler.call, payload, ctx)
-        return await self._watchdog.within(call, timeout, runner)
+        thread = self._pool.submit(contextvars.copy_context().run, handler.call, payload, ctx)
+        try:
+            return await self._watchdog.within(asyncio.wrap_future(thread), timeout, runner)
+        except TimeoutError:
+            await self._hold(task, thread, timeout)
+            raise
+
+    async def _hold(self, task: Claimed, thread: Future[Any], timeout: float) -> None:
+        """Keep a timed-out task (and its runner's slot) until its thread returns.
+
+        A thread cannot be stopped. Settling the timeout at once would schedule the retry
+        while the first attempt still runs (two charges of one card); so the task stays in
+        this worker's list, covered by its heartbeat, until the thread is done. Should the
+        worker die meanwhile, the reaper recovers it as it would any running task.
+        """
+        self._overrunning[task.id] = thread
+        wrapped = asyncio.wrap_future(thread)
+        log.warning("task %s %s timed out after %gs, but a thread cannot be stopped: it keeps its slot, and its "
+                    "retry waits until it returns (isolation='process' would kill it)", task.type, task.id, timeout)
+        overrun = 0.0
+        while not thread.done():
+            await asyncio.wait([wrapped], timeout=HOLD_LOG_S)
+            overrun += HOLD_LOG_S
+            if not thread.done():
+                log.warning("task %s %s still running in its thread, %.0fs past its %gs timeout; its retry waits",
+                            task.type, task.id, overrun, timeout)
+        del self._overrunning[task.id]
+        log.info("task %s %s: its thread returned after its %gs timeout; the retry may start",
+                 task.type, task.id, timeout)
+
+    def _started(self, handler: Handler, task: Claimed) -> float:
+        """The task's timeout, which counts at once towards when this worker is stuck for good."""
+        timeout = self._timeout(handler, task)
+        if timeout + self.settings.lease > self.watch.stuck_after:  # before the loop watch's next tick sees it
+            self.watch.stuck_after = timeout + self.settings.lease
+        return timeout
+
+    async def _in_child(self, handler: Handler, task: Claimed, runner: asyncio.Task[Any]) -> Any:
+        """Run a handler with isolation="process"; its timeout starts once a child is free."""
+        if self._procs is None:
+            self._procs = ProcessPool(self.settings.process_pool or os.cpu_count() or 1, self.settings.apps)
+        ctx = (task.id, task.type, task.attempts) if handler.wants_context else None
+        request = procpool.request(handler.fn.__module__, task.type, task.payload, ctx)
+        async with self._procs.child() as child:
+            timeout = self._started(handler, task)
+            answer = await self._watchdog.within(child.call(request, f"task {task.type} {task.id}"), timeout,
+                                                 runner)
+        return procpool.result(answer)
 
     # -- settling -----------------------------------------------------------------------------
 
@@ -466,10 +538,3 @@ def _ms_since(start: float) -> int:
     # Rounded, not truncated: asyncio may wake a sleeper up to its clock resolution early,
     # and a 10 ms sleep read as 9 ms would understate every run-time sum.
     return round((time.perf_counter() - start) * 1000)
-
-
-def _describe(exc: BaseException) -> str:
-    # Lone surrogates (bytes decoded with surrogateescape) cannot be encoded for Redis:
-    # escaped here, or the settle of the whole batch would fail on every retry.
-    text = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
-    return text if len(text) <= 2000 else text[:2000] + "…"

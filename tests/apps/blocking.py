@@ -33,6 +33,14 @@ def runs(path: str) -> list[tuple[str, str, int, int, int]]:
     return [(m, i, int(p), int(a), int(t)) for m, i, p, a, t in lines]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @task("block-loop")
 async def block_loop(payload: Any, ctx: Context) -> str:
     """Hold the event loop with time.sleep (the mistake), on the first ``payload["attempts"]`` attempts."""
@@ -55,7 +63,12 @@ def thread_overrun(payload: Any, ctx: Context) -> str:
 
 @task("proc-forever", isolation="process")
 def proc_forever(payload: Any, ctx: Context) -> None:
-    """Run until killed, in a child process."""
+    """Run until killed, in a child process; first note any child of an earlier run still alive ("L")."""
+    for _, task_id, pid, attempt, _ in runs(payload["log"]):
+        if pid != os.getpid() and _alive(pid):
+            fd = os.open(payload["log"], os.O_WRONLY | os.O_APPEND)
+            os.write(fd, f"L {task_id} {pid} {attempt} {time.time_ns()}\n".encode())
+            os.close(fd)
     record(payload, ctx, "S")
     while True:
         time.sleep(0.05)
