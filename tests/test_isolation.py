@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from reliq.queue import Queue
@@ -176,3 +177,30 @@ async def _state(queue: Queue, task_id: str, wanted: str) -> bool:
 
 async def _all(queue: Queue, ids: list[str], wanted: str) -> bool:
     return all([(await queue.get(i))["state"] == wanted for i in ids])
+
+
+async def test_a_worker_stopped_while_an_overrunning_thread_runs_hands_nothing_back_and_exits_at_once(
+    queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    """The retry must not start beside the thread: the process ends (and the thread with it) before any requeue."""
+    run_log = str(tmp_path / "runs")
+    log = tmp_path / "w1.log"
+    worker = start_worker(settings, queue, log, "--lease", "3", "--drain-timeout", "1")
+    try:
+        task_id = await queue.enqueue("thread-overrun", {"log": run_log, "s": 30}, timeout=0.5)
+        await eventually(lambda: "but a thread cannot be stopped" in log.read_text(), timeout=20, what="overrun")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(10) == 1
+        exited = time.time_ns()
+        assert (await queue.get(task_id))["state"] == "processing"  # not handed back
+        second = start_worker(settings, queue, tmp_path / "w2.log", "--lease", "3")
+        try:
+            await eventually(lambda: _state(queue, task_id, "succeeded"), timeout=30, what="recovered, run again")
+        finally:
+            procs.stop(second)
+    finally:
+        procs.stop(worker)
+    lines = runs(run_log)
+    assert [(m, a) for m, _, _, a, _ in lines] == [("S", 1), ("S", 2), ("E", 2)], lines  # attempt 1 never ended
+    assert lines[1][4] > exited
+    assert "nothing is handed back" in log.read_text()
