@@ -10,8 +10,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import OutOfMemoryError
 
-from reliq.connection import UNAVAILABLE
+from reliq.connection import UNAVAILABLE, describe
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         if exc.status < 400:
             raise
         return error(exc.status, exc.reason)
+    except OutOfMemoryError as exc:  # a write Redis refused at its maxmemory (enqueue answers 507 itself)
+        log.warning("%s %s: %s", request.method, request.path, describe(exc))
+        return error(507, "Redis is out of memory (maxmemory reached); retry once workers have drained it",
+                     {"Retry-After": "5"})
     except UNAVAILABLE as exc:
         log.warning("%s %s: Redis unavailable: %s", request.method, request.path, exc)
         return error(503, "Redis is unavailable; retry later", {"Retry-After": "1"})

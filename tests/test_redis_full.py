@@ -149,3 +149,29 @@ async def test_producers_are_refused_ahead_of_the_wall_and_refusals_are_counted(
         assert f'reliq_tasks_refused_memory_total{{queue="{queue_name}"}}' in text
     finally:
         await mon.close()
+
+
+async def test_a_worker_on_a_full_redis_with_nothing_to_do_stays_up_and_runs_tasks_once_there_is_room(
+        small_redis: RedisServer, full_redis: Redis, queue_name: str, tmp_path: Path) -> None:
+    n = 0
+    with pytest.raises(OutOfMemoryError):  # fill Redis with something else: the queue is empty
+        while True:
+            await full_redis.set(f"ballast:{n}", "x" * 10_000)
+            n += 1
+    log = tmp_path / "worker.log"
+    worker = procs.worker(small_redis.url, queue_name, log)
+    try:
+        # its idle wait (BLMOVE) is refused: it says so once and backs off
+        await eventually(lambda: "out of memory" in log.read_text(), timeout=20, what="the worker says why")
+        assert worker.poll() is None and "Traceback" not in log.read_text()
+        await full_redis.delete(*[f"ballast:{i}" for i in range(n)])
+        queue = Queue(full_redis, Settings(redis_url=small_redis.url, queue=queue_name))
+        task_id = await queue.enqueue("noop")
+
+        async def ran() -> bool:
+            return (await queue.get(task_id))["state"] == "succeeded"
+        await eventually(ran, timeout=30, interval=0.2, what="the task ran once there was room")
+        assert worker.poll() is None
+    finally:
+        procs.stop(worker)
+    assert "Traceback" not in log.read_text()
