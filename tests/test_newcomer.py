@@ -153,6 +153,7 @@ def newcomer_env(tmp_path: Path, proxy: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.timeout(420)  # a first install from PyPI: half a minute with pip's cache, minutes without
 def test_the_readme_quick_start_works_for_a_newcomer(namespace: Namespace, tmp_path: Path) -> None:
     """A fresh clone, ``make run`` with nothing on 6379, the README's curl: 202, succeeded; Ctrl-C: a clean stop.
 
@@ -174,7 +175,7 @@ def test_the_readme_quick_start_works_for_a_newcomer(namespace: Namespace, tmp_p
                                     stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until(lambda: answering(namespace, "localhost:8085/healthz") or proc.poll() is not None,
-                       timeout=240, interval=0.5, what="make run serving")
+                       timeout=360, interval=0.5, what="make run serving")
             assert proc.poll() is None, log.read_text()
             ready = time.monotonic() - started
             sent = inside(namespace, post, env)

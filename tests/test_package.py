@@ -20,6 +20,9 @@ from reliq.redis_server import answers, free_port
 from tests import procs
 from tests.util import wait_until
 
+# The first test also builds the package and installs it with its dependencies from PyPI.
+pytestmark = pytest.mark.timeout(360)
+
 #: Run by the clean venv's Python: every Lua script compiles on a real Redis, the
 #: dashboard's files are inside, types ship, and the version is the one pip installed.
 CHECK = """
