@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -50,10 +51,11 @@ def unavailable() -> str | None:
 class Namespace:
     """``ip netns add`` on enter; on exit every process left in it is killed and it is deleted."""
 
-    def __init__(self) -> None:
-        self.name = f"reliq-test-{os.getpid()}-{secrets.token_hex(3)}"
+    def __init__(self, name: str = "") -> None:
+        self.name = name or f"reliq-test-{os.getpid()}-{secrets.token_hex(3)}"
 
     def __enter__(self) -> Namespace:
+        _delete_orphans()
         subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
         try:
             subprocess.run(self.command(["ip", "link", "set", "lo", "up"]), check=True, capture_output=True)
@@ -107,6 +109,14 @@ class Namespace:
             yield f"http://127.0.0.1:{port}"
         finally:
             tunnel.stop()
+
+
+def _delete_orphans() -> None:
+    """Delete the namespaces of test runs killed before they could (their process is gone)."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for name, pid in re.findall(r"^(reliq-test-(\d+)-\w+)", listed, flags=re.MULTILINE):
+        if not os.path.exists(f"/proc/{pid}"):
+            Namespace(name).close()
 
 
 class _Tunnel:
