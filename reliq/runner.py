@@ -81,7 +81,12 @@ async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, po
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)
-    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:  # most often a second `make run`, or another service on the port
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}. Is another reliq (or "
+                          "something else) using it? Stop it, or choose another port (see --help)") from exc
 
 
 async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections: int,

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import pytest
 import redis
 
 from reliq.keys import QueueKeys
-from reliq.redis_server import RedisServer
+from reliq.redis_server import RedisServer, free_port
 from tests import procs
 from tests.netns import Namespace, unavailable
 from tests.util import wait_until
@@ -46,6 +47,21 @@ def test_a_private_redis_started_from_a_relative_data_dir_finds_its_log_and_aof(
         wait_until(lambda: any((tmp_path / ".reliq" / "redis").rglob("*.aof*")), what="AOF written")
     finally:
         server.stop()
+
+
+def test_a_second_reliq_all_on_the_same_ports_says_what_is_wrong_without_a_traceback(
+    redis_url: str, queue_name: str, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:  # what the first `make run` holds
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "reliq", "all", "--redis-url", redis_url, "--queue",
+                                 queue_name, "--api-port", str(port), "--monitor-port", str(free_port())],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"reliq: cannot listen on 127.0.0.1:{port}: address already in use" in result.stderr.lower()
+    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture
