@@ -1,6 +1,6 @@
 """Instructions redis-server executes to claim and to settle a task, counted by callgrind.
 
-    .venv/bin/python bench/instructions.py [--tasks 12800] [--batch 64] [--no-write]
+    .venv/bin/python bench/instructions.py [--tasks 12800] [--batch 64] [--waited none|other|all] [--no-write]
 
 On a shared machine CPU time moves with the neighbours (the same commit measured 12.5
 and 18.7 us a task an hour apart here); valgrind's instruction counts do not. So the
@@ -11,6 +11,11 @@ every worker's list holds one batch, as in a running worker); then each batch is
 settled as succeeded. Counters are dumped between the phases (``callgrind_control``),
 so each phase's instructions are its own. Run with ``PYTHONPATH=<an older tree>`` to
 count an older reliq the same way. Needs valgrind (Debian's ``valgrind``).
+
+``--waited`` prices waiting (reliq/waiting.py) on the hot path: ``none``, nobody waits;
+``other``, someone waits for one task that never ends, so the queue's waiters hash
+exists while every other task runs; ``all``, every task is waited for (marked between
+the enqueue and the claim, in a phase of its own), so each settle wakes its waiters.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ from reliq.queue import Outcome, Queue, make_spec  # noqa: E402
 from reliq.redis_server import answers, free_port  # noqa: E402
 from reliq.settings import Settings  # noqa: E402
 
-PHASES = ("enqueue", "claim", "settle")
+PHASES = ("enqueue", "watch", "claim", "settle")
+WAITED = ("none", "other", "all")
 
 
-async def workload(url: str, pid: int, tasks: int, batch: int) -> None:
+async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "none") -> None:
     """Enqueue, claim and settle, dumping callgrind's counters after each phase."""
 
     def dump(phase: str) -> None:
@@ -51,6 +57,13 @@ async def workload(url: str, pid: int, tasks: int, batch: int) -> None:
     for _ in range(0, tasks, 100):
         await queue.enqueue_specs([make_spec("noop", None) for _ in range(100)])
     dump("enqueue")
+    if waited == "other":
+        [(other, _)] = await queue.enqueue_specs([make_spec("noop", None, delay=3600)])
+        await queue.watch(other, "hub", 3_600_000)
+    elif waited == "all":
+        for task_id in await redis.lrange(queue.keys.pending, 0, -1):
+            await queue.watch(task_id.decode(), "hub", 3_600_000)
+    dump("watch")
     claimed = [(f"w{i}", (await queue.claim(f"w{i}", batch))[0]) for i in range(tasks // batch)]
     dump("claim")
     for worker, batch_tasks in claimed:
@@ -60,7 +73,7 @@ async def workload(url: str, pid: int, tasks: int, batch: int) -> None:
     await redis.aclose()
 
 
-def count(tasks: int, batch: int) -> dict[str, float]:
+def count(tasks: int, batch: int, waited: str = "none") -> dict[str, float]:
     """Instructions a task in each phase."""
     work = Path(tempfile.mkdtemp(prefix="reliq-callgrind-"))
     port = free_port()
@@ -74,7 +87,7 @@ def count(tasks: int, batch: int) -> dict[str, float]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server under callgrind did not start")
             time.sleep(0.2)
-        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch))
+        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch, waited))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -92,11 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=12_800)
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--waited", choices=WAITED, default="none")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("needs valgrind: apt-get install valgrind")
-    r = count(args.tasks, args.batch)
+    r = count(args.tasks, args.batch, args.waited)
     rows = [f"| {phase} | {r[phase]:,.0f} |" for phase in PHASES]
     rows.append(f"| claim + settle | {r['claim'] + r['settle']:,.0f} |")
     print("\n".join(rows))

@@ -9,6 +9,7 @@ concurrent producers share round trips (see :class:`~reliq.coalescer.Coalescer`)
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,10 +18,20 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from reliq.coalescer import Coalescer
-from reliq.errors import CancelRefused, ConfigError, InvalidTask, NotReplicated, QueueFull, RedisFull, TaskNotFound
+from reliq.errors import (
+    CancelRefused,
+    ConfigError,
+    InvalidTask,
+    NotReplicated,
+    QueueFull,
+    RedisFull,
+    TaskNotFound,
+    TooManyWaiters,
+)
 from reliq.openapi import spec as openapi_spec
 from reliq.queue import Queue, TaskSpec, make_spec
 from reliq.settings import DURABILITIES, Settings, check_queue_name
+from reliq.waiting import MAX_WAIT_S, Waiters
 from reliq.web import bearer_auth, error, errors_as_json, json_response
 
 MAX_BATCH = 1000
@@ -41,6 +52,7 @@ class Producer:
         self.settings: Settings = queue.settings
         self._queues: dict[str, Queue] = {queue.name: queue}
         self._coalescers: dict[tuple[str, str], Coalescer[TaskSpec, Result]] = {}
+        self.waiters = Waiters(self.settings.redis_url, self.settings.max_waiters)
 
     def queue(self, name: Any) -> Queue:
         """The Queue called ``name`` (the default queue for None); InvalidTask for a bad name."""
@@ -165,11 +177,28 @@ async def post_tasks(request: web.Request) -> web.Response:
     return json_response(answer, 202)
 
 
-async def get_task(request: web.Request) -> web.Response:
-    """GET /task/{id}?queue=: the task's state, attempts, timestamps, error and result."""
-    queue = request.app[PRODUCER].queue(request.query.get("queue"))
+def _wait_s(raw: str | None) -> float:
+    """The ``wait`` query parameter in seconds (0 when absent); InvalidTask when out of range."""
+    if raw is None:
+        return 0.0
     try:
-        return json_response(await queue.get(request.match_info["id"]))
+        wait = float(raw)
+    except ValueError:
+        wait = math.nan
+    if not 0 <= wait <= MAX_WAIT_S:  # NaN fails too
+        raise InvalidTask(f"'wait' must be a number of seconds from 0 to {MAX_WAIT_S:g}, not {raw!r}")
+    return wait
+
+
+async def get_task(request: web.Request) -> web.Response:
+    """GET /task/{id}?queue=&wait=: the task's record; with ``wait``, once it has ended (long poll)."""
+    producer = request.app[PRODUCER]
+    queue = producer.queue(request.query.get("queue"))
+    wait = _wait_s(request.query.get("wait"))
+    try:
+        return json_response(await producer.waiters.wait(queue, request.match_info["id"], wait))
+    except TooManyWaiters as exc:
+        return error(429, str(exc), {"Retry-After": "1"})
     except TaskNotFound:
         return error(404, f"no task {request.match_info['id']!r} in queue {queue.name!r} "
                           "(never enqueued, or its record expired or was trimmed: see docs/memory.md)")
@@ -224,7 +253,12 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     if settings.api_token:
         middlewares.insert(1, bearer_auth(settings.api_token, open_paths=("/healthz", "/readyz")))
     app = web.Application(client_max_size=settings.max_body, middlewares=middlewares)
-    app[PRODUCER] = Producer(queue)
+    app[PRODUCER] = producer = Producer(queue)
+
+    async def close_waiters(app: web.Application) -> None:
+        await producer.waiters.close()
+
+    app.on_cleanup.append(close_waiters)
     app.router.add_post("/task", post_task)
     app.router.add_post("/tasks", post_tasks)
     app.router.add_get("/task/{id}", get_task)

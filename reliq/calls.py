@@ -66,8 +66,8 @@ def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
 
 
 def cancel_keys(k: QueueKeys) -> list[str]:
-    """KEYS of cancel.lua."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix]
+    """KEYS of cancel.lua (the last two: to wake whoever waits for the task)."""
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix]
 
 
 def cancel_args(task_id: str, settings: Settings) -> list[Any]:
@@ -83,6 +83,21 @@ def cancelled(task_id: str, raw: Sequence[Any]) -> str:
     if not done:
         raise CancelRefused(text(state))
     return text(state)
+
+
+def watch_keys(k: QueueKeys, task_id: str) -> list[str]:
+    """KEYS of watch.lua: the task's hash and the queue's waiters hash."""
+    return [k.task(task_id), k.waiters]
+
+
+def watch_args(task_id: str, hub: str, ttl_ms: int) -> list[Any]:
+    """ARGV of watch.lua: the id, the waiting hub, the TTL of the waiters hash (ms)."""
+    return [task_id, hub, ttl_ms]
+
+
+def unwatch_keys(k: QueueKeys) -> list[str]:
+    """KEYS of unwatch.lua."""
+    return [k.waiters]
 
 
 def text(value: bytes | str | Any) -> str:

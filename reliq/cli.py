@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,8 @@ import click
 import orjson
 
 import reliq.admin
-from reliq import logs, runner, supervisor
+import reliq.shell
+from reliq import __version__, logs, runner, supervisor
 from reliq.deadletter import DeadFilter
 from reliq.errors import ConfigError
 from reliq.settings import Settings
@@ -92,6 +94,7 @@ def _exit(code: int) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="reliq", message="%(prog)s %(version)s")
 def main() -> None:
     """reliq: a task queue on Redis that loses nothing."""
 
@@ -220,6 +223,46 @@ def chaos(**flags: Any) -> None:
     from reliq.chaos.run import ChaosOptions, run_chaos
 
     _exit(run_chaos(ChaosOptions(**flags)))
+
+
+def _wait_option(what: str) -> Callable[[F], F]:
+    """``--wait [SECONDS]``: without a number, wait as long as it takes."""
+    return click.option("--wait", type=click.FloatRange(min=0), is_flag=False, flag_value=math.inf,
+                        metavar="[SECONDS]", help=f"Wait until the task has ended, then {what} "
+                                                  "(at most SECONDS; none: as long as it takes)")
+
+
+def _limit(wait: float | None) -> float | None:
+    """The wait in seconds, None for as long as it takes."""
+    return None if wait is None or math.isinf(wait) else wait
+
+
+@main.command()
+@click.argument("type_", metavar="TYPE")
+@click.argument("payload", required=False, metavar="[PAYLOAD-JSON]")
+@click.option("--redis-url", help="Redis URL [env REDIS_URL]")
+@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@click.option("--delay", type=float, help="Run it this many seconds from now")
+@click.option("--run-at", help="Run it at this RFC 3339 time, e.g. 2030-01-02T03:04:05Z (wins over --delay)")
+@click.option("--idempotency-key", help="Enqueue once per key: a repeat prints the first task's id")
+@click.option("--max-retries", type=int, help="Retries before dead-lettering [3]")
+@click.option("--timeout", type=float, help="The task's timeout, seconds [its type's, else 300]")
+@_wait_option("print its result (exit 0) or its error (exit 1)")
+def enqueue(type_: str, payload: str | None, redis_url: str | None, queue: str | None, wait: float | None,
+            **options: Any) -> None:
+    """Enqueue a task of TYPE and print its id (exit 0; 1 dead or cancelled; 2 bad input)."""
+    settings = _admin_settings(redis_url, queue)
+    _exit(reliq.shell.enqueue(settings, type_, payload, _limit(wait), wait is not None, **options))
+
+
+@main.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--redis-url", help="Redis URL [env REDIS_URL]")
+@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@_wait_option("print its record")
+def task(task_id: str, redis_url: str | None, queue: str | None, wait: float | None) -> None:
+    """Print a task's record as JSON (exit 1 if there is none)."""
+    _exit(reliq.shell.task(_admin_settings(redis_url, queue), task_id, _limit(wait), wait is not None))
 
 
 def _dead_filter(fn: F) -> F:

@@ -20,6 +20,7 @@ from reliq.queue import Queue, TaskInfo, TaskSpec, make_spec
 from reliq.settings import DEFAULT_REDIS_URL, Settings, check_queue_name
 from reliq.syncqueue import SyncQueue
 from reliq.syncredis import SyncRedis
+from reliq.waiting import Waiters, wait_blocking
 
 TaskItem = tuple[str, Any] | Mapping[str, Any]
 #: The most tasks concurrent ``enqueue`` calls share one script call with.
@@ -87,6 +88,7 @@ class AsyncClient(_Producer[Queue]):
         self.redis = connect(redis_url)
         self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, bool]]] = {}
         self._setup(redis_url, queue, settings)
+        self._waiters = Waiters(redis_url, self.settings.max_waiters)
 
     def _open_queue(self, name: str | None) -> Queue:
         return Queue(self.redis, self.settings, name)
@@ -127,8 +129,18 @@ class AsyncClient(_Producer[Queue]):
         """Check that Redis answers (raises redis.ConnectionError otherwise): for readiness checks."""
         await self.redis.ping()
 
+    async def wait(self, task_id: str, timeout: float | None = None, queue: str | None = None) -> TaskInfo:
+        """The task's record once it has succeeded, died or been cancelled; check its ``state``.
+
+        After ``timeout`` seconds (None: no limit) it returns the record as it is then.
+        No polling: one blocking connection wakes every wait of this client (see
+        :mod:`reliq.waiting`). Raises reliq.TaskNotFound for an unknown id.
+        """
+        return await self._waiters.wait(self._queue(queue), task_id, timeout)
+
     async def close(self) -> None:
         """Close the Redis connections."""
+        await self._waiters.close()
         await self.redis.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -177,6 +189,14 @@ class Client(_Producer[SyncQueue]):
     def ping(self) -> None:
         """See :meth:`AsyncClient.ping`."""
         self.redis.client.ping()
+
+    def wait(self, task_id: str, timeout: float | None = None, queue: str | None = None) -> TaskInfo:
+        """The task's record once it has ended, or after ``timeout`` s. See :meth:`AsyncClient.wait`.
+
+        The same marks and wake-ups as the asyncio side; the calling thread blocks on a
+        connection of its own (:func:`reliq.waiting.wait_blocking`).
+        """
+        return wait_blocking(self._queue(queue), task_id, timeout)
 
     def close(self) -> None:
         """Close this process's connections."""

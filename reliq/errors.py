@@ -19,6 +19,14 @@ class TaskNotFound(ReliqError):
     """No record exists for the task id (never created, or expired)."""
 
 
+class TooManyWaiters(ReliqError):
+    """A process already waits for ``max_waiters`` tasks to end; this wait was refused."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"already waiting for {limit} tasks at once (max_waiters); retry later")
+        self.limit = limit
+
+
 class CancelRefused(ReliqError):
     """The task has already started or finished, so it cannot be cancelled."""
 

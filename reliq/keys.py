@@ -87,6 +87,25 @@ class QueueKeys:
         """Prefix of idempotency-key strings (key -> task id)."""
         return self.base + "idem:"
 
+    @property
+    def waiters(self) -> str:
+        """HASH task id -> the hubs (space-separated) waiting for it to end; only while someone waits.
+
+        It expires as a whole a minute after the last wait began (waiters re-mark every few
+        seconds), so a queue nobody waits on has no such key, and the end-state scripts pay
+        one EXISTS a call for the feature.
+        """
+        return self.base + "waiters"
+
+    @property
+    def wake_prefix(self) -> str:
+        """Prefix of the hubs' wake-up lists; scripts append the hub named in ``waiters``."""
+        return self.base + "wake:"
+
+    def wake(self, hub: str) -> str:
+        """LIST of ids of waited-for tasks that ended, for the waiters of one hub (a process or a call)."""
+        return self.wake_prefix + hub
+
     def task(self, task_id: str) -> str:
         """HASH holding one task's type, payload, state, attempts, timestamps and errors."""
         return self.task_prefix + task_id

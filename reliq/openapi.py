@@ -11,6 +11,7 @@ from typing import Any
 
 from reliq import __version__
 from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, STATES
+from reliq.waiting import MAX_WAIT_S
 
 JSON = "application/json"
 
@@ -113,6 +114,10 @@ _SCHEMAS: dict[str, Any] = {
 
 _QUEUE_PARAM = {"name": "queue", "in": "query", "required": False, "schema": {"type": "string"},
                 "description": "The task's queue (default: the server's queue)"}
+_WAIT_PARAM = {"name": "wait", "in": "query", "required": False,
+               "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
+               "description": "Long poll: answer as soon as the task is succeeded, dead or cancelled, "
+                              "or with its current record after this many seconds"}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
 _COMMON = {"401": _error("Missing or wrong bearer token (when RELIQ_API_TOKEN is set)"),
            "503": _error("Redis is unavailable (Retry-After: 1)")}
@@ -152,9 +157,13 @@ def spec() -> dict[str, Any]:
                 "responses": {"202": _json(_ref("AcceptedBatch"), "Enqueued"), **_BAD_BODY, **_COMMON},
             }},
             "/task/{id}": {
-                "get": {"summary": "A task's record", "parameters": [_ID_PARAM, _QUEUE_PARAM],
-                        "responses": {"200": _json(_ref("Task"), "The task"), "400": _error("Bad queue name"),
-                                      "404": _error("No such task"), **_COMMON}},
+                "get": {"summary": "A task's record; with wait, once it has ended (long poll)",
+                        "parameters": [_ID_PARAM, _QUEUE_PARAM, _WAIT_PARAM],
+                        "responses": {"200": _json(_ref("Task"), "The task (with wait: ended, or the wait ran out)"),
+                                      "400": _error("Bad queue name, or wait not a number from 0 to 60"),
+                                      "404": _error("No such task"),
+                                      "429": _error("The server already serves max_waiters long polls "
+                                                    "(Retry-After: 1)"), **_COMMON}},
                 "delete": {"summary": "Cancel a task that has not started", "parameters": [_ID_PARAM, _QUEUE_PARAM],
                            "responses": {"200": _json(_ref("Cancelled"), "Cancelled"),
                                          "400": _error("Bad queue name"), "404": _error("No such task"),

@@ -36,6 +36,8 @@ MAX_TIMEOUT_S = 24 * 3600.0
 
 #: States a task record can be in (the ``state`` field of GET /task/{id}).
 STATES = ("pending", "scheduled", "processing", "retrying", "succeeded", "dead", "cancelled")
+#: States a task ends in: a waiter (:mod:`reliq.waiting`) returns once the task is in one.
+END_STATES = ("succeeded", "dead", "cancelled")
 #: Counters kept in the stats hash (reported as 0 until first incremented).
 #: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
 #: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
@@ -281,6 +283,19 @@ class Queue:
         raw = await self._scripts("cancel", calls.cancel_keys(self.keys), calls.cancel_args(task_id, self.settings))
         return calls.cancelled(task_id, raw)
 
+    async def watch(self, task_id: str, hub: str, ttl_ms: int) -> str:
+        """The task's state ('' if there is no record); unless it has ended, mark it waited for by ``hub``.
+
+        From then on the script that ends the task pushes its id to ``keys.wake(hub)``
+        (see :mod:`reliq.waiting`, which is what calls this).
+        """
+        return text(await self._scripts("watch", calls.watch_keys(self.keys, task_id),
+                                        calls.watch_args(task_id, hub, ttl_ms)))
+
+    async def unwatch(self, task_id: str, hub: str) -> None:
+        """Take ``hub`` out of the task's mark: nobody there waits for it any more."""
+        await self._scripts("unwatch", calls.unwatch_keys(self.keys), [task_id, hub])
+
     # -- working ------------------------------------------------------------------
 
     async def wait_for_task(self, worker_id: str, block_s: float) -> str | None:
@@ -335,7 +350,7 @@ class Queue:
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
                 self.settings.keep_succeeded, orjson.dumps(own)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
-                k.succeeded, k.succeeded_prefix]
+                k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 
@@ -372,7 +387,8 @@ class Queue:
     async def reap(self, worker_id: str, lease_s: float) -> tuple[int, int] | None:
         """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""
         k = self.keys
-        keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix]
+        keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix,
+                k.waiters, k.wake_prefix]
         args = [worker_id, int(lease_s * 1000), self.settings.crash_limit]
         recovered, quarantined = await self._scripts("reap", keys, args)
         return None if recovered == -1 else (int(recovered), int(quarantined))

@@ -45,6 +45,8 @@ NAMES = (
     "dead_edit",
     "dead_import",
     "count",
+    "watch",
+    "unwatch",
 )
 
 

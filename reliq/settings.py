@@ -58,6 +58,9 @@ class Settings:
     #: (WAIT for a replica, 503 if none confirms within replication_timeout seconds).
     durability: str = "memory"
     replication_timeout: float = 1.0
+    #: Waits for tasks to end (GET /task/{id}?wait=, client.wait) one process serves at
+    #: once; more get a 429. They share one blocking Redis connection a queue.
+    max_waiters: int = 1000
     #: Monitor: require the token for read-only views too (the page itself stays open).
     #: Beyond loopback this is the default whenever a token is set; see ``public_read``.
     private: bool = False
@@ -155,6 +158,8 @@ class Settings:
         self._check_access()
         if self.durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
+        if self.max_waiters < 0:
+            raise ConfigError("max_waiters must be >= 0")
         if self.keep_succeeded < 0 or not self.result_ttl > 0:
             raise ConfigError("keep_succeeded must be >= 0 (0 = keep no succeeded record) and result_ttl above 0")
         if not 0 < self.max_memory_ratio <= 1:

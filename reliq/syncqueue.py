@@ -48,6 +48,15 @@ class SyncQueue:
         """The record of ``task_id``; raise TaskNotFound when there is none."""
         return record_of(task_id, self.redis.client.hgetall(self.keys.task(task_id)))
 
+    def watch(self, task_id: str, hub: str, ttl_ms: int) -> str:
+        """See :meth:`reliq.queue.Queue.watch`."""
+        return calls.text(self.redis.script("watch", calls.watch_keys(self.keys, task_id),
+                                            calls.watch_args(task_id, hub, ttl_ms)))
+
+    def unwatch(self, task_id: str, hub: str) -> None:
+        """See :meth:`reliq.queue.Queue.unwatch`."""
+        self.redis.script("unwatch", calls.unwatch_keys(self.keys), [task_id, hub])
+
     def cancel(self, task_id: str) -> str:
         """Cancel a task that has not started; return the state it was in."""
         raw = self.redis.script("cancel", calls.cancel_keys(self.keys), calls.cancel_args(task_id, self.settings))

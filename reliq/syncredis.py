@@ -61,6 +61,8 @@ class _State:
     factory: redis.ConnectionPool | None = field(init=False)
     idle: list[Any] = field(default_factory=list)  # redis-py Connections (whose methods are untyped)
     heads: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict)
+    #: A client for blocking calls (Client.wait's BLPOP), made on first use.
+    blocking: redis.Redis | None = None
 
     def __post_init__(self) -> None:
         self.client = connect_sync(self.url, max_connections=self.max_connections)
@@ -99,6 +101,17 @@ class SyncRedis:
     def client(self) -> redis.Redis:
         """redis-py's sync client of this process, for commands other than scripts."""
         return self._current().client
+
+    def blocking(self, block_s: float, max_connections: int) -> redis.Redis:
+        """This process's client for blocking commands, apart from the one other calls use.
+
+        Its sockets wait ``block_s`` plus a margin, so a long BLPOP is not cut off; its
+        pool holds ``max_connections``, and a thread past them waits for one.
+        """
+        state = self._current()
+        if state.blocking is None:
+            state.blocking = connect_sync(state.url, max_connections=max_connections, socket_timeout=block_s + 5)
+        return state.blocking
 
     def script(self, name: str, keys: Sequence[str], args: Sequence[bytes | str | int | float]) -> Any:
         """Run script ``name`` (EVALSHA, loading it on NOSCRIPT, e.g. after a Redis restart)."""
@@ -140,6 +153,8 @@ class SyncRedis:
         while state.idle:
             state.idle.pop().disconnect()
         state.client.close()
+        if state.blocking is not None:
+            state.blocking.close()
 
 
 def _round_trip(conn: Any, packed: bytes, name: str) -> Any:

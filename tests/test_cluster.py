@@ -125,7 +125,7 @@ async def test_each_queue_lives_on_one_shard_and_queues_spread_over_all_three(
     for name in shard_queues:
         k = QueueKeys(name)
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.metrics, k.reaper_lock, k.reaper_clock,
-                k.task("x"), k.idem("y"), k.processing("w"), k.worker_info("w")]
+                k.task("x"), k.idem("y"), k.processing("w"), k.worker_info("w"), k.waiters, k.wake("h")]
         slots = {int(await rc.execute_command("CLUSTER KEYSLOT", key)) for key in keys}
         assert len(slots) == 1, f"keys of queue {name} span slots {slots}"
         ports.add(owner(slots.pop(), owners))
@@ -177,6 +177,20 @@ async def test_end_to_end_flow_runs_on_three_shards_at_once(
     cluster_url: str, rc: Redis, shard_queues: list[str]
 ) -> None:
     await asyncio.gather(*(_flow_on(cluster_url, name, rc) for name in shard_queues))
+
+
+async def test_waits_on_queues_of_three_shards_wake_when_their_tasks_end(
+    cluster_url: str, rc: Redis, shard_queues: list[str]
+) -> None:
+    settings = short(cluster_url, shard_queues[0])
+    async with AsyncClient(cluster_url, shard_queues[0], settings) as client:
+        ids = [(name, await client.enqueue("noop", queue=name)) for name in shard_queues]
+        waits = asyncio.gather(*(client.wait(task_id, 30, queue=name) for name, task_id in ids))
+        await eventually(lambda: client._waiters.waiting == 3, what="three waits")
+        workers = [Worker(Queue(rc, settings, name), settings, REGISTRY, burst=True) for name in shard_queues]
+        assert all(await asyncio.wait_for(asyncio.gather(*(w.run() for w in workers)), 30))
+        done = await asyncio.wait_for(waits, 5)
+    assert [(d["task_id"], d["state"]) for d in done] == [(task_id, "succeeded") for _, task_id in ids]
 
 
 async def test_killed_worker_on_a_cluster_is_reaped_and_a_drained_one_exits_0(

@@ -1,6 +1,7 @@
 #!lua flags=allow-oom
 -- Cancel a task that has not started.
 -- KEYS[1] pending list  KEYS[2] delayed zset  KEYS[3] stats hash  KEYS[4] task key prefix
+-- KEYS[5] waiters hash  KEYS[6] wake-up list prefix (whoever waits for the task is woken)
 -- ARGV[1] task id  ARGV[2] TTL of the cancelled record (ms)
 -- Returns {1, previous state} when cancelled, {0, state} when it is running or
 -- finished, {0, ''} when there is no such task.
@@ -17,4 +18,5 @@ end
 redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now_ms())
 redis.call('PEXPIRE', key, tonumber(ARGV[2]))
 redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+if redis.call('EXISTS', KEYS[5]) == 1 then wake(KEYS[5], KEYS[6], {ARGV[1]}) end
 return {1, state}

@@ -2,6 +2,7 @@
 -- Recover the tasks of worker W if it has been silent for longer than the lease.
 -- KEYS[1] workers zset  KEYS[2] processing list of W  KEYS[3] pending list
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] info hash of W  KEYS[7] task key prefix
+-- KEYS[8] waiters hash  KEYS[9] wake-up list prefix (a quarantined task wakes its waiters)
 -- ARGV[1] W  ARGV[2] lease (ms)  ARGV[3] crash limit
 -- Returns {recovered, quarantined}, or {-1, 0} when W is alive after all.
 -- Every task W held gets one more crash on its record. Only a task W held alone is
@@ -29,6 +30,7 @@ for _, id in ipairs(ids) do
       dead_letter(KEYS[4], KEYS[5], KEYS[7], id, 'crashed',
                   'its worker died ' .. crashes .. ' times while running it', now)
       quarantined = quarantined + 1
+      if redis.call('EXISTS', KEYS[8]) == 1 then wake(KEYS[8], KEYS[9], {id}) end
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
       redis.call('RPUSH', KEYS[3], id)

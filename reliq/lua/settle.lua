@@ -4,6 +4,9 @@
 -- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] metrics hash  KEYS[7] task key prefix
 -- KEYS[8] succeeded list: the ids of kept succeeded records, newest at the left (of the
 --         types without a retention of their own)  KEYS[9] prefix of per-type such lists
+-- KEYS[10] waiters hash  KEYS[11] wake-up list prefix: a task that ends (succeeded, dead)
+--   while someone waits for it wakes them (_lib.lua: wake, one HMGET a batch); one EXISTS
+--   a batch when nobody waits on the queue
 -- ARGV[1] retention of succeeded records: age (ms)  ARGV[4] and count (0 = keep none)
 -- ARGV[2] the batch as one JSON array of [id, type, max_retries, outcome, text,
 --   retry delay (ms), wait (ms), run (ms), wait bucket, run bucket]: one argument instead
@@ -40,6 +43,11 @@ local keep_age, keep_count = tonumber(ARGV[1]), tonumber(ARGV[4])
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
 local finished = {}  -- succeeded list -> {age, count, new ids}
 local applied, stale = 0, 0
+local waited = redis.call('EXISTS', KEYS[10]) == 1
+local ended_ids = {}  -- tasks that ended, when someone waits on this queue
+local function ended(id)
+  if waited then ended_ids[#ended_ids + 1] = id end
+end
 local counts = {}  -- stats field -> amount
 
 local function add(tbl, field, n)
@@ -154,9 +162,11 @@ for _, t in ipairs(batch) do
       end
       keep(key, id, ttype)
       add(counts, 'succeeded', 1)
+      ended(id)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
       dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)
+      ended(id)
     else
       add(counts, 'failed', 1)
       local failures = redis.call('HINCRBY', key, 'failures', 1)
@@ -166,6 +176,7 @@ for _, t in ipairs(batch) do
         add(counts, 'retried', 1)
       else
         dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)
+        ended(id)
       end
     end
   end
@@ -186,4 +197,5 @@ for field, n in pairs(sums) do
   if n ~= 0 then redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
 end
 for field, n in pairs(counts) do redis.call('HINCRBY', stats, field, string.format('%d', n)) end
+wake(KEYS[10], KEYS[11], ended_ids)
 return {applied, stale}
