@@ -158,10 +158,9 @@ class Settings:
         self._check_access()
         if self.durability not in DURABILITIES:
             raise ConfigError(f"durability must be one of {', '.join(DURABILITIES)}, not {self.durability!r}")
-        if self.max_waiters < 0:
-            raise ConfigError("max_waiters must be >= 0")
-        if self.keep_succeeded < 0 or not self.result_ttl > 0:
-            raise ConfigError("keep_succeeded must be >= 0 (0 = keep no succeeded record) and result_ttl above 0")
+        if self.keep_succeeded < 0 or not self.result_ttl > 0 or self.max_waiters < 0:
+            raise ConfigError("keep_succeeded (0 = keep no succeeded record) and max_waiters must be >= 0, "
+                              "result_ttl above 0")
         if not 0 < self.max_memory_ratio <= 1:
             raise ConfigError("max_memory_ratio must be above 0 and at most 1 (a share of Redis's maxmemory)")
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 0 or self.dead_archive_cap < 1:
