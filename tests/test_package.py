@@ -91,7 +91,7 @@ def test_the_sdist_and_the_wheel_pass_twine_check(built: tuple[Path, Path]) -> N
     assert out.count("PASSED") == 2, out
 
 
-def test_the_installed_wheel_carries_its_scripts_static_files_and_types(
+def test_the_installed_wheel_runs_and_carries_its_scripts_static_files_and_types(
     venv: Path, redis_url: str, tmp_path: Path
 ) -> None:
     # run from an empty directory, so only the installed package can be imported
@@ -105,6 +105,7 @@ def test_the_installed_wheel_carries_its_scripts_static_files_and_types(
     assert got["index"] and got["static"] == sorted(p.name for p in (source / "static").iterdir())
     assert got["typed"]
     assert "Usage: reliq all" in run([venv / "bin" / "reliq", "all", "--help"], cwd=tmp_path)
+    assert run([venv / "bin" / "reliq", "--version"], cwd=tmp_path) == f"reliq {reliq.__version__}\n"
 
 
 def test_a_users_mypy_sees_reliqs_types_through_the_installed_wheel(venv: Path, tmp_path: Path) -> None:
