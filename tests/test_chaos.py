@@ -176,12 +176,12 @@ async def test_an_unexpected_error_while_settling_does_not_strand_the_results(
     settle = Queue.settle
     calls = 0
 
-    async def flaky_settle(self: Queue, worker_id: str, outcomes: Any) -> tuple[int, int]:
+    async def flaky_settle(self: Queue, worker_id: str, outcomes: Any, *args: Any) -> tuple[int, int]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
-        return await settle(self, worker_id, outcomes)
+        return await settle(self, worker_id, outcomes, *args)
 
     monkeypatch.setattr(Queue, "settle", flaky_settle)
     task_id = await queue.enqueue("noop")
