@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from redis.asyncio import Redis
 
+from reliq import tracing
 from reliq.coalescer import Coalescer
 from reliq.errors import (
     CancelRefused,
@@ -100,7 +101,7 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
 
 
-def _spec(settings: Settings, item: Any, idempotency_key: str | None) -> TaskSpec:
+def _spec(settings: Settings, item: Any, idempotency_key: str | None, trace: str) -> TaskSpec:
     if not isinstance(item, dict):
         raise InvalidTask("a task must be a JSON object with a 'type'")
     return make_spec(
@@ -112,6 +113,7 @@ def _spec(settings: Settings, item: Any, idempotency_key: str | None) -> TaskSpe
         run_at=item.get("run_at"),
         idempotency_key=item.get("idempotency_key", idempotency_key),
         default_max_retries=settings.max_retries,
+        trace=trace,
     )
 
 
@@ -141,10 +143,11 @@ async def post_task(request: web.Request) -> web.Response:
     body = await _json_body(request)
     if not isinstance(body, dict):
         return error(400, "a task must be a JSON object with a 'type'")
-    spec = _spec(producer.settings, body, request.headers.get("Idempotency-Key"))
-    durability = _durability(producer.settings, body)
     queue = producer.queue(body.get("queue"))
-    result = await producer.submit(queue, spec, durability)
+    with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
+        spec = _spec(producer.settings, body, request.headers.get("Idempotency-Key"), trace)
+        durability = _durability(producer.settings, body)
+        result = await producer.submit(queue, spec, durability)
     answer = _accepted(queue, spec, result)
     if durability == "replicated" and not result[2]:
         return _not_replicated(answer)
@@ -168,8 +171,9 @@ async def post_tasks(request: web.Request) -> web.Response:
         return error(400, "a batch goes to one queue: name it once, as \"queue\" beside \"tasks\"")
     queue = producer.queue(named[0] if named else None)
     durability = _durability(producer.settings, envelope)
-    specs = [_spec(producer.settings, item, None) for item in items]
-    results = await producer.send(queue, specs, durability)
+    with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
+        specs = [_spec(producer.settings, item, None, trace) for item in items]
+        results = await producer.send(queue, specs, durability)
     answer = {"status": "queued", "task_ids": [r[0] for r in results], "queue": queue.name,
               "tasks": [_accepted(queue, s, r) for s, r in zip(specs, results, strict=True)]}
     if durability == "replicated" and not results[0][2]:

@@ -31,7 +31,7 @@ def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
     """The tasks as enqueue.lua's one JSON argument (ARGV[2]), numbers as strings."""
     return orjson.dumps([
         (s.id, s.type, s.payload.decode(), str(s.max_retries), str(s.timeout_ms or ""), str(s.delay_ms),
-         s.idempotency_key, str(s.run_at_ms))
+         s.idempotency_key, str(s.run_at_ms), s.trace)
         for s in specs
     ])
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
+from reliq import tracing
 from reliq.coalescer import Coalescer
 from reliq.connection import connect
 from reliq.queue import Queue, TaskInfo, TaskSpec, make_spec
@@ -66,17 +67,20 @@ class _Producer(Generic[Q]):
             self._queues[name] = self._open_queue(check_queue_name(name))
         return self._queues[name]
 
-    def _spec(self, type: str, payload: Any = None, **options: Any) -> TaskSpec:
-        return make_spec(type, payload, default_max_retries=self.settings.max_retries, **options)
+    def _spec(self, type: str, payload: Any = None, *, trace: str | None = None, **options: Any) -> TaskSpec:
+        # the active span's context goes with the task (OpenTelemetry, when installed)
+        return make_spec(type, payload, default_max_retries=self.settings.max_retries,
+                         trace=tracing.current() if trace is None else trace, **options)
 
     def _specs(self, tasks: Iterable[TaskItem]) -> list[TaskSpec]:
-        specs = []
+        specs, trace = [], tracing.current()  # one look-up a batch
         for item in tasks:
             if isinstance(item, Mapping):
                 options = dict(item)
-                specs.append(self._spec(options.pop("type", None), options.pop("payload", None), **options))
+                specs.append(self._spec(options.pop("type", None), options.pop("payload", None), trace=trace,
+                                        **options))
             else:
-                specs.append(self._spec(*item))
+                specs.append(self._spec(*item, trace=trace))
         return specs
 
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from reliq import calls
+from reliq import calls, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
 from reliq.histogram import bucket
@@ -59,6 +59,8 @@ class TaskSpec:
     idempotency_key: str
     id: str
     run_at_ms: int = 0
+    #: W3C traceparent of where it was enqueued ("" = none): the worker's spans are its children.
+    trace: str = ""
 
 
 def make_spec(
@@ -71,8 +73,12 @@ def make_spec(
     run_at: Any = None,
     idempotency_key: Any = None,
     default_max_retries: int = 3,
+    trace: str = "",
 ) -> TaskSpec:
-    """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong."""
+    """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong.
+
+    ``trace`` is the W3C traceparent to store with it (see :mod:`reliq.tracing`).
+    """
     if not isinstance(type, str) or not type.strip():
         raise InvalidTask("'type' must be a non-empty string")
     if len(type) > MAX_TYPE_LEN:
@@ -97,6 +103,7 @@ def make_spec(
         idempotency_key=idempotency_key or "",
         id=new_id(),
         run_at_ms=_run_at_ms(run_at),
+        trace=trace,
     )
 
 
@@ -145,6 +152,7 @@ class Claimed:
     queued_at: int
     started_at: int
     queue: str
+    trace: str = ""  # traceparent stored at enqueue ("" = none)
 
 
 @dataclass(slots=True)
@@ -216,7 +224,7 @@ class ArchivedTask(TypedDict):
     fields: dict[str, str]
 
 
-_CLAIM_WIDTH = 9  # id + the eight FIELDS of claim.lua
+_CLAIM_WIDTH = 10  # id + the nine FIELDS of claim.lua
 
 
 class Queue:
@@ -270,7 +278,8 @@ class Queue:
 
     async def enqueue(self, type: str, payload: Any = None, **options: Any) -> str:
         """Validate and enqueue one task; return its id."""
-        spec = make_spec(type, payload, default_max_retries=self.settings.max_retries, **options)
+        spec = make_spec(type, payload, default_max_retries=self.settings.max_retries, trace=tracing.current(),
+                         **options)
         [(task_id, _)] = await self.enqueue_specs([spec])
         return task_id
 
@@ -321,8 +330,8 @@ class Queue:
         rows = iter(raw[2:])
         # Positional and in one comprehension: this parse was a tenth of a worker's CPU.
         tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
-                         int(q or now), now, self.name)
-                 for i, t, p, a, f, m, c, to, q in zip(*[rows] * _CLAIM_WIDTH, strict=True)]
+                         int(q or now), now, self.name, tr.decode() if tr else "")
+                 for i, t, p, a, f, m, c, to, q, tr in zip(*[rows] * _CLAIM_WIDTH, strict=True)]
         return tasks, raw[0] == 1
 
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome],

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from reliq import api, monitor
+from reliq import api, monitor, tracing
 from reliq.connection import UNAVAILABLE, connect
 from reliq.entry import starting
 from reliq.errors import ConfigError
@@ -147,6 +147,7 @@ def run_work(settings: Settings, burst: bool = False) -> int:
     """``reliq work``: one worker process (and its liveness endpoint, with a health port)."""
     with starting():
         import_apps(settings.apps)
+        tracing.configure("worker")  # after the apps: one that set its own tracer provider keeps it
     sites: list[tuple[AppFactory, int]] = [(_liveness, settings.health_port)] if settings.health_port else []
     return run(lambda: serve(settings, sites, work=True, burst=burst))
 
@@ -167,11 +168,13 @@ _SITE_NAMES: dict[AppFactory, str] = {
 
 def run_serve(settings: Settings) -> int:
     """``reliq serve``: the producer API."""
+    tracing.configure("api")
     return run(lambda: serve(settings, [(api.create_app, settings.api_port)]))
 
 
 def run_monitor(settings: Settings) -> int:
     """``reliq monitor``."""
+    tracing.configure("monitor")
     return run(lambda: serve(settings, [(monitor.create_app, settings.monitor_port)]))
 
 
@@ -191,6 +194,7 @@ def run_all(settings: Settings) -> int:
     """``reliq all``: API, monitor and a worker in one process (and Redis, if needed)."""
     with starting():
         import_apps(settings.apps)
+        tracing.configure("all")
     server = own_redis(settings)
     try:
         sites: list[tuple[AppFactory, int]] = [(api.create_app, settings.api_port),

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs, procpool
+from reliq import logs, procpool, tracing
 from reliq.connection import UNAVAILABLE, describe
 from reliq.dead_trimmer import DeadTrimmer
 from reliq.errors import HandlerFailed, PermanentError, describe_error
@@ -106,6 +106,7 @@ class Worker:
         self.threads_left = False
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetcher: asyncio.Task[None] | None = None
+        self._traced = False  # spans an attempt (OpenTelemetry set up): see reliq.tracing
         self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
         self.watch = LoopWatch(settings.loop_block_warn, self._culprit)
 
@@ -350,6 +351,7 @@ class Worker:
         return any(t.crashes for t in self.held.values()) if len(self.held) == 1 else False
 
     def _dispatch(self, tasks: list[Claimed]) -> None:
+        self._traced = tracing.on()  # once a claim, not once a task: the look-up costs a microsecond
         for t in tasks:
             if t.id in self.held:  # re-adopted after a lost reply: it is already running
                 continue
@@ -378,7 +380,10 @@ class Worker:
             try:
                 if debug:
                     log.debug("task %s (%s) started, attempt %d", task.id, task.type, task.attempts)
-                outcome = await self._execute(task, me, start)
+                if self._traced:
+                    outcome = await tracing.attempt(task, self._execute(task, me, start))
+                else:
+                    outcome = await self._execute(task, me, start)
                 if debug:
                     _log_outcome(outcome)
             finally:

@@ -19,7 +19,7 @@
 -- Numbers go to redis.call as strings made once (now) or once a value (attempts): Lua
 -- turns a number into a string with sprintf, which costs as much as a small command.
 local FIELDS = {'type', 'payload', 'attempts', 'failures', 'max_retries', 'crashes',
-                'timeout_ms', 'queued_at'}
+                'timeout_ms', 'queued_at', 'trace'}
 local now = tostring(now_ms())
 local max = tonumber(ARGV[1])
 local elsewhere = tonumber(ARGV[4])

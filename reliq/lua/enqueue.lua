@@ -4,8 +4,9 @@
 -- ARGV[1] idempotency TTL (ms)
 -- ARGV[2] the tasks as one JSON array of [id, type, payload, max_retries, timeout_ms
 --         ('' = type default), delay_ms (0 = ready now), idempotency key ('' = none),
---         run_at_ms (0 = none; else the due time on the epoch, which wins over delay_ms)],
---         numbers as strings: one argument instead of eight per task, because encoding
+--         run_at_ms (0 = none; else the due time on the epoch, which wins over delay_ms),
+--         traceparent ('' = none)],
+--         numbers as strings: one argument instead of nine per task, because encoding
 --         arguments was most of the API's cost of a batch.
 -- ARGV[3] admission limit: refuse when pending holds this many tasks already (0 = none)
 -- Returns a flat array: for each task, the id that stands for it and 1 if it was
@@ -41,6 +42,10 @@ for _, t in ipairs(cjson.decode(ARGV[2])) do
     if tonumber(t[8]) > 0 then due = tonumber(t[8]) end
     local fields = {'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
                     'attempts', '0', 'failures', '0', 'crashes', '0', 'enqueued_at', now_s}
+    if t[9] ~= '' then
+      fields[#fields + 1] = 'trace'
+      fields[#fields + 1] = t[9]
+    end
     if due > now then
       redis.call('HSET', KEYS[4] .. id, 'state', 'scheduled', unpack(fields))
       redis.call('ZADD', KEYS[2], due, id)
