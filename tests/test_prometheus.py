@@ -46,7 +46,7 @@ def _start_monitor(redis_url: str, queue: str, workdir: Path) -> tuple[subproces
     port = free_port()
     proc = procs.reliq(["monitor", "--redis-url", redis_url, "--queue", queue, "--port", str(port)],
                        workdir / "monitor.log")
-    wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, what="monitor listening")
+    wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, timeout=30, what="monitor listening")
     assert proc.poll() is None, (workdir / "monitor.log").read_text()
     return proc, port
 
@@ -78,15 +78,15 @@ def run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
         prom = PrometheusServer(workdir, [f"127.0.0.1:{port}"], [RULES]).start()
         started.append(prom)
         r = Run(prom, queue, {})
-        wait_until(lambda: prom.value(f"reliq_tasks_dead_total{r.sel()}") == 0, timeout=15, what="first scrape")
+        wait_until(lambda: prom.value(f"reliq_tasks_dead_total{r.sel()}") == 0, timeout=30, what="first scrape")
         started.append(procs.worker(redis_url, queue, workdir / "worker.log", "--retry-base", "0.05"))
-        wait_until(lambda: prom.value(f"reliq_workers{r.sel()}") == 1, timeout=15, what="worker seen by Prometheus")
+        wait_until(lambda: prom.value(f"reliq_workers{r.sel()}") == 1, timeout=30, what="worker seen by Prometheus")
         r.ids = _send_load(client)
         final = {"noop": {"succeeded"}, "sleep": {"succeeded"}, "fail": {"dead"}}
-        wait_until(lambda: _states(client, r.ids) == final, timeout=20, what="every task settled")
+        wait_until(lambda: _states(client, r.ids) == final, timeout=40, what="every task settled")
         n_ok = len(r.ids["noop"])
         wait_until(lambda: prom.value(f"reliq_tasks_total{r.sel(type='noop', outcome='ok')}") == n_ok,
-                   timeout=10, what="Prometheus scraped the last counts")
+                   timeout=20, what="Prometheus scraped the last counts")
         yield r
     finally:
         client.close()
@@ -130,7 +130,7 @@ def test_dead_letter_alert_fires_for_the_queue_and_no_other(run: Run) -> None:
         return {a["labels"]["alertname"] for a in alerts
                 if a["labels"].get("queue") == run.queue and a["state"] == "firing"}
 
-    wait_until(lambda: "ReliqDeadLetterGrowing" in firing(), timeout=10, what="ReliqDeadLetterGrowing firing")
+    wait_until(lambda: "ReliqDeadLetterGrowing" in firing(), timeout=20, what="ReliqDeadLetterGrowing firing")
     assert firing() == {"ReliqDeadLetterGrowing"}
 
 
