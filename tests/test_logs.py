@@ -19,6 +19,8 @@ import pytest
 from reliq import logs
 from reliq.client import Client
 from reliq.redis_server import answers, free_port
+from reliq.settings import Settings
+from reliq.supervisor import Supervisor
 from tests import procs
 from tests.util import wait_until
 
@@ -120,3 +122,9 @@ def test_json_formatter_keeps_a_traceback_on_the_line_and_passes_extra_fields() 
     assert line["task_id"] == "01ABC" and line["rows"] == 3
     assert line["exception"].startswith("Traceback") and "ValueError: bad input" in line["exception"]
     assert line["time"].endswith("Z") and "T" in line["time"]
+
+
+def test_a_supervisor_passes_the_log_format_to_its_worker_processes(settings: Settings) -> None:
+    command = Supervisor(settings, 2, log_level="DEBUG", log_format="json").command()
+    assert command[command.index("--log-format") + 1] == "json"
+    assert command[command.index("--log-level") + 1] == "DEBUG"
