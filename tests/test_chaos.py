@@ -50,6 +50,17 @@ def test_a_clean_run_passes() -> None:
     assert report["tasks"]["succeeded"] == 1 and report["duplicates"]["duplicated"] == 0
 
 
+def test_a_fail_task_requeued_from_the_dead_letters_and_dead_again_keeps_the_counters_exact() -> None:
+    """The monitor-kill fault requeues dead chaos.fail tasks: each earlier life's two
+    failures, one retry and one dead-lettering stay in the counters, not on the record."""
+    runs = [Execution("f", 10, a, 100.0 + a, 100.5 + a, "error") for a in (1, 2, 1, 2)]
+    record = {"state": "dead", "reason": "error", "failures": "2"}
+    report = audit(_accepted(("f", FAIL)), {"f": runs}, _faults(),
+                   _state({"f": record}, enqueued=1, dead=2, failed=4, retried=2, requeued=1), [], LEASE)
+    assert report["ok"], report["problems"]
+    assert report["duplicates"]["duplicated"] == 0  # each run after a failed one: retries, not duplicates
+
+
 def test_an_accepted_task_without_a_final_record_is_lost() -> None:
     report = audit(_accepted(("a", NOOP), ("b", NOOP)), {}, _faults(),
                    _state({"a": {"state": "processing"}}, enqueued=2), [], LEASE)

@@ -1,4 +1,4 @@
-"""The processes of a chaos run: a private redis-server, one API and N workers.
+"""The processes of a chaos run: a private redis-server, one API, one monitor and N workers.
 
 Everything runs on 127.0.0.1 as child processes of ``reliq chaos``, each with its log
 in the run's directory. The cluster keeps track of which processes it meant to stop,
@@ -68,6 +68,8 @@ class Cluster:
         self.redis = RedisServer(workdir / "redis", fsync="always")
         self.api_port = free_port()
         self.api: Proc | None = None
+        self.monitor_port = free_port()
+        self.monitor: Proc | None = None
         self.workers: list[Proc] = []  # every worker ever started, in order
         self._logs = workdir / "logs"
         self._count = 0
@@ -100,21 +102,39 @@ class Cluster:
         try:
             self.redis.start()
             self.start_api()
+            self.start_monitor()
             for _ in range(self.options.workers):
                 self.start_worker()
         except BaseException:
             self.stop()
             raise
 
+    @property
+    def monitor_url(self) -> str:
+        """Base URL of the monitor (dashboard, /dead, /jobs)."""
+        return f"http://127.0.0.1:{self.monitor_port}"
+
+    def _listening(self, proc: Proc, port: int, wait: float) -> Proc:
+        deadline = time.monotonic() + wait
+        while not answers("127.0.0.1", port):
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the {proc.role} did not start; see {proc.log.name}")
+            time.sleep(0.05)
+        return proc
+
     def start_api(self, wait: float = 15.0) -> Proc:
         """Start the producer API and wait until it listens."""
         self.api = self._spawn("api", ["serve", "--port", str(self.api_port)])
-        deadline = time.monotonic() + wait
-        while not answers("127.0.0.1", self.api_port):
-            if self.api.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the API did not start; see {self.api.log.name}")
-            time.sleep(0.05)
-        return self.api
+        return self._listening(self.api, self.api_port, wait)
+
+    def start_monitor(self, wait: float = 15.0) -> Proc:
+        """Start the monitor and wait until it listens."""
+        self.monitor = self._spawn("monitor", ["monitor", "--port", str(self.monitor_port)])
+        return self._listening(self.monitor, self.monitor_port, wait)
+
+    def restart(self, proc: Proc) -> Proc:
+        """Start a new process of ``proc``'s role (api or monitor) in its place."""
+        return self.start_monitor() if proc.role == "monitor" else self.start_api()
 
     def start_worker(self, redis_url: str | None = None) -> Proc:
         """Start one more worker process (reaching Redis at ``redis_url``: a proxy, say)."""
@@ -139,7 +159,7 @@ class Cluster:
     def unexpected_exits(self) -> list[Proc]:
         """Processes that exited without being told to (marked ``exited`` once reported)."""
         gone = []
-        for p in [*self.workers, *([self.api] if self.api else [])]:
+        for p in [*self.workers, *(s for s in (self.api, self.monitor) if s)]:
             if p.state in ("running", "stopped") and p.popen.poll() is not None:
                 p.state = "exited"
                 p.log.close()
@@ -185,7 +205,8 @@ class Cluster:
             w.state = "terminating"
             w.send(signal.SIGTERM)
         codes = {w.pid: self.terminate(w, self.options.drain_timeout + 10) for w in alive}
-        if self.api and self.api.popen.poll() is None:
-            self.terminate(self.api, 10)
+        for server in (self.api, self.monitor):
+            if server and server.popen.poll() is None:
+                self.terminate(server, 10)
         self.redis.stop()
         return codes

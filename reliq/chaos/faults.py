@@ -17,14 +17,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import aiohttp
+
 from reliq.chaos.cluster import Cluster, Proc
 from reliq.chaos.proxy import Proxy
-from reliq.chaos.tasks import BLOCK, POISON
+from reliq.chaos.tasks import BLOCK, FAIL, POISON
 from reliq.connection import UNAVAILABLE, connect
 
 #: Fault kinds, in report order.
 KINDS = ("worker-kill", "rolling-restart", "redis-kill", "redis-stall", "worker-stall", "partition", "poison",
-         "api-kill", "redis-full", "loop-block")
+         "api-kill", "redis-full", "loop-block", "monitor-kill")
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Event:
     """One thing done to (or seen of) a process: kill, term, stop, cont, start, died."""
 
     t: float  # unix seconds
-    role: str  # worker | api | redis
+    role: str  # worker | api | monitor | redis
     pid: int
     action: str
 
@@ -269,6 +271,34 @@ class Injector:
             return [api.pid], ""
         await self._fault("api-kill", act)
 
+    async def kill_monitor_mid_requeue(self) -> None:
+        """Start a rate-limited requeue of the dead ``chaos.fail`` tasks, SIGKILL the monitor
+        running it, and start the monitor again.
+
+        What the job requeued before the kill must run again (and die again: they always
+        fail), what it had not reached stays dead, and nothing is lost or requeued twice.
+        Only ``chaos.fail`` is requeued: a requeued poison pill would crash-loop the fleet.
+        """
+        async def act() -> tuple[list[int], str]:
+            monitor = self.cluster.monitor
+            if monitor is None:
+                return [], "no monitor"
+            body = {"type": FAIL, "reason": "error", "rate": 20}
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http, \
+                        http.post(self.cluster.monitor_url + "/dead/requeue", json=body) as resp:
+                    answer = f"requeue job: HTTP {resp.status}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                answer = f"requeue job not started: {type(exc).__name__}"
+            await asyncio.sleep(self.rng.uniform(0.3, 1.0))
+            self.log.event("monitor", monitor.pid, "kill")
+            self.cluster.kill(monitor)
+            await asyncio.sleep(0.3)
+            new = await asyncio.to_thread(self.cluster.start_monitor)
+            self.log.event("monitor", new.pid, "start")
+            return [monitor.pid], answer
+        await self._fault("monitor-kill", act)
+
     def by_kind(self, kind: str) -> Callable[[], Awaitable[None]]:
         """The injector of ``kind``."""
         return {
@@ -276,6 +306,7 @@ class Injector:
             "redis-kill": self.kill_redis, "redis-stall": self.stall_redis, "worker-stall": self.stall_worker,
             "partition": self.partition, "poison": self.poison, "api-kill": self.kill_api,
             "redis-full": self.fill_redis, "loop-block": self.block_loop,
+            "monitor-kill": self.kill_monitor_mid_requeue,
         }[kind]
 
     # -- the streams --------------------------------------------------------------------
@@ -305,6 +336,6 @@ class Injector:
                 if proc.role == "worker":
                     self._start_worker()
                 else:
-                    new = await asyncio.to_thread(self.cluster.start_api)
-                    self.log.event("api", new.pid, "start")
+                    new = await asyncio.to_thread(self.cluster.restart, proc)
+                    self.log.event(new.role, new.pid, "start")
             await asyncio.sleep(0.05)
