@@ -363,6 +363,26 @@ class Queue:
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 
+    async def trim_succeeded(self, retention: Mapping[str, Retention], budget: int = 1000) -> tuple[int, int]:
+        """Delete succeeded records past their retention (count, then age); (trimmed, expired).
+
+        The queue's own list, and the lists of the types in ``retention``; at most
+        ``budget`` ids a list a call, called again while a list may have had more.
+        """
+        k = self.keys
+        lists = [(k.succeeded, (int(self.settings.result_ttl * 1000), self.settings.keep_succeeded))]
+        lists += [(k.succeeded_prefix + name, r.limits(self.settings)) for name, r in sorted(retention.items())]
+        total = [0, 0]
+        while True:
+            args: list[Any] = [budget]
+            for _, (age, count) in lists:
+                args += [age, count]
+            trimmed, expired = await self._scripts("trim", [k.stats, k.task_prefix, *(key for key, _ in lists)], args)
+            total[0] += int(trimmed)
+            total[1] += int(expired)
+            if int(trimmed) + int(expired) < budget:
+                return total[0], total[1]
+
     async def promote(self, limit: int = 1000) -> int:
         """Move due delayed tasks into pending; return how many moved."""
         k = self.keys

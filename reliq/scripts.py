@@ -47,6 +47,7 @@ NAMES = (
     "count",
     "watch",
     "unwatch",
+    "trim",
 )
 
 

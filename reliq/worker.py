@@ -47,6 +47,7 @@ from reliq.queue import Claimed, Outcome, Queue
 from reliq.reaper import Reaper
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
+from reliq.succeeded_trimmer import SucceededTrimmer
 from reliq.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class Worker:
                     asyncio.create_task(Reaper(queue, s.lease, s.reap_interval, self.id,
                                                landing_time(s.heartbeat_interval)).run(), name="reaper"),
                 ]
+                background.append(asyncio.create_task(
+                    SucceededTrimmer(queue, self._retentions, s.reap_interval).run(), name="succeeded-trimmer"))
                 if s.dead_cap:
                     background.append(asyncio.create_task(DeadTrimmer(queue, s.reap_interval).run(),
                                                           name="dead-trimmer"))

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from reliq.queue import Outcome, Queue, make_spec
 from reliq.registry import Registry
 from reliq.settings import Retention, Settings
+from reliq.succeeded_trimmer import SucceededTrimmer
 from tests.keyspace import keyspace
 from tests.test_worker import registry_with, run_burst
 from tests.util import api_client
@@ -118,3 +119,18 @@ async def test_a_list_over_its_limits_shrinks_back_a_bounded_amount_a_settle(red
     await run_ok(lowered, 1)
     assert await redis.llen(queue.keys.succeeded) == 2
     assert (await queue.snapshot())["trimmed"] == 20
+
+
+async def test_a_quiet_queue_loses_records_past_their_age_too_and_counts_them(redis: Redis,
+                                                                              settings: Settings) -> None:
+    queue = Queue(redis, settings.replace(result_ttl=0.2))
+    own = {"report": Retention(age=0.2, count=5)}
+    noops = await run_ok(queue, 2)
+    reports = await run_ok(queue, 2, "report", retention=own)
+    await asyncio.sleep(0.3)  # nothing settles any more: the settle script trims nothing
+    assert await SucceededTrimmer(queue, own, 1.0).run_once() == (0, 4)
+    assert not any([await redis.exists(queue.keys.task(i)) for i in noops + reports])
+    assert await keyspace(redis, queue.name) == {"workers": [W], "stats": {"enqueued": "4", "succeeded": "4",
+                                                                          "expired": "4"},
+                                                 "metrics": (await keyspace(redis, queue.name))["metrics"]}
+    assert await SucceededTrimmer(queue, own, 1.0).run_once() == (0, 0)

@@ -65,3 +65,35 @@ local function wake(waiters_key, wake_prefix, ids)
     end
   end
 end
+
+-- Retention of succeeded records (BullMQ's removeOnComplete {age, count}): a list of their
+-- ids by finish time, newest at the left, loses from its old end what is past its count,
+-- then what finished more than age ms ago, at most budget ids; their records are
+-- deleted. Returns how many went by count (trimmed) and by age (expired); an id whose
+-- record is already gone leaves the list uncounted.
+local function retain(list, task_prefix, now, age, count, budget)
+  local trimmed, expired = 0, 0
+  local over = math.min(redis.call('LLEN', list) - count, budget)
+  if over > 0 then
+    local old = redis.call('RPOP', list, over)
+    for i = 1, #old do old[i] = task_prefix .. old[i] end
+    for i = 1, #old, 1000 do  -- in slices: unpack has a stack limit
+      trimmed = trimmed + redis.call('DEL', unpack(old, i, math.min(i + 999, #old)))
+    end
+    budget = budget - #old
+  end
+  local cutoff = now - age
+  while budget > 0 do
+    local oldest = redis.call('LINDEX', list, -1)
+    if not oldest then break end
+    local at = redis.call('HGET', task_prefix .. oldest, 'finished_at')
+    if at and tonumber(at) > cutoff then break end
+    redis.call('RPOP', list)
+    if at then
+      redis.call('DEL', task_prefix .. oldest)
+      expired = expired + 1
+    end
+    budget = budget - 1
+  end
+  return trimmed, expired
+end

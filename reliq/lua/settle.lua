@@ -23,7 +23,7 @@
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending instead of run twice.
 -- Counters and metrics are written once per field a batch. Succeeded records past their
--- list's count (trimmed) or age (expired) are deleted and counted: see retain() below.
+-- list's count (trimmed) or age (expired) are deleted and counted: see settle_list().
 -- Dead-lettered tasks are in no such list: they stay until someone handles them.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command.
@@ -100,37 +100,16 @@ local function keep(key, id, ttype)
   l[3][#l[3] + 1] = id
 end
 
--- Retention (BullMQ's removeOnComplete {age, count}): after its new ids, a list loses
--- from its old end what is past its count (trimmed), then what finished longer than its
--- age ago (expired): at most two ids a new one and 8 more a call, so the work is bounded
--- and a list shrinks back within a few calls after its limits were lowered.
-local function retain(into, age, count, ids)
+-- A list gets its new ids, then loses what is past its limits (retain(), _lib.lua): at
+-- most two ids a new one and 8 more a call, so the work stays bounded and a list shrinks
+-- back within a few calls after its limits were lowered.
+local function settle_list(into, age, count, ids)
   for i = 1, #ids, 1000 do  -- in slices: unpack has a stack limit
     redis.call('LPUSH', into, unpack(ids, i, math.min(i + 999, #ids)))
   end
-  local budget = 2 * #ids + 8
-  local over = math.min(redis.call('LLEN', into) - count, budget)
-  if over > 0 then
-    local old = redis.call('RPOP', into, over)
-    for i = 1, #old do old[i] = prefix .. old[i] end
-    for i = 1, #old, 1000 do
-      add(counts, 'trimmed', redis.call('DEL', unpack(old, i, math.min(i + 999, #old))))
-    end
-    budget = budget - #old
-  end
-  local cutoff = now - age
-  while budget > 0 do
-    local oldest = redis.call('LINDEX', into, -1)
-    if not oldest then break end
-    local at = redis.call('HGET', prefix .. oldest, 'finished_at')
-    if at and tonumber(at) > cutoff then break end
-    redis.call('RPOP', into)
-    if at then
-      redis.call('DEL', prefix .. oldest)
-      add(counts, 'expired', 1)
-    end
-    budget = budget - 1
-  end
+  local trimmed, expired = retain(into, prefix, now, age, count, 2 * #ids + 8)
+  if trimmed > 0 then add(counts, 'trimmed', trimmed) end
+  if expired > 0 then add(counts, 'expired', expired) end
 end
 
 for _, t in ipairs(batch) do
@@ -191,7 +170,7 @@ if taken > 0 then
     redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
   end
 end
-for into, l in pairs(finished) do retain(into, l[1], l[2], l[3]) end
+for into, l in pairs(finished) do settle_list(into, l[1], l[2], l[3]) end
 -- '%d': an integer however large; a Lua number as argument may be sent in e-notation.
 for field, n in pairs(sums) do
   if n ~= 0 then redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
