@@ -17,12 +17,14 @@ import reliq.builtins  # registers the built-in types
 from reliq import AsyncClient, Client, TaskNotFound
 from reliq.connection import connect
 from reliq.errors import TooManyWaiters
+from reliq.openapi import spec as openapi_spec
 from reliq.queue import Queue
 from reliq.settings import Settings
 from reliq.waiting import Waiters
 from reliq.worker import Worker
 from tests import procs
 from tests.keyspace import keyspace
+from tests.test_client import in_child
 from tests.test_scripts import claim_all, enqueue, outcome
 from tests.util import api_client, eventually
 
@@ -286,3 +288,25 @@ async def test_sync_client_waits_in_threads_are_woken_by_a_cancel(settings: Sett
 
 async def _all_marked(redis: Redis, settings: Settings, ids: list[str]) -> bool:
     return await redis.hlen(Queue(redis, settings).keys.waiters) == len(ids)
+
+
+def test_a_forked_child_waits_on_blocking_connections_of_its_own(settings: Settings) -> None:
+    client = Client(settings.redis_url, settings.queue, settings)
+    task_id = client.enqueue("noop", delay=60)
+    assert client.wait(task_id, 0.1)["state"] == "scheduled"  # the parent's blocking client is open now
+
+    def child() -> str:
+        assert client.wait(task_id, 0.1)["state"] == "scheduled"
+        client.cancel(task_id)
+        return client.wait(task_id, 5)["state"]
+
+    assert in_child(child) == "cancelled"
+    assert client.wait(task_id, 5)["state"] == "cancelled"  # and the parent's still works
+    client.close()
+
+
+def test_openapi_describes_the_wait_parameter_and_its_limit() -> None:
+    get = openapi_spec()["paths"]["/task/{id}"]["get"]
+    [wait] = [p for p in get["parameters"] if p["name"] == "wait"]
+    assert (wait["in"], wait["schema"]["minimum"], wait["schema"]["maximum"]) == ("query", 0, 60)
+    assert {"400", "404", "429"} <= set(get["responses"])
