@@ -57,6 +57,7 @@ class Heartbeat:
         self.status = status
         self.watch = watch
         self.beats = 0
+        self.failures = 0  # beats that failed (Redis unreachable or refusing)
         self.static = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": int(time.time() * 1000)}
         self._redis: SyncRedis | None = None
         self._scripts: SyncScripts | None = None
@@ -138,6 +139,7 @@ class Heartbeat:
             try:
                 self.run_once()
             except Exception as exc:  # never a traceback, never the end of the thread
+                self.failures += 1
                 if backoff.failures == 0:
                     log.warning("heartbeat: Redis error (%s: %s); retrying with backoff", type(exc).__name__, exc)
                 next_beat = time.monotonic() + min(self.interval, backoff.next())

@@ -6,18 +6,23 @@ Real `reliq work` processes; the handlers are in tests/apps/blocking.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from reliq import metrics
+from reliq.heartbeat import Heartbeat
 from reliq.loopwatch import LoopWatch
 from reliq.queue import Queue
+from reliq.redis_server import free_port
 from reliq.settings import Settings
 from tests import procs
 from tests.apps.blocking import runs
-from tests.util import eventually
+from tests.util import eventually, wait_until
 
 APP = ("--app", "tests.apps.blocking")
 
@@ -109,3 +114,20 @@ async def _state(queue: Queue, task_id: str, wanted: str) -> bool:
 
 async def _blocks(queue: Queue, n: int) -> bool:
     return metrics.parse_loop_blocks(await queue.metric_counts()).count >= n
+
+
+def test_the_heartbeat_thread_rides_out_redis_errors_logging_once_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens on the port: the thread warns once, backs off, keeps trying, and stops when told."""
+    caplog.set_level(logging.INFO, logger="reliq.heartbeat")
+    heartbeat = Heartbeat(f"redis://127.0.0.1:{free_port()}/0", ["q"], "w1", interval=0.1, lease=2.0,
+                          status=dict)
+    heartbeat.start()
+    try:
+        wait_until(lambda: heartbeat.failures >= 3, timeout=10, what="several failed beats")
+    finally:
+        heartbeat.stop()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "heartbeat: Redis error" in warnings[0].getMessage(), warnings
+    assert warnings[0].exc_info is None
