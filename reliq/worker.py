@@ -454,18 +454,18 @@ class Worker:
         """
         self._overrunning[task.id] = thread
         wrapped = asyncio.wrap_future(thread)
+        loop = asyncio.get_running_loop()
+        since = loop.time()
         log.warning("task %s %s timed out after %gs, but a thread cannot be stopped: it keeps its slot, and its "
                     "retry waits until it returns (isolation='process' would kill it)", task.type, task.id, timeout)
-        overrun = 0.0
         while not thread.done():
             await asyncio.wait([wrapped], timeout=HOLD_LOG_S)
-            overrun += HOLD_LOG_S
             if not thread.done():
                 log.warning("task %s %s still running in its thread, %.0fs past its %gs timeout; its retry waits",
-                            task.type, task.id, overrun, timeout)
+                            task.type, task.id, loop.time() - since, timeout)
         del self._overrunning[task.id]
-        log.info("task %s %s: its thread returned after its %gs timeout; the retry may start",
-                 task.type, task.id, timeout)
+        log.info("task %s %s: its thread returned %.1fs past its %gs timeout; the retry may start",
+                 task.type, task.id, loop.time() - since, timeout)
 
     def _started(self, handler: Handler, task: Claimed) -> float:
         """The task's timeout, which counts at once towards when this worker is stuck for good."""
