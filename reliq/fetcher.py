@@ -108,5 +108,11 @@ class Fetcher:
 
     async def close(self) -> None:
         """Cancel waiting BLMOVEs (an id one of them moved is handed back by the release)."""
-        await cancel_all(self._waiters.values())
+        waiters = list(self._waiters.values())
         self._waiters.clear()
+        await cancel_all(waiters)
+        for waiter in waiters:
+            # One that failed as we stopped (Redis went away during the drain): the loops
+            # already said Redis is unreachable; unretrieved, asyncio would print its traceback.
+            if not waiter.cancelled():
+                waiter.exception()

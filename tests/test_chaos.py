@@ -231,3 +231,25 @@ def test_bad_flags_get_a_clear_cli_error() -> None:
     assert result.exit_code == 2 and "--duration" in result.output
     result = CliRunner().invoke(main, ["chaos", "--workers", "zero"])
     assert result.exit_code == 2 and "--workers" in result.output
+
+
+async def test_a_blmove_that_failed_as_the_worker_stopped_prints_no_traceback(
+        queue: Queue, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the newcomer rehearsal: Redis gone during a drain left the idle BLMOVE's
+    error unretrieved, and asyncio printed 'Task exception was never retrieved' and its
+    traceback as the worker exited."""
+    import gc
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    async def fails() -> str | None:
+        raise RedisConnectionError("Connection closed by server.")
+
+    fetcher = Fetcher([(queue, 1)], "w1")
+    waiter = asyncio.create_task(fails())
+    await asyncio.sleep(0)
+    fetcher._waiters[queue.name] = waiter
+    await fetcher.close()
+    del waiter
+    gc.collect()
+    assert "never retrieved" not in caplog.text
