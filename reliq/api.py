@@ -38,6 +38,8 @@ from reliq.web import bearer_auth, error, errors_as_json, json_response
 MAX_BATCH = 1000
 #: Retry-After of a 507: a worker frees the room of a batch of tasks in well under this.
 RETRY_FULL_S = 5
+#: Longest idempotency key, in the header or the body.
+MAX_IDEMPOTENCY_KEY = 200
 #: Queue objects the API keeps at most (a name is cheap, but not free).
 MAX_QUEUES = 1000
 
@@ -87,6 +89,8 @@ class Producer:
 
 
 PRODUCER = web.AppKey("producer", Producer)
+#: The OpenAPI document of this app's configuration (with or without a token).
+OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 
 async def _json_body(request: web.Request) -> Any:
@@ -117,6 +121,14 @@ def _spec(settings: Settings, item: Any, idempotency_key: str | None, trace: str
     )
 
 
+def _idempotency_header(request: web.Request) -> str | None:
+    """The Idempotency-Key header, checked even when the body names a key of its own."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidTask(f"the Idempotency-Key header must be 1 to {MAX_IDEMPOTENCY_KEY} characters")
+    return key
+
+
 def _durability(settings: Settings, body: dict[str, Any]) -> str:
     durability = body.get("durability", settings.durability)
     if durability not in DURABILITIES:
@@ -145,7 +157,7 @@ async def post_task(request: web.Request) -> web.Response:
         return error(400, "a task must be a JSON object with a 'type'")
     queue = producer.queue(body.get("queue"))
     with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
-        spec = _spec(producer.settings, body, request.headers.get("Idempotency-Key"), trace)
+        spec = _spec(producer.settings, body, _idempotency_header(request), trace)
         durability = _durability(producer.settings, body)
         result = await producer.submit(queue, spec, durability)
     answer = _accepted(queue, spec, result)
@@ -164,12 +176,9 @@ async def post_tasks(request: web.Request) -> web.Response:
         return error(400, "body must be a non-empty JSON array of tasks, or {\"tasks\": [...]}")
     if len(items) > MAX_BATCH:
         return error(400, f"at most {MAX_BATCH} tasks a request, got {len(items)}")
-    named = [i["queue"] for i in items if isinstance(i, dict) and i.get("queue") is not None]
-    if envelope.get("queue") is not None:
-        named.append(envelope["queue"])
-    if any(name != named[0] for name in named):
-        return error(400, "a batch goes to one queue: name it once, as \"queue\" beside \"tasks\"")
-    queue = producer.queue(named[0] if named else None)
+    if any(isinstance(i, dict) and "queue" in i for i in items):
+        return error(400, "a batch goes to one queue: name it once, as \"queue\" beside \"tasks\", not in a task")
+    queue = producer.queue(envelope.get("queue"))
     durability = _durability(producer.settings, envelope)
     with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
         specs = [_spec(producer.settings, item, None, trace) for item in items]
@@ -197,7 +206,7 @@ def _wait_s(raw: str | None) -> float:
 async def get_task(request: web.Request) -> web.Response:
     """GET /task/{id}?queue=&wait=: the task's record; with ``wait``, once it has ended (long poll)."""
     producer = request.app[PRODUCER]
-    queue = producer.queue(request.query.get("queue"))
+    queue = producer.queue(request.query.get("queue") or None)
     wait = _wait_s(request.query.get("wait"))
     try:
         return json_response(await producer.waiters.wait(queue, request.match_info["id"], wait))
@@ -210,7 +219,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 async def delete_task(request: web.Request) -> web.Response:
     """DELETE /task/{id}?queue=: cancel a pending or scheduled task; 409 once it has started."""
-    queue = request.app[PRODUCER].queue(request.query.get("queue"))
+    queue = request.app[PRODUCER].queue(request.query.get("queue") or None)
     task_id = request.match_info["id"]
     try:
         previous = await queue.cancel(task_id)
@@ -234,7 +243,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     """GET /openapi.json: this API described in OpenAPI 3.1."""
-    return json_response(openapi_spec())
+    return json_response(request.app[OPENAPI])
 
 
 @web.middleware
@@ -263,6 +272,7 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
         await producer.waiters.close()
 
     app.on_cleanup.append(close_waiters)
+    app[OPENAPI] = openapi_spec(auth=bool(settings.api_token))
     app.router.add_post("/task", post_task)
     app.router.add_post("/tasks", post_tasks)
     app.router.add_get("/task/{id}", get_task)

@@ -1,7 +1,10 @@
 """The producer API described in OpenAPI 3.1 (served at GET /openapi.json).
 
-A test checks that every route of the API app is described here and that responses
-match their schemas, so this stays true as the API changes.
+The document is built for the server's configuration: with a token set it declares
+bearer auth and the 401s, without one it declares neither. A test checks that every
+route of the API app is described here and that responses match their schemas, and
+schemathesis (tests/test_contract.py) fuzzes a real server against it, so this stays
+true as the API changes.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from functools import cache
 from typing import Any
 
 from reliq import __version__
-from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, STATES
+from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, RFC3339, STATES
+from reliq.settings import QUEUE_PATTERN, WHITESPACE
 from reliq.waiting import MAX_WAIT_S
 
 JSON = "application/json"
@@ -28,15 +32,29 @@ def _error(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def _or_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field: null means the same as leaving it out (the default)."""
+    return {**schema, "type": [schema["type"], "null"]}
+
+
 _TASK_FIELDS: dict[str, Any] = {
-    "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LEN, "description": "Handler name"},
+    "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LEN,
+             "pattern": "[^" + WHITESPACE.encode("unicode_escape").decode() + "]",
+             "description": "Handler name (not only whitespace)"},
     "payload": {"description": "Any JSON value, passed to the handler"},
-    "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT},
-    "timeout_s": {"type": "number", "minimum": 0.001, "maximum": MAX_TIMEOUT_S},
-    "delay_s": {"type": "number", "minimum": 0, "maximum": MAX_DELAY_S},
-    "run_at": {"type": "string", "format": "date-time", "description": "RFC 3339, with a time zone"},
-    "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 200},
-    "queue": {"type": "string", "pattern": "^[^{}:\\s]{1,100}$", "description": "Default: the server's queue"},
+    "max_retries": _or_null({"type": "integer", "minimum": 0, "maximum": MAX_RETRIES_LIMIT}),
+    "timeout_s": _or_null({"type": "number", "minimum": 0.001, "maximum": MAX_TIMEOUT_S}),
+    "delay_s": _or_null({"type": "number", "minimum": 0, "maximum": MAX_DELAY_S}),
+    "run_at": _or_null({"type": "string", "format": "date-time", "pattern": RFC3339,
+                        "description": "RFC 3339, with a time zone; a time in the past runs now"}),
+    "idempotency_key": _or_null({"type": "string", "minLength": 1, "maxLength": 200}),
+    "queue": _or_null({"type": "string", "pattern": QUEUE_PATTERN, "description": "Default: the server's queue"}),
+}
+#: A task inside a batch: the batch names its queue once, beside "tasks", so a task may not.
+_BATCH_TASK: dict[str, Any] = {
+    "type": "object", "required": ["type"],
+    "properties": {**{k: v for k, v in _TASK_FIELDS.items() if k != "queue"},
+                   "queue": {"not": {}, "description": "Not here: a batch goes to one queue, named beside tasks"}},
 }
 
 _SCHEMAS: dict[str, Any] = {
@@ -47,12 +65,9 @@ _SCHEMAS: dict[str, Any] = {
     },
     "NewTasks": {
         "oneOf": [
-            {"type": "array", "items": {"type": "object", "required": ["type"], "properties": _TASK_FIELDS},
-             "minItems": 1, "maxItems": 1000},
+            {"type": "array", "items": _BATCH_TASK, "minItems": 1, "maxItems": 1000},
             {"type": "object", "required": ["tasks"], "properties": {
-                "tasks": {"type": "array", "items": {"type": "object", "required": ["type"],
-                                                     "properties": _TASK_FIELDS},
-                          "minItems": 1, "maxItems": 1000},
+                "tasks": {"type": "array", "items": _BATCH_TASK, "minItems": 1, "maxItems": 1000},
                 "queue": _TASK_FIELDS["queue"],
                 "durability": {"enum": ["memory", "replicated"]},
             }},
@@ -112,72 +127,90 @@ _SCHEMAS: dict[str, Any] = {
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
 
-_QUEUE_PARAM = {"name": "queue", "in": "query", "required": False, "schema": {"type": "string"},
-                "description": "The task's queue (default: the server's queue)"}
+#: ``?queue=``: a queue name, or empty (or absent) for the server's queue.
+_QUEUE_PARAM = {"name": "queue", "in": "query", "required": False,
+                "schema": {"type": "string", "pattern": "^(" + QUEUE_PATTERN[1:-1] + ")?$"},
+                "description": "The task's queue (empty or absent: the server's queue)"}
 _WAIT_PARAM = {"name": "wait", "in": "query", "required": False,
                "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S, "default": 0},
                "description": "Long poll: answer as soon as the task is succeeded, dead or cancelled, "
                               "or with its current record after this many seconds"}
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-_COMMON = {"401": _error("Missing or wrong bearer token (when RELIQ_API_TOKEN is set)"),
-           "503": _error("Redis is unavailable (Retry-After: 1)")}
+_UNAVAILABLE = {"503": _error("Redis is unavailable (Retry-After: 1)")}
+_UNAUTHORIZED = {"401": _error("Missing or wrong bearer token")}
 _BAD_BODY = {"400": _error("Invalid JSON or task"), "413": _error("Body over the limit"),
              "415": _error("Content-Type is not application/json"),
              "429": _error("The queue is past --max-pending (Retry-After: 1)"),
              "507": {**_error("Redis is out of memory, or past --max-memory-ratio of its maxmemory: nothing "
                               "was enqueued (Retry-After: seconds)"),
                      "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}}}
+#: What an accepted task leads to: its record (for stateful clients and fuzzers).
+_TASK_LINKS = {
+    "GetTask": {"operationId": "getTask",
+                "parameters": {"id": "$response.body#/task_id", "queue": "$response.body#/queue"}},
+}
+
+
+def _accepted(description: str) -> dict[str, Any]:
+    return {**_json(_ref("Accepted"), description), "links": _TASK_LINKS}
 
 
 @cache
-def spec() -> dict[str, Any]:
-    """The OpenAPI document."""
+def spec(auth: bool = True) -> dict[str, Any]:
+    """The OpenAPI document of a server with (``auth``) or without an API token."""
+    common = {**(_UNAUTHORIZED if auth else {}), **_UNAVAILABLE}
+    security: dict[str, Any] = {
+        "components": {"schemas": _SCHEMAS, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+    } if auth else {"components": {"schemas": _SCHEMAS}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "reliq producer API", "version": __version__,
-                 "description": "Enqueue, inspect and cancel tasks. A 202 means Redis has the task."},
-        "components": {
-            "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-        },
-        "security": [{"bearer": []}],
+                 "description": "Enqueue, inspect and cancel tasks. A 202 means Redis has the task."
+                                + ("" if auth else " This server has no API token: nothing needs one.")},
+        **security,
         "paths": {
             "/task": {"post": {
+                "operationId": "enqueueTask",
                 "summary": "Enqueue a task",
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NewTask")}}},
-                "responses": {"202": _json(_ref("Accepted"), "Enqueued"),
-                              "200": _json(_ref("Accepted"), "Already enqueued under this Idempotency-Key"),
-                              **_BAD_BODY, **_COMMON},
+                "responses": {"202": _accepted("Enqueued"),
+                              "200": _accepted("Already enqueued under this Idempotency-Key"),
+                              **_BAD_BODY, **common},
             }},
             "/tasks": {"post": {
+                "operationId": "enqueueTasks",
                 "summary": "Enqueue up to 1,000 tasks of one queue, all or nothing",
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NewTasks")}}},
-                "responses": {"202": _json(_ref("AcceptedBatch"), "Enqueued"), **_BAD_BODY, **_COMMON},
+                "responses": {"202": _json(_ref("AcceptedBatch"), "Enqueued"), **_BAD_BODY, **common},
             }},
             "/task/{id}": {
-                "get": {"summary": "A task's record; with wait, once it has ended (long poll)",
+                "get": {"operationId": "getTask",
+                        "summary": "A task's record; with wait, once it has ended (long poll)",
                         "parameters": [_ID_PARAM, _QUEUE_PARAM, _WAIT_PARAM],
                         "responses": {"200": _json(_ref("Task"), "The task (with wait: ended, or the wait ran out)"),
                                       "400": _error("Bad queue name, or wait not a number from 0 to 60"),
                                       "404": _error("No such task"),
                                       "429": _error("The server already serves max_waiters long polls "
-                                                    "(Retry-After: 1)"), **_COMMON}},
-                "delete": {"summary": "Cancel a task that has not started", "parameters": [_ID_PARAM, _QUEUE_PARAM],
+                                                    "(Retry-After: 1)"), **common}},
+                "delete": {"operationId": "cancelTask", "summary": "Cancel a task that has not started",
+                           "description": "The record stays, state cancelled, for the result TTL: GET shows it.",
+                           "parameters": [_ID_PARAM, _QUEUE_PARAM],
                            "responses": {"200": _json(_ref("Cancelled"), "Cancelled"),
                                          "400": _error("Bad queue name"), "404": _error("No such task"),
                                          "409": _json({"allOf": [_ref("Error"), {"required": ["state"]}]},
-                                                      "Running or finished"), **_COMMON}},
+                                                      "Running or finished"), **common}},
             },
-            "/healthz": {"get": {"summary": "The process is alive", "security": [],
+            "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive", "security": [],
                                  "responses": {"200": _json(_ref("Status"), "Alive")}}},
-            "/readyz": {"get": {"summary": "Redis answers", "security": [],
+            "/readyz": {"get": {"operationId": "readyz", "summary": "Redis answers", "security": [],
                                 "responses": {"200": _json(_ref("Status"), "Ready"),
                                               "503": _error("Redis is unavailable")}}},
-            "/openapi.json": {"get": {"summary": "This document",
+            "/openapi.json": {"get": {"operationId": "openapi", "summary": "This document",
                                       "responses": {"200": {"description": "OpenAPI 3.1",
                                                             "content": {JSON: {"schema": {"type": "object"}}}},
-                                                    **_COMMON}}},
+                                                    **common}}},
         },
     }

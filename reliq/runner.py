@@ -26,6 +26,7 @@ from reliq.redis_server import RedisServer, answers
 from reliq.registry import REGISTRY
 from reliq.settings import Settings, is_loopback
 from reliq.supervisor import health_app
+from reliq.web import quiet_bad_requests
 from reliq.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def import_apps(modules: tuple[str, ...]) -> None:
 
 
 async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, port: int) -> None:
+    quiet_bad_requests()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     stack.push_async_callback(runner.cleanup)

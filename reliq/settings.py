@@ -203,10 +203,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: ASCII whitespace: what names may not contain, and what a type may not consist of only.
+#: Spelled out rather than ``\s``, whose meaning differs between regex engines, so the
+#: OpenAPI schema's patterns and these checks agree on every string.
+WHITESPACE = " \t\n\r\f\v"
+#: Longest queue name.
+MAX_QUEUE_LEN = 100
+#: A queue name as a JSON Schema pattern: no braces (the hash tag), colons or whitespace.
+QUEUE_PATTERN = "^[^{}:" + WHITESPACE.encode("unicode_escape").decode() + "]{1," + str(MAX_QUEUE_LEN) + "}$"
+
+
 def check_queue_name(name: Any) -> str:
     """Return ``name`` if it can be a queue name (it becomes a Redis hash tag); raise otherwise."""
-    if not isinstance(name, str) or not name or len(name) > 100 or any(c in name for c in "{}: \t\n"):
-        raise ConfigError(f"queue name {name!r} must be 1 to 100 characters without braces, colons or spaces")
+    if (not isinstance(name, str) or not 0 < len(name) <= MAX_QUEUE_LEN
+            or any(c in name for c in "{}:" + WHITESPACE)):
+        raise ConfigError(f"queue name {name!r} must be 1 to {MAX_QUEUE_LEN} characters without braces, colons "
+                          "or spaces")
     return name
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import OutOfMemoryError
 
 from reliq.connection import UNAVAILABLE, describe
@@ -29,6 +30,26 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> w
     return json_response({"error": message}, status, headers)
 
 
+class BadRequestsInOneLine(logging.Filter):
+    """aiohttp logs a malformed request (a NUL in a header, say) with a traceback: make it a
+    one-line warning. The client already got its 400; bad input is not our failure."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code == 400:
+            record.msg, record.args = "%s: %s", (record.getMessage(), str(exc).replace("\n", " ").strip())
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_bad_requests() -> None:
+    """Install :class:`BadRequestsInOneLine` on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestsInOneLine) for f in server_log.filters):
+        server_log.addFilter(BadRequestsInOneLine())
+
+
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn aiohttp's HTTP errors, Redis outages and bugs into JSON answers."""
@@ -39,7 +60,9 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error(exc.status, exc.reason)
+        # A 405 must say what is allowed (RFC 9110): keep aiohttp's Allow header.
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error(exc.status, exc.reason, allow)
     except OutOfMemoryError as exc:  # a write Redis refused at its maxmemory (enqueue answers 507 itself)
         log.warning("%s %s: %s", request.method, request.path, describe(exc))
         return error(507, "Redis is out of memory (maxmemory reached); retry once workers have drained it",

@@ -133,3 +133,11 @@ async def test_redis_unreachable_answers_503_with_retry_after(settings: Settings
 
 async def test_readyz_when_redis_answers(http: TestClient) -> None:
     assert (await http.get("/readyz")).status == 200
+
+
+async def test_a_wrong_method_is_a_405_that_says_what_is_allowed(http: TestClient) -> None:
+    resp = await http.request("TRACE", "/task")
+    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    assert "error" in await resp.json()
+    resp = await http.put("/task/abc")
+    assert resp.status == 405 and set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "DELETE"}

@@ -214,3 +214,72 @@ def test_cli_edits_a_dead_payload_and_requeues_it(settings: Settings, dead_ids: 
     done = invoke(settings, "dlq", "requeue", task_id, "--payload", '{"fixed": 2}')
     assert done.exit_code == 0 and "edited and requeued" in done.output
     assert invoke(settings, "dlq", "edit", task_id, "--payload", "3").exit_code == 1  # no longer dead
+
+
+# -- a requeue job survives the monitor's SIGKILL ----------------------------------------------
+
+
+def _monitor(redis_url: str, queue: str, port: int, log: Path) -> Any:
+    from reliq.redis_server import answers
+    from tests.procs import reliq
+    from tests.util import wait_until
+
+    proc = reliq(["monitor", "--redis-url", redis_url, "--queue", queue, "--port", str(port)], log)
+    wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, timeout=30, what="monitor listening")
+    assert proc.poll() is None, log.read_text()
+    return proc
+
+
+async def _where(queue: Queue, ids: list[str]) -> tuple[list[str], list[str]]:
+    pending = [i.decode() for i in await queue.redis.lrange(queue.keys.pending, 0, -1)]
+    dead = await queue.dead_ids(0, 10_000)
+    return pending, dead
+
+
+async def test_a_monitor_killed_mid_requeue_job_loses_and_doubles_nothing(
+    redis: Redis, settings: Settings, tmp_path: Path
+) -> None:
+    import aiohttp
+
+    from reliq.redis_server import free_port
+    from tests.procs import stop
+    from tests.util import eventually
+
+    queue = Queue(redis, settings)
+    ids = await fail_dead(queue, settings, 60)
+    port = free_port()
+    monitor = _monitor(settings.redis_url, queue.name, port, tmp_path / "monitor.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http, http.post(f"{base}/dead/requeue", json={"rate": 40}) as resp:
+            assert resp.status == 202
+        # Batches of 4 at 40/s: kill it once some, not all, went back.
+        await eventually(lambda: _partly(queue, len(ids)), timeout=20, what="the job half way")
+        monitor.kill()
+        monitor.wait()
+        pending, dead = await _where(queue, ids)
+        assert 0 < len(pending) < len(ids)
+        assert sorted(pending + dead) == sorted(ids)  # each id in exactly one place: nothing lost, none twice
+        for task_id, info in zip(ids, [await queue.get(i) for i in ids], strict=True):
+            assert info["state"] == ("pending" if task_id in pending else "dead"), task_id
+
+        # Driving it again finishes the rest, and still takes nothing twice.
+        monitor = _monitor(settings.redis_url, queue.name, port, tmp_path / "monitor2.log")
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/dead/requeue") as resp:
+                job = await resp.json()
+            assert job["state"] == "running"
+
+            async def finished() -> bool:
+                async with http.get(f"{base}/jobs/{job['id']}") as r:
+                    return (await r.json())["state"] == "done"
+
+            await eventually(finished, timeout=20, what="the second job done")
+        pending, dead = await _where(queue, ids)
+        assert dead == [] and sorted(pending) == sorted(ids)
+    finally:
+        stop(monitor)
+
+
+async def _partly(queue: Queue, total: int) -> bool:
+    return 0 < await queue.redis.llen(queue.keys.pending) < total - 8

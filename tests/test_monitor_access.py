@@ -102,7 +102,8 @@ def test_a_monitor_bound_to_every_address_hides_payloads_without_a_token(redis_u
                                  queue_name, "--host", "0.0.0.0", "--port", str(port), "--public-metrics"],
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, what="monitor listening")
+        wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, timeout=30,
+                   what="monitor listening")
         assert proc.poll() is None, log.read_text()
 
         async def check() -> None:

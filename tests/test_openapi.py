@@ -62,9 +62,18 @@ async def test_every_route_is_described_and_every_description_is_a_route(
     assert routes == described
 
 
-async def test_served_document_is_the_spec(http: TestClient) -> None:
+async def test_served_document_is_the_spec_of_the_servers_configuration(
+    http: TestClient, queue: Queue, settings: Settings
+) -> None:
     resp = await http.get("/openapi.json")
-    assert resp.status == 200 and await resp.json() == SPEC
+    served = await resp.json()
+    assert resp.status == 200 and served == spec(auth=False)
+    # Without a token nothing needs one, and the document says so.
+    assert "security" not in served and "securitySchemes" not in served["components"]
+    assert not any("401" in op["responses"] for path in served["paths"].values() for op in path.values())
+    async with api_client(queue, settings.replace(api_token="tok")) as guarded:
+        resp = await guarded.get("/openapi.json", headers={"Authorization": "Bearer tok"})
+        assert await resp.json() == SPEC and SPEC["security"] == [{"bearer": []}]
 
 
 async def test_documented_answers_of_a_task_lifecycle(http: TestClient) -> None:

@@ -74,7 +74,19 @@ async def test_run_at_schedules_for_that_time_and_a_past_time_runs_now(
     assert status == 202 and (await queue.get(body["task_id"]))["state"] == "pending"
 
 
-@pytest.mark.parametrize("run_at", ["tomorrow", "2030-01-01T00:00:00", 17, "9999-01-01T00:00:00Z"])
+@pytest.mark.parametrize(("run_at", "state"), [
+    ("2030-01-01t00:00:00z", "scheduled"), ("9999-12-31T23:59:59-23:59", "scheduled"),
+    ("0000-01-01T00:00:00Z", "pending"), ("2001-01-01T00:00:00.123456789+17:29", "pending")])
+async def test_every_rfc_3339_time_the_schema_admits_is_accepted(http: TestClient, queue: Queue, run_at: str,
+                                                                  state: str) -> None:
+    status, body = await post(http, {"type": "noop", "run_at": run_at})
+    assert status == 202, body
+    assert (await queue.get(body["task_id"]))["state"] == state
+
+
+@pytest.mark.parametrize("run_at", ["tomorrow", "2030-01-01T00:00:00", 17, "2030-13-01T00:00:00Z",
+                                    "2030-01-01T23:59:60Z", "2030-02-30T00:00:00Z", "2030-01-01 00:00:00Z",
+                                    "2030-01-01T00:00Z"])
 async def test_bad_run_at_is_refused(http: TestClient, queue: Queue, redis: Redis, run_at: Any) -> None:
     status, body = await post(http, {"type": "noop", "run_at": run_at})
     assert status == 400 and "'run_at'" in body["error"]
