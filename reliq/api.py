@@ -190,6 +190,14 @@ async def post_tasks(request: web.Request) -> web.Response:
     return json_response(answer, 202)
 
 
+def _known_query(request: web.Request, names: tuple[str, ...]) -> None:
+    """Refuse a query parameter the endpoint does not take (a typo would otherwise be ignored)."""
+    unknown = sorted(set(request.query) - set(names))
+    if unknown:
+        raise InvalidTask(f"unknown query parameter(s) {', '.join(map(repr, unknown))}; "
+                          f"this endpoint takes {', '.join(names)}")
+
+
 def _wait_s(raw: str | None) -> float:
     """The ``wait`` query parameter in seconds (0 when absent); InvalidTask when out of range."""
     if raw is None:
@@ -206,6 +214,7 @@ def _wait_s(raw: str | None) -> float:
 async def get_task(request: web.Request) -> web.Response:
     """GET /task/{id}?queue=&wait=: the task's record; with ``wait``, once it has ended (long poll)."""
     producer = request.app[PRODUCER]
+    _known_query(request, ("queue", "wait"))
     queue = producer.queue(request.query.get("queue") or None)
     wait = _wait_s(request.query.get("wait"))
     try:
@@ -219,6 +228,7 @@ async def get_task(request: web.Request) -> web.Response:
 
 async def delete_task(request: web.Request) -> web.Response:
     """DELETE /task/{id}?queue=: cancel a pending or scheduled task; 409 once it has started."""
+    _known_query(request, ("queue",))
     queue = request.app[PRODUCER].queue(request.query.get("queue") or None)
     task_id = request.match_info["id"]
     try:

@@ -141,3 +141,10 @@ async def test_a_wrong_method_is_a_405_that_says_what_is_allowed(http: TestClien
     assert "error" in await resp.json()
     resp = await http.put("/task/abc")
     assert resp.status == 405 and set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "DELETE"}
+
+
+async def test_an_unknown_query_parameter_is_a_400_not_ignored(http: TestClient) -> None:
+    resp = await http.get("/task/abc", params={"queu": "other"})
+    assert resp.status == 400 and "'queu'" in (await resp.json())["error"]
+    assert (await http.delete("/task/abc", params={"wait": "1"})).status == 400
+    assert (await http.get("/task/abc", params={"queue": "", "wait": "0"})).status == 404
