@@ -70,6 +70,11 @@ def stats(settings: Settings, as_json: bool = False) -> int:
         for name in ("pending", "processing", "delayed", "dead_letter", "workers"):
             table.add_row(name, f"{snap[name]:,}")
         table.add_row("lag", f"{snap['lag_s']:.3f} s")
+        paused = snap["paused"]
+        if paused["queue"]:
+            table.add_row("paused", f"{paused['queue']['paused_s']:.0f} s, by {paused['queue']['by']}")
+        for name, p in paused["types"].items():
+            table.add_row(f"paused type {name}", f"{p['held']:,} held, {p['paused_s']:.0f} s, by {p['by']}")
         for name in COUNTERS:
             table.add_row(f"{name} (total)", f"{snap[name]:,}")  # type: ignore[literal-required]
         out.print(table)
@@ -233,6 +238,23 @@ def dlq_purge(settings: Settings, ids: Sequence[str], flt: DeadFilter, confirm: 
         if stop is not None:
             return stop
         out.print(f"deleted {await deadletter.purge(queue, flt):,} task(s)")
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def pause(settings: Settings, task_type: str | None, resume: bool = False) -> int:
+    """``reliq pause QUEUE [--type T]`` (and ``reliq resume``): the queue is ``settings.queue``."""
+
+    async def body(queue: Queue) -> int:
+        what = f"type {task_type!r} of queue {queue.name!r}" if task_type else f"queue {queue.name!r}"
+        if resume:
+            was, moved = await queue.resume(task_type)
+            held = f"; {moved:,} held task(s) back in pending" if moved else ""
+            out.print(f"resumed {what}{held}" if was else f"{what} was not paused", markup=False)
+            return 0
+        now, _ = await queue.pause(task_type, editor())
+        out.print(f"paused {what}" if now else f"{what} was paused already", markup=False)
         return 0
 
     return _with_queue(settings, body)

@@ -13,10 +13,10 @@ import orjson
 
 import reliq.admin
 import reliq.shell
-from reliq import __version__, logs, runner, supervisor
+from reliq import __version__, logs, pausing, runner, supervisor
 from reliq.deadletter import DeadFilter
-from reliq.errors import ConfigError
-from reliq.settings import Settings
+from reliq.errors import ConfigError, InvalidTask
+from reliq.settings import Settings, check_queue_name
 
 F = Callable[..., Any]
 
@@ -297,6 +297,35 @@ def _confirm(yes: bool) -> Callable[[str], bool]:
 def stats(redis_url: str | None, queue: str | None, as_json: bool) -> None:
     """Print the queue's depths, lag, workers and counters."""
     _exit(reliq.admin.stats(_admin_settings(redis_url, queue), as_json))
+
+
+def _pause_target(queue: str, type_: str | None) -> str:
+    """Refuse a QUEUE or --type that cannot be one (exit 2, nothing written)."""
+    try:
+        check_queue_name(queue)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="QUEUE") from None
+    try:
+        pausing.field(type_)
+    except InvalidTask as exc:
+        raise click.BadParameter(str(exc), param_hint="--type") from None
+    return queue
+
+
+def _pause_command(resume: bool) -> F:
+    @click.argument("queue")
+    @click.option("--type", "type_", help="Only this task type (the rest of the queue runs on)")
+    @click.option("--redis-url", help="Redis URL [env REDIS_URL]")
+    def command(queue: str, type_: str | None, redis_url: str | None) -> None:
+        _exit(reliq.admin.pause(_admin_settings(redis_url, _pause_target(queue, type_)), type_, resume=resume))
+
+    return command
+
+
+main.command(name="pause", help="Pause QUEUE (or one --type of it) fleet-wide: workers stop claiming; "
+             "running tasks finish; pending tasks stay.")(_pause_command(resume=False))
+main.command(name="resume", help="Resume QUEUE (or one --type of it): workers claim again within a second; "
+             "a type's held tasks go back to pending.")(_pause_command(resume=True))
 
 
 @main.group()

@@ -7,16 +7,22 @@ every queue is empty it blocks on one BLMOVE per queue at once, each into this w
 own processing list of that queue, so a task in any queue starts within milliseconds
 and an idle worker costs Redis nothing. A BLMOVE left waiting is kept for the next idle
 spell rather than cancelled, so waking up never loses a moved id.
+
+A queue whose claim answers "paused" (reliq/pausing.py) is left alone, neither claimed
+from nor waited on with a BLMOVE, for :data:`~reliq.pausing.RECHECK_S`; then a claim asks
+again. An id a BLMOVE moved in as the pause landed is handed back by that claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Container, Sequence
 
+from reliq.pausing import RECHECK_S
 from reliq.periodic import cancel_all
-from reliq.queue import Claimed, Queue, text
+from reliq.queue import Claimed, Queue, Take, text
 
 
 class Fetcher:
@@ -28,6 +34,7 @@ class Fetcher:
         self.worker_id = worker_id
         self.strict = strict
         self._waiters: dict[str, asyncio.Task[str | None]] = {}
+        self._paused: dict[str, float] = {}  # queue name -> when to ask again (monotonic)
 
     def order(self) -> list[Queue]:
         """The order to visit the queues in this time."""
@@ -50,20 +57,44 @@ class Fetcher:
         for queue in self.order():
             if len(tasks) >= free:
                 break
-            got, blocked = await queue.claim(self.worker_id, free - len(tasks), elsewhere=held + len(tasks))
-            if blocked:
+            if self.is_paused(queue):
+                continue
+            take = self._note(queue, await queue.take(self.worker_id, free - len(tasks), elsewhere=held + len(tasks)))
+            if take.blocked:
                 return tasks, True
+            got = take.tasks
             tasks += got
             if any(t.crashes for t in got):
                 break  # a suspect came alone: claim nothing beside it
         return tasks, False
 
+    def is_paused(self, queue: Queue) -> bool:
+        """Whether ``queue`` answered "paused" less than :data:`RECHECK_S` ago."""
+        until = self._paused.get(queue.name)
+        return until is not None and time.monotonic() < until
+
+    def _note(self, queue: Queue, take: Take) -> Take:
+        if take.paused:
+            self._paused[queue.name] = time.monotonic() + RECHECK_S
+        else:
+            self._paused.pop(queue.name, None)
+        return take
+
     async def wait(self, block_s: float, free: int, held: int) -> list[Claimed]:
-        """Block up to ``block_s`` until a task arrives in any queue, then claim it."""
+        """Block up to ``block_s`` until a task arrives in any queue that is not paused, then claim it.
+
+        With every queue paused, sleep until the first is due to be asked again.
+        """
         for queue in self.queues:
-            if queue.name not in self._waiters:
+            if queue.name not in self._waiters and not self.is_paused(queue):
                 self._waiters[queue.name] = asyncio.create_task(queue.wait_for_task(self.worker_id, block_s))
-        await asyncio.wait(self._waiters.values(), timeout=block_s + 1, return_when=asyncio.FIRST_COMPLETED)
+        timeout = block_s + 1
+        if self._paused:  # ask a paused queue again in time, even while waiting on the others
+            timeout = min(timeout, max(0.0, min(self._paused.values()) - time.monotonic()))
+        if self._waiters:
+            await asyncio.wait(self._waiters.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.sleep(timeout)
         return await self._harvest(free, held)
 
     async def _harvest(self, free: int, held: int) -> list[Claimed]:
@@ -78,8 +109,8 @@ class Fetcher:
             del self._waiters[queue.name]
             moved = waiter.result()  # raises the waiter's error, e.g. Redis unreachable
             if moved is not None:
-                got, _ = await queue.claim(self.worker_id, max(1, free - len(tasks)), moved, held + len(tasks))
-                tasks += got
+                take = await queue.take(self.worker_id, max(1, free - len(tasks)), moved, held + len(tasks))
+                tasks += self._note(queue, take).tasks
         return tasks
 
     async def adopt_orphans(self, known: Container[str], held: int) -> list[Claimed]:

@@ -115,6 +115,24 @@ class QueueKeys:
         return self.idem_prefix + key
 
     @property
+    def paused(self) -> str:
+        """HASH of pauses: field ``*`` (the whole queue) or a task type -> ``paused|since_ms|by``.
+
+        ``resuming|since_ms|by`` while a type's held tasks go back to pending (reliq/pausing.py).
+        Absent when nothing is paused, so the claim script pays one EXISTS a call for the feature.
+        """
+        return self.base + "paused"
+
+    @property
+    def held_prefix(self) -> str:
+        """Prefix of the per-type held lists; scripts append the task type."""
+        return self.base + "held:"
+
+    def held(self, task_type: str) -> str:
+        """LIST of pending ids of a paused type, set aside by claims (newest at the left, like pending)."""
+        return self.held_prefix + task_type
+
+    @property
     def processing_prefix(self) -> str:
         """Prefix of the workers' processing lists; the snapshot script appends worker ids."""
         return self.base + "processing:"

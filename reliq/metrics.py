@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from reliq import memory
 from reliq.histogram import BOUNDS_S
 from reliq.loopwatch import BLOCK_BUCKET, BLOCK_SUM
+from reliq.pausing import QUEUE_FIELD
 from reliq.queue import Queue, Snapshot
 
 #: Buckets per histogram: one per bound, then +Inf.
@@ -262,8 +263,21 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                                  labels=["queue"])
     archived = GaugeMetricFamily("reliq_dead_archived", "Dead tasks held in the archive (evicted past the cap).",
                                  labels=["queue"])
+    paused = GaugeMetricFamily("reliq_queue_paused",
+                               "1 while the queue (type=\"*\") or a task type of it is paused, else 0.",
+                               labels=["queue", "type"])
+    paused_for = GaugeMetricFamily("reliq_queue_paused_seconds",
+                                   "How long the queue (type=\"*\") or a task type of it has been paused (0: not).",
+                                   labels=["queue", "type"])
     for r in readings:
         q, snap = r.snapshot["queue"], r.snapshot
+        whole = snap["paused"]["queue"]
+        paused.add_metric([q, QUEUE_FIELD], 1 if whole else 0)
+        paused_for.add_metric([q, QUEUE_FIELD], whole["paused_s"] if whole else 0.0)
+        for ttype, pause in sorted(snap["paused"]["types"].items()):
+            if not pause["resuming"]:
+                paused.add_metric([q, ttype], 1)
+                paused_for.add_metric([q, ttype], pause["paused_s"])
         for state, key in DEPTHS.items():
             depth.add_metric([q, state], snap[key])  # type: ignore[literal-required]
         lag.add_metric([q], snap["lag_s"])
@@ -279,7 +293,7 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                 tasks.add_metric([q, ttype, outcome], n)
         for name, family in counters.items():
             family.add_metric([q], snap[name])  # type: ignore[literal-required]
-    yield from (depth, lag, dead_age, archived, workers, in_flight, slots, mem_used, mem_max, tasks,
+    yield from (depth, lag, paused, paused_for, dead_age, archived, workers, in_flight, slots, mem_used, mem_max, tasks,
                 *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")

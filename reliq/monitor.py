@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from reliq import autoscale, deadletter, memory, metrics
+from reliq import autoscale, deadletter, memory, metrics, pausing
 from reliq.deadletter import DeadFilter, Replays
-from reliq.errors import TaskNotFound
+from reliq.errors import ConfigError, InvalidTask, TaskNotFound
 from reliq.periodic import cancel_all
 from reliq.queue import Queue
 from reliq.sampler import RATE_WINDOW_S, Sampler
-from reliq.settings import Settings, is_loopback
+from reliq.settings import Settings, check_queue_name, is_loopback
 from reliq.web import ROLE, Access, access_guard, error, errors_as_json, json_response
 
 
@@ -70,8 +70,20 @@ def watched(request: web.Request) -> Watched:
 
 
 async def queues(request: web.Request) -> web.Response:
-    """GET /queues: the queues this monitor watches (the page offers a choice when several)."""
-    return json_response({"queues": list(request.app[WATCHED].keys())})
+    """GET /queues: the queues this monitor watches, with their depths and what is paused in each.
+
+    ``queues`` lists their names (the page offers a choice when several); ``details`` has,
+    a queue, its pending (held tasks of paused types included), processing, delayed and
+    dead-letter depths, ``paused`` (the whole queue) and the pause state.
+    """
+    details = []
+    for name, w in request.app[WATCHED].items():
+        snap = await w.queue.snapshot()
+        details.append({"name": name, "pending": snap["pending"], "held": snap["held"],
+                        "processing": snap["processing"], "delayed": snap["delayed"],
+                        "dead_letter": snap["dead_letter"], "workers": snap["workers"],
+                        "paused": snap["paused"]["queue"] is not None, "pauses": snap["paused"]})
+    return json_response({"queues": list(request.app[WATCHED].keys()), "details": details})
 
 
 async def index(request: web.Request) -> web.StreamResponse:
@@ -276,6 +288,43 @@ async def dead_purge(request: web.Request) -> web.Response:
     return json_response({"status": "purged", "deleted": deleted, "filter": {"type": flt.type, "reason": flt.reason}})
 
 
+# -- pause and resume -----------------------------------------------------------------------
+
+
+def _paused_target(request: web.Request) -> tuple[Queue, str | None]:
+    """The queue of a pause/resume path (400 if it cannot be a queue name, 404 if not watched) and ?type."""
+    name = request.match_info["queue"]
+    try:
+        check_queue_name(name)
+    except ConfigError as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
+    all_ = request.app[WATCHED]
+    if name not in all_:
+        raise web.HTTPNotFound(reason=f"this monitor does not watch a queue {name!r}; it watches {', '.join(all_)}")
+    task_type = request.query.get("type")
+    try:
+        pausing.field(task_type)
+    except InvalidTask as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
+    return all_[name].queue, task_type
+
+
+async def pause(request: web.Request) -> web.Response:
+    """POST /queues/{queue}/pause?type=T {by?}: stop workers claiming the queue's tasks (or one type's)."""
+    queue, task_type = _paused_target(request)
+    now, since = await queue.pause(task_type, _editor(request, await _body(request)))
+    return json_response({"status": "paused" if now else "already paused", "queue": queue.name, "type": task_type,
+                          "since_ms": since, "paused": (await queue.paused())})
+
+
+async def resume(request: web.Request) -> web.Response:
+    """POST /queues/{queue}/resume?type=T: let workers claim again; a type's held tasks go back to pending."""
+    queue, task_type = _paused_target(request)
+    was, moved = await queue.resume(task_type)
+    return json_response({"status": "resumed" if was else "not paused", "queue": queue.name, "type": task_type,
+                          "requeued_held": moved, "paused": (await queue.paused())})
+
+
 async def jobs(request: web.Request) -> web.Response:
     """GET /jobs: recent and running requeue jobs, newest first."""
     return json_response({"jobs": watched(request).replays.views()})
@@ -372,6 +421,8 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     r.add_delete("/dead/{id}", dead_delete_one)
     r.add_patch("/dead/{id}", dead_edit)
     r.add_post("/dead/{id}/requeue", dead_requeue_one)
+    r.add_post("/queues/{queue:[^/]+}/pause", pause)
+    r.add_post("/queues/{queue:[^/]+}/resume", resume)
     r.add_get("/jobs", jobs)
     r.add_get("/jobs/{id}", job)
     r.add_delete("/jobs/{id}", job_cancel)

@@ -19,13 +19,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from reliq import calls, tracing
+from reliq import calls, pausing, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
 from reliq.memory import TASK_BYTES, guard
+from reliq.pausing import PauseView
 from reliq.scripts import Scripts
 from reliq.settings import WHITESPACE, Retention, Settings
 
@@ -241,6 +242,21 @@ class Snapshot(TypedDict):
     refused_memory: int
     trimmed: int
     expired: int
+    #: Pending tasks of paused types set aside in their held lists (counted in ``pending`` too).
+    held: int
+    #: What is paused: the whole queue and/or task types (reliq/pausing.py).
+    paused: PauseView
+
+
+@dataclass(slots=True)
+class Take:
+    """What one claim call got: the tasks, and why it may have stopped short."""
+
+    tasks: list[Claimed]
+    #: A crash suspect waits for this worker to hold nothing else.
+    blocked: bool = False
+    #: The whole queue is paused: nothing was claimed.
+    paused: bool = False
 
 
 class ArchivedTask(TypedDict):
@@ -348,9 +364,14 @@ class Queue:
         claimed tasks and whether a crash suspect is waiting for this worker to hold
         nothing else.
         """
+        take = await self.take(worker_id, limit, moved, elsewhere)
+        return take.tasks, take.blocked
+
+    async def take(self, worker_id: str, limit: int, moved: str = "", elsewhere: int = 0) -> Take:
+        """:meth:`claim`, also telling whether the whole queue is paused (then nothing is claimed)."""
         k = self.keys
         raw = await self._scripts(
-            "claim", [k.pending, k.processing(worker_id), k.task_prefix, k.workers],
+            "claim", [k.pending, k.processing(worker_id), k.task_prefix, k.workers, k.paused, k.held_prefix],
             [limit, worker_id, moved, elsewhere],
         )
         now = int(raw[1])
@@ -359,7 +380,34 @@ class Queue:
         tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
                          int(q or now), now, self.name, tr.decode() if tr else "")
                  for i, t, p, a, f, m, c, to, q, tr in zip(*[rows] * _CLAIM_WIDTH, strict=True)]
-        return tasks, raw[0] == 1
+        return Take(tasks, raw[0] == 1, raw[0] == 2)
+
+    async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:
+        """Pause the whole queue (``task_type`` None) or one type; return (paused now, since ms).
+
+        False when it was paused already (the first pause's time and author stay).
+        """
+        now, since = await self._scripts("pause", [self.keys.paused], [pausing.field(task_type), by])
+        return int(now) == 1, int(since)
+
+    async def resume(self, task_type: str | None) -> tuple[bool, int]:
+        """Resume the queue or one type; return (whether it was paused, held tasks moved back to pending).
+
+        A type's held tasks go back :data:`pausing.RESUME_CHUNK` a script call; claims take
+        the type as usual from the first call on.
+        """
+        name = pausing.field(task_type)
+        keys = [self.keys.paused, self.keys.pending, self.keys.held(name)]
+        was, total, first = False, 0, "1"
+        while True:
+            paused, moved, left = await self._scripts("resume", keys, [name, pausing.RESUME_CHUNK, first])
+            was, total, first = was or paused == 1, total + int(moved), ""
+            if int(left) <= 0:
+                return was, total
+
+    async def paused(self) -> PauseView:
+        """What is paused in this queue (read with the snapshot; this reads only that)."""
+        return (await self.snapshot())["paused"]
 
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome],
                      retention: Mapping[str, Retention] | None = None) -> tuple[int, int]:
@@ -552,7 +600,7 @@ class Queue:
         """Depths, lag and counters of the queue, read in one script."""
         k = self.keys
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
-                k.dead_archive]
+                k.dead_archive, k.paused, k.held_prefix]
         raw = await self._scripts("snapshot", keys, [])
         now, oldest, oldest_dead = int(raw[0]), int(raw[6]), int(raw[7])
         snap: dict[str, Any] = {
@@ -565,9 +613,11 @@ class Queue:
             "dead_archived": int(raw[8]),
             "workers": int(raw[4]),
             "lag_s": max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
+            "held": int(raw[9]),
+            "paused": pausing.parse(raw[10], now),
         }
         snap.update(dict.fromkeys(COUNTERS, 0))
-        for i in range(9, len(raw), 2):
+        for i in range(11, len(raw), 2):
             snap[text(raw[i])] = int(raw[i + 1])
         return cast(Snapshot, snap)
 

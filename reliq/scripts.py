@@ -48,6 +48,8 @@ NAMES = (
     "watch",
     "unwatch",
     "trim",
+    "pause",
+    "resume",
 )
 
 

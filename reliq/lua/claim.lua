@@ -4,6 +4,7 @@
 -- KEYS[1] pending list  KEYS[2] processing list of W  KEYS[3] task key prefix
 -- KEYS[4] workers zset: W is put back in it if missing (reaped, or already released), so
 --         that whatever it claims stays where a reaper will look once W goes silent
+-- KEYS[5] paused hash (reliq/pausing.py)  KEYS[6] held list prefix (+ task type)
 -- ARGV[1] N (max tasks)  ARGV[2] W (worker id)
 -- ARGV[3] an id already in KEYS[2] ('' = none): moved there by BLMOVE, or found there
 --         unknown to W after a lost reply (then it may be marked processing by W already);
@@ -11,6 +12,11 @@
 --         since, and claiming it here would leave it claimed in no list, i.e. lost
 -- ARGV[4] how many tasks W holds in its lists of other queues
 -- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being FIELDS below.
+-- blocked = 2 when the whole queue is paused: nothing is claimed, and the id of ARGV[3], if
+-- still pending, goes back to the taking end of pending, uncounted (a BLMOVE moved it).
+-- Pending ids of a paused type met on the way (ARGV[3] included) are set aside into the
+-- type's held list, still pending; resume.lua puts them back. Nothing paused costs one
+-- EXISTS a call.
 -- blocked = 1 when the next task is a crash suspect (it has taken a worker down before)
 -- and W holds other tasks, here or in other queues: suspects run alone, so that a crash
 -- is blamed on the right task.
@@ -41,6 +47,31 @@ local function claim(id, f)
   taken = taken + 1
 end
 
+local paused_types = false  -- type -> true for each paused type, when any is
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local pauses = redis.call('HGETALL', KEYS[5])
+  for i = 1, #pauses, 2 do
+    if string.sub(pauses[i + 1], 1, 1) == 'p' then  -- 'paused|...'; 'resuming|...' claims as usual
+      if pauses[i] == '*' then
+        local id = ARGV[3]
+        if id ~= '' and redis.call('LPOS', KEYS[2], id)
+            and redis.call('HGET', KEYS[3] .. id, 'state') == 'pending' then
+          redis.call('LREM', KEYS[2], 1, id)
+          redis.call('RPUSH', KEYS[1], id)
+        end
+        out[1] = 2
+        return out
+      end
+      paused_types = paused_types or {}
+      paused_types[pauses[i]] = true
+    end
+  end
+end
+
+local function held(state, f)
+  return paused_types and state == 'pending' and paused_types[f[1]]
+end
+
 local function fields(id)
   local f = redis.call('HMGET', KEYS[3] .. id, 'state', unpack(FIELDS))
   local state = table.remove(f, 1)
@@ -53,6 +84,9 @@ if ARGV[3] ~= '' and redis.call('LPOS', KEYS[2], ARGV[3]) then
   local ours = state == 'processing' and redis.call('HGET', KEYS[3] .. id, 'worker') == ARGV[2]
   if state ~= 'pending' and not ours then
     redis.call('LREM', KEYS[2], 1, id)
+  elseif held(state, f) then
+    redis.call('LREM', KEYS[2], 1, id)
+    redis.call('LPUSH', KEYS[6] .. f[1], id)
   elseif tonumber(f[6]) > 0 and (redis.call('LLEN', KEYS[2]) > 1 or elsewhere > 0) then
     redis.call('LREM', KEYS[2], 1, id)
     redis.call('RPUSH', KEYS[1], id)
@@ -73,7 +107,10 @@ while taken < max and skipped < 1000 do
   for i = #window, 1, -1 do
     local id = window[i]
     local state, f = fields(id)
-    if state == 'pending' and tonumber(f[6]) > 0 then
+    if paused_types and state == 'pending' and paused_types[f[1]] then  -- inline: once a task
+      state = 'held'  -- taken off pending below like a skipped id, into its type's held list
+      redis.call('LPUSH', KEYS[6] .. f[1], id)
+    elseif state == 'pending' and tonumber(f[6]) > 0 then
       if taken == 0 and elsewhere == 0 and redis.call('LLEN', KEYS[2]) == 0 then
         used = used + 1
         moved[#moved + 1] = id
