@@ -12,22 +12,32 @@
   have held that lock at the fork (redis-py's own pid check waits 5 s on its fork lock,
   then its ``reset()`` takes the pool lock without a timeout).
 - **Speed**: on a single server (``redis://``, ``rediss://``, ``unix://``) a script call is
-  one EVALSHA written as one buffer (the command, SHA and keys packed once) and one
-  hiredis read: redis-py's ``Script`` call spent about as long in its pool and command
-  layers as Redis took to run the script (bench/sync_client.py). Cluster and Sentinel
-  URLs go through redis-py's client, which routes and follows failovers.
+  one EVALSHA written as one buffer (the command, SHA and keys packed once) with one
+  ``sendall``, and its reply read with hiredis: redis-py's ``Script`` call spent about as
+  long in its pool and command layers as Redis took to run the script. redis-py still
+  opens each connection (TLS, AUTH, SELECT) and closes it. Over plain TCP and Unix
+  sockets the timeout is the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO``) on a blocking
+  socket: a Python timeout makes every send and receive poll first, two more system
+  calls, ~7% of a call here (bench/sync_client.py). Cluster and Sentinel URLs go
+  through redis-py's client, which routes and follows failovers.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
+import hiredis
 import redis
+from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reliq.connection import connect_sync, is_single_server, pool_options
 from reliq.scripts import SyncScripts, sha, source
@@ -48,18 +58,64 @@ def _bulk(value: bytes | str | int | float) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+#: Seconds a call may wait for Redis (the same as the asyncio client's).
+SOCKET_TIMEOUT_S = 10.0
+
+
+class _Link:
+    """One connection of the fast path: redis-py opens it (TLS, AUTH, SELECT), the round trips are ours."""
+
+    __slots__ = ("conn", "reader", "sock")
+
+    def __init__(self, conn: Any, timeout: float) -> None:
+        conn.connect()
+        self.conn = conn
+        self.sock = sock = conn._sock  # redis-py's connected socket (so named since redis-py 2)
+        if not isinstance(sock, ssl.SSLSocket):  # TLS keeps Python's timeout: it reads in records
+            limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1_000_000))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+            sock.settimeout(None)
+        # The reader redis-py's hiredis parser makes: error replies become its exceptions.
+        self.reader = hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+
+    def call(self, packed: bytes) -> Any:
+        """Send one packed command and return its reply (raise it when it is an error reply)."""
+        try:
+            self.sock.sendall(packed)
+            reply = self.reader.gets()
+            while reply is False:
+                data = self.sock.recv(65536)
+                if not data:
+                    raise RedisConnectionError("Redis closed the connection")
+                self.reader.feed(data)
+                reply = self.reader.gets()
+        except (TimeoutError, BlockingIOError):  # the kernel's timeout is EAGAIN on a blocking socket
+            raise RedisTimeoutError("Redis did not answer in time") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"Error talking to Redis: {exc}") from None
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def disconnect(self) -> None:
+        """Close the connection (it is never used again)."""
+        self.conn.disconnect()
+
+
 @dataclass
 class _State:
     """One process's connections."""
 
     url: str
     max_connections: int
+    timeout: float = SOCKET_TIMEOUT_S
     pid: int = field(default_factory=os.getpid)
     client: redis.Redis = field(init=False)
     scripts: SyncScripts = field(init=False)
     #: The factory of direct connections, None for Cluster and Sentinel URLs.
     factory: redis.ConnectionPool | None = field(init=False)
-    idle: list[Any] = field(default_factory=list)  # redis-py Connections (whose methods are untyped)
+    idle: list[_Link] = field(default_factory=list)
     heads: dict[tuple[str, tuple[str, ...]], bytes] = field(default_factory=dict)
     #: A client for blocking calls (Client.wait's BLPOP), made on first use.
     blocking: redis.Redis | None = None
@@ -69,7 +125,7 @@ class _State:
         self.scripts = SyncScripts(self.client)
         self.factory = None
         if is_single_server(self.url):
-            options = pool_options(self.max_connections, 10.0)
+            options = pool_options(self.max_connections, self.timeout)
             del options["max_connections"], options["timeout"]  # the stack grows with the threads
             self.factory = redis.ConnectionPool.from_url(self.url, **options)
 
@@ -87,14 +143,14 @@ class _State:
 class SyncRedis:
     """A Redis of one process at a time for blocking producers: see the module docstring."""
 
-    def __init__(self, url: str, max_connections: int = 16) -> None:
-        self._state = _State(url, max_connections)
+    def __init__(self, url: str, max_connections: int = 16, timeout: float = SOCKET_TIMEOUT_S) -> None:
+        self._state = _State(url, max_connections, timeout)
 
     def _current(self) -> _State:
         state = self._state
         if state.pid != os.getpid():  # forked: start afresh, touch nothing inherited
             _INHERITED.append(state)
-            state = self._state = _State(state.url, state.max_connections)
+            state = self._state = _State(state.url, state.max_connections, state.timeout)
         return state
 
     @property
@@ -124,7 +180,7 @@ class SyncRedis:
             try:
                 conn, fresh = state.idle.pop(), False
             except IndexError:
-                conn, fresh = cast(Any, state.factory.make_connection()), True
+                conn, fresh = _Link(state.factory.make_connection(), state.timeout), True
             try:
                 reply = _round_trip(conn, packed, name)
             except ResponseError:
@@ -157,12 +213,9 @@ class SyncRedis:
             state.blocking.close()
 
 
-def _round_trip(conn: Any, packed: bytes, name: str) -> Any:
-    conn.send_packed_command([packed], check_health=False)
+def _round_trip(link: _Link, packed: bytes, name: str) -> Any:
     try:
-        return conn.read_response()
+        return link.call(packed)
     except NoScriptError:  # a restarted or flushed server: load the script, call again
-        conn.send_command("SCRIPT", "LOAD", source(name))
-        conn.read_response()
-        conn.send_packed_command([packed], check_health=False)
-        return conn.read_response()
+        link.call(b"*3\r\n" + b"".join([_bulk(a) for a in ("SCRIPT", "LOAD", source(name))]))
+        return link.call(packed)

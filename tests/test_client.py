@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -17,8 +18,11 @@ import reliq.ids
 from reliq import Client
 from reliq.errors import QueueFull
 from reliq.keys import QueueKeys
-from reliq.redis_server import free_port
+from reliq.queue import make_spec
+from reliq.redis_server import RedisServer, free_port
 from reliq.settings import Settings
+from reliq.syncqueue import SyncQueue
+from reliq.syncredis import SyncRedis
 
 
 @pytest.fixture
@@ -188,6 +192,30 @@ def test_a_connection_the_server_closed_is_replaced_without_a_duplicate(
     second = client.enqueue("noop")
     assert pending(raw, queue_name) == [second, first]
     client.close()
+
+
+def test_a_call_redis_does_not_answer_in_time_raises_and_is_not_sent_again(tmp_path: Path) -> None:
+    # The server has the command and runs it once it wakes up: sending it again on a
+    # new connection would enqueue the task twice.
+    server = RedisServer(tmp_path / "redis", aof=False).start()
+    try:
+        conn = SyncRedis(server.url, timeout=0.3)
+        queue = SyncQueue(conn, Settings(), "q")
+        queue.enqueue_specs([make_spec("noop", "before")])  # connected, script loaded
+        server.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(redis.TimeoutError):
+                queue.enqueue_specs([make_spec("noop", "late")])
+            assert time.monotonic() - started < 2
+        finally:
+            server.signal(signal.SIGCONT)
+        with redis.Redis.from_url(server.url) as raw:
+            ids = pending(raw, "q")
+            assert [raw.hget(QueueKeys("q").task(i), "payload") for i in ids] == [b'"late"', b'"before"']
+        conn.close()
+    finally:
+        server.stop()
 
 
 def test_a_full_queue_refuses_and_writes_nothing(redis_url: str, queue_name: str, raw: redis.Redis) -> None:
