@@ -254,3 +254,49 @@ async def test_dashboard_edits_a_dead_payload_then_requeues_it_with_the_edit_rec
     finally:
         await page.close()
         await server.close()
+
+
+async def test_dashboard_pauses_and_resumes_the_queue_and_one_type(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(str(server.make_url("/")))
+        await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=10_000)
+        button = page.locator("#pause-queue")
+        await expect(button).to_have_text("Pause")
+        await button.click()
+        await expect(page.locator("#confirm")).to_be_visible()  # pausing asks first
+        await page.locator('#confirm button[value="ok"]').click()
+        await expect(button).to_have_text("Resume", timeout=5_000)
+        await expect(page.locator("#paused-banner")).to_contain_text("Queue paused")
+        assert (await queue.paused())["queue"] is not None
+
+        async with running_worker(settings):
+            task_id = await queue.enqueue("noop", None)
+            await asyncio.sleep(1.0)
+            assert (await queue.get(task_id))["state"] == "pending"  # the worker claims nothing
+            await button.click()  # resuming asks nothing
+            await expect(button).to_have_text("Pause", timeout=5_000)
+            await expect(page.locator("#paused-banner")).to_be_hidden()
+            await expect(page.locator('#types tr[data-type="noop"]')).to_be_visible(timeout=10_000)
+        assert (await queue.get(task_id))["state"] == "succeeded"
+
+        # One type, from its row in the task-types table.
+        row = page.locator('#types tr[data-type="noop"]')
+        await row.locator('button[data-act="pause"]').click()
+        await page.locator('#confirm button[value="ok"]').click()
+        await expect(row.locator('button[data-act="resume"]')).to_be_visible(timeout=5_000)
+        await expect(page.locator("#paused-banner")).to_contain_text("Paused type noop")
+        assert set((await queue.paused())["types"]) == {"noop"}
+        await row.locator('button[data-act="resume"]').click()
+        await expect(row.locator('button[data-act="pause"]')).to_be_visible(timeout=5_000)
+        assert await queue.paused() == {"queue": None, "types": {}}
+        assert errors == []
+    finally:
+        await page.close()
+        await server.close()

@@ -317,6 +317,7 @@ function render(sample) {
   $(".c-dead").dataset.level = st.dead_letter > 0 ? "bad" : "";
   $(".c-fail").dataset.level = st.rates.failed > 0 ? "warn" : "";
   renderMemory(st.redis_memory);
+  renderPaused(st.paused);
   renderTotals(st);
   if (sample.latency) renderLatency(sample.latency);
   if (sample.workers) renderWorkers(sample.workers);
@@ -394,14 +395,64 @@ function renderWorkers(workers) {
   $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy at the last heartbeats` : "";
   setSub("slots", slots ? `of ${fmtInt(slots)} worker slots` : "no worker running");
 }
+/** The pause state: the queue's Pause/Resume button, a banner, and (through renderTypes) each type's. */
+function renderPaused(paused) {
+  if (!paused) return;
+  state.paused = paused;
+  const btn = $("#pause-queue");
+  btn.hidden = false;
+  btn.textContent = paused.queue ? "Resume" : "Pause";
+  btn.dataset.paused = paused.queue ? "1" : "";
+  const parts = [];
+  if (paused.queue) parts.push(`Queue paused for ${fmtSecs(paused.queue.paused_s)} by ${paused.queue.by}: workers claim nothing, pending tasks wait.`);
+  const types = Object.entries(paused.types);
+  if (types.length) {
+    parts.push("Paused type" + (types.length > 1 ? "s " : " ") +
+      types.map(([t, p]) => `${t} (${fmtInt(p.held)} held${p.resuming ? ", resuming" : ""})`).join(", ") + ".");
+  }
+  const banner = $("#paused-banner");
+  banner.hidden = !parts.length;
+  banner.textContent = parts.join(" ");
+}
+
+/** Pause (asked first) or resume the whole queue, or one type of it. */
+async function togglePause(type) {
+  const p = state.paused || { queue: null, types: {} };
+  const resume = type ? Boolean(p.types[type]) : Boolean(p.queue);
+  const queue = state.last ? state.last.stats.queue : QUEUE;
+  const what = type ? `type “${type}”` : `queue “${queue}”`;
+  if (!resume && !await confirmDialog({ title: `Pause ${what}?`,
+    body: "Workers stop claiming its tasks at once, fleet-wide; running tasks finish and pending tasks stay until you resume.",
+    ok: "Pause" })) return;
+  const path = `queues/${encodeURIComponent(queue)}/${resume ? "resume" : "pause"}` + (type ? "?type=" + encodeURIComponent(type) : "");
+  await act(async () => {
+    const r = await api("POST", path);
+    renderPaused(r.paused);
+    if (state.last && state.last.types) renderTypes(state.last.types);
+    return r;
+  }, (r) => `${what[0].toUpperCase() + what.slice(1)} ${resume ? "resumed" : "paused"}` +
+    (r.requeued_held ? `: ${fmtInt(r.requeued_held)} held task(s) back in pending` : ""));
+}
+
+function pauseButton(type) {
+  const paused = Boolean(state.paused && state.paused.types[type]);
+  return h("button", { type: "button", class: "btn small", "data-act": paused ? "resume" : "pause",
+    onclick: () => togglePause(type) }, paused ? "Resume" : "Pause");
+}
+
 function renderTypes(types) {
+  // Paused types show even when nothing of theirs ran lately: that is what a pause does.
+  const seen = new Set(types.map((t) => t.type));
+  const idle = { succeeded_s: 0, failed_s: 0, failure_ratio: null, run: { count: 0 }, run_all: {}, wait: {}, runs_total: 0, failed_total: 0 };
+  types = [...types, ...Object.keys((state.paused || { types: {} }).types).filter((t) => !seen.has(t)).map((t) => ({ ...idle, type: t }))];
   const rows = types.map((t) => {
     // Nothing ran in the window: show the all-time run time, dimmed, rather than nothing.
     const run = t.run.count ? t.run : t.run_all;
     const dim = t.run.count ? "" : " dim";
     const ratio = t.failure_ratio;
     const level = ratio === null ? "" : ratio >= 0.1 ? " age-bad" : ratio > 0 ? " age-warn" : "";
-    return h("tr", { "data-type": t.type },
+    const paused = Boolean(state.paused && state.paused.types[t.type]);
+    return h("tr", { "data-type": t.type, class: paused ? "paused" : "" },
       h("td", { class: "mono" }, t.type),
       h("td", { class: "num" }, fmtRate(t.succeeded_s)),
       h("td", { class: "num" + (t.failed_s > 0 ? " age-warn" : "") }, fmtRate(t.failed_s)),
@@ -409,7 +460,8 @@ function renderTypes(types) {
       h("td", { class: "num" + dim }, fmtSecs(run.p50)),
       h("td", { class: "num" + dim }, fmtSecs(run.p95)),
       h("td", { class: "num wide" }, fmtSecs(t.wait.p95)),
-      h("td", { class: "num wide", title: `${t.failed_total} failed` }, fmtInt(t.runs_total)));
+      h("td", { class: "num wide", title: `${t.failed_total} failed` }, fmtInt(t.runs_total)),
+      h("td", { class: "act" }, pauseButton(t.type)));
   });
   $("#types tbody").replaceChildren(...rows);
   $("#types-empty").hidden = types.length > 0;
@@ -785,6 +837,7 @@ function init() {
     showSelection();
   });
   $("#purge").addEventListener("click", purge);
+  $("#pause-queue").addEventListener("click", () => togglePause(null));
   $("#job-cancel").addEventListener("click", () => state.job &&
     act(() => api("DELETE", `jobs/${encodeURIComponent(state.job.id)}`), () => "Requeue stopped"));
   matchMedia("(prefers-color-scheme: light)").addEventListener("change", () => { rateChart.draw(); depthChart.draw(); });
