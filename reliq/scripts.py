@@ -80,6 +80,19 @@ def has_shebang(name: str) -> bool:
 _no_shebang = False
 
 
+def _refused_shebang(name: str, exc: ResponseError) -> bool:
+    """Whether ``exc`` is Redis < 7 failing to compile script ``name``'s shebang line."""
+    return has_shebang(name) and "near '#'" in str(exc)
+
+
+def _note_no_shebang() -> None:
+    global _no_shebang
+    if not _no_shebang:
+        log.warning("this Redis does not understand script flags (Redis < 7): reliq's scripts run "
+                    "without allow-oom, so workers cannot drain a Redis at its maxmemory; use Redis >= 7")
+        _no_shebang = True
+
+
 @cache
 def sha(name: str) -> str:
     """The SHA1 that EVALSHA calls script ``name`` by."""
@@ -103,26 +116,29 @@ class Scripts:
         try:
             return await self._scripts[name](keys=keys, args=args, client=client)
         except ResponseError as exc:
-            if client is not None or not has_shebang(name) or "near '#'" not in str(exc):
+            if client is not None or not _refused_shebang(name, exc):
                 raise
-        self._without_shebangs()
-        return await self._scripts[name](keys=keys, args=args)
-
-    def _without_shebangs(self) -> None:
-        global _no_shebang
-        if not _no_shebang:
-            log.warning("this Redis does not understand script flags (Redis < 7): reliq's scripts run "
-                        "without allow-oom, so workers cannot drain a Redis at its maxmemory; use Redis >= 7")
-            _no_shebang = True
+        _note_no_shebang()
         self._scripts = {name: self._redis.register_script(source(name, shebang=False)) for name in NAMES}
+        return await self._scripts[name](keys=keys, args=args)
 
 
 class SyncScripts:
     """The blocking twin of :class:`Scripts`, for redis-py's sync client."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self._scripts: dict[str, Script] = {name: client.register_script(source(name)) for name in NAMES}
+        self._client = client
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(source(name, shebang=not _no_shebang)) for name in NAMES
+        }
 
     def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script ``name`` with ``keys`` and ``args`` (EVALSHA, loading it if needed)."""
+        try:
+            return self._scripts[name](keys=keys, args=args)
+        except ResponseError as exc:
+            if not _refused_shebang(name, exc):
+                raise
+        _note_no_shebang()
+        self._scripts = {name: self._client.register_script(source(name, shebang=False)) for name in NAMES}
         return self._scripts[name](keys=keys, args=args)

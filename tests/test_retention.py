@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from redis.asyncio import Redis
 
+import reliq
+from reliq.errors import ConfigError
 from reliq.queue import Outcome, Queue, make_spec
-from reliq.registry import Registry
+from reliq.registry import REGISTRY, Registry
 from reliq.settings import Retention, Settings
 from reliq.succeeded_trimmer import SucceededTrimmer
 from tests.keyspace import keyspace
@@ -88,7 +91,7 @@ async def test_a_task_type_keeps_its_own_count_and_age(redis: Redis, settings: S
     assert (await queue.snapshot())["trimmed"] == 2 + 2
 
 
-async def test_the_task_decorator_and_a_worker_apply_a_types_retention(queue: Queue, redis: Redis,
+async def test_a_worker_applies_its_registrys_retention_of_a_type(queue: Queue, redis: Redis,
                                                                        settings: Settings) -> None:
     registry: Registry = registry_with()
     registry.add("report", lambda payload: payload, retention=Retention(count=2))
@@ -96,6 +99,20 @@ async def test_the_task_decorator_and_a_worker_apply_a_types_retention(queue: Qu
     await run_burst(settings, registry)
     kept = [i for i in ids if await redis.exists(queue.keys.task(i))]
     assert len(kept) == 2 and (await queue.snapshot())["trimmed"] == 3
+
+
+def test_the_task_decorator_takes_a_types_retention() -> None:
+    @reliq.task("t-retention-report", keep_succeeded=10, result_ttl=60)
+    def report(payload: Any) -> None:
+        return None
+
+    handler = REGISTRY.get("t-retention-report")
+    assert handler is not None and handler.retention == Retention(age=60, count=10)
+    assert REGISTRY.retentions()["t-retention-report"].limits(Settings()) == (60_000, 10)
+    with pytest.raises(ConfigError):
+        @reliq.task("t-retention-bad", keep_succeeded=-1)
+        def bad(payload: Any) -> None:
+            return None
 
 
 async def test_dead_tasks_are_never_trimmed(redis: Redis, settings: Settings) -> None:
