@@ -227,17 +227,27 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def delete_task(request: web.Request) -> web.Response:
-    """DELETE /task/{id}?queue=: cancel a pending or scheduled task; 409 once it has started."""
+    """DELETE /task/{id}?queue=: cancel a task that has not started and delete its record; 409 once started."""
+    return await _cancel(request, forget=True)
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    """POST /task/{id}/cancel?queue=: cancel a task that has not started, keeping its record; 409 once started."""
+    return await _cancel(request, forget=False)
+
+
+async def _cancel(request: web.Request, forget: bool) -> web.Response:
     _known_query(request, ("queue",))
     queue = request.app[PRODUCER].queue(request.query.get("queue") or None)
     task_id = request.match_info["id"]
     try:
-        previous = await queue.cancel(task_id)
+        previous = await queue.cancel(task_id, forget)
     except TaskNotFound:
         return error(404, f"no task {task_id!r} in queue {queue.name!r}")
     except CancelRefused as exc:
         return json_response({"error": str(exc), "state": exc.state}, 409)
-    return json_response({"status": "cancelled", "task_id": task_id, "previous_state": previous})
+    return json_response({"status": "deleted" if forget else "cancelled", "task_id": task_id,
+                          "previous_state": previous})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -287,6 +297,7 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     app.router.add_post("/tasks", post_tasks)
     app.router.add_get("/task/{id}", get_task)
     app.router.add_delete("/task/{id}", delete_task)
+    app.router.add_post("/task/{id}/cancel", cancel_task)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

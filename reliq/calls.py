@@ -66,13 +66,13 @@ def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
 
 
 def cancel_keys(k: QueueKeys) -> list[str]:
-    """KEYS of cancel.lua (the last two: to wake whoever waits for the task)."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix]
+    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits for the task)."""
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix]
 
 
-def cancel_args(task_id: str, settings: Settings) -> list[Any]:
-    """ARGV of cancel.lua: the id and how long the cancelled record is kept (ms)."""
-    return [task_id, int(settings.result_ttl * 1000)]
+def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:
+    """ARGV of cancel.lua: the id, how long the cancelled record is kept (ms), or that it goes at once."""
+    return [task_id, int(settings.result_ttl * 1000), "forget" if forget else "keep"]
 
 
 def cancelled(task_id: str, raw: Sequence[Any]) -> str:

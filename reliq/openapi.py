@@ -123,9 +123,19 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"const": "cancelled"}, "task_id": {"type": "string"},
                        "previous_state": {"enum": ["pending", "scheduled", "retrying"]}},
     },
+    "Deleted": {
+        "type": "object",
+        "required": ["status", "task_id", "previous_state"],
+        "properties": {"status": {"const": "deleted"}, "task_id": {"type": "string"},
+                       "previous_state": {"enum": ["pending", "scheduled", "retrying"]}},
+    },
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
+
+#: What both ways of cancelling answer when they cannot.
+_CANCEL_REFUSED = {"400": _error("Bad queue name"), "404": _error("No such task"),
+                   "409": _json({"allOf": [_ref("Error"), {"required": ["state"]}]}, "Running or finished")}
 
 #: ``?queue=``: a queue name, or empty (or absent) for the server's queue.
 _QUEUE_PARAM = {"name": "queue", "in": "query", "required": False,
@@ -145,9 +155,11 @@ _BAD_BODY = {"400": _error("Invalid JSON or task"), "413": _error("Body over the
                               "was enqueued (Retry-After: seconds)"),
                      "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}}}
 #: What an accepted task leads to: its record (for stateful clients and fuzzers).
+_TASK_PARAMS = {"id": "$response.body#/task_id", "queue": "$response.body#/queue"}
 _TASK_LINKS = {
-    "GetTask": {"operationId": "getTask",
-                "parameters": {"id": "$response.body#/task_id", "queue": "$response.body#/queue"}},
+    "GetTask": {"operationId": "getTask", "parameters": _TASK_PARAMS},
+    "CancelTask": {"operationId": "cancelTask", "parameters": _TASK_PARAMS},
+    "DeleteTask": {"operationId": "deleteTask", "parameters": _TASK_PARAMS},
 }
 
 
@@ -195,13 +207,19 @@ def spec(auth: bool = True) -> dict[str, Any]:
                                       "404": _error("No such task"),
                                       "429": _error("The server already serves max_waiters long polls "
                                                     "(Retry-After: 1)"), **common}},
-                "delete": {"operationId": "cancelTask", "summary": "Cancel a task that has not started",
-                           "description": "The record stays, state cancelled, for the result TTL: GET shows it.",
+                "delete": {"operationId": "deleteTask",
+                           "summary": "Cancel a task that has not started and delete its record",
+                           "description": "Counted as cancelled; whoever waits for it is woken, and then GET "
+                                          "answers 404. To keep the record, POST /task/{id}/cancel.",
                            "parameters": [_ID_PARAM, _QUEUE_PARAM],
-                           "responses": {"200": _json(_ref("Cancelled"), "Cancelled"),
-                                         "400": _error("Bad queue name"), "404": _error("No such task"),
-                                         "409": _json({"allOf": [_ref("Error"), {"required": ["state"]}]},
-                                                      "Running or finished"), **common}},
+                           "responses": {"200": _json(_ref("Deleted"), "Cancelled and deleted"), **_CANCEL_REFUSED,
+                                         **common}},
+            },
+            "/task/{id}/cancel": {
+                "post": {"operationId": "cancelTask", "summary": "Cancel a task that has not started",
+                         "description": "The record stays, state cancelled, for the result TTL: GET shows it.",
+                         "parameters": [_ID_PARAM, _QUEUE_PARAM],
+                         "responses": {"200": _json(_ref("Cancelled"), "Cancelled"), **_CANCEL_REFUSED, **common}},
             },
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive", "security": [],
                                  "responses": {"200": _json(_ref("Status"), "Alive")}}},

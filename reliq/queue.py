@@ -330,10 +330,14 @@ class Queue:
         """The record of ``task_id``; raise TaskNotFound when there is none."""
         return record_of(task_id, await self.redis.hgetall(self.keys.task(task_id)))
 
-    async def cancel(self, task_id: str) -> str:
-        """Cancel a task that has not started; return the state it was in."""
-        raw = await self._scripts("cancel", calls.cancel_keys(self.keys), calls.cancel_args(task_id, self.settings))
-        return calls.cancelled(task_id, raw)
+    async def cancel(self, task_id: str, forget: bool = False) -> str:
+        """Cancel a task that has not started; return the state it was in.
+
+        The record stays (state ``cancelled``) for the result TTL, or with ``forget`` goes
+        at once (HTTP ``DELETE``: the resource is gone).
+        """
+        args = calls.cancel_args(task_id, self.settings, forget)
+        return calls.cancelled(task_id, await self._scripts("cancel", calls.cancel_keys(self.keys), args))
 
     async def watch(self, task_id: str, hub: str, ttl_ms: int) -> str:
         """The task's state ('' if there is no record); unless it has ended, mark it waited for by ``hub``.

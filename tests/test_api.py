@@ -63,15 +63,44 @@ async def test_delay_schedules_the_task(http: TestClient) -> None:
     assert (await (await http.get(f"/task/{body['task_id']}")).json())["state"] == "scheduled"
 
 
-async def test_delete_cancels_a_pending_task_and_refuses_a_finished_one(
-    http: TestClient, queue: Queue
-) -> None:
+async def test_cancel_keeps_the_record_and_refuses_a_finished_task(http: TestClient, queue: Queue) -> None:
+    task_id = (await (await http.post("/task", json={"type": "noop"})).json())["task_id"]
+    resp = await http.post(f"/task/{task_id}/cancel")
+    assert resp.status == 200 and (await resp.json()) == {"status": "cancelled", "task_id": task_id,
+                                                          "previous_state": "pending"}
+    assert (await (await http.get(f"/task/{task_id}")).json())["state"] == "cancelled"
+    resp = await http.post(f"/task/{task_id}/cancel")
+    assert resp.status == 409 and (await resp.json())["state"] == "cancelled"
+    assert (await http.post("/task/NOPE/cancel")).status == 404
+    assert (await queue.snapshot())["cancelled"] == 1
+
+
+async def test_delete_cancels_a_pending_task_and_its_record_is_gone(http: TestClient, queue: Queue) -> None:
+    """DELETE means the resource is gone (REST, and schemathesis's use-after-free check)."""
     task_id = (await (await http.post("/task", json={"type": "noop"})).json())["task_id"]
     resp = await http.delete(f"/task/{task_id}")
-    assert resp.status == 200 and (await resp.json())["previous_state"] == "pending"
-    resp = await http.delete(f"/task/{task_id}")
-    assert resp.status == 409 and (await resp.json())["state"] == "cancelled"
+    assert resp.status == 200 and (await resp.json()) == {"status": "deleted", "task_id": task_id,
+                                                          "previous_state": "pending"}
+    assert (await http.get(f"/task/{task_id}")).status == 404
+    assert (await http.delete(f"/task/{task_id}")).status == 404
+    assert await queue.redis.llen(queue.keys.pending) == 0
+    assert (await queue.snapshot())["cancelled"] == 1  # counted, never silent
     assert (await http.delete("/task/NOPE")).status == 404
+
+
+async def test_a_deleted_tasks_idempotency_key_enqueues_anew(http: TestClient, queue: Queue) -> None:
+    """Found by schemathesis: a repeat of the request answered with the deleted task's id."""
+    key = {"Idempotency-Key": "invoice-7"}
+    first = (await (await http.post("/task", json={"type": "noop"}, headers=key)).json())["task_id"]
+    assert (await http.delete(f"/task/{first}")).status == 200
+    resp = await http.post("/task", json={"type": "noop"}, headers=key)
+    second = (await resp.json())["task_id"]
+    assert resp.status == 202 and second != first
+    assert (await (await http.get(f"/task/{second}")).json())["state"] == "pending"
+    cancelled = (await (await http.post("/task", json={"type": "noop"}, headers={"Idempotency-Key": "k2"})).json())
+    assert (await http.post(f"/task/{cancelled['task_id']}/cancel")).status == 200  # kept: the key still answers
+    again = await http.post("/task", json={"type": "noop"}, headers={"Idempotency-Key": "k2"})
+    assert again.status == 200 and (await again.json())["task_id"] == cancelled["task_id"]
 
 
 async def test_post_tasks_enqueues_a_batch_in_order(http: TestClient, queue: Queue) -> None:

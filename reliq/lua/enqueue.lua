@@ -46,6 +46,10 @@ for _, t in ipairs(cjson.decode(ARGV[2])) do
       fields[#fields + 1] = 'trace'
       fields[#fields + 1] = t[9]
     end
+    if idem ~= '' then  -- so that deleting the task (cancel.lua) frees its key
+      fields[#fields + 1] = 'idem'
+      fields[#fields + 1] = idem
+    end
     if due > now then
       redis.call('HSET', KEYS[4] .. id, 'state', 'scheduled', unpack(fields))
       redis.call('ZADD', KEYS[2], due, id)
