@@ -105,7 +105,9 @@ _SCHEMAS: dict[str, Any] = {
             "attempts": {"type": "integer"},
             "failures": {"type": "integer"},
             "crashes": {"type": "integer"},
-            "max_retries": {"type": "integer"},
+            "max_retries": {"type": ["integer", "null"],
+                            "description": "null once a succeeded record is compact: then payload, worker, "
+                                           "last_error and reason are no longer kept either"},
             "payload": {},
             "result": {},
             "last_error": {"type": ["string", "null"]},

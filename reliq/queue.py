@@ -203,7 +203,8 @@ class TaskInfo(TypedDict):
     attempts: int
     failures: int
     crashes: int
-    max_retries: int
+    #: None, as payload and worker, once a succeeded record is compact (docs/memory.md).
+    max_retries: int | None
     payload: Any
     result: Any
     last_error: str | None
@@ -666,7 +667,7 @@ def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
         attempts=int(f.get("attempts", 0)),
         failures=int(f.get("failures", 0)),
         crashes=int(f.get("crashes", 0)),
-        max_retries=int(f.get("max_retries", 0)),
+        max_retries=int(f["max_retries"]) if f.get("max_retries") else None,
         payload=orjson.loads(f["payload"]) if f.get("payload") else None,
         result=orjson.loads(result) if result else None,
         last_error=_text(f.get("last_error")),

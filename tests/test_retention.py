@@ -54,6 +54,7 @@ async def test_a_succeeded_record_is_compact_and_get_task_still_shows_it(queue: 
         info = await (await client.get(f"/task/{task.id}", params={"queue": queue.name})).json()
     assert (info["state"], info["attempts"], info["result"]) == ("succeeded", 1, {"sent": True})
     assert info["enqueued_at"] and info["started_at"] and info["finished_at"] and info["payload"] is None
+    assert info["max_retries"] is None and info["worker"] is None  # not kept: null, never a made-up value
 
 
 async def test_trimming_by_count_removes_the_oldest_records_and_counts_them(redis: Redis, settings: Settings) -> None:
