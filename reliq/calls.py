@@ -66,8 +66,8 @@ def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
 
 
 def cancel_keys(k: QueueKeys) -> list[str]:
-    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits for the task)."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix]
+    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held prefix: paused types)."""
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix, k.held_prefix]
 
 
 def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:

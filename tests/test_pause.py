@@ -342,3 +342,15 @@ async def _paused(queue: Queue, redis_url: str) -> Any:
         return await Queue(redis, queue.settings).paused()
     finally:
         await redis.aclose()
+
+
+async def test_cancelling_a_held_task_takes_it_out_of_its_held_list(
+    queue: Queue, redis: Redis, tmp_path: Path
+) -> None:
+    await queue.pause("slow", "test")
+    ids = await enqueue(queue, 3, tmp_path / "log", 0)
+    assert (await queue.take("w1", 5)).tasks == []  # all three set aside
+    assert await queue.cancel(ids[1]) == "pending"
+    assert [i.decode() for i in await redis.lrange(queue.keys.held("slow"), 0, -1)] == [ids[2], ids[0]]
+    snap = await queue.snapshot()
+    assert (snap["held"], snap["pending"], snap["cancelled"]) == (2, 2, 1)
