@@ -24,7 +24,7 @@ import time
 from reliq.client import Client
 from reliq.redis_server import RedisServer, free_port
 
-SLOWED = ("import sys, reliq.heartbeat as h, reliq.loopwatch as l; h.LOOK_S = 2.0; "
+SLOWED = ("import sys, reliq.worker.heartbeat as h, reliq.loopwatch as l; h.LOOK_S = 2.0; "
           "l.LoopWatch.__init__.__defaults__ = (2.0,); from reliq.cli import main; main()")
 
 

@@ -1,6 +1,6 @@
 """``reliq dlq ...`` and ``reliq stats``: the dead-letter operations and counts for a terminal.
 
-Each function opens the queue, calls :mod:`reliq.deadletter` (the same code the monitor's
+Each function opens the queue, calls :mod:`reliq.monitor.deadletter` (the same code the monitor's
 endpoints use), prints, and returns the exit code.
 """
 
@@ -18,11 +18,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from reliq import deadletter, dlq_io
 from reliq.connection import UNAVAILABLE, connect, describe
-from reliq.deadletter import DeadFilter, Replay
 from reliq.errors import InvalidTask, TaskNotFound
-from reliq.metrics import read_workers
+from reliq.monitor import deadletter, dlq_io
+from reliq.monitor.deadletter import DeadFilter, Replay
+from reliq.monitor.metrics import read_workers
 from reliq.queue import COUNTERS, Queue
 from reliq.runner import run
 from reliq.settings import Settings

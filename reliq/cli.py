@@ -13,10 +13,11 @@ import orjson
 
 import reliq.admin
 import reliq.shell
-from reliq import __version__, logs, pausing, runner, supervisor
-from reliq.deadletter import DeadFilter
+from reliq import __version__, logs, pausing, runner
 from reliq.errors import ConfigError, InvalidTask
+from reliq.monitor.deadletter import DeadFilter
 from reliq.settings import Settings, check_queue_name
+from reliq.worker import supervisor
 
 F = Callable[..., Any]
 

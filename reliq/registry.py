@@ -34,7 +34,7 @@ class Handler:
     is_async: bool
     wants_context: bool
     timeout: float | None
-    #: "process": run in the worker's pool of child processes (reliq/procpool.py).
+    #: "process": run in the worker's pool of child processes (reliq/worker/procpool.py).
     isolation: str | None = None
     #: How this type keeps its succeeded records, where it differs from the queue's.
     retention: Retention | None = None

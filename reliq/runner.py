@@ -16,18 +16,19 @@ from typing import Any
 
 from aiohttp import web
 
-from reliq import api, monitor, tracing
+from reliq import api, tracing
 from reliq.connection import UNAVAILABLE, connect
 from reliq.entry import starting
 from reliq.errors import ConfigError
+from reliq.monitor import app as monitor
 from reliq.preflight import warn_about_redis
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer, answers
 from reliq.registry import REGISTRY
 from reliq.settings import Settings, is_loopback
-from reliq.supervisor import health_app
 from reliq.web import quiet_bad_requests
 from reliq.worker import Worker
+from reliq.worker.supervisor import health_app
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
-from reliq import monitor
+from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.redis_server import free_port, terminate
 from reliq.settings import Settings

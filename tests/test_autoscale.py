@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reliq import monitor
-from reliq.autoscale import Reading, desired_workers, estimate, from_samples
+from reliq.monitor import app as monitor
+from reliq.monitor.autoscale import Reading, desired_workers, estimate, from_samples
 from reliq.queue import Queue
 from reliq.settings import Settings
 

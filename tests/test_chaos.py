@@ -17,10 +17,10 @@ from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import Accepted
 from reliq.chaos.tasks import FAIL, NOOP, POISON
 from reliq.cli import main
-from reliq.fetcher import Fetcher
 from reliq.queue import COUNTERS, Outcome, Queue
 from reliq.settings import Settings
 from reliq.worker import Worker
+from reliq.worker.fetcher import Fetcher
 
 LEASE = 3.0
 

@@ -14,8 +14,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from reliq import api, builtins, monitor
+from reliq import api, builtins
 from reliq.connection import connect
+from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.settings import Settings
 from reliq.worker import Worker

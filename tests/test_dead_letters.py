@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from reliq.connection import connect
-from reliq.dead_trimmer import DeadTrimmer
 from reliq.queue import Queue
 from reliq.settings import Settings
+from reliq.worker.dead_trimmer import DeadTrimmer
 from tests.test_monitor import AUTH, TOKEN, client_for, dead_ids, invoke, make_dead, run_burst
 
 assert client_for and dead_ids  # fixtures shared with the monitor's tests
@@ -34,7 +34,7 @@ async def test_a_capped_dead_letter_queue_archives_counts_and_logs_every_evictio
     ids = await fail_dead(Queue(redis, settings), settings, 5)  # a worker without a cap: nothing trimmed yet
     settings = settings.replace(dead_cap=3)
     queue = Queue(redis, settings)
-    with caplog.at_level(logging.WARNING, logger="reliq.dead_trimmer"):
+    with caplog.at_level(logging.WARNING, logger="reliq.worker.dead_trimmer"):
         assert await DeadTrimmer(queue, 1.0).run_once() == (2, 0)
     assert all(i in caplog.text for i in ids[:2]) and "archive" in caplog.text
     assert sorted(await queue.dead_ids()) == sorted(ids[2:])
@@ -54,7 +54,7 @@ async def test_what_falls_off_the_archive_is_counted_and_logged(
     ids = await fail_dead(Queue(redis, settings), settings, 4)
     settings = settings.replace(dead_cap=1, dead_archive_cap=2)
     queue = Queue(redis, settings)
-    with caplog.at_level(logging.WARNING, logger="reliq.dead_trimmer"):
+    with caplog.at_level(logging.WARNING, logger="reliq.worker.dead_trimmer"):
         assert await DeadTrimmer(queue, 1.0).run_once() == (3, 1)
     assert "deleted for good" in caplog.text and ids[0] in caplog.text
     snap = await queue.snapshot()

@@ -20,7 +20,7 @@ from reliq import logs
 from reliq.client import Client
 from reliq.redis_server import answers, free_port
 from reliq.settings import Settings
-from reliq.supervisor import Supervisor
+from reliq.worker.supervisor import Supervisor
 from tests import procs
 from tests.util import wait_until
 
@@ -69,7 +69,7 @@ def test_json_worker_writes_only_json_lines_with_the_task_and_worker_fields(
         assert line["task_id"] == ids[kind] and line["queue"] == queue_name and line["worker"] == worker
         assert line["type"] == f"chatty-{kind}" and line["attempt"] == 1 and line["level"] == "warning"
     # one DEBUG line as each run starts and one as it ends, with the outcome
-    events = [line for line in lines if line["logger"] == "reliq.worker" and "task_id" in line]
+    events = [line for line in lines if line["logger"] == "reliq.worker.worker" and "task_id" in line]
     assert {line["level"] for line in events} == {"debug"}
     ended = {(line["task_id"], line["attempt"], line["outcome"]) for line in events if "outcome" in line}
     assert ended == {(ids["ok"], 1, "ok"), (ids["async"], 1, "ok"), (ids["sync"], 1, "ok"),

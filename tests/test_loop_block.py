@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from reliq import metrics
-from reliq.heartbeat import Heartbeat
 from reliq.loopwatch import LoopWatch
+from reliq.monitor import metrics
 from reliq.queue import Queue
 from reliq.redis_server import free_port
 from reliq.settings import Settings
+from reliq.worker.heartbeat import Heartbeat
 from tests import procs
 from tests.apps.blocking import runs
 from tests.util import eventually, wait_until
@@ -120,7 +120,7 @@ def test_the_heartbeat_thread_rides_out_redis_errors_logging_once_without_a_trac
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Nothing listens on the port: the thread warns once, backs off, keeps trying, and stops when told."""
-    caplog.set_level(logging.INFO, logger="reliq.heartbeat")
+    caplog.set_level(logging.INFO, logger="reliq.worker.heartbeat")
     heartbeat = Heartbeat(f"redis://127.0.0.1:{free_port()}/0", ["q"], "w1", interval=0.1, lease=2.0,
                           status=dict)
     heartbeat.start()

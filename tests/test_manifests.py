@@ -18,11 +18,12 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from reliq import __version__, api, monitor
+from reliq import __version__, api
 from reliq.connection import connect
+from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.settings import Settings
-from reliq.supervisor import health_app
+from reliq.worker.supervisor import health_app
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"

@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from reliq import monitor
 from reliq.histogram import BOUNDS_S
-from reliq.metrics import N_BUCKETS, parse_metrics, quantile
+from reliq.monitor import app as monitor
+from reliq.monitor.metrics import N_BUCKETS, parse_metrics, quantile
 from reliq.queue import Queue
 from reliq.settings import Settings
 from tests import procs

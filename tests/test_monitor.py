@@ -12,11 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
-from reliq import builtins, monitor
+from reliq import builtins
 from reliq.cli import main as cli
 from reliq.connection import connect
+from reliq.monitor import app as monitor
+from reliq.monitor.sampler import Sampler
 from reliq.queue import Queue
-from reliq.sampler import Sampler
 from reliq.settings import Settings
 from reliq.worker import Worker
 from tests.util import eventually

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 from redis.asyncio import Redis
 
-from reliq import monitor
 from reliq.cli import main
+from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.settings import Settings
 from reliq.worker import Worker

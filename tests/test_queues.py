@@ -12,11 +12,11 @@ import pytest
 from redis.asyncio import Redis
 
 from reliq.errors import ConfigError
-from reliq.fetcher import Fetcher
 from reliq.queue import Queue
 from reliq.registry import Registry
 from reliq.settings import Settings
 from reliq.worker import Worker
+from reliq.worker.fetcher import Fetcher
 from tests import procs
 from tests.util import eventually
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from reliq.connection import connect
 from reliq.queue import Queue
-from reliq.reaper import Reaper, outage_gap
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
+from reliq.worker.reaper import Reaper, outage_gap
 
 LEASE, INTERVAL = 1.0, 0.1
 

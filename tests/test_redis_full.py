@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 import reliq
-from reliq import monitor
 from reliq.connection import connect
 from reliq.memory import read
+from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer
 from reliq.scripts import has_shebang, source

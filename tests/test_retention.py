@@ -13,7 +13,7 @@ from reliq.errors import ConfigError
 from reliq.queue import Outcome, Queue, make_spec
 from reliq.registry import REGISTRY, Registry
 from reliq.settings import Retention, Settings
-from reliq.succeeded_trimmer import SucceededTrimmer
+from reliq.worker.succeeded_trimmer import SucceededTrimmer
 from tests.keyspace import keyspace
 from tests.test_worker import registry_with, run_burst
 from tests.util import api_client

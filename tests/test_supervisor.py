@@ -19,7 +19,7 @@ from reliq.errors import ConfigError
 from reliq.queue import Queue, text
 from reliq.redis_server import free_port
 from reliq.settings import Settings
-from reliq.supervisor import child_env, resolve_processes
+from reliq.worker.supervisor import child_env, resolve_processes
 from tests import procs
 from tests.util import eventually, wait_until
 

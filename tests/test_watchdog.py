@@ -1,4 +1,4 @@
-"""The worker's task timeouts: one periodic timer for every runner (reliq/watchdog.py)."""
+"""The worker's task timeouts: one periodic timer for every runner (reliq/worker/watchdog.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from reliq.watchdog import Watchdog
+from reliq.worker.watchdog import Watchdog
 
 
 @pytest.fixture

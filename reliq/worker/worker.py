@@ -9,7 +9,7 @@
 - The settler acknowledges finished tasks in batches, one script call per batch.
 - Promoter and reaper loops run beside them, and a loop watch (reliq/loopwatch.py); the
   heartbeat runs in a thread of its own, so a handler that blocks the loop cannot
-  silence it (reliq/heartbeat.py).
+  silence it (reliq/worker/heartbeat.py).
 
 A task is in this worker's processing list from the moment Redis moves it until its
 outcome is settled, so a crash at any point leaves it where the reaper finds it.
@@ -33,22 +33,23 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs, procpool, tracing
+from reliq import logs, tracing
 from reliq.connection import UNAVAILABLE, describe
-from reliq.dead_trimmer import DeadTrimmer
 from reliq.errors import HandlerFailed, PermanentError, describe_error
-from reliq.fetcher import Fetcher
-from reliq.heartbeat import Heartbeat, landing_time
 from reliq.loopwatch import Culprit, LoopWatch
 from reliq.periodic import Backoff, cancel_all, reraise_if_cancelled
-from reliq.procpool import ProcessPool
-from reliq.promoter import Promoter
 from reliq.queue import Claimed, Outcome, Queue
-from reliq.reaper import Reaper
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
-from reliq.succeeded_trimmer import SucceededTrimmer
-from reliq.watchdog import Watchdog
+from reliq.worker import procpool
+from reliq.worker.dead_trimmer import DeadTrimmer
+from reliq.worker.fetcher import Fetcher
+from reliq.worker.heartbeat import Heartbeat, landing_time
+from reliq.worker.procpool import ProcessPool
+from reliq.worker.promoter import Promoter
+from reliq.worker.reaper import Reaper
+from reliq.worker.succeeded_trimmer import SucceededTrimmer
+from reliq.worker.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from reliq.sampler import Sample
+from reliq.monitor.sampler import Sample
 
 #: The lag reliq aims to keep queues under unless told otherwise (``--target-lag``).
 DEFAULT_TARGET_LAG_S = 10.0

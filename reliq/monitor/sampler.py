@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 
 from reliq import memory
 from reliq.connection import UNAVAILABLE, describe
-from reliq.metrics import (
+from reliq.monitor.metrics import (
     N_BUCKETS,
     Percentiles,
     TypeMetrics,

@@ -19,8 +19,8 @@ from typing import Any, TypedDict
 
 import orjson
 
-from reliq.deadletter import SCAN_CHUNK, DeadFilter
 from reliq.errors import ConfigError, InvalidTask
+from reliq.monitor.deadletter import SCAN_CHUNK, DeadFilter
 from reliq.queue import Queue
 from reliq.settings import check_queue_name
 

@@ -62,7 +62,7 @@ def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     # Imported once in the fork server, so a child (and a replacement) starts in milliseconds;
     # the user's modules are not: importing them may open connections a fork must not share.
-    ctx.set_forkserver_preload(["reliq.procpool", "reliq.registry", "reliq.builtins", "orjson"])
+    ctx.set_forkserver_preload(["reliq.worker.procpool", "reliq.registry", "reliq.builtins", "orjson"])
     return ctx
 
 

@@ -19,12 +19,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from reliq import autoscale, deadletter, memory, metrics, pausing
-from reliq.deadletter import DeadFilter, Replays
+from reliq import memory, pausing
 from reliq.errors import ConfigError, InvalidTask, TaskNotFound
+from reliq.monitor import autoscale, deadletter, metrics
+from reliq.monitor.deadletter import DeadFilter, Replays
+from reliq.monitor.sampler import RATE_WINDOW_S, Sampler
 from reliq.periodic import cancel_all
 from reliq.queue import Queue
-from reliq.sampler import RATE_WINDOW_S, Sampler
 from reliq.settings import Settings, check_queue_name, is_loopback
 from reliq.web import ROLE, Access, access_guard, error, errors_as_json, json_response
 
@@ -45,7 +46,7 @@ QUEUE = web.AppKey("queue", Queue)
 SAMPLER = web.AppKey("sampler", Sampler)
 REPLAYS = web.AppKey("replays", Replays)
 
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parent.parent / "static"
 #: Highest replay rate accepted, tasks/s (beyond it, leave the rate out: no limit).
 MAX_RATE = 100_000.0
 #: What the page may load: only reliq itself (no CDN), and no inline script.
