@@ -20,11 +20,11 @@ from rich.table import Table
 
 from reliq.connection import UNAVAILABLE, connect, describe
 from reliq.errors import InvalidTask, TaskNotFound
+from reliq.eventloop import run
 from reliq.monitor import deadletter, dlq_io
 from reliq.monitor.deadletter import DeadFilter, Replay
 from reliq.monitor.metrics import read_workers
 from reliq.queue import COUNTERS, Queue
-from reliq.runner import run
 from reliq.settings import Settings
 
 Confirm = Callable[[str], bool]

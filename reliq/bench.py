@@ -408,7 +408,7 @@ def render(report: BenchReport, console: Console) -> None:
 
 def run_bench(config: BenchConfig, as_json: bool = False) -> int:
     """``reliq bench``: run, print the report; exit 1 when a task did not finish."""
-    from reliq.runner import run
+    from reliq.eventloop import run
 
     async def main() -> int:
         report = await Bench(config).run()

@@ -13,7 +13,7 @@ import orjson
 
 import reliq.admin
 import reliq.shell
-from reliq import __version__, logs, pausing, runner
+from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
 from reliq.monitor.deadletter import DeadFilter
 from reliq.settings import Settings, check_queue_name
@@ -109,12 +109,14 @@ def main() -> None:
 @click.option("--health-port", type=click.IntRange(0, 65535), help="Serve GET /healthz on this port [off]")
 def work(log_level: str, log_format: str, burst: bool, processes: str, **flags: Any) -> None:
     """Run a worker process, or supervise several (--processes)."""
+    from reliq import roles
+
     settings = _settings(log_level, log_format, **flags)
     n = supervisor.resolve_processes(processes)
     if n > 1:
         _exit(supervisor.run_supervisor(settings, n, burst=burst, log_level=log_level,
                                          log_format=log_format.lower()))
-    _exit(runner.run_work(settings, burst=burst))
+    _exit(roles.run_work(settings, burst=burst))
 
 
 def _listen_options(fn: F) -> F:
@@ -147,7 +149,9 @@ def _producer_options(fn: F) -> F:
 @_producer_options
 def serve(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the producer API."""
-    _exit(runner.run_serve(_settings(log_level, log_format, **flags)))
+    from reliq import roles
+
+    _exit(roles.run_serve(_settings(log_level, log_format, **flags)))
 
 
 @main.command()
@@ -160,7 +164,9 @@ def serve(log_level: str, log_format: str, **flags: Any) -> None:
 @_private_option
 def monitor(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the monitor (dashboard, /stats, /metrics)."""
-    _exit(runner.run_monitor(_settings(log_level, log_format, **flags)))
+    from reliq import roles
+
+    _exit(roles.run_monitor(_settings(log_level, log_format, **flags)))
 
 
 @main.command(name="all")
@@ -173,7 +179,9 @@ def monitor(log_level: str, log_format: str, **flags: Any) -> None:
 @_private_option
 def all_(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the API, the monitor and a worker in one process."""
-    _exit(runner.run_all(_settings(log_level, log_format, **flags)))
+    from reliq import roles
+
+    _exit(roles.run_all(_settings(log_level, log_format, **flags)))
 
 
 @main.command()

@@ -5,7 +5,7 @@ Loading the roles takes a second or more on a busy machine, and so can a user's
 (-15: a supervisor or a deploy sees a crash), and a Ctrl-C printed a KeyboardInterrupt
 traceback. Nothing has been claimed or opened by then, so stopping is simply exiting:
 code 0, one line saying so. Once a role's event loop runs, it takes the signals over
-(``runner.Signals``) and drains instead.
+(``roles.Signals``) and drains instead.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ from rich.console import Console
 
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import InvalidTask, QueueFull, TaskNotFound
+from reliq.eventloop import run
 from reliq.queue import END_STATES, Queue, TaskInfo, make_spec
-from reliq.runner import run
 from reliq.settings import Settings
 from reliq.waiting import Waiters
 

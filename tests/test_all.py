@@ -17,7 +17,7 @@ import pytest
 from reliq import AsyncClient, Client, TaskNotFound
 from reliq.errors import ConfigError, InvalidTask
 from reliq.redis_server import answers, free_port
-from reliq.runner import own_redis
+from reliq.roles import own_redis
 from reliq.settings import Settings
 from tests import procs
 from tests.util import wait_until

@@ -106,7 +106,7 @@ def test_json_logs_from_the_env_for_the_api_and_the_monitor(
     monkeypatch.setenv("RELIQ_LOG_FORMAT", "json")
     for role in ("serve", "monitor"):
         lines = json_lines(started_role_output(role, redis_url, queue_name, tmp_path / f"{role}.log"))
-        assert any(line["logger"] == "reliq.runner" and "http://127.0.0.1:" in line["message"] for line in lines), lines
+        assert any(line["logger"] == "reliq.roles" and "http://127.0.0.1:" in line["message"] for line in lines), lines
 
 
 def test_json_formatter_keeps_a_traceback_on_the_line_and_passes_extra_fields() -> None:

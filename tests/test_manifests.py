@@ -23,7 +23,7 @@ from reliq.connection import connect
 from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.settings import Settings
-from reliq.worker.supervisor import health_app
+from reliq.worker.health import health_app
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"

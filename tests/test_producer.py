@@ -20,7 +20,7 @@ from reliq.keys import QueueKeys
 from reliq.preflight import redis_risks
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer
-from reliq.runner import check_exposure
+from reliq.roles import check_exposure
 from reliq.settings import Settings
 from tests import procs
 from tests.keyspace import keyspace

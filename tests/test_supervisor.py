@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from reliq import api, runner
+from reliq import api, roles
 from reliq.errors import ConfigError
 from reliq.queue import Queue, text
 from reliq.redis_server import free_port
@@ -160,12 +160,12 @@ async def test_a_workers_liveness_port_needs_no_token_on_a_pod_address_unlike_th
     async def record(stack: object, app: object, host: str, port: int) -> None:  # no socket: we bind nothing
         started.append((host, port))
 
-    monkeypatch.setattr(runner, "_start_site", record)
+    monkeypatch.setattr(roles, "_start_site", record)
     exposed = settings.replace(host="0.0.0.0", api_token="")
-    assert await runner.serve(exposed, [(runner._liveness, 8081)], work=True, burst=True) == 0
+    assert await roles.serve(exposed, [(roles._liveness, 8081)], work=True, burst=True) == 0
     assert started == [("0.0.0.0", 8081)]
     with pytest.raises(ConfigError, match="RELIQ_API_TOKEN"):
-        await runner.serve(exposed, [(api.create_app, 8085)])
+        await roles.serve(exposed, [(api.create_app, 8085)])
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])

@@ -82,7 +82,7 @@ async def main() -> None:
 
 asyncio.run(main())
 print(json.dumps({"ids": ids, "worker code": sorted(m for m in sys.modules if m in
-      ("reliq.worker.worker", "reliq.runner", "reliq.worker.fetcher", "reliq.api"))}))
+      ("reliq.worker.worker", "reliq.roles", "reliq.worker.fetcher", "reliq.api"))}))
 """
     env = dict(os.environ, REDIS_URL=redis_url, RELIQ_QUEUE=queue_name)
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -153,7 +153,7 @@ async def test_without_opentelemetry_nothing_is_stored_or_traced(
 
 def test_reliq_imports_and_runs_without_the_opentelemetry_package() -> None:
     code = ("import sys; sys.modules['opentelemetry'] = None\n"
-            "from reliq import tracing, worker, api, runner\n"
+            "from reliq import tracing, worker, api, roles\n"
             "assert not tracing.on() and tracing.current() == ''\n"
             "tracing.configure('worker')\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=procs.ROOT, capture_output=True, text=True,

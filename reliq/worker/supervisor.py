@@ -13,7 +13,7 @@ supervisor, not twice) and, on Linux, receive SIGTERM if the supervisor itself d
 With ``--health-port`` the supervisor answers ``GET /healthz`` (200 while every child is
 running or being restarted promptly, 503 when one has been crash-looping for a minute)
 and the children open no port; a lone worker (N = 1) serves it itself, see
-:func:`health_app`.
+:func:`reliq.worker.health.health_app`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from reliq.children import die_with_parent
 from reliq.errors import ConfigError
 from reliq.periodic import Backoff
 from reliq.settings import Settings
-from reliq.web import json_response
+from reliq.worker.health import health_app
 
 log = logging.getLogger(__name__)
 
@@ -187,31 +187,6 @@ def _describe(code: int) -> str:
         except ValueError:
             return f"signal {-code}"
     return f"status {code}"
-
-
-SUPERVISOR = web.AppKey("supervisor", Supervisor)
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    """GET /healthz: this process's event loop answers (and, in a supervisor, no child crash-loops)."""
-    supervisor = request.app.get(SUPERVISOR)
-    if supervisor is None:
-        return json_response({"status": "ok"})
-    return json_response(supervisor.status(), 200 if supervisor.healthy() else 503)
-
-
-def health_app(supervisor: Supervisor | None = None) -> web.Application:
-    """The worker's liveness endpoint, ``GET /healthz``.
-
-    In a lone worker process it is served from the worker's own event loop, so it fails
-    when that loop is stuck (a handler blocking it), not when Redis is away: restarting a
-    worker does not bring Redis back.
-    """
-    app = web.Application()
-    if supervisor is not None:
-        app[SUPERVISOR] = supervisor
-    app.router.add_get("/healthz", _healthz)
-    return app
 
 
 async def _supervise(supervisor: Supervisor, health_port: int, host: str) -> int:

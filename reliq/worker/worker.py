@@ -104,7 +104,7 @@ class Worker:
         self._procs: ProcessPool | None = None  # children of isolation="process" handlers
         self._overrunning: dict[str, Future[Any]] = {}  # timed-out tasks whose threads still run
         #: Set when the worker stopped with such a thread still running: its process must
-        #: exit at once (Python would wait for the thread), see runner.serve.
+        #: exit at once (Python would wait for the thread), see roles.serve.
         self.threads_left = False
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetcher: asyncio.Task[None] | None = None

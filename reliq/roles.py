@@ -10,9 +10,8 @@ import importlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import Any
 
 from aiohttp import web
 
@@ -20,6 +19,7 @@ from reliq import api, tracing
 from reliq.connection import UNAVAILABLE, connect
 from reliq.entry import starting
 from reliq.errors import ConfigError
+from reliq.eventloop import run
 from reliq.monitor import app as monitor
 from reliq.preflight import warn_about_redis
 from reliq.queue import Queue
@@ -28,7 +28,7 @@ from reliq.registry import REGISTRY
 from reliq.settings import Settings, is_loopback
 from reliq.web import quiet_bad_requests
 from reliq.worker import Worker
-from reliq.worker.supervisor import health_app
+from reliq.worker.health import health_app
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,6 @@ log = logging.getLogger(__name__)
 DEFAULT_REDIS_PORT = 6379
 
 AppFactory = Callable[[Queue, Settings], web.Application]
-
-
-def run(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    """Run ``main`` on a fresh event loop (uvloop when installed); return its exit code."""
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
-    except ImportError:
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
 
 
 class Signals:
