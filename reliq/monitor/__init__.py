@@ -9,18 +9,13 @@ the HTTP app.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from reliq import lazy
 
 if TYPE_CHECKING:
     from reliq.monitor.app import create_app
 
 __all__ = ["create_app"]
 
-
-def __getattr__(name: str) -> Any:
-    if name != "create_app":
-        raise AttributeError(f"module 'reliq.monitor' has no attribute {name!r}")
-    value = importlib.import_module("reliq.monitor.app").create_app
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, {"create_app": "reliq.monitor.app"})

@@ -10,18 +10,13 @@ process pool's forkserver preloads ``reliq.worker.procpool``) does not load the 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from reliq import lazy
 
 if TYPE_CHECKING:
     from reliq.worker.worker import Worker
 
 __all__ = ["Worker"]
 
-
-def __getattr__(name: str) -> Any:
-    if name != "Worker":
-        raise AttributeError(f"module 'reliq.worker' has no attribute {name!r}")
-    value = importlib.import_module("reliq.worker.worker").Worker
-    globals()[name] = value
-    return value
+__getattr__ = lazy.exports(__name__, {"Worker": "reliq.worker.worker"})
