@@ -17,7 +17,6 @@ from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
 from reliq.monitor.deadletter import DeadFilter
 from reliq.settings import Settings, check_queue_name
-from reliq.worker import supervisor
 
 F = Callable[..., Any]
 
@@ -109,13 +108,15 @@ def main() -> None:
 @click.option("--health-port", type=click.IntRange(0, 65535), help="Serve GET /healthz on this port [off]")
 def work(log_level: str, log_format: str, burst: bool, processes: str, **flags: Any) -> None:
     """Run a worker process, or supervise several (--processes)."""
-    from reliq import roles
+    from reliq.worker import supervisor
 
     settings = _settings(log_level, log_format, **flags)
     n = supervisor.resolve_processes(processes)
     if n > 1:
         _exit(supervisor.run_supervisor(settings, n, burst=burst, log_level=log_level,
                                          log_format=log_format.lower()))
+    from reliq import roles
+
     _exit(roles.run_work(settings, burst=burst))
 
 

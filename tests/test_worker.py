@@ -15,7 +15,8 @@ from reliq.connection import connect
 from reliq.queue import Queue
 from reliq.registry import REGISTRY, Context, Registry
 from reliq.settings import Settings
-from reliq.worker import Worker, retry_delay_ms
+from reliq.worker import Worker
+from reliq.worker.worker import retry_delay_ms
 from tests.util import eventually
 
 
