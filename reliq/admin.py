@@ -121,7 +121,7 @@ def dlq_show(settings: Settings, task_id: str) -> int:
     return _with_queue(settings, body)
 
 
-def _describe(flt: DeadFilter) -> str:
+def _filter_words(flt: DeadFilter) -> str:
     parts = [f"{name} {value!r}" for name, value in (("type", flt.type), ("reason", flt.reason)) if value]
     return " with " + " and ".join(parts) if parts else ""
 
@@ -149,7 +149,7 @@ def dlq_requeue(settings: Settings, ids: Sequence[str], flt: DeadFilter, rate: f
         if ids:
             return _by_ids("requeued", await queue.dead_requeue(ids=list(ids)), ids)
         pace = f" at {rate:g}/s" if rate else ""
-        stop = await _ask(queue, flt, confirm, lambda n: f"Requeue {n:,} dead task(s){_describe(flt)}{pace}?")
+        stop = await _ask(queue, flt, confirm, lambda n: f"Requeue {n:,} dead task(s){_filter_words(flt)}{pace}?")
         if stop is not None:
             return stop
         job = Replay(queue, flt, rate)
@@ -201,7 +201,7 @@ def dlq_export(settings: Settings, flt: DeadFilter, archived: bool) -> int:
             sys.stdout.buffer.write(dlq_io.encode(line))
             n += 1
         sys.stdout.buffer.flush()
-        err.print(f"exported {n:,} dead task(s){_describe(flt)} of {queue.name!r}"
+        err.print(f"exported {n:,} dead task(s){_filter_words(flt)} of {queue.name!r}"
                   + (", archived ones included" if archived else ""))
         return 0
 
@@ -233,7 +233,7 @@ def dlq_purge(settings: Settings, ids: Sequence[str], flt: DeadFilter, confirm: 
     async def body(queue: Queue) -> int:
         if ids:
             return _by_ids("deleted", await queue.dead_purge(ids=list(ids)), ids)
-        stop = await _ask(queue, flt, confirm, lambda n: f"Delete {n:,} dead task(s){_describe(flt)} and their "
+        stop = await _ask(queue, flt, confirm, lambda n: f"Delete {n:,} dead task(s){_filter_words(flt)} and their "
                                                          "records, for good?")
         if stop is not None:
             return stop

@@ -37,11 +37,12 @@ from reliq.client import AsyncClient
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import ConfigError, InvalidTask
 from reliq.keys import QueueKeys
+from reliq.queue import END_STATES
 
 #: Task record fields the report is computed from (ms on the Redis server's clock).
 FIELDS = ("state", "enqueued_at", "started_at", "finished_at")
-#: States after which a task will not run again.
-FINAL = frozenset({b"succeeded", b"dead", b"cancelled"})
+#: States after which a task will not run again, as HGET returns them.
+END_STATES_RAW = frozenset(state.encode() for state in END_STATES)
 #: Task ids read per pipelined round trip when polling and reading records.
 CHUNK = 2000
 #: Seconds between polls for finished tasks.
@@ -96,7 +97,7 @@ def _require_local(url: str, flag: str) -> None:
         raise ConfigError(f"{flag} {url!r}: reliq bench only targets this machine (127.0.0.1 or localhost)")
 
 
-class Percentiles(TypedDict):
+class SamplePercentiles(TypedDict):
     """Latency percentiles in milliseconds."""
 
     p50: float
@@ -118,25 +119,25 @@ class BenchReport(TypedDict):
     rejected: dict[str, int]
     enqueue_s: float
     enqueue_rate: float
-    request_ms: Percentiles
+    request_ms: SamplePercentiles
     process_s: float
     process_rate: float
-    enqueue_to_start_ms: Percentiles
-    enqueue_to_finish_ms: Percentiles
+    enqueue_to_start_ms: SamplePercentiles
+    enqueue_to_finish_ms: SamplePercentiles
     states: dict[str, int]
     unfinished: int
 
 
-def percentiles(values: Sequence[float]) -> Percentiles:
+def percentiles(values: Sequence[float]) -> SamplePercentiles:
     """Nearest-rank p50/p95/p99 and the max of ``values`` (all 0 when empty)."""
     if not values:
-        return Percentiles(p50=0.0, p95=0.0, p99=0.0, max=0.0)
+        return SamplePercentiles(p50=0.0, p95=0.0, p99=0.0, max=0.0)
     ordered = sorted(values)
 
     def rank(p: float) -> float:
         return float(ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)])
 
-    return Percentiles(p50=rank(50), p95=rank(95), p99=rank(99), max=float(ordered[-1]))
+    return SamplePercentiles(p50=rank(50), p95=rank(95), p99=rank(99), max=float(ordered[-1]))
 
 
 @dataclass
@@ -361,7 +362,7 @@ async def _still_running(redis: Redis, keys: QueueKeys, ids: list[str]) -> list[
     for i in range(0, len(ids), CHUNK):
         chunk = ids[i : i + CHUNK]
         states = await _read(redis, keys, chunk, ("state",))
-        running = [t for t, (s,) in zip(chunk, states, strict=True) if s is not None and s not in FINAL]
+        running = [t for t, (s,) in zip(chunk, states, strict=True) if s is not None and s not in END_STATES_RAW]
         if running:
             return running + ids[i + CHUNK :]
     return []
@@ -401,7 +402,7 @@ def render(report: BenchReport, console: Console) -> None:
         lat.add_column(col, justify="right")
     for name, key in (("request", "request_ms"), ("enqueue->start", "enqueue_to_start_ms"),
                       ("enqueue->finish", "enqueue_to_finish_ms")):
-        p: Percentiles = report[key]  # type: ignore[literal-required]
+        p: SamplePercentiles = report[key]  # type: ignore[literal-required]
         lat.add_row(name, f"{p['p50']:.1f}", f"{p['p95']:.1f}", f"{p['p99']:.1f}", f"{p['max']:.1f}")
     console.print(lat)
 

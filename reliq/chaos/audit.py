@@ -21,8 +21,8 @@ from reliq.chaos.load import FAIL_RETRIES, Accepted
 from reliq.chaos.tasks import POISON
 from reliq.queue import COUNTERS, Queue, text
 
-#: States a task can stay in once the run is over.
-FINAL = ("succeeded", "dead")
+#: States a task can stay in once the run is over (a chaos run cancels nothing).
+CHAOS_END_STATES = ("succeeded", "dead")
 
 
 @dataclass(slots=True)
@@ -130,7 +130,7 @@ def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
     reached: Counter[str] = Counter()
     for a in accepted.values():
         rec = state.records.get(a.id)
-        if rec is None or rec.get("state") not in FINAL:
+        if rec is None or rec.get("state") not in CHAOS_END_STATES:
             lost.append({"id": a.id, "type": a.type, "state": rec.get("state") if rec else "no record"})
             continue
         got = rec["state"] if rec["state"] == "succeeded" else f"dead:{rec.get('reason', '')}"
@@ -141,7 +141,7 @@ def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
             wrong.append({"id": a.id, "type": a.type, "expected": a.expect, "got": got,
                           "last_error": rec.get("last_error", "")})
     unacked = [i for i in state.records if i not in accepted]
-    stuck_unacked = [i for i in unacked if state.records[i].get("state") not in FINAL]
+    stuck_unacked = [i for i in unacked if state.records[i].get("state") not in CHAOS_END_STATES]
     return {"accepted": len(accepted), "succeeded": reached["succeeded"],
             "dead": sum(n for s, n in reached.items() if s.startswith("dead")), "reached": dict(reached),
             "lost": len(lost), "lost_tasks": lost[:50], "wrong": len(wrong), "wrong_tasks": wrong[:50],
@@ -274,7 +274,8 @@ def _counters(state: RedisState) -> list[dict[str, Any]]:
         _check("sum(crashes) <= recovered + dead(crashed)", 1,
                int(crashes <= c["recovered"] + reasons["crashed"]), "a crash is counted when its task is reaped"),
         _check("pending + delayed == 0", 0, state.pending + state.delayed, "the queue drained"),
-        _check("records not final == 0", 0, sum(n for s, n in states.items() if s not in FINAL), "the queue drained"),
+        _check("records not final == 0", 0, sum(n for s, n in states.items() if s not in CHAOS_END_STATES),
+               "the queue drained"),
         _check("cancelled == 0", 0, c["cancelled"], "the run cancels nothing"),
     ]
 

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from reliq.chaos.audit import FINAL, RedisState, audit, collect, read_executions, worker_pid
+from reliq.chaos.audit import CHAOS_END_STATES, RedisState, audit, collect, read_executions, worker_pid
 from reliq.chaos.cluster import Cluster, ClusterOptions
 from reliq.chaos.faults import FaultLog, Injector, plan
 from reliq.chaos.load import Load
@@ -157,4 +157,4 @@ async def _drained(queue: Queue, ids: list[str], cluster: Cluster) -> bool:
         for task_id in ids:
             pipe.hget(queue.keys.task(task_id), "state")
         states = await pipe.execute()
-    return all(s is not None and s.decode() in FINAL for s in states)
+    return all(s is not None and s.decode() in CHAOS_END_STATES for s in states)

@@ -134,7 +134,7 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
     return BOUNDS_S[-1]
 
 
-class Percentiles(TypedDict):
+class BucketPercentiles(TypedDict):
     """p50/p95/p99 of one histogram in seconds (None without observations), and its count."""
 
     p50: float | None
@@ -143,9 +143,9 @@ class Percentiles(TypedDict):
     count: int
 
 
-def percentiles(counts: Sequence[int]) -> Percentiles:
+def percentiles(counts: Sequence[int]) -> BucketPercentiles:
     """p50, p95 and p99 of per-bucket counts."""
-    return Percentiles(p50=quantile(counts, 0.5), p95=quantile(counts, 0.95), p99=quantile(counts, 0.99),
+    return BucketPercentiles(p50=quantile(counts, 0.5), p95=quantile(counts, 0.95), p99=quantile(counts, 0.99),
                        count=sum(counts))
 
 

@@ -20,7 +20,7 @@ from reliq import memory
 from reliq.connection import UNAVAILABLE, describe
 from reliq.monitor.metrics import (
     N_BUCKETS,
-    Percentiles,
+    BucketPercentiles,
     TypeMetrics,
     WorkerView,
     merge_buckets,
@@ -69,9 +69,9 @@ class TypeView(TypedDict):
     succeeded_s: float
     failed_s: float
     failure_ratio: float | None
-    run: Percentiles
-    wait: Percentiles
-    run_all: Percentiles
+    run: BucketPercentiles
+    wait: BucketPercentiles
+    run_all: BucketPercentiles
     runs_total: int
     failed_total: int
 
@@ -201,7 +201,7 @@ class Sampler:
             return {"window_s": window, "wait": empty, "run": empty, "wait_all": empty, "run_all": empty}
         new = self.samples[-1]
         old = self._ago(window) or new
-        recent: dict[str, Percentiles] = {
+        recent: dict[str, BucketPercentiles] = {
             "wait": percentiles(_minus(new.wait, old.wait)),
             "run": percentiles(_minus(new.run, old.run)),
         }

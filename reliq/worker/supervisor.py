@@ -160,7 +160,7 @@ class Supervisor:
                 backoff.reset()
             delay = backoff.next()
             log.warning("worker process %d (pid %d) exited with %s; restarting in %.1fs",
-                        slot, proc.pid, _describe(code), delay)
+                        slot, proc.pid, _exit_status(code), delay)
             self.restarts += 1
             try:
                 await asyncio.wait_for(self._stop.wait(), delay)
@@ -180,7 +180,7 @@ class Supervisor:
                 "restarts": self.restarts}
 
 
-def _describe(code: int) -> str:
+def _exit_status(code: int) -> str:
     if code < 0:
         try:
             return f"signal {signal.Signals(-code).name}"

@@ -107,7 +107,7 @@ class Worker:
         #: exit at once (Python would wait for the thread), see roles.serve.
         self.threads_left = False
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
-        self._fetcher: asyncio.Task[None] | None = None
+        self._fetch_task: asyncio.Task[None] | None = None
         self._traced = False  # spans an attempt (OpenTelemetry set up): see reliq.tracing
         self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
         self.watch = LoopWatch(settings.loop_block_warn, self._culprit)
@@ -158,12 +158,12 @@ class Worker:
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))
         settler = asyncio.create_task(self._settler(), name="settler")
-        self._fetcher = asyncio.create_task(self._fetch_loop(), name="fetcher")
+        self._fetch_task = asyncio.create_task(self._fetch_loop(), name="fetcher")
         stop_wait = asyncio.create_task(stop.wait())
-        await asyncio.wait([stop_wait, self._fetcher], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([stop_wait, self._fetch_task], return_when=asyncio.FIRST_COMPLETED)
         await cancel_all([stop_wait])
         self._stopping = True
-        await cancel_all([self._fetcher])
+        await cancel_all([self._fetch_task])
         self._unqueue()
         log.info("worker %s stopping: %d task(s) running", self.id, self.busy)
         await self._drain(hard_stop)
