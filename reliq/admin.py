@@ -1,4 +1,4 @@
-"""``reliq dlq ...`` and ``reliq stats``: the dead-letter operations and counts for a terminal.
+"""``reliq dlq ...``, ``reliq stats``, ``reliq pause`` and ``reliq limit``: operations for a terminal.
 
 Each function opens the queue, calls :mod:`reliq.monitor.deadletter` (the same code the monitor's
 endpoints use), prints, and returns the exit code.
@@ -21,6 +21,7 @@ from rich.table import Table
 from reliq.connection import UNAVAILABLE, connect, describe
 from reliq.errors import InvalidTask, TaskNotFound
 from reliq.eventloop import run
+from reliq.limits import Layer, LimitView
 from reliq.monitor import deadletter, dlq_io
 from reliq.monitor.deadletter import DeadFilter, Replay
 from reliq.monitor.metrics import read_workers
@@ -258,3 +259,63 @@ def pause(settings: Settings, task_type: str | None, resume: bool = False) -> in
         return 0
 
     return _with_queue(settings, body)
+
+
+def limit_set(settings: Settings, task_type: str, layer: Layer) -> int:
+    """``reliq limit set TYPE``: change the type's run-time limits; exit 2 for limits that cannot be."""
+
+    async def body(queue: Queue) -> int:
+        try:
+            view = await queue.set_limits(task_type, layer)
+        except InvalidTask as exc:
+            err.print(f"reliq: {exc}; nothing was changed", markup=False)
+            return 2
+        out.print(f"{task_type} in {queue.name!r}: {_limits_text(view)}", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def limit_clear(settings: Settings, task_type: str) -> int:
+    """``reliq limit clear TYPE``: drop its run-time limits (the declared ones apply again)."""
+
+    async def body(queue: Queue) -> int:
+        await queue.write_limits("set", {task_type: None})
+        view = (await queue.limits([task_type]))[task_type]
+        out.print(f"{task_type} in {queue.name!r}: run-time limits cleared; now {_limits_text(view)}", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def limit_show(settings: Settings, as_json: bool = False) -> int:
+    """``reliq limit show``: every type of the queue with limits."""
+
+    async def body(queue: Queue) -> int:
+        views = await queue.limits()
+        if as_json:
+            _json({"queue": queue.name, "types": views})
+            return 0
+        if not views:
+            out.print(f"no task type of {queue.name!r} has limits", markup=False)
+            return 0
+        table = Table(title=f"limits of queue {queue.name!r}", title_justify="left")
+        for column in ("type", "rate", "key concurrency", "ordered", "set aside", "from"):
+            table.add_column(column, overflow="fold")
+        for name, v in views.items():
+            source = " + ".join(n for n in ("declared", "set") if v[n])
+            due = f" (due in {v['due_in_s']:.1f} s)" if v["due_in_s"] is not None else ""
+            table.add_row(name, v["rate"] or "-", str(v["key_concurrency"] or "-"), "yes" if v["ordered"] else "no",
+                          f"{v['limited']:,}{due}", source or "-")
+        out.print(table)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def _limits_text(v: LimitView) -> str:
+    parts = [f"rate {v['rate']}" if v["rate"] else "no rate limit",
+             f"key concurrency {v['key_concurrency']}" if v["key_concurrency"] else "no key concurrency bound"]
+    if v["ordered"]:
+        parts.append("ordered")
+    return ", ".join(parts)

@@ -12,6 +12,7 @@ import click
 import orjson
 
 import reliq.admin
+import reliq.limits
 import reliq.shell
 from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
@@ -346,6 +347,68 @@ def dlq() -> None:
 def _dlq_common(fn: F) -> F:
     fn = click.option("--redis-url", help="Redis URL [env REDIS_URL]")(fn)
     return click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
+
+
+@main.group()
+def limit() -> None:
+    """Show and change the flow limits of task types at run time (rate, key concurrency)."""
+
+
+def _limit_type(type_: str) -> str:
+    try:
+        return pausing.field(type_)
+    except InvalidTask as exc:
+        raise click.BadParameter(str(exc), param_hint="TYPE") from None
+
+
+def _off(value: str | None) -> Any:
+    """A flag's value, with 'off' for null (switch the field off)."""
+    return None if value is None or value.lower() in ("off", "none") else value
+
+
+@limit.command(name="set")
+@click.argument("type_", metavar="TYPE")
+@click.option("--rate", help="Tasks a period, fleet-wide: 100/s, 6/m, 1000/h, 5/10s, optionally '100/s burst 20'; "
+                             "'off' for none")
+@click.option("--key-concurrency", help="Most tasks of one key running at once; 'off' for no bound")
+@click.option("--ordered/--no-ordered", default=None,
+              help="Run each key's tasks strictly in enqueue order (needs --key-concurrency 1)")
+@_dlq_common
+def limit_set(type_: str, rate: str | None, key_concurrency: str | None, ordered: bool | None,
+              redis_url: str | None, queue: str | None) -> None:
+    """Set limits of task type TYPE; what is not given stays as it is."""
+    fields: dict[str, Any] = {}
+    if rate is not None:
+        fields["rate"] = _off(rate)
+    if key_concurrency is not None:
+        kc = _off(key_concurrency)
+        try:
+            fields["key_concurrency"] = None if kc is None else int(kc)
+        except ValueError:
+            raise click.BadParameter(f"an integer or 'off', not {kc!r}", param_hint="--key-concurrency") from None
+    if ordered is not None:
+        fields["ordered"] = ordered
+    try:
+        layer = reliq.limits.layer(fields)
+    except InvalidTask as exc:
+        raise click.UsageError(str(exc)) from None
+    _exit(reliq.admin.limit_set(_admin_settings(redis_url, queue), _limit_type(type_), layer))
+
+
+@limit.command(name="show")
+@_dlq_common
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def limit_show(redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print the limits of every type of the queue that has some."""
+    _exit(reliq.admin.limit_show(_admin_settings(redis_url, queue), as_json))
+
+
+@limit.command(name="clear")
+@click.argument("type_", metavar="TYPE")
+@_dlq_common
+def limit_clear(type_: str, redis_url: str | None, queue: str | None) -> None:
+    """Drop the run-time limits of TYPE: what its code declares applies again."""
+    _exit(reliq.admin.limit_clear(_admin_settings(redis_url, queue), _limit_type(type_)))
 
 
 @dlq.command(name="list")

@@ -132,6 +132,68 @@ class QueueKeys:
         """LIST of pending ids of a paused type, set aside by claims (newest at the left, like pending)."""
         return self.held_prefix + task_type
 
+    # -- flow control (reliq/limits.py, docs/flow-control.md) ------------------------------
+
+    @property
+    def limits(self) -> str:
+        """HASH task type -> its merged limits ``count|period_ms|burst|key_concurrency|ordered`` (limit.lua).
+
+        Absent when no type of the queue has a limit, so a claim pays nothing for them.
+        """
+        return self.base + "limits"
+
+    @property
+    def limit_sources(self) -> str:
+        """HASH task type -> JSON ``{"declared": layer, "set": layer}``: where its limits come from."""
+        return self.base + "limit-sources"
+
+    @property
+    def tat(self) -> str:
+        """HASH task type -> the theoretical arrival time of its next task (ms, GCRA): its rate limit's state."""
+        return self.base + "tat"
+
+    @property
+    def limited_due(self) -> str:
+        """ZSET task type -> when its set-aside tasks are due (its next token, or the end of a hold; ms).
+
+        A type is in it while its ``limited`` list holds anything; absent when none is.
+        """
+        return self.base + "limited-due"
+
+    @property
+    def limited_prefix(self) -> str:
+        """Prefix of the per-type limited lists; scripts append the task type."""
+        return self.base + "limited:"
+
+    def limited(self, task_type: str) -> str:
+        """LIST of ids (and key markers) of a type set aside until its next token is due (newest at the left)."""
+        return self.limited_prefix + task_type
+
+    @property
+    def groups(self) -> str:
+        """HASH of the keys' state: ``a:<gid>`` tasks running (slots taken), ``q:<gid>`` has a marker,
+        ``h:<gid>`` held until (ms), and the counts ``ready``, ``aside`` and ``tokens`` (claim.lua)."""
+        return self.base + "groups"
+
+    @property
+    def group_prefix(self) -> str:
+        """Prefix of the per-key lists; scripts append the group id (``<len(type)>:<type>:<key>``)."""
+        return self.base + "group:"
+
+    def group(self, task_type: str, key: str) -> str:
+        """LIST of the pending ids of one key of one type, newest at the left."""
+        return self.group_prefix + group_id(task_type, key)
+
+    @property
+    def ring(self) -> str:
+        """LIST of the markers (``@<gid>``) of keys with ready tasks and (likely) a free slot: claims rotate it."""
+        return self.base + "ring"
+
+    @property
+    def key_holds(self) -> str:
+        """ZSET group id -> when its hold ends (ms): keys a handler's ``RateLimited`` held."""
+        return self.base + "key-holds"
+
     @property
     def processing_prefix(self) -> str:
         """Prefix of the workers' processing lists; the snapshot script appends worker ids."""
@@ -145,3 +207,11 @@ class QueueKeys:
         """HASH describing a worker (host, pid, concurrency, in flight, processed)."""
         return self.base + "worker:" + worker_id
 
+
+
+def group_id(task_type: str, key: str) -> str:
+    """The id of one key of one type: ``<len(type)>:<type>:<key>``, unambiguous whatever the type holds.
+
+    The length is in UTF-8 bytes, as Lua's ``#`` counts it.
+    """
+    return f"{len(task_type.encode())}:{task_type}:{key}"

@@ -25,6 +25,8 @@ from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
+from reliq.limits import Layer, LimitView, check_ordered, merged
+from reliq.limits import view as limit_view
 from reliq.memory import TASK_BYTES, guard
 from reliq.pausing import PauseView
 from reliq.scripts import Scripts
@@ -413,6 +415,53 @@ class Queue:
     async def paused(self) -> PauseView:
         """What is paused in this queue (read with the snapshot; this reads only that)."""
         return (await self.snapshot())["paused"]
+
+    async def write_limits(self, which: str, layers: Mapping[str, Layer | None]) -> int:
+        """Write layer ``which`` ('declared' or 'set') of the limits of each type (None removes it).
+
+        Returns how many types' merged limits changed.
+        """
+        if not layers:
+            return 0
+        keys = [self.keys.limits, self.keys.limit_sources]
+        return int(await self._scripts("limit", keys, [which, orjson.dumps(dict(layers))]))
+
+    async def set_limits(self, task_type: str, layer: Layer) -> LimitView:
+        """Set ``layer``'s fields of the type's run-time limits (the rest stay); its view after.
+
+        InvalidTask when the merged limits would be ``ordered`` without a key concurrency of 1.
+        """
+        task_type = pausing.field(task_type)
+        current = (await self.limit_sources()).get(task_type, {})
+        new_set = {**current.get("set", {}), **layer}
+        check_ordered(merged(current.get("declared", {}), cast(Layer, new_set)))
+        await self.write_limits("set", {task_type: layer})
+        return (await self.limits([task_type]))[task_type]
+
+    async def limit_sources(self) -> dict[str, dict[str, Layer]]:
+        """Each type with limits -> its layers as stored ({"declared": ..., "set": ...})."""
+        raw = await self.redis.hgetall(self.keys.limit_sources)
+        return {text(k): orjson.loads(v) for k, v in raw.items()}
+
+    async def limits(self, types: Sequence[str] | None = None) -> dict[str, LimitView]:
+        """The limits of every type that has some (or of ``types``), with what each holds set aside now."""
+        sources = await self.limit_sources()
+        names = sorted(sources) if types is None else list(types)
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.time()
+            for name in names:
+                pipe.llen(k.limited(name))
+                pipe.zscore(k.limited_due, name)
+            raw = await pipe.execute()
+        sec, usec = raw[0]
+        now = sec * 1000 + usec // 1000
+        out = {}
+        for i, name in enumerate(names):
+            held, due = int(raw[1 + 2 * i]), raw[2 + 2 * i]
+            due_in = max(0.0, (float(due) - now) / 1000) if due is not None and held else None
+            out[name] = limit_view(sources.get(name, {}), held, due_in)
+        return out
 
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome],
                      retention: Mapping[str, Retention] | None = None) -> tuple[int, int]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate
 
+from reliq.limits import Layer, declared
 from reliq.producer import P, R, T, TaskFunction
 from reliq.settings import Retention
 
@@ -38,6 +39,8 @@ class Handler:
     isolation: str | None = None
     #: How this type keeps its succeeded records, where it differs from the queue's.
     retention: Retention | None = None
+    #: The flow limits this type declares (rate limit, key concurrency; reliq/limits.py), or None.
+    limits: Layer | None = None
 
     def call(self, payload: Any, ctx: Context | None) -> Any:
         """Call the function with the payload (and the context when it takes two arguments)."""
@@ -51,7 +54,8 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
 
     def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None,
-            isolation: str | None = None, retention: Retention | None = None) -> Handler:
+            isolation: str | None = None, retention: Retention | None = None,
+            limits: Layer | None = None) -> Handler:
         """Register ``fn`` for task type ``name`` (a later registration replaces it)."""
         if isinstance(fn, TaskFunction):  # already decorated: register the function itself
             fn = fn.fn
@@ -72,6 +76,7 @@ class Registry:
             timeout=timeout,
             isolation=isolation,
             retention=retention if retention and (retention.age, retention.count) != (None, None) else None,
+            limits=limits,
         )
         self._handlers[name] = handler
         return handler
@@ -88,6 +93,10 @@ class Registry:
         """The types that keep their succeeded records otherwise than their queue."""
         return {name: h.retention for name, h in self._handlers.items() if h.retention}
 
+    def declared_limits(self) -> dict[str, Layer | None]:
+        """Every registered type -> the limits it declares (None: none, which clears an old declaration)."""
+        return {name: h.limits for name, h in self._handlers.items()}
+
 
 #: The registry ``@reliq.task`` fills and ``reliq work`` serves.
 REGISTRY = Registry()
@@ -95,6 +104,7 @@ REGISTRY = Registry()
 
 def task(name: str, *, timeout: float | None = None, isolation: str | None = None,
          keep_succeeded: int | None = None, result_ttl: float | None = None,
+         rate_limit: str | None = None, key_concurrency: int | None = None, ordered: bool = False,
          ) -> Callable[[Callable[Concatenate[T, P], R]], TaskFunction[T, P, R]]:
     """Register the decorated function as the handler of task type ``name``.
 
@@ -109,14 +119,27 @@ def task(name: str, *, timeout: float | None = None, isolation: str | None = Non
     this type, how many succeeded records its queue keeps and for how long (the worker's
     ``--keep-succeeded`` and ``result_ttl``; see docs/memory.md).
 
+    Flow control, fleet-wide and enforced where tasks are claimed (docs/flow-control.md):
+    ``rate_limit`` (``"100/s"``, ``"6/m"``, ``"1000/h"``, ``"5/10s"``, optionally
+    ``" burst 20"``) caps how many tasks of the type start, across all workers;
+    ``key_concurrency`` caps how many tasks of one ``key`` (given at enqueue) run at once,
+    keys taking turns; ``ordered=True`` (with ``key_concurrency=1``) runs each key's tasks
+    strictly in enqueue order, retries included. Workers write these at start-up; an
+    operator's ``PUT /limits/{type}`` (or ``reliq limit set``) overrides them at run time.
+    Raise ``reliq.RateLimited(retry_after=30)`` when the downstream refuses (an HTTP 429):
+    the task goes back without spending an attempt and its type (its key, if it has one)
+    is held that long.
+
     The decorated name stays callable as the function, and becomes a producer:
     ``fn.enqueue(payload, **options)`` and ``await fn.aenqueue(...)`` (see
     :mod:`reliq.producer`), the payload type-checked against the first parameter's.
     """
 
+    flow = declared(rate_limit, key_concurrency, ordered)  # ValueError at import for a bad option
+
     def register(fn: Callable[Concatenate[T, P], R]) -> TaskFunction[T, P, R]:
         REGISTRY.add(name, fn, timeout=timeout, isolation=isolation,
-                     retention=Retention(age=result_ttl, count=keep_succeeded))
+                     retention=Retention(age=result_ttl, count=keep_succeeded), limits=flow)
         return TaskFunction(name, fn)
 
     return register

@@ -50,6 +50,7 @@ NAMES = (
     "trim",
     "pause",
     "resume",
+    "limit",
 )
 
 

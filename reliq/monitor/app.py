@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from reliq import memory, pausing
+from reliq import limits, memory, pausing
 from reliq.errors import ConfigError, InvalidTask, TaskNotFound
 from reliq.monitor import autoscale, deadletter, metrics
 from reliq.monitor.deadletter import DeadFilter, Replays
@@ -326,6 +326,44 @@ async def resume(request: web.Request) -> web.Response:
                           "requeued_held": moved, "paused": (await queue.paused())})
 
 
+# -- flow limits ------------------------------------------------------------------------------
+
+
+def _limited_type(request: web.Request) -> str:
+    try:
+        return pausing.field(request.match_info["type"])
+    except InvalidTask as exc:
+        raise web.HTTPBadRequest(reason=str(exc)) from None
+
+
+async def limits_list(request: web.Request) -> web.Response:
+    """GET /limits?queue=: every type of the queue with limits: effective, declared, set, and set aside now."""
+    queue = watched(request).queue
+    return json_response({"queue": queue.name, "types": await queue.limits()})
+
+
+async def limits_put(request: web.Request) -> web.Response:
+    """PUT /limits/{type}?queue= {rate?, key_concurrency?, ordered?}: change the type's limits at run time.
+
+    The fields given replace those set before (the rest stay); ``null`` switches a field off,
+    the declared one included, until ``DELETE``. Workers apply it at their next claim.
+    """
+    queue, task_type = watched(request).queue, _limited_type(request)
+    try:
+        view = await queue.set_limits(task_type, limits.layer(await _body(request)))
+    except InvalidTask as exc:
+        return error(400, str(exc))
+    return json_response({"status": "set", "queue": queue.name, "type": task_type, "limits": view})
+
+
+async def limits_delete(request: web.Request) -> web.Response:
+    """DELETE /limits/{type}?queue=: drop the run-time limits of the type; what its code declares applies again."""
+    queue, task_type = watched(request).queue, _limited_type(request)
+    await queue.write_limits("set", {task_type: None})
+    view = (await queue.limits([task_type]))[task_type]
+    return json_response({"status": "cleared", "queue": queue.name, "type": task_type, "limits": view})
+
+
 async def jobs(request: web.Request) -> web.Response:
     """GET /jobs: recent and running requeue jobs, newest first."""
     return json_response({"jobs": watched(request).replays.views()})
@@ -424,6 +462,9 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     r.add_post("/dead/{id}/requeue", dead_requeue_one)
     r.add_post("/queues/{queue:[^/]+}/pause", pause)
     r.add_post("/queues/{queue:[^/]+}/resume", resume)
+    r.add_get("/limits", limits_list)
+    r.add_put("/limits/{type}", limits_put)
+    r.add_delete("/limits/{type}", limits_delete)
     r.add_get("/jobs", jobs)
     r.add_get("/jobs/{id}", job)
     r.add_delete("/jobs/{id}", job_cancel)

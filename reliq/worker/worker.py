@@ -128,7 +128,8 @@ class Worker:
         s = self.settings
         heartbeat = Heartbeat(s.redis_url, list(self.queues), self.id, s.heartbeat_interval, s.lease, self.status,
                               self.watch)
-        if not await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop):
+        if not (await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop)
+                and await self._until_redis(self._declare_limits, stop)):
             heartbeat.stop()
             return True  # stopped while waiting for Redis: it never claimed anything
         heartbeat.start()
@@ -245,6 +246,12 @@ class Worker:
                 with contextlib.suppress(TimeoutError):  # a signal ends the wait, Redis or not
                     await asyncio.wait_for(stop.wait(), backoff.next())
         return False
+
+    async def _declare_limits(self) -> None:
+        """Write the flow limits the registered types declare to every queue served (before the first claim)."""
+        declared = self.registry.declared_limits()
+        for queue in self.queues.values():
+            await queue.write_limits("declared", declared)
 
     def _unqueue(self) -> None:
         """Take back the claimed tasks no runner has started: the release hands them back."""
