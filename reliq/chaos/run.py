@@ -21,7 +21,7 @@ from reliq.chaos.faults import FaultLog, Injector, plan
 from reliq.chaos.load import Load
 from reliq.chaos.report import render
 from reliq.connection import UNAVAILABLE, connect
-from reliq.periodic import cancel_all
+from reliq.loops import cancel_all
 from reliq.queue import Queue, text
 from reliq.settings import Settings
 

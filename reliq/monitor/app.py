@@ -21,10 +21,10 @@ from aiohttp import web
 
 from reliq import limits, memory, pausing
 from reliq.errors import ConfigError, InvalidTask, TaskNotFound
+from reliq.loops import cancel_all
 from reliq.monitor import autoscale, deadletter, metrics
 from reliq.monitor.deadletter import DeadFilter, Replays
 from reliq.monitor.sampler import RATE_WINDOW_S, Sampler
-from reliq.periodic import cancel_all
 from reliq.queue import Queue
 from reliq.settings import Settings, check_queue_name, is_loopback
 from reliq.web import ROLE, Access, access_guard, error, errors_as_json, json_response

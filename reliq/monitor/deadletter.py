@@ -21,7 +21,7 @@ import orjson
 
 from reliq.connection import UNAVAILABLE
 from reliq.errors import TaskNotFound
-from reliq.periodic import Backoff, cancel_all
+from reliq.loops import Backoff, cancel_all
 from reliq.queue import Queue, TaskInfo, text
 
 log = logging.getLogger(__name__)

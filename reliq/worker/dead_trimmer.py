@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from reliq.periodic import every
+from reliq.loops import every
 from reliq.queue import Queue
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ import random
 import time
 from collections.abc import Container, Sequence
 
+from reliq.loops import cancel_all
 from reliq.pausing import RECHECK_S
-from reliq.periodic import cancel_all
 from reliq.queue import Claimed, Queue, Take, text
 
 

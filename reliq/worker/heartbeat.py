@@ -25,8 +25,8 @@ from redis import Redis as SyncRedis
 
 from reliq.connection import connect_sync
 from reliq.keys import QueueKeys
+from reliq.loops import Backoff
 from reliq.loopwatch import LoopWatch
-from reliq.periodic import Backoff
 from reliq.queue import heartbeat_call
 from reliq.scripts import SyncScripts
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reliq.periodic import every
+from reliq.loops import every
 from reliq.queue import Queue
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from reliq.periodic import every
+from reliq.loops import every
 from reliq.queue import Queue
 from reliq.settings import Retention
 

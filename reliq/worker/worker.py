@@ -36,8 +36,8 @@ import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq import logs, tracing
 from reliq.connection import UNAVAILABLE, describe
 from reliq.errors import HandlerFailed, PermanentError, describe_error
+from reliq.loops import Backoff, cancel_all, reraise_if_cancelled
 from reliq.loopwatch import Culprit, LoopWatch
-from reliq.periodic import Backoff, cancel_all, reraise_if_cancelled
 from reliq.queue import Claimed, Outcome, Queue
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
