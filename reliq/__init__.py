@@ -23,6 +23,7 @@ _EXPORTS = {
     "QueueFull": "reliq.errors",
     "RedisFull": "reliq.errors",
     "ReliqError": "reliq.errors",
+    "Snooze": "reliq.errors",
     "TaskNotFound": "reliq.errors",
     "TaskFunction": "reliq.producer",
     "configure": "reliq.producer",
@@ -33,14 +34,23 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from reliq.client import AsyncClient, Client
-    from reliq.errors import CancelRefused, InvalidTask, PermanentError, QueueFull, RedisFull, ReliqError, TaskNotFound
+    from reliq.errors import (
+        CancelRefused,
+        InvalidTask,
+        PermanentError,
+        QueueFull,
+        RedisFull,
+        ReliqError,
+        Snooze,
+        TaskNotFound,
+    )
     from reliq.producer import TaskFunction, configure
     from reliq.registry import Context, task
     from reliq.settings import Settings
 
 __all__ = [  # the names of _EXPORTS (a test holds them equal)
     "AsyncClient", "CancelRefused", "Client", "Context", "InvalidTask", "PermanentError", "QueueFull", "RedisFull",
-    "ReliqError", "Settings", "TaskFunction", "TaskNotFound", "configure", "task",
+    "ReliqError", "Settings", "Snooze", "TaskFunction", "TaskNotFound", "configure", "task",
 ]
 
 

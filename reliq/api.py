@@ -105,7 +105,7 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPBadRequest(reason=f"body is not valid JSON: {exc}") from None
 
 
-def _spec(settings: Settings, item: Any, idempotency_key: str | None, trace: str) -> TaskSpec:
+def _spec(item: Any, idempotency_key: str | None, trace: str) -> TaskSpec:
     if not isinstance(item, dict):
         raise InvalidTask("a task must be a JSON object with a 'type'")
     return make_spec(
@@ -116,7 +116,6 @@ def _spec(settings: Settings, item: Any, idempotency_key: str | None, trace: str
         delay=item.get("delay_s"),
         run_at=item.get("run_at"),
         idempotency_key=item.get("idempotency_key", idempotency_key),
-        default_max_retries=settings.max_retries,
         trace=trace,
     )
 
@@ -157,7 +156,7 @@ async def post_task(request: web.Request) -> web.Response:
         return error(400, "a task must be a JSON object with a 'type'")
     queue = producer.queue(body.get("queue"))
     with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
-        spec = _spec(producer.settings, body, _idempotency_header(request), trace)
+        spec = _spec(body, _idempotency_header(request), trace)
         durability = _durability(producer.settings, body)
         result = await producer.submit(queue, spec, durability)
     answer = _accepted(queue, spec, result)
@@ -181,7 +180,7 @@ async def post_tasks(request: web.Request) -> web.Response:
     queue = producer.queue(envelope.get("queue"))
     durability = _durability(producer.settings, envelope)
     with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
-        specs = [_spec(producer.settings, item, None, trace) for item in items]
+        specs = [_spec(item, None, trace) for item in items]
         results = await producer.send(queue, specs, durability)
     answer = {"status": "queued", "task_ids": [r[0] for r in results], "queue": queue.name,
               "tasks": [_accepted(queue, s, r) for s, r in zip(specs, results, strict=True)]}

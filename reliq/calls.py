@@ -23,22 +23,23 @@ if TYPE_CHECKING:
 
 
 def enqueue_keys(k: QueueKeys) -> list[str]:
-    """KEYS of enqueue.lua."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix]
+    """KEYS of enqueue.lua (the types hash: the types' defaults, reliq/type_defaults.py)."""
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types]
 
 
 def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
     """The tasks as enqueue.lua's one JSON argument (ARGV[2]), numbers as strings."""
     return orjson.dumps([
-        (s.id, s.type, s.payload.decode(), str(s.max_retries), str(s.timeout_ms or ""), str(s.delay_ms),
+        (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
+         str(s.timeout_ms or ""), str(s.delay_ms),
          s.idempotency_key, str(s.run_at_ms), s.trace)
         for s in specs
     ])
 
 
 def enqueue_args(settings: Settings, batch: bytes) -> list[Any]:
-    """ARGV of enqueue.lua: idempotency TTL (ms), the batch, the admission limit."""
-    return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending]
+    """ARGV of enqueue.lua: idempotency TTL (ms), the batch, the admission limit, the queue's max_retries."""
+    return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending, settings.max_retries]
 
 
 def enqueued(raw: Sequence[Any]) -> list[tuple[str, bool]]:

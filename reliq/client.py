@@ -69,8 +69,7 @@ class _Producer(Generic[Q]):
 
     def _spec(self, type: str, payload: Any = None, *, trace: str | None = None, **options: Any) -> TaskSpec:
         # the active span's context goes with the task (OpenTelemetry, when installed)
-        return make_spec(type, payload, default_max_retries=self.settings.max_retries,
-                         trace=tracing.current() if trace is None else trace, **options)
+        return make_spec(type, payload, trace=tracing.current() if trace is None else trace, **options)
 
     def _specs(self, tasks: Iterable[TaskItem]) -> list[TaskSpec]:
         specs, trace = [], tracing.current()  # one look-up a batch

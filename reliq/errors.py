@@ -82,8 +82,14 @@ class HandlerFailed(ReliqError):
     """A handler failed outside the worker's process (``isolation="process"``).
 
     The message is the error as the task records it: the child's exception
-    (``ValueError: ...``), or how the child process died.
+    (``ValueError: ...``), or how the child process died. ``retried`` is False when the
+    type's retry policy (applied in the child, which knows the exception's class) does
+    not retry it.
     """
+
+    def __init__(self, message: str, retried: bool = True) -> None:
+        super().__init__(message)
+        self.retried = retried
 
 
 def describe_error(exc: BaseException) -> str:
@@ -92,3 +98,17 @@ def describe_error(exc: BaseException) -> str:
     # escaped here, or the settle of the whole batch would fail on every retry.
     text = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
     return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+class Snooze(ReliqError):
+    """Raise from a handler to run the task again in ``seconds``, without spending an attempt.
+
+    The task waits in the delayed set, state ``scheduled``, and is counted ``snoozed`` (not
+    failed): its attempts and failures stay as they were before this run.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < float("inf"):
+            raise ValueError(f"Snooze takes a number of seconds >= 0, not {seconds!r}")
+        super().__init__(f"snoozed for {seconds:g}s")
+        self.seconds = float(seconds)

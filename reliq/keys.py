@@ -124,6 +124,15 @@ class QueueKeys:
         return self.base + "paused"
 
     @property
+    def types(self) -> str:
+        """HASH task type -> JSON of the defaults its enqueues take (reliq/type_defaults.py).
+
+        Written by the workers serving the type when they start; absent while no type has
+        any, so the enqueue script pays one EXISTS a call for the feature.
+        """
+        return self.base + "types"
+
+    @property
     def held_prefix(self) -> str:
         """Prefix of the per-type held lists; scripts append the task type."""
         return self.base + "held:"

@@ -21,10 +21,11 @@ import os
 import threading
 import weakref
 from collections.abc import Callable
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack
+from typing import Any, Concatenate, Generic, ParamSpec, TypeVar, Unpack, cast
 
 from reliq.client import AsyncClient, Client, EnqueueOptions
 from reliq.settings import Settings, check_queue_name
+from reliq.type_defaults import NONE, TypeDefaults
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -34,9 +35,11 @@ R = TypeVar("R")
 class TaskFunction(Generic[T, P, R]):
     """A registered handler of task type ``name``: callable as the function, and a producer of its tasks."""
 
-    def __init__(self, name: str, fn: Callable[Concatenate[T, P], R]) -> None:
+    def __init__(self, name: str, fn: Callable[Concatenate[T, P], R], defaults: TypeDefaults = NONE) -> None:
         self.name = name
         self.fn = fn
+        #: The type's enqueue defaults, passed with every enqueue an option does not override.
+        self.defaults = defaults
         functools.update_wrapper(self, fn)
 
     def __call__(self, payload: T, /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -47,13 +50,21 @@ class TaskFunction(Generic[T, P, R]):
         """Enqueue a task of this type through the default :class:`~reliq.Client`; return its id.
 
         The options are :meth:`reliq.Client.enqueue`'s: ``queue``, ``max_retries``,
-        ``delay``, ``run_at``, ``timeout``, ``idempotency_key``.
+        ``delay``, ``run_at``, ``timeout``, ``idempotency_key``; the type's defaults
+        (``@reliq.task(max_retries=...)``) fill in those left out.
         """
-        return default_client().enqueue(self.name, payload, **options)
+        return default_client().enqueue(self.name, payload, **self._with_defaults(options))
 
     async def aenqueue(self, payload: T, **options: Unpack[EnqueueOptions]) -> str:
         """:meth:`enqueue` for asyncio code, through this loop's default :class:`~reliq.AsyncClient`."""
-        return await default_async_client().enqueue(self.name, payload, **options)
+        return await default_async_client().enqueue(self.name, payload, **self._with_defaults(options))
+
+    def _with_defaults(self, options: EnqueueOptions) -> EnqueueOptions:
+        if not self.defaults:
+            return options
+        merged: dict[str, Any] = self.defaults.options()
+        merged.update((k, v) for k, v in options.items() if v is not None)
+        return cast(EnqueueOptions, merged)
 
     def __repr__(self) -> str:
         return f"<reliq task {self.name!r}: {self.fn!r}>"

@@ -45,8 +45,10 @@ END_STATES = ("succeeded", "dead", "cancelled")
 #: Counters kept in the stats hash (reported as 0 until first incremented).
 #: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
 #: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
+#: snoozed: runs that raised reliq.Snooze (not failures; their attempt is given back).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
-            "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory", "trimmed", "expired")
+            "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory", "trimmed", "expired",
+            "snoozed")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -57,7 +59,8 @@ class TaskSpec:
 
     type: str
     payload: bytes
-    max_retries: int
+    #: None: the type's default (reliq/type_defaults.py), else the queue's, applied by enqueue.lua.
+    max_retries: int | None
     timeout_ms: int | None
     delay_ms: int
     idempotency_key: str
@@ -76,21 +79,22 @@ def make_spec(
     delay: Any = None,
     run_at: Any = None,
     idempotency_key: Any = None,
-    default_max_retries: int = 3,
     trace: str = "",
 ) -> TaskSpec:
     """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong.
 
-    ``trace`` is the W3C traceparent to store with it (see :mod:`reliq.tracing`).
+    ``max_retries`` left out (None) is resolved by the enqueue script: the type's default
+    if a worker registered one, else the queue's ``settings.max_retries``. ``trace`` is
+    the W3C traceparent to store with it (see :mod:`reliq.tracing`).
     """
     if not isinstance(type, str) or not type.strip(WHITESPACE):
         raise InvalidTask("'type' must be a non-empty string")
     if len(type) > MAX_TYPE_LEN:
         raise InvalidTask(f"'type' must be at most {MAX_TYPE_LEN} characters")
-    retries = default_max_retries if max_retries is None else max_retries
+    retries = max_retries
     if isinstance(retries, float) and retries.is_integer():
         retries = int(retries)  # JSON Schema's integer: 3.0 is one
-    if not _is_int(retries) or not 0 <= retries <= MAX_RETRIES_LIMIT:
+    if retries is not None and (not _is_int(retries) or not 0 <= retries <= MAX_RETRIES_LIMIT):
         raise InvalidTask(f"'max_retries' must be an integer from 0 to {MAX_RETRIES_LIMIT}")
     delay_s = _number("delay_s", delay, 0.0, MAX_DELAY_S) or 0.0
     timeout_s = _number("timeout_s", timeout, 0.001, MAX_TIMEOUT_S)
@@ -190,7 +194,7 @@ class Outcome:
     """What became of one run of a claimed task, for the batched settle."""
 
     task: Claimed
-    outcome: str  # ok | error | timeout | permanent | unknown_type
+    outcome: str  # ok | error | timeout | permanent | unknown_type | snooze
     text: str  # JSON result for ok, the error otherwise
     run_ms: int
     retry_delay_ms: int = 0
@@ -245,6 +249,7 @@ class Snapshot(TypedDict):
     refused_memory: int
     trimmed: int
     expired: int
+    snoozed: int
     #: Pending tasks of paused types set aside in their held lists (counted in ``pending`` too).
     held: int
     #: What is paused: the whole queue and/or task types (reliq/pausing.py).
@@ -324,10 +329,21 @@ class Queue:
 
     async def enqueue(self, type: str, payload: Any = None, **options: Any) -> str:
         """Validate and enqueue one task; return its id."""
-        spec = make_spec(type, payload, default_max_retries=self.settings.max_retries, trace=tracing.current(),
-                         **options)
+        spec = make_spec(type, payload, trace=tracing.current(), **options)
         [(task_id, _)] = await self.enqueue_specs([spec])
         return task_id
+
+    async def set_type_defaults(self, fields: Mapping[str, bytes], cleared: Sequence[str]) -> None:
+        """Set types' entries of the types hash (type -> encoded defaults) and take others out.
+
+        See :mod:`reliq.type_defaults`, which encodes them.
+        """
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if fields:
+                pipe.hset(self.keys.types, mapping=fields)  # type: ignore[arg-type]
+            if cleared:
+                pipe.hdel(self.keys.types, *cleared)
+            await pipe.execute()
 
     async def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""

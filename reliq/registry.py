@@ -10,7 +10,9 @@ from typing import Any, Concatenate
 
 from reliq.limits import Layer, declared
 from reliq.producer import P, R, T, TaskFunction
+from reliq.retry import DEFAULT, Backoff, Errors, RetryPolicy
 from reliq.settings import Retention
+from reliq.type_defaults import NONE, TypeDefaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,10 @@ class Handler:
     retention: Retention | None = None
     #: The flow limits this type declares (rate limit, key concurrency; reliq/limits.py), or None.
     limits: Layer | None = None
+    #: Which failures are retried, and after how long (reliq/retry.py).
+    retry: RetryPolicy = DEFAULT
+    #: What every enqueue of this type defaults to: max_retries (reliq/type_defaults.py).
+    defaults: TypeDefaults = NONE
 
     def call(self, payload: Any, ctx: Context | None) -> Any:
         """Call the function with the payload (and the context when it takes two arguments)."""
@@ -55,7 +61,7 @@ class Registry:
 
     def add(self, name: str, fn: Callable[..., Any], *, timeout: float | None = None,
             isolation: str | None = None, retention: Retention | None = None,
-            limits: Layer | None = None) -> Handler:
+            limits: Layer | None = None, retry: RetryPolicy = DEFAULT, defaults: TypeDefaults = NONE) -> Handler:
         """Register ``fn`` for task type ``name`` (a later registration replaces it)."""
         if isinstance(fn, TaskFunction):  # already decorated: register the function itself
             fn = fn.fn
@@ -77,6 +83,8 @@ class Registry:
             isolation=isolation,
             retention=retention if retention and (retention.age, retention.count) != (None, None) else None,
             limits=limits,
+            retry=retry,
+            defaults=defaults,
         )
         self._handlers[name] = handler
         return handler
@@ -97,6 +105,10 @@ class Registry:
         """Every registered type -> the limits it declares (None: none, which clears an old declaration)."""
         return {name: h.limits for name, h in self._handlers.items()}
 
+    def defaults(self) -> dict[str, TypeDefaults]:
+        """Each registered type's enqueue-side defaults (empty ones too: they clear a stale entry)."""
+        return {name: h.defaults for name, h in self._handlers.items()}
+
 
 #: The registry ``@reliq.task`` fills and ``reliq work`` serves.
 REGISTRY = Registry()
@@ -105,6 +117,9 @@ REGISTRY = Registry()
 def task(name: str, *, timeout: float | None = None, isolation: str | None = None,
          keep_succeeded: int | None = None, result_ttl: float | None = None,
          rate_limit: str | None = None, key_concurrency: int | None = None, ordered: bool = False,
+         max_retries: int | None = None, backoff: Backoff = "exponential", retry_base: float | None = None,
+         retry_cap: float | None = None, jitter: bool = True, retry_on: Errors | type[BaseException] | None = None,
+         give_up_on: Errors | type[BaseException] = (),
          ) -> Callable[[Callable[Concatenate[T, P], R]], TaskFunction[T, P, R]]:
     """Register the decorated function as the handler of task type ``name``.
 
@@ -130,16 +145,30 @@ def task(name: str, *, timeout: float | None = None, isolation: str | None = Non
     the task goes back without spending an attempt and its type (its key, if it has one)
     is held that long.
 
+    Retries (docs/retries.md): ``max_retries`` is the default of every enqueue of this
+    type (an enqueue's own ``max_retries`` wins); ``backoff`` is ``"exponential"``,
+    ``"linear"`` or a function ``f(attempt)`` / ``f(attempt, exc)`` returning seconds,
+    from ``retry_base`` up to ``retry_cap`` (default: the worker's), jittered unless
+    ``jitter=False``; only exceptions in ``retry_on`` (when given) and none in
+    ``give_up_on`` are retried, the others dead-letter the task at once (reason
+    ``permanent``). Raise ``reliq.Snooze(seconds)`` to run again later without spending
+    an attempt. Invalid options raise at once.
+
     The decorated name stays callable as the function, and becomes a producer:
     ``fn.enqueue(payload, **options)`` and ``await fn.aenqueue(...)`` (see
     :mod:`reliq.producer`), the payload type-checked against the first parameter's.
     """
 
     flow = declared(rate_limit, key_concurrency, ordered)  # ValueError at import for a bad option
+    policy = RetryPolicy(backoff=backoff, base=retry_base, cap=retry_cap, jitter=jitter,
+                         retry_on=retry_on if retry_on is None or isinstance(retry_on, tuple) else (retry_on,),
+                         give_up_on=give_up_on if isinstance(give_up_on, tuple) else (give_up_on,))
+    defaults = TypeDefaults(max_retries=max_retries)
 
     def register(fn: Callable[Concatenate[T, P], R]) -> TaskFunction[T, P, R]:
         REGISTRY.add(name, fn, timeout=timeout, isolation=isolation,
-                     retention=Retention(age=result_ttl, count=keep_succeeded), limits=flow)
-        return TaskFunction(name, fn)
+                     retention=Retention(age=result_ttl, count=keep_succeeded), limits=flow, retry=policy,
+                     defaults=defaults)
+        return TaskFunction(name, fn, defaults)
 
     return register

@@ -83,7 +83,7 @@ def enqueue(settings: Settings, type: str, payload: str | None, wait: float | No
     """
     try:
         body = None if payload is None else orjson.loads(payload)
-        spec = make_spec(type, body, default_max_retries=settings.max_retries, **options)
+        spec = make_spec(type, body, **options)
     except orjson.JSONDecodeError as exc:
         err.print(f"reliq: the payload is not valid JSON: {exc}", markup=False)
         return BAD_INPUT

@@ -14,9 +14,9 @@ import reliq.builtins  # noqa: F401  (registers the built-in types)
 from reliq.connection import connect
 from reliq.queue import Queue
 from reliq.registry import REGISTRY, Context, Registry
+from reliq.retry import retry_delay_ms
 from reliq.settings import Settings
 from reliq.worker import Worker
-from reliq.worker.worker import retry_delay_ms
 from tests.util import eventually
 
 

@@ -15,6 +15,14 @@ local function dead_letter(dead_key, stats_key, task_prefix, id, reason, err, no
   redis.call('HINCRBY', stats_key, 'dead', 1)
 end
 
+-- A task that asked to run again later (reliq.Snooze) waits in the delayed set until
+-- due, scheduled as if enqueued with a delay; the attempt its claim counted is given back.
+local function snooze(delayed_key, key, id, due)
+  redis.call('HINCRBY', key, 'attempts', -1)
+  redis.call('HSET', key, 'state', 'scheduled')
+  redis.call('ZADD', delayed_key, due, id)
+end
+
 -- Send tasks just taken out of the dead list back to pending with a fresh retry
 -- budget; ids whose record is gone are skipped. Returns how many went back.
 local function requeue_dead(pending_key, stats_key, task_prefix, ids, now)
@@ -96,4 +104,24 @@ local function retain(list, task_prefix, now, age, count, budget)
     budget = budget - 1
   end
   return trimmed, expired
+end
+
+-- A task type's enqueue defaults (reliq/type_defaults.py): a function of the type that
+-- returns its decoded entry of the types hash ({} when it has none), each entry read once
+-- a call. A queue whose types have no defaults has no such hash: one EXISTS a call.
+local function type_defaults_reader(types_key)
+  local none = {}
+  if redis.call('EXISTS', types_key) == 0 then
+    return function() return none end
+  end
+  local seen = {}
+  return function(ttype)
+    local d = seen[ttype]
+    if not d then
+      local raw = redis.call('HGET', types_key, ttype)
+      d = raw and cjson.decode(raw) or none
+      seen[ttype] = d
+    end
+    return d
+  end
 end

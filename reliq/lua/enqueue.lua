@@ -1,14 +1,17 @@
 -- Enqueue one or many tasks, all or nothing.
 -- KEYS[1] pending list    KEYS[2] delayed zset    KEYS[3] stats hash
 -- KEYS[4] task key prefix KEYS[5] idempotency key prefix
+-- KEYS[6] types hash: each type's enqueue defaults, as JSON (reliq/type_defaults.py)
 -- ARGV[1] idempotency TTL (ms)
--- ARGV[2] the tasks as one JSON array of [id, type, payload, max_retries, timeout_ms
+-- ARGV[2] the tasks as one JSON array of [id, type, payload, max_retries ('' = the type's
+--         default, else ARGV[4]), timeout_ms
 --         ('' = type default), delay_ms (0 = ready now), idempotency key ('' = none),
 --         run_at_ms (0 = none; else the due time on the epoch, which wins over delay_ms),
 --         traceparent ('' = none)],
 --         numbers as strings: one argument instead of nine per task, because encoding
 --         arguments was most of the API's cost of a batch.
 -- ARGV[3] admission limit: refuse when pending holds this many tasks already (0 = none)
+-- ARGV[4] the queue's max_retries, for tasks whose type has no default
 -- Returns a flat array: for each task, the id that stands for it and 1 if it was
 -- created now, 0 if an earlier request with the same idempotency key created it.
 -- Or the error 'FULL <pending>' when the limit is reached: then nothing was written.
@@ -22,6 +25,7 @@ if limit > 0 then
   local pending = redis.call('LLEN', KEYS[1])
   if pending >= limit then return redis.error_reply('FULL ' .. pending) end
 end
+local type_defaults = type_defaults_reader(KEYS[6])
 local out = {}
 local ready = {}  -- ids for pending, pushed together (in order) at the end
 local created = 0
@@ -40,7 +44,10 @@ for _, t in ipairs(cjson.decode(ARGV[2])) do
     end
     local due = now + tonumber(t[6])
     if tonumber(t[8]) > 0 then due = tonumber(t[8]) end
-    local fields = {'type', t[2], 'payload', t[3], 'max_retries', t[4], 'timeout_ms', t[5],
+    local defaults = type_defaults(t[2])
+    local max_retries = t[4]
+    if max_retries == '' then max_retries = defaults.max_retries and tostring(defaults.max_retries) or ARGV[4] end
+    local fields = {'type', t[2], 'payload', t[3], 'max_retries', max_retries, 'timeout_ms', t[5],
                     'attempts', '0', 'failures', '0', 'crashes', '0', 'enqueued_at', now_s}
     if t[9] ~= '' then
       fields[#fields + 1] = 'trace'

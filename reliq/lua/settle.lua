@@ -13,7 +13,8 @@
 --   of ten per task, because encoding arguments is most of the worker's cost of a settle.
 --   outcome: ok (text = JSON result or ''; the record becomes compact, see KEPT), error |
 --   timeout (retried while failures <= max_retries, else dead), permanent | unknown_type
---   (dead at once); text = the error.
+--   (dead at once); text = the error. snooze (reliq.Snooze): back to scheduled after the
+--   retry delay, its attempt given back and no failure counted (stats: snoozed).
 -- ARGV[3] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
 --   observe() below writes a task. Summing them here cost as much as the rest of the
 --   script; the script only takes back the share of a stale task.
@@ -142,6 +143,9 @@ for _, t in ipairs(batch) do
       keep(key, id, ttype)
       add(counts, 'succeeded', 1)
       ended(id)
+    elseif outcome == 'snooze' then
+      snooze(KEYS[3], key, id, now + t[6])
+      add(counts, 'snoozed', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
       dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)

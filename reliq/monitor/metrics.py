@@ -32,6 +32,7 @@ COUNTER_HELP = {
     "recovered": "Tasks taken back from workers that died (crash recovery).",
     "requeued": "Dead-lettered tasks sent back to pending.",
     "cancelled": "Tasks cancelled before they started.",
+    "snoozed": "Runs that raised reliq.Snooze: run again later, their attempt not spent.",
     "refused_memory": "Tasks refused (507) because Redis was out of memory or past --max-memory-ratio.",
     "trimmed": "Succeeded records deleted past their queue's (or type's) keep_succeeded count.",
     "expired": "Succeeded records deleted once older than their queue's (or type's) result_ttl.",

@@ -78,8 +78,9 @@ class TypeView(TypedDict):
 
 def _type_view(name: str, new: TypeMetrics, old: TypeMetrics, seconds: float) -> TypeView:
     ok = max(0, new.outcomes.get("ok", 0) - old.outcomes.get("ok", 0))
+    snoozed = max(0, new.outcomes.get("snooze", 0) - old.outcomes.get("snooze", 0))  # not failures
     runs = sum(_minus(new.run, old.run))
-    failed = max(0, runs - ok)
+    failed = max(0, runs - ok - snoozed)
     total = sum(new.outcomes.values())
     return TypeView(
         type=name,
@@ -90,7 +91,7 @@ def _type_view(name: str, new: TypeMetrics, old: TypeMetrics, seconds: float) ->
         wait=percentiles(_minus(new.wait, old.wait)),
         run_all=percentiles(new.run),
         runs_total=total,
-        failed_total=total - new.outcomes.get("ok", 0),
+        failed_total=total - new.outcomes.get("ok", 0) - new.outcomes.get("snooze", 0),
     )
 
 

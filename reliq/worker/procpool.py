@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from reliq.errors import HandlerFailed, PermanentError, describe_error
+from reliq.errors import HandlerFailed, PermanentError, Snooze, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +219,16 @@ def request(module: str, name: str, payload: bytes, ctx: Sequence[Any] | None) -
 def result(answer: dict[str, str]) -> Any:
     """A child's answer as the handler's result (an ``orjson.Fragment``: stored unparsed), or its error raised.
 
-    Raises PermanentError or HandlerFailed as the handler did in the child.
+    Raises PermanentError, Snooze or HandlerFailed as the handler did in the child.
     """
     if "ok" in answer:
         return orjson.Fragment(answer["ok"]) if answer["ok"] else None
     if "permanent" in answer:
         raise PermanentError(answer["permanent"])
+    if "snooze" in answer:
+        raise Snooze(float(answer["snooze"]))
+    if "not_retried" in answer:
+        raise HandlerFailed(answer["not_retried"], retried=False)
     raise HandlerFailed(answer["error"])
 
 
@@ -263,8 +267,9 @@ def _die_with_worker(lifeline: Connection) -> None:
 
 
 def _serve(request: dict[str, Any]) -> dict[str, str]:
-    from reliq.registry import REGISTRY, Context
+    from reliq.registry import REGISTRY, Context, Handler
 
+    handler: Handler | None = None
     try:
         importlib.import_module(request["m"])
         handler = REGISTRY.get(request["t"])
@@ -280,5 +285,9 @@ def _serve(request: dict[str, Any]) -> dict[str, str]:
         return {"ok": "" if result is None else orjson.dumps(result, default=str).decode()}
     except PermanentError as exc:
         return {"permanent": str(exc)}
+    except Snooze as exc:
+        return {"snooze": repr(exc.seconds)}
     except Exception as exc:
-        return {"error": describe_error(exc)}
+        # the type's retry policy is applied here, where the exception's class is known
+        retried = handler is None or handler.retry.retries(exc)
+        return {"error" if retried else "not_retried": describe_error(exc)}

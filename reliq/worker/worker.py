@@ -22,7 +22,6 @@ import contextlib
 import contextvars
 import logging
 import os
-import random
 import secrets
 import socket
 import time
@@ -33,12 +32,12 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs, tracing
+from reliq import logs, tracing, type_defaults
 from reliq.connection import UNAVAILABLE, describe
-from reliq.errors import HandlerFailed, PermanentError, describe_error
+from reliq.errors import HandlerFailed, PermanentError, Snooze, describe_error
 from reliq.loops import Backoff, cancel_all, reraise_if_cancelled
 from reliq.loopwatch import Culprit, LoopWatch
-from reliq.queue import Claimed, Outcome, Queue
+from reliq.queue import MAX_DELAY_S, Claimed, Outcome, Queue
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
 from reliq.worker import procpool
@@ -61,16 +60,6 @@ BURST_BLOCK_S = 0.05
 HOLD_LOG_S = 10.0
 #: Weight of the newest sample in the running means of run time and claim round trip.
 EWMA = 0.05
-
-
-def retry_delay_ms(failures: int, base: float, cap: float) -> int:
-    """Backoff before the retry after failure number ``failures``: base * 2**(n-1), capped, jittered.
-
-    Half the delay is fixed and half random ("equal jitter"), so retries of many tasks
-    that failed together spread out but never come back sooner than half the backoff.
-    """
-    delay = min(cap, base * 2 ** (failures - 1))
-    return int((delay / 2 + random.uniform(0, delay / 2)) * 1000)
 
 
 class Worker:
@@ -129,7 +118,8 @@ class Worker:
         heartbeat = Heartbeat(s.redis_url, list(self.queues), self.id, s.heartbeat_interval, s.lease, self.status,
                               self.watch)
         if not (await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop)
-                and await self._until_redis(self._declare_limits, stop)):
+                and await self._until_redis(self._declare_limits, stop)
+                and await self._until_redis(self._declare_defaults, stop)):
             heartbeat.stop()
             return True  # stopped while waiting for Redis: it never claimed anything
         heartbeat.start()
@@ -252,6 +242,10 @@ class Worker:
         declared = self.registry.declared_limits()
         for queue in self.queues.values():
             await queue.write_limits("declared", declared)
+
+    async def _declare_defaults(self) -> None:
+        """Write the enqueue defaults the registered types declare to every queue served (reliq/type_defaults.py)."""
+        await type_defaults.register(list(self.queues.values()), self.registry)
 
     def _unqueue(self) -> None:
         """Take back the claimed tasks no runner has started: the release hands them back."""
@@ -413,17 +407,27 @@ class Worker:
             result = await self._call(handler, task, runner)
             text = "" if result is None else orjson.dumps(result, default=str).decode()
             return Outcome(task, "ok", text, _ms_since(start))
+        except Snooze as exc:  # again later, this attempt not spent
+            return Outcome(task, "snooze", str(exc), _ms_since(start), int(min(exc.seconds, MAX_DELAY_S) * 1000))
         except PermanentError as exc:
             return Outcome(task, "permanent", describe_error(exc), _ms_since(start))
         except HandlerFailed as exc:  # in a child process: its error as it was, or how the child died
-            return self._failed(task, "error", str(exc), start)
-        except TimeoutError:
-            return self._failed(task, "timeout", f"timed out after {self._timeout(handler, task):g}s", start)
+            if not exc.retried:  # the child applied the type's policy, knowing the exception's class
+                return Outcome(task, "permanent", str(exc), _ms_since(start))
+            return self._failed(handler, task, "error", str(exc), exc, start, routed=True)
+        except TimeoutError as exc:
+            return self._failed(handler, task, "timeout", f"timed out after {self._timeout(handler, task):g}s",
+                                exc, start)
         except Exception as exc:
-            return self._failed(task, "error", describe_error(exc), start)
+            return self._failed(handler, task, "error", describe_error(exc), exc, start)
 
-    def _failed(self, task: Claimed, kind: str, text: str, start: float) -> Outcome:
-        delay = retry_delay_ms(task.failures + 1, self.settings.retry_base, self.settings.retry_cap)
+    def _failed(self, handler: Handler, task: Claimed, kind: str, text: str, exc: BaseException, start: float,
+                routed: bool = False) -> Outcome:
+        """A failed attempt: dead at once when the type's policy does not retry ``exc``, else its backoff."""
+        policy = handler.retry
+        if not routed and not policy.retries(exc):
+            return Outcome(task, "permanent", text, _ms_since(start))
+        delay = policy.delay_ms(task.failures + 1, exc, self.settings.retry_base, self.settings.retry_cap)
         return Outcome(task, kind, text, _ms_since(start), delay)
 
     def _timeout(self, handler: Handler, task: Claimed) -> float:
