@@ -129,6 +129,37 @@ async def test_settle_error_schedules_retry_in_delayed_set(queue: Queue, redis: 
     assert score is not None and 59_000 < score - now_s * 1000 <= 61_000
 
 
+async def test_settle_snooze_schedules_the_task_again_with_its_attempt_given_back(queue: Queue, redis: Redis) -> None:
+    [a] = await enqueue(queue)
+    [task] = await claim_all(queue)
+    await queue.settle(W, [outcome(task, "snooze", "snoozed for 60s", delay_ms=60_000)])
+    space = await keyspace(redis, queue.name)
+    assert space == {
+        "delayed": [a],
+        "workers": [W],
+        "stats": {"enqueued": "1", "snoozed": "1"},
+        "metrics": space["metrics"],
+        f"task:{a}": record(state="scheduled", queued_at="T", attempts=0, started_at="T", worker=W),
+    }
+    assert space["metrics"]["t|noop|snooze"] == "1"
+    score = await redis.zscore(queue.keys.delayed, a)
+    now_s, _ = await redis.time()
+    assert score is not None and 59_000 < score - now_s * 1000 <= 61_000
+
+
+async def test_enqueue_takes_a_types_max_retries_from_the_types_hash_unless_given(queue: Queue,
+                                                                                 redis: Redis) -> None:
+    await queue.set_type_defaults({"patient": b'{"max_retries":9}'}, [])
+    [a] = await enqueue(queue, type="patient")
+    [b] = await enqueue(queue, type="patient", max_retries=1)
+    [c] = await enqueue(queue, type="noop")
+    space = await keyspace(redis, queue.name)
+    assert space["types"] == {"patient": '{"max_retries":9}'}
+    assert [space[f"task:{i}"]["max_retries"] for i in (a, b, c)] == ["9", "1", "3"]
+    await queue.set_type_defaults({}, ["patient"])
+    assert "types" not in await keyspace(redis, queue.name)  # no type has defaults: no hash, one EXISTS a call
+
+
 async def test_settle_error_after_last_retry_dead_letters_with_reason(queue: Queue, redis: Redis) -> None:
     [a] = await enqueue(queue, max_retries=0)
     [task] = await claim_all(queue)
