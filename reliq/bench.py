@@ -28,7 +28,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from redis.asyncio import Redis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,15 +35,11 @@ from rich.table import Table
 from reliq.client import AsyncClient
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import ConfigError, InvalidTask
-from reliq.keys import QueueKeys
-from reliq.queue import END_STATES
+from reliq.queue import END_STATES, READ_CHUNK, Queue
+from reliq.settings import Settings
 
 #: Task record fields the report is computed from (ms on the Redis server's clock).
 FIELDS = ("state", "enqueued_at", "started_at", "finished_at")
-#: States after which a task will not run again, as HGET returns them.
-END_STATES_RAW = frozenset(state.encode() for state in END_STATES)
-#: Task ids read per pipelined round trip when polling and reading records.
-CHUNK = 2000
 #: Seconds between polls for finished tasks.
 POLL_S = 0.05
 
@@ -156,7 +151,6 @@ class Bench:
     def __init__(self, config: BenchConfig, console: Console | None = None) -> None:
         config.check()
         self.config = config
-        self.keys = QueueKeys(config.queue)
         self.console = console or Console(stderr=True)
         self.tally = _Tally()
         self._body = orjson.dumps({"type": config.type, "payload": config.payload})
@@ -174,12 +168,13 @@ class Bench:
         redis = connect(self.config.redis_url, max_connections=4)
         try:
             await redis.ping()
+            queue = Queue(redis, Settings(redis_url=self.config.redis_url, queue=self.config.queue))
             with self._progress_bar():
                 started = time.perf_counter()
                 await self._enqueue()
                 enqueue_s = time.perf_counter() - started
-                unfinished = await self._wait_finished(redis)
-            records = await read_records(redis, self.keys, self.tally.ids)
+                unfinished = await self._wait_finished(queue)
+            records = await queue.task_fields(self.tally.ids, FIELDS)
         finally:
             await redis.aclose()
         return self._report(enqueue_s, records, unfinished)
@@ -298,7 +293,7 @@ class Bench:
 
     # -- waiting and reading -------------------------------------------------------------
 
-    async def _wait_finished(self, redis: Redis) -> int:
+    async def _wait_finished(self, queue: Queue) -> int:
         """Poll the records of tasks not yet finished, oldest first; return how many never did."""
         left = list(self.tally.ids)
         total = len(left)
@@ -307,7 +302,7 @@ class Bench:
             self._progress.update(self._done_bar, total=total)
         deadline = time.monotonic() + self.config.timeout
         while left and time.monotonic() < deadline:
-            left = await _still_running(redis, self.keys, left)
+            left = await _still_running(queue, left)
             if self._progress is not None:
                 self._progress.update(self._done_bar, completed=total - len(left))
             if left:
@@ -327,7 +322,7 @@ class Bench:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def _report(self, enqueue_s: float, records: list[tuple[Any, ...]], unfinished: int) -> BenchReport:
+    def _report(self, enqueue_s: float, records: list[list[bytes | None]], unfinished: int) -> BenchReport:
         c = self.config
         states: Counter[str] = Counter()
         to_start: list[float] = []
@@ -356,31 +351,16 @@ class Bench:
         )
 
 
-async def _still_running(redis: Redis, keys: QueueKeys, ids: list[str]) -> list[str]:
-    """``ids`` less those finished, checked oldest first: tasks run roughly in arrival
-    order, so the check stops at the first chunk that still has one running."""
-    for i in range(0, len(ids), CHUNK):
-        chunk = ids[i : i + CHUNK]
-        states = await _read(redis, keys, chunk, ("state",))
-        running = [t for t, (s,) in zip(chunk, states, strict=True) if s is not None and s not in END_STATES_RAW]
+async def _still_running(queue: Queue, ids: list[str]) -> list[str]:
+    """``ids`` less those finished (or expired), checked oldest first: tasks run roughly in
+    arrival order, so the check stops at the first chunk that still has one running."""
+    for i in range(0, len(ids), READ_CHUNK):
+        chunk = ids[i : i + READ_CHUNK]
+        running = [t for t, state in zip(chunk, await queue.states(chunk), strict=True)
+                   if state and state not in END_STATES]
         if running:
-            return running + ids[i + CHUNK :]
+            return running + ids[i + READ_CHUNK :]
     return []
-
-
-async def _read(redis: Redis, keys: QueueKeys, ids: Sequence[str], fields: Sequence[str]) -> list[tuple[Any, ...]]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hmget(keys.task(task_id), list(fields))
-        return [tuple(r) for r in await pipe.execute()]
-
-
-async def read_records(redis: Redis, keys: QueueKeys, ids: Sequence[str]) -> list[tuple[Any, ...]]:
-    """(state, enqueued_at, started_at, finished_at) of each id, in pipelined chunks."""
-    out: list[tuple[Any, ...]] = []
-    for i in range(0, len(ids), CHUNK):
-        out += await _read(redis, keys, ids[i : i + CHUNK], FIELDS)
-    return out
 
 
 def render(report: BenchReport, console: Console) -> None:

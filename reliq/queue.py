@@ -1,7 +1,8 @@
 """The queue core: every state transition of a task, each one Lua script call.
 
-Producers, workers, the API and the monitor all go through ``Queue``; none of them
-touches Redis keys directly.
+Producers, workers, the API and the monitor all go through ``Queue`` (blocking
+producers through its twin, :class:`reliq.syncqueue.SyncQueue`); none of them touches
+Redis keys directly, and ``tests/test_layout.py`` keeps it so.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
@@ -275,6 +277,10 @@ class ArchivedTask(TypedDict):
     fields: dict[str, str]
 
 
+#: Task ids read a pipelined round trip by the bulk reads (:meth:`Queue.task_fields` and
+#: :meth:`Queue.records`): a few hundred KB of replies at most, and no Redis stall.
+READ_CHUNK = 2000
+
 _CLAIM_WIDTH = 10  # id + the nine FIELDS of claim.lua
 
 
@@ -370,6 +376,14 @@ class Queue:
     async def unwatch(self, task_id: str, hub: str) -> None:
         """Take ``hub`` out of the task's mark: nobody there waits for it any more."""
         await self._scripts("unwatch", calls.unwatch_keys(self.keys), [task_id, hub])
+
+    async def next_wake(self, hub: str, block_s: float, client: Redis) -> str | None:
+        """Block up to ``block_s`` for a task ``hub`` waits for to end; its id, or None.
+
+        ``client`` is a connection that may block this long (:mod:`reliq.waiting`'s own).
+        """
+        got = await client.blpop([self.keys.wake(hub)], block_s)
+        return text(got[1]) if got else None
 
     # -- working ------------------------------------------------------------------
 
@@ -544,7 +558,7 @@ class Queue:
 
         ``counts`` are metrics increments the beat carries (see :func:`heartbeat_call`).
         """
-        now, known = await self._scripts("heartbeat", *heartbeat_call(self.keys, worker_id, info, ttl_s, counts))
+        now, known = await self._scripts("heartbeat", *heartbeat_call(self.name, worker_id, info, ttl_s, counts))
         return int(now), known == 1
 
     async def reap_round(self, owner: str, lease_s: float, interval_s: float, gap_s: float,
@@ -623,13 +637,6 @@ class Queue:
             out.append((text(entry_id), ArchivedTask(task_id=task_id, evicted_at=int(evicted), fields=fields)))
         return out
 
-    async def records(self, ids: Sequence[str]) -> list[dict[str, str]]:
-        """The whole hash of each task in ``ids`` (empty when gone), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hgetall(self.keys.task(task_id))
-            return [{text(k): text(v) for k, v in raw.items()} for raw in await pipe.execute()]
-
     async def dead_ids(self, start: int = 0, count: int = 50) -> list[str]:
         """Dead-lettered ids, newest first."""
         return [text(i) for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
@@ -643,11 +650,54 @@ class Queue:
     # -- inspection ---------------------------------------------------------------------
 
     async def task_fields(self, ids: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
-        """``fields`` of each task in ``ids``, read in one pipelined round trip."""
+        """``fields`` of each task in ``ids`` (None where absent), :data:`READ_CHUNK` ids a round trip."""
+        return await self._per_task(ids, lambda pipe, key: pipe.hmget(key, list(fields)))
+
+    async def records(self, ids: Sequence[str]) -> list[dict[str, str]]:
+        """The whole hash of each task in ``ids`` (empty when gone), :data:`READ_CHUNK` ids a round trip."""
+        return [{text(k): text(v) for k, v in raw.items()}
+                for raw in await self._per_task(ids, lambda pipe, key: pipe.hgetall(key))]
+
+    async def states(self, ids: Sequence[str]) -> list[str]:
+        """The state of each task in ``ids`` ('' when there is no record)."""
+        return [text(state) if state else "" for state, in await self.task_fields(ids, ["state"])]
+
+    async def _per_task(self, ids: Sequence[str], command: Callable[[Pipeline, str], object]) -> list[Any]:
+        """One command a task hash, pipelined: the replies in the order of ``ids``."""
+        replies: list[Any] = []
+        for start in range(0, len(ids), READ_CHUNK):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for task_id in ids[start : start + READ_CHUNK]:
+                    command(pipe, self.keys.task(task_id))
+                replies += await pipe.execute()
+        return replies
+
+    async def task_ids(self) -> list[str]:
+        """The id of every task record of the queue (a SCAN: for audits and tests, not hot paths)."""
+        prefix = self.keys.task_prefix
+        return [text(key)[len(prefix):] async for key in self.redis.scan_iter(match=prefix + "*", count=1000)]
+
+    async def processing_ids(self, worker_id: str) -> list[str]:
+        """The ids in ``worker_id``'s processing list: what it holds (claimed, or moved in by a BLMOVE)."""
+        return [text(i) for i in await self.redis.lrange(self.keys.processing(worker_id), 0, -1)]
+
+    async def processing_lists(self) -> dict[str, list[str]]:
+        """Every worker's processing list, also of workers no longer registered (a SCAN, as :meth:`task_ids`)."""
+        prefix = self.keys.processing_prefix
+        owners = [text(key)[len(prefix):] async for key in self.redis.scan_iter(match=prefix + "*", count=1000)]
+        return {worker_id: await self.processing_ids(worker_id) for worker_id in owners}
+
+    async def backlog(self) -> tuple[int, int]:
+        """(pending, delayed): how many tasks wait to be claimed, and how many for their time, in one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for task_id in ids:
-                pipe.hmget(self.keys.task(task_id), list(fields))
-            return list(await pipe.execute())
+            pipe.llen(self.keys.pending)
+            pipe.zcard(self.keys.delayed)
+            pending, delayed = await pipe.execute()
+        return int(pending), int(delayed)
+
+    async def worker_ids(self) -> list[str]:
+        """The registered workers (those whose heartbeat the reaper has not yet found silent)."""
+        return [text(w) for w in await self.redis.zrange(self.keys.workers, 0, -1)]
 
     async def metric_counts(self) -> dict[str, int]:
         """The metrics hash written by settle: per-type outcome counts and histogram buckets."""
@@ -692,7 +742,7 @@ class Queue:
         return cast(Snapshot, snap)
 
 
-def heartbeat_call(keys: QueueKeys, worker_id: str, info: dict[str, Any], ttl_s: float,
+def heartbeat_call(queue: str, worker_id: str, info: dict[str, Any], ttl_s: float,
                    counts: dict[str, int] | None = None) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of heartbeat.lua, for the async :meth:`Queue.heartbeat` and the heartbeat thread.
 
@@ -702,6 +752,7 @@ def heartbeat_call(keys: QueueKeys, worker_id: str, info: dict[str, Any], ttl_s:
     args: list[Any] = [worker_id, int(ttl_s * 1000), orjson.dumps(counts or {})]
     for field, value in info.items():
         args += [field, value]
+    keys = QueueKeys(queue)
     return [keys.workers, keys.worker_info(worker_id), keys.metrics], args
 
 

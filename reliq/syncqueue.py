@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import redis
 from redis.exceptions import ResponseError
 
 from reliq import calls
@@ -56,6 +57,11 @@ class SyncQueue:
     def unwatch(self, task_id: str, hub: str) -> None:
         """See :meth:`reliq.queue.Queue.unwatch`."""
         self.redis.script("unwatch", calls.unwatch_keys(self.keys), [task_id, hub])
+
+    def next_wake(self, hub: str, block_s: float, client: redis.Redis) -> str | None:
+        """See :meth:`reliq.queue.Queue.next_wake` (``client``: :meth:`SyncRedis.blocking`'s)."""
+        got = client.blpop([self.keys.wake(hub)], block_s)
+        return calls.text(got[1]) if got else None
 
     def cancel(self, task_id: str) -> str:
         """Cancel a task that has not started; return the state it was in."""

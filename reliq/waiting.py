@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import TaskNotFound, TooManyWaiters
-from reliq.queue import END_STATES, Queue, TaskInfo, text
+from reliq.queue import END_STATES, Queue, TaskInfo
 from reliq.syncqueue import SyncQueue
 
 log = logging.getLogger(__name__)
@@ -144,12 +144,11 @@ class Waiters:
         if self._blocking is None:
             # redis-py must not time out a BLPOP that is still blocking on purpose
             self._blocking = connect(self._url, max_connections=MAX_DISPATCHERS, socket_timeout=BLOCK_S + 5)
-        wake_list = queue.keys.wake(self.hub)
         backoff = FIRST_BACKOFF_S
         try:
             while self._per_queue.get(queue.name):
                 try:
-                    got = await self._blocking.blpop([wake_list], BLOCK_S)
+                    ended = await queue.next_wake(self.hub, BLOCK_S, self._blocking)
                 except UNAVAILABLE as exc:
                     if backoff == FIRST_BACKOFF_S:  # once an outage; waits re-check meanwhile
                         log.warning("waiting for tasks of %r: Redis unavailable (%s); retrying with backoff",
@@ -160,8 +159,8 @@ class Waiters:
                 if backoff != FIRST_BACKOFF_S:
                     log.info("waiting for tasks of %r: Redis is back", queue.name)
                 backoff = FIRST_BACKOFF_S
-                if got:
-                    self._wake((queue.name, text(got[1])))
+                if ended:
+                    self._wake((queue.name, ended))
         finally:
             # no await between the last check of the count and this: a new waiter either
             # kept this loop going or finds no dispatcher and starts one
@@ -203,7 +202,7 @@ def wait_blocking(queue: SyncQueue, task_id: str, timeout: float | None = None) 
             if left <= 0:
                 break
             # at least 10 ms: a BLPOP timeout that rounds to 0 would block for ever
-            if blocking.blpop([queue.keys.wake(hub)], max(left, 0.01)):
+            if queue.next_wake(hub, max(left, 0.01), blocking):
                 marked = False  # the wake-up took the mark
                 break
     finally:

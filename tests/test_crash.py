@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from reliq.queue import Queue, make_spec, text
+from reliq.queue import Queue, make_spec
 from reliq.redis_server import RedisServer, free_port
 from reliq.settings import Settings
 from tests import procs
@@ -25,11 +25,7 @@ async def enqueue_many(queue: Queue, type: str, payloads: list[object], **option
 
 async def states(queue: Queue, ids: list[str]) -> dict[str, str]:
     """task id -> state, read for every id."""
-    async with queue.redis.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hget(queue.keys.task(task_id), "state")
-        raw = await pipe.execute()
-    return {task_id: (s.decode() if s else "missing") for task_id, s in zip(ids, raw, strict=True)}
+    return {task_id: state or "missing" for task_id, state in zip(ids, await queue.states(ids), strict=True)}
 
 
 async def all_in(queue: Queue, ids: list[str], wanted: set[str]) -> bool:
@@ -54,15 +50,17 @@ async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
 ) -> None:
     """Short tasks: the worker holds more than its runners (claimed ahead) when it dies."""
     ids = await enqueue_many(queue, "sleep", [0.001] * 20_000)
-    lists: list[str] = []
+    lists: dict[str, list[str]] = {}
 
     async def holding_ahead() -> bool:
-        lists[:] = [text(k) async for k in queue.redis.scan_iter(match=queue.keys.processing("*"))]
-        return len(lists) == 1 and await queue.redis.llen(lists[0]) > 16
+        lists.clear()
+        lists.update(await queue.processing_lists())
+        return len(lists) == 1 and len(next(iter(lists.values()))) > 16
 
     await a_worker_killed_once(queue, settings, tmp_path / "w1.log", "16", holding_ahead,
                                what="more tasks held than runners", interval=0.002)
-    held = [text(i) for i in await queue.redis.lrange(lists[0], 0, -1)]
+    [owner] = lists
+    held = await queue.processing_ids(owner)  # as the kill left it
     assert len(held) > 16, held
     await a_second_worker_finishes(queue, settings, ids, tmp_path / "w2.log", "16")
     assert {(await queue.get(i))["crashes"] for i in held} == {1}  # charged, run alone, not quarantined

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +30,56 @@ def test_the_admin_commands_load_neither_the_api_nor_the_worker(redis_url: str, 
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     report = json.loads(done.stdout.splitlines()[-1])
     assert report == {"code": 0, "loaded": []}, done.stderr
+
+
+#: The modules that may name Redis keys: the names themselves, the way to Redis (async and
+#: blocking), the script calls both build, and the script loader.
+KEYED = {"reliq/keys.py", "reliq/queue.py", "reliq/syncqueue.py", "reliq/calls.py", "reliq/scripts.py"}
+#: Redis commands that read or write data: called on a client anywhere else, they bypass Queue.
+DATA_COMMANDS = {
+    "get", "set", "delete", "exists", "expire", "keys", "scan", "scan_iter", "type", "hget", "hgetall", "hmget",
+    "hset", "hdel", "hincrby", "lrange", "llen", "lpush", "rpush", "lpop", "rpop", "lrem", "blpop", "brpop",
+    "blmove", "lmove", "zrange", "zcard", "zadd", "zrem", "zscore", "zrangebyscore", "xrange", "xrevrange",
+    "xadd", "xlen", "eval", "evalsha", "pipeline", "execute_command", "script_load", "fcall",
+}
+
+
+def _keyed_uses(path: Path) -> list[str]:
+    """What in ``path`` names a Redis key or sends a data command past Queue, as ``line: what``."""
+    found: list[tuple[int, str]] = []
+    tree = ast.parse(path.read_text(), str(path))
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}  # dict.keys() is fine
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module == "reliq.keys" or (
+                node.module == "reliq" and any(a.name == "keys" for a in node.names))):
+            found.append((node.lineno, "imports reliq.keys"))
+        elif isinstance(node, ast.Attribute) and node.attr == "keys" and id(node) not in called:
+            found.append((node.lineno, f"{ast.unparse(node)}"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("reliq:{"):
+            found.append((node.lineno, f"the key {node.value!r}"))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in DATA_COMMANDS
+              and (node.func.attr == "pipeline" or ast.unparse(node.func.value).split(".")[-1] in (
+                  "redis", "_redis", "_blocking", "blocking"))):
+            found.append((node.lineno, f"{ast.unparse(node.func)}()"))
+    return [f"{line}: {what}" for line, what in sorted(found)]
+
+
+def test_queue_is_the_only_way_to_redis_keys() -> None:
+    """Key names live in keys.py and are used by Queue (and its blocking twin) alone: a
+    module that reads a list itself would miss the next change of the layout."""
+    offenders = {}
+    for path in sorted((ROOT / "reliq").rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        if name not in KEYED and (uses := _keyed_uses(path)):
+            offenders[name] = uses
+    assert offenders == {}
+
+
+def test_the_key_check_sees_what_it_looks_for(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("from reliq.keys import QueueKeys\n"
+                   "async def f(queue):\n"
+                   "    await queue.redis.lrange(queue.keys.pending, 0, -1)\n"
+                   "    return 'reliq:{q}:pending', {}.keys()\n")
+    assert _keyed_uses(bad) == ["1: imports reliq.keys", "3: queue.keys", "3: queue.redis.lrange()",
+                                "4: the key 'reliq:{q}:pending'"]

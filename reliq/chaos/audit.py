@@ -19,7 +19,7 @@ from typing import Any
 from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import FAIL_RETRIES, Accepted
 from reliq.chaos.tasks import POISON
-from reliq.queue import COUNTERS, Queue, text
+from reliq.queue import COUNTERS, Queue
 
 #: States a task can stay in once the run is over (a chaos run cancels nothing).
 CHAOS_END_STATES = ("succeeded", "dead")
@@ -71,33 +71,21 @@ class RedisState:
     metrics: dict[str, int]
 
 
-async def _scan(queue: Queue, prefix: str) -> list[str]:
-    return [text(k)[len(prefix):] async for k in queue.redis.scan_iter(match=prefix + "*", count=1000)]
-
-
 async def collect(queue: Queue) -> RedisState:
     """Read the queue's whole final state."""
-    k, r = queue.keys, queue.redis
-    ids = await _scan(queue, k.task_prefix)
-    records: dict[str, dict[str, str]] = {}
-    async with r.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hgetall(k.task(task_id))
-        for task_id, raw in zip(ids, await pipe.execute(), strict=True):
-            records[task_id] = {text(f): text(v) for f, v in raw.items() if f != b"payload"}
-    processing = {}
-    for worker_id in await _scan(queue, k.processing_prefix):
-        processing[worker_id] = [text(i) for i in await r.lrange(k.processing(worker_id), 0, -1)]
+    ids = await queue.task_ids()
+    records = {task_id: {f: v for f, v in record.items() if f != "payload"}
+               for task_id, record in zip(ids, await queue.records(ids), strict=True)}
     snap = await queue.snapshot()
     return RedisState(
         records=records,
-        dead=[text(i) for i in await r.lrange(k.dead, 0, -1)],
+        dead=await queue.dead_ids(0, snap["dead_letter"]),
         pending=snap["pending"],
         delayed=snap["delayed"],
-        processing=processing,
-        workers=[text(w) for w in await r.zrange(k.workers, 0, -1)],
+        processing=await queue.processing_lists(),
+        workers=await queue.worker_ids(),
         counters={c: int(snap[c]) for c in COUNTERS},  # type: ignore[literal-required]
-        metrics={text(f): int(v) for f, v in (await r.hgetall(k.metrics)).items()},
+        metrics=await queue.metric_counts(),
     )
 
 

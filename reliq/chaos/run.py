@@ -22,7 +22,7 @@ from reliq.chaos.load import Load
 from reliq.chaos.report import render
 from reliq.connection import UNAVAILABLE, connect
 from reliq.loops import cancel_all
-from reliq.queue import Queue, text
+from reliq.queue import Queue
 from reliq.settings import Settings
 
 
@@ -150,11 +150,6 @@ async def _drained(queue: Queue, ids: list[str], cluster: Cluster) -> bool:
     if snap["pending"] or snap["delayed"] or snap["processing"]:
         return False
     live = cluster.live_pids()
-    workers = [text(w) for w in await queue.redis.zrange(queue.keys.workers, 0, -1)]
-    if any(worker_pid(w) not in live for w in workers):
+    if any(worker_pid(w) not in live for w in await queue.worker_ids()):
         return False
-    async with queue.redis.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hget(queue.keys.task(task_id), "state")
-        states = await pipe.execute()
-    return all(s is not None and s.decode() in CHAOS_END_STATES for s in states)
+    return all(state in CHAOS_END_STATES for state in await queue.states(ids))

@@ -22,7 +22,7 @@ from collections.abc import Container, Sequence
 
 from reliq.loops import cancel_all
 from reliq.pausing import RECHECK_S
-from reliq.queue import Claimed, Queue, Take, text
+from reliq.queue import Claimed, Queue, Take
 
 
 class Fetcher:
@@ -119,8 +119,7 @@ class Fetcher:
         for queue in self.queues:
             if queue.name in self._waiters:
                 continue  # its BLMOVE may have moved an id in: adopting it too would claim it twice
-            for raw in await queue.redis.lrange(queue.keys.processing(self.worker_id), 0, -1):
-                task_id = text(raw)
+            for task_id in await queue.processing_ids(self.worker_id):
                 if task_id not in known:
                     got, _ = await queue.claim(self.worker_id, 1, task_id, held + len(tasks))
                     tasks += got
@@ -129,11 +128,7 @@ class Fetcher:
     async def empty(self) -> bool:
         """Whether every queue has nothing pending and nothing delayed (for burst mode)."""
         for queue in self.queues:
-            async with queue.redis.pipeline(transaction=False) as pipe:
-                pipe.llen(queue.keys.pending)
-                pipe.zcard(queue.keys.delayed)
-                pending, delayed = await pipe.execute()
-            if pending or delayed:
+            if any(await queue.backlog()):
                 return False
         return True
 

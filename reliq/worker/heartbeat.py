@@ -24,7 +24,6 @@ from typing import Any
 from redis import Redis as SyncRedis
 
 from reliq.connection import connect_sync
-from reliq.keys import QueueKeys
 from reliq.loops import Backoff
 from reliq.loopwatch import LoopWatch
 from reliq.queue import heartbeat_call
@@ -50,7 +49,7 @@ class Heartbeat:
     def __init__(self, redis_url: str, queues: Sequence[str], worker_id: str, interval: float, lease: float,
                  status: Callable[[], dict[str, Any]], watch: LoopWatch | None = None) -> None:
         self.redis_url = redis_url
-        self.keys = [QueueKeys(q) for q in queues]
+        self.queues = list(queues)
         self.worker_id = worker_id
         self.interval = interval
         self.lease = lease
@@ -75,14 +74,14 @@ class Heartbeat:
             self._scripts = SyncScripts(self._redis)
         info = {**self.static, **self.status()}
         alive = True
-        for i, keys in enumerate(self.keys):
-            counts = self.watch.take_counts(keys.queue, first=i == 0) if self.watch else {}
+        for i, queue in enumerate(self.queues):
+            counts = self.watch.take_counts(queue, first=i == 0) if self.watch else {}
             try:
-                _, known = self._scripts("heartbeat", *heartbeat_call(keys, self.worker_id, info, self.lease * 2,
+                _, known = self._scripts("heartbeat", *heartbeat_call(queue, self.worker_id, info, self.lease * 2,
                                                                        counts))
             except BaseException:
                 if self.watch and counts:
-                    self.watch.put_back(keys.queue, counts)
+                    self.watch.put_back(queue, counts)
                 raise
             alive = alive and (known == 1 or self.beats == 0)
         self.beats += 1
