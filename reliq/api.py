@@ -40,7 +40,8 @@ MAX_BATCH = 1000
 RETRY_FULL_S = 5
 #: Longest idempotency key, in the header or the body.
 MAX_IDEMPOTENCY_KEY = 200
-#: Queue objects the API keeps at most (a name is cheap, but not free).
+#: Queue objects the API keeps at most (a name is cheap, but not free), each with its
+#: coalescers: past it the oldest but the default queue's go (made again if asked for).
 MAX_QUEUES = 1000
 
 #: (task id, created now, replicas that confirmed it)
@@ -54,7 +55,8 @@ class Producer:
         self.redis: Redis = queue.redis
         self.settings: Settings = queue.settings
         self._queues: dict[str, Queue] = {queue.name: queue}
-        self._coalescers: dict[tuple[str, str], Coalescer[TaskSpec, Result]] = {}
+        #: queue name -> durability -> its coalescer; only of names in ``_queues``, evicted with them
+        self._coalescers: dict[str, dict[str, Coalescer[TaskSpec, Result]]] = {}
         self.waiters = Waiters(self.settings.redis_url, self.settings.max_waiters)
 
     def queue(self, name: Any) -> Queue:
@@ -67,7 +69,9 @@ class Producer:
             raise InvalidTask(str(exc)) from None
         if name not in self._queues:
             if len(self._queues) >= MAX_QUEUES:
-                self._queues.pop(next(k for k in self._queues if k != self.settings.queue))
+                oldest = next(k for k in self._queues if k != self.settings.queue)
+                del self._queues[oldest]
+                self._coalescers.pop(oldest, None)  # a batch in flight finishes: its drain holds it
             self._queues[name] = Queue(self.redis, self.settings, name)
         return self._queues[name]
 
@@ -82,10 +86,15 @@ class Producer:
 
     async def submit(self, queue: Queue, spec: TaskSpec, durability: str) -> Result:
         """Enqueue one task, sharing the round trip with concurrent requests."""
-        key = (queue.name, durability)
-        if key not in self._coalescers:
-            self._coalescers[key] = Coalescer(lambda specs: self.send(queue, specs, durability), MAX_BATCH)
-        return await self._coalescers[key].submit(spec)
+        lanes = self._coalescers.get(queue.name)
+        if lanes is None:
+            if queue.name not in self._queues:
+                self.queue(queue.name)  # evicted since the request looked it up: cached again, bounded
+            lanes = self._coalescers[queue.name] = {}
+        coalescer = lanes.get(durability)
+        if coalescer is None:
+            coalescer = lanes[durability] = Coalescer(lambda specs: self.send(queue, specs, durability), MAX_BATCH)
+        return await coalescer.submit(spec)
 
 
 PRODUCER = web.AppKey("producer", Producer)

@@ -74,10 +74,6 @@ class PermanentError(ReliqError):
     """Raise from a handler to dead-letter the task at once, without retries."""
 
 
-class TaskTimeout(ReliqError):
-    """A handler ran past its timeout."""
-
-
 class HandlerFailed(ReliqError):
     """A handler failed outside the worker's process (``isolation="process"``).
 

@@ -56,10 +56,3 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
-
-def id_time_ms(task_id: str) -> int:
-    """The creation time (ms since the epoch) encoded in a task id."""
-    value = 0
-    for ch in task_id[:10]:
-        value = value * 32 + _ALPHABET.index(ch)
-    return value

@@ -89,7 +89,8 @@ class Settings:
     heartbeat_interval: float = 2.0
     #: How often a worker moves due delayed tasks (retries, scheduled) into pending.
     promote_interval: float = 0.1
-    #: How often a worker looks for dead workers (one at a time, under a lock).
+    #: How often a worker looks for dead workers (one round a queue at a time, under a lock
+    #: in ``reap_scan.lua``), and trims succeeded records and, with a cap, dead letters.
     reap_interval: float = 1.0
     #: A worker logs a warning (task type and id) when a handler holds its event loop this long.
     loop_block_warn: float = 1.0
@@ -189,7 +190,7 @@ class Settings:
         return pairs
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied (used by tests and ``reliq all``)."""
+        """A copy with ``changes`` applied (the clients' own URL and queue; tests)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -9,8 +9,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
+from reliq import api
 from reliq.connection import connect
-from reliq.queue import Queue
+from reliq.queue import Queue, make_spec
 from reliq.redis_server import free_port
 from reliq.settings import Settings
 from tests.keyspace import keyspace
@@ -177,3 +178,27 @@ async def test_an_unknown_query_parameter_is_a_400_not_ignored(http: TestClient)
     assert resp.status == 400 and "'queu'" in (await resp.json())["error"]
     assert (await http.delete("/task/abc", params={"wait": "1"})).status == 400
     assert (await http.get("/task/abc", params={"queue": "", "wait": "0"})).status == 404
+
+
+async def test_the_queue_cache_and_its_coalescers_stay_bounded(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer naming ever new queues: each one's tasks land, and the API keeps at most
+    MAX_QUEUES queues and the coalescers of those alone (once, neither was evicted)."""
+    monkeypatch.setattr(api, "MAX_QUEUES", 3)
+    producer = api.Producer(queue)
+    sent = {}
+    for i in range(8):
+        name = f"{queue.name}-{i}"
+        target = producer.queue(name)
+        sent[name], _, _ = await producer.submit(target, make_spec("t", i), "memory")
+        assert len(producer._queues) <= 3 and queue.name in producer._queues
+        assert set(producer._coalescers) <= set(producer._queues)
+    for name, task_id in sent.items():
+        assert (await Queue(queue.redis, queue.settings, name).get(task_id))["state"] == "pending"
+    # a queue evicted between the lookup and the submit comes back, coalescers and all
+    stale = producer.queue(f"{queue.name}-old")
+    for i in range(3):
+        producer.queue(f"{queue.name}-new-{i}")
+    assert stale.name not in producer._queues
+    task_id, _, _ = await producer.submit(stale, make_spec("t", "late"), "memory")
+    assert stale.name in producer._queues and set(producer._coalescers) <= set(producer._queues)
+    assert (await stale.get(task_id))["payload"] == "late"

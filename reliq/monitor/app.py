@@ -41,10 +41,8 @@ class Watched:
 
 #: Every queue the monitor shows, by name; the first is the default of ``?queue=``.
 WATCHED = web.AppKey("watched", dict[str, Watched])
-#: The first queue's objects (what a single-queue monitor serves).
-QUEUE = web.AppKey("queue", Queue)
+#: The first queue's sampler (what a single-queue monitor serves).
 SAMPLER = web.AppKey("sampler", Sampler)
-REPLAYS = web.AppKey("replays", Replays)
 
 STATIC = Path(__file__).parent.parent / "static"
 #: Highest replay rate accepted, tasks/s (beyond it, leave the rate out: no limit).
@@ -439,8 +437,7 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     names = [queue.name, *(n for n, _ in settings.weighted_queues() if n != queue.name)]
     all_ = {n: Queue(queue.redis, settings, n) if n != queue.name else queue for n in names}
     app[WATCHED] = {n: Watched(q, Sampler(q), Replays(q)) for n, q in all_.items()}
-    first = app[WATCHED][queue.name]
-    app[QUEUE], app[SAMPLER], app[REPLAYS] = first.queue, first.sampler, first.replays
+    app[SAMPLER] = app[WATCHED][queue.name].sampler
     app.cleanup_ctx.append(_background)
     app.on_shutdown.append(_release_streams)
     r = app.router

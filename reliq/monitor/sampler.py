@@ -40,9 +40,9 @@ RATE_WINDOW_S = 10
 LATENCY_WINDOW_S = 60
 #: Counters turned into per-second rates.
 RATED = ("enqueued", "succeeded", "failed", "dead")
-#: Fields of a history point, in order (also sent to the page as ``point_fields``).
 #: Task types the per-type table shows at most (the busiest first).
 MAX_TYPES = 25
+#: Fields of a history point, in order (GET /history sends them to the page as ``fields``).
 POINT_FIELDS = ("t", "pending", "processing", "delayed", "dead_letter", "succeeded_s", "failed_s", "enqueued_s")
 
 

@@ -70,7 +70,6 @@ class Worker:
                  strict: bool = False) -> None:
         weighted = [(queues, 1)] if isinstance(queues, Queue) else list(queues)
         self.queues = {q.name: q for q, _ in weighted}
-        self.queue = weighted[0][0]
         self.settings = settings
         self.registry = registry
         self._retentions = registry.retentions()  # types keeping succeeded records their own way
