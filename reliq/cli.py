@@ -17,25 +17,46 @@ import reliq.shell
 from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
 from reliq.monitor.deadletter import DeadFilter
-from reliq.settings import Settings, check_queue_name
+from reliq.settings import DURABILITIES, Settings, check_queue_name
 
 F = Callable[..., Any]
+
+#: What a flag left out stands for: the help shows these, never a number typed again.
+DEFAULTS = Settings()
+
+
+def _default(name: str, zero: str = "") -> str:
+    """The default of setting ``name`` as the help shows it (``zero``: what 0 means there)."""
+    value = getattr(DEFAULTS, name)
+    if zero and not value:
+        return f"0 = {zero}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _redis_url(fn: F) -> F:
+    """``--redis-url``, the same for every command."""
+    return click.option("--redis-url", help=f"Redis URL [env REDIS_URL; default {_default('redis_url')}]")(fn)
+
+
+def _queue(fn: F) -> F:
+    """``--queue`` for commands that act on one queue."""
+    return click.option("--queue", help=f"Queue name [env RELIQ_QUEUE; default {_default('queue')!r}]")(fn)
+
+
+def _one_queue(fn: F) -> F:
+    """``--redis-url`` and ``--queue``: which queue of which Redis a command acts on."""
+    return _redis_url(_queue(fn))
 
 
 def _common(fn: F) -> F:
     """Options every role takes."""
-    fn = click.option("--redis-url", help="Redis URL [env REDIS_URL; default redis://localhost:6379/0]")(fn)
+    fn = _redis_url(fn)
     fn = click.option("--log-level", default="INFO", show_default=True,
                       type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))(fn)
     fn = click.option("--log-format", default="text", show_default=True, envvar="RELIQ_LOG_FORMAT",
                       type=click.Choice(logs.FORMATS, case_sensitive=False),
                       help="Log lines as text, or one JSON object a line [env RELIQ_LOG_FORMAT]")(fn)
     return fn
-
-
-def _one_queue(fn: F) -> F:
-    """``--queue`` for roles that act on one queue."""
-    return click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
 
 
 def _private_option(fn: F) -> F:
@@ -51,36 +72,44 @@ def _private_option(fn: F) -> F:
                              "RELIQ_READ_TOKEN for reads only) [env RELIQ_PRIVATE]")(fn)
 
 
+def _setting(flag: str, help: str, dest: str = "", zero: str = "", **kwargs: Any) -> Callable[[F], F]:
+    """An option setting the Settings field ``dest`` (by default the flag's name), whose help
+    ends with that field's default (``zero``: what 0 means there)."""
+    name = dest or flag.removeprefix("--").replace("-", "_")
+    return click.option(flag, name, help=f"{help} [{_default(name, zero)}]", **kwargs)
+
+
 def _worker_options(fn: F) -> F:
     """Options of the worker pool (``work`` and ``all``)."""
-    for decorator in reversed([
+    positive = click.FloatRange(min=0, min_open=True)
+    decorators: list[Callable[[F], F]] = [
         click.option("--queue", "queues", multiple=True,
                      help="Queue to serve: NAME or NAME=WEIGHT, repeatable (e.g. --queue critical=6 "
-                          "--queue default=3 --queue low=1) [env RELIQ_QUEUES; default 'default']"),
+                          f"--queue default=3 --queue low=1) [env RELIQ_QUEUES; default {_default('queue')!r}]"),
         click.option("--strict", is_flag=True, default=None,
                      help="Serve the queues in strict order of weight instead of weighted random"),
-        click.option("--concurrency", type=click.IntRange(1), help="Tasks run at once [default 64]"),
+        _setting("--concurrency", "Tasks run at once", type=click.IntRange(1)),
         click.option("--app", "apps", multiple=True, help="Module registering handlers (repeatable)"),
-        click.option("--drain-timeout", type=float, help="Seconds to let tasks finish on SIGTERM [30]"),
-        click.option("--task-timeout", type=float, help="Default per-task timeout, seconds [300]"),
-        click.option("--max-retries", type=click.IntRange(0), help="Retries before dead-lettering [3]"),
-        click.option("--retry-base", type=float, help="Backoff base, seconds [1]"),
-        click.option("--lease", type=float, help="Seconds of silence before a worker is taken for dead [15]"),
-        click.option("--heartbeat-interval", type=float, help="Seconds between heartbeats [2]"),
-        click.option("--crash-limit", type=click.IntRange(1), help="Solo crashes before quarantine [3]"),
-        click.option("--keep-succeeded", type=click.IntRange(0),
-                     help="Succeeded records a queue keeps, the oldest deleted first, counted [1000000]"),
-        click.option("--result-ttl", type=click.FloatRange(min=0, min_open=True),
-                     help="Seconds succeeded (and cancelled) records are kept, counted when deleted [86400]"),
-        click.option("--dead-cap", type=click.IntRange(0),
-                     help="Dead tasks kept before the oldest move to the archive [0 = no cap]"),
-        click.option("--dead-archive-cap", type=click.IntRange(1),
-                     help="Entries the dead-letter archive keeps; older ones are deleted, counted [100000]"),
-        click.option("--loop-block-warn", type=click.FloatRange(min=0, min_open=True),
-                     help="Warn when a handler holds the event loop this many seconds [1]"),
-        click.option("--process-pool", type=click.IntRange(0),
-                     help="Child processes for isolation='process' handlers [0 = one per core]"),
-    ]):
+        _setting("--drain-timeout", "Seconds to let tasks finish on SIGTERM", type=float),
+        _setting("--task-timeout", "Default per-task timeout, seconds", type=float),
+        _setting("--max-retries", "Retries before dead-lettering", type=click.IntRange(0)),
+        _setting("--retry-base", "Backoff base, seconds", type=float),
+        _setting("--lease", "Seconds of silence before a worker is taken for dead", type=float),
+        _setting("--heartbeat-interval", "Seconds between heartbeats", type=float),
+        _setting("--crash-limit", "Solo crashes before quarantine", type=click.IntRange(1)),
+        _setting("--keep-succeeded", "Succeeded records a queue keeps, the oldest deleted first, counted",
+                 type=click.IntRange(0)),
+        _setting("--result-ttl", "Seconds succeeded (and cancelled) records are kept, counted when deleted",
+                 type=positive),
+        _setting("--dead-cap", "Dead tasks kept before the oldest move to the archive", zero="no cap",
+                 type=click.IntRange(0)),
+        _setting("--dead-archive-cap", "Entries the dead-letter archive keeps; older ones are deleted, counted",
+                 type=click.IntRange(1)),
+        _setting("--loop-block-warn", "Warn when a handler holds the event loop this many seconds", type=positive),
+        _setting("--process-pool", "Child processes for isolation='process' handlers", zero="one per core",
+                 type=click.IntRange(0)),
+    ]
+    for decorator in reversed(decorators):
         fn = decorator(fn)
     return fn
 
@@ -106,7 +135,7 @@ def main() -> None:
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty (for scripts and tests)")
 @click.option("--processes", default="1", envvar="RELIQ_PROCESSES", show_default=True,
               help="Worker processes to run and supervise, or 'auto' for one per core [env RELIQ_PROCESSES]")
-@click.option("--health-port", type=click.IntRange(0, 65535), help="Serve GET /healthz on this port [off]")
+@_setting("--health-port", "Serve GET /healthz on this port", zero="off", type=click.IntRange(0, 65535))
 def work(log_level: str, log_format: str, burst: bool, processes: str, **flags: Any) -> None:
     """Run a worker process, or supervise several (--processes)."""
     from reliq.worker import supervisor
@@ -125,19 +154,19 @@ def _listen_options(fn: F) -> F:
     """Where an HTTP role listens, and the rule that guards non-loopback addresses."""
     fn = click.option("--insecure", is_flag=True, default=None,
                       help="Allow a non-loopback --host without RELIQ_API_TOKEN")(fn)
-    return click.option("--host", help="Address to listen on [127.0.0.1]")(fn)
+    return _setting("--host", "Address to listen on")(fn)
 
 
 def _producer_options(fn: F) -> F:
     """Options of the producer API (``serve`` and ``all``)."""
     for decorator in reversed([
-        click.option("--max-body", type=click.IntRange(1), help="Largest request body in bytes [1 MiB]"),
-        click.option("--max-pending", type=click.IntRange(0),
-                     help="Pending tasks a queue may hold before POST /task answers 429 [0 = off]"),
-        click.option("--max-memory-ratio", type=click.FloatRange(0, 1, min_open=True),
-                     help="Refuse new tasks (507) past this share of Redis's maxmemory [0.9]"),
-        click.option("--durability", type=click.Choice(["memory", "replicated"]),
-                     help="Default durability: Redis acknowledged, or WAIT for a replica [memory]"),
+        _setting("--max-body", "Largest request body in bytes", type=click.IntRange(1)),
+        _setting("--max-pending", "Pending tasks a queue may hold before POST /task answers 429", zero="off",
+                 type=click.IntRange(0)),
+        _setting("--max-memory-ratio", "Refuse new tasks (507) past this share of Redis's maxmemory",
+                 type=click.FloatRange(0, 1, min_open=True)),
+        _setting("--durability", "Default durability: Redis acknowledged, or WAIT for a replica",
+                 type=click.Choice(DURABILITIES)),
     ]):
         fn = decorator(fn)
     return fn
@@ -145,9 +174,9 @@ def _producer_options(fn: F) -> F:
 
 @main.command()
 @_common
-@_one_queue
+@_queue
 @_listen_options
-@click.option("--port", "api_port", type=int, help="Port [8085]")
+@_setting("--port", "Port", dest="api_port", type=int)
 @_producer_options
 def serve(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the producer API."""
@@ -158,11 +187,11 @@ def serve(log_level: str, log_format: str, **flags: Any) -> None:
 
 @main.command()
 @_common
-@_one_queue
+@_queue
 @_listen_options
-@click.option("--port", "monitor_port", type=int, help="Port [8082]")
-@click.option("--target-lag", type=click.FloatRange(min=0, min_open=True),
-              help="Lag, seconds, that reliq_desired_workers aims to keep the queue under [10]")
+@_setting("--port", "Port", dest="monitor_port", type=int)
+@_setting("--target-lag", "Lag, seconds, that reliq_desired_workers aims to keep the queue under",
+          type=click.FloatRange(min=0, min_open=True))
 @_private_option
 def monitor(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the monitor (dashboard, /stats, /metrics)."""
@@ -176,8 +205,8 @@ def monitor(log_level: str, log_format: str, **flags: Any) -> None:
 @_worker_options
 @_listen_options
 @_producer_options
-@click.option("--api-port", type=int, help="Producer API port [8085]")
-@click.option("--monitor-port", type=int, help="Monitor port [8082]")
+@_setting("--api-port", "Producer API port", type=int)
+@_setting("--monitor-port", "Monitor port", type=int)
 @_private_option
 def all_(log_level: str, log_format: str, **flags: Any) -> None:
     """Run the API, the monitor and a worker in one process."""
@@ -188,8 +217,7 @@ def all_(log_level: str, log_format: str, **flags: Any) -> None:
 
 @main.command()
 @click.option("--url", default="http://127.0.0.1:8085", show_default=True, help="Producer API to drive")
-@click.option("--redis-url", help="Redis the tasks land in, to read their records [env REDIS_URL]")
-@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@_one_queue
 @click.option("--tasks", type=click.IntRange(1), default=10_000, show_default=True, help="Tasks to send")
 @click.option("--duration", type=float, help="Send for this many seconds instead of --tasks")
 @click.option("--concurrency", type=click.IntRange(1), default=64, show_default=True,
@@ -251,13 +279,13 @@ def _limit(wait: float | None) -> float | None:
 @main.command()
 @click.argument("type_", metavar="TYPE")
 @click.argument("payload", required=False, metavar="[PAYLOAD-JSON]")
-@click.option("--redis-url", help="Redis URL [env REDIS_URL]")
-@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@_one_queue
 @click.option("--delay", type=float, help="Run it this many seconds from now")
 @click.option("--run-at", help="Run it at this RFC 3339 time, e.g. 2030-01-02T03:04:05Z (wins over --delay)")
 @click.option("--idempotency-key", help="Enqueue once per key: a repeat prints the first task's id")
-@click.option("--max-retries", type=int, help="Retries before dead-lettering [3]")
-@click.option("--timeout", type=float, help="The task's timeout, seconds [its type's, else 300]")
+@_setting("--max-retries", "Retries before dead-lettering", type=int)
+@click.option("--timeout", type=float,
+              help=f"The task's timeout, seconds [its type's, else {_default('task_timeout')}]")
 @_wait_option("print its result (exit 0) or its error (exit 1)")
 def enqueue(type_: str, payload: str | None, redis_url: str | None, queue: str | None, wait: float | None,
             **options: Any) -> None:
@@ -268,8 +296,7 @@ def enqueue(type_: str, payload: str | None, redis_url: str | None, queue: str |
 
 @main.command()
 @click.argument("task_id", metavar="ID")
-@click.option("--redis-url", help="Redis URL [env REDIS_URL]")
-@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@_one_queue
 @_wait_option("print its record")
 def task(task_id: str, redis_url: str | None, queue: str | None, wait: float | None) -> None:
     """Print a task's record as JSON (exit 1 if there is none)."""
@@ -302,8 +329,7 @@ def _confirm(yes: bool) -> Callable[[str], bool]:
 
 
 @main.command()
-@click.option("--redis-url", help="Redis URL [env REDIS_URL]")
-@click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")
+@_one_queue
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
 def stats(redis_url: str | None, queue: str | None, as_json: bool) -> None:
     """Print the queue's depths, lag, workers and counters."""
@@ -326,7 +352,7 @@ def _pause_target(queue: str, type_: str | None) -> str:
 def _pause_command(resume: bool) -> F:
     @click.argument("queue")
     @click.option("--type", "type_", help="Only this task type (the rest of the queue runs on)")
-    @click.option("--redis-url", help="Redis URL [env REDIS_URL]")
+    @_redis_url
     def command(queue: str, type_: str | None, redis_url: str | None) -> None:
         _exit(reliq.admin.pause(_admin_settings(redis_url, _pause_target(queue, type_)), type_, resume=resume))
 
@@ -342,11 +368,6 @@ main.command(name="resume", help="Resume QUEUE (or one --type of it): workers cl
 @main.group()
 def dlq() -> None:
     """Inspect, requeue and purge the dead-letter queue."""
-
-
-def _dlq_common(fn: F) -> F:
-    fn = click.option("--redis-url", help="Redis URL [env REDIS_URL]")(fn)
-    return click.option("--queue", help="Queue name [env RELIQ_QUEUE; default 'default']")(fn)
 
 
 @main.group()
@@ -373,7 +394,7 @@ def _off(value: str | None) -> Any:
 @click.option("--key-concurrency", help="Most tasks of one key running at once; 'off' for no bound")
 @click.option("--ordered/--no-ordered", default=None,
               help="Run each key's tasks strictly in enqueue order (needs --key-concurrency 1)")
-@_dlq_common
+@_one_queue
 def limit_set(type_: str, rate: str | None, key_concurrency: str | None, ordered: bool | None,
               redis_url: str | None, queue: str | None) -> None:
     """Set limits of task type TYPE; what is not given stays as it is."""
@@ -396,7 +417,7 @@ def limit_set(type_: str, rate: str | None, key_concurrency: str | None, ordered
 
 
 @limit.command(name="show")
-@_dlq_common
+@_one_queue
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
 def limit_show(redis_url: str | None, queue: str | None, as_json: bool) -> None:
     """Print the limits of every type of the queue that has some."""
@@ -405,14 +426,14 @@ def limit_show(redis_url: str | None, queue: str | None, as_json: bool) -> None:
 
 @limit.command(name="clear")
 @click.argument("type_", metavar="TYPE")
-@_dlq_common
+@_one_queue
 def limit_clear(type_: str, redis_url: str | None, queue: str | None) -> None:
     """Drop the run-time limits of TYPE: what its code declares applies again."""
     _exit(reliq.admin.limit_clear(_admin_settings(redis_url, queue), _limit_type(type_)))
 
 
 @dlq.command(name="list")
-@_dlq_common
+@_one_queue
 @_dead_filter
 @click.option("--page", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--per-page", type=click.IntRange(1, 500), default=20, show_default=True)
@@ -425,7 +446,7 @@ def dlq_list(redis_url: str | None, queue: str | None, type_: str | None, reason
 
 
 @dlq.command(name="show")
-@_dlq_common
+@_one_queue
 @click.argument("task_id")
 def dlq_show(redis_url: str | None, queue: str | None, task_id: str) -> None:
     """Print one dead task's record (payload, error, timestamps) as JSON."""
@@ -440,7 +461,7 @@ def _json_payload(raw: str) -> Any:
 
 
 @dlq.command(name="requeue")
-@_dlq_common
+@_one_queue
 @_dead_filter
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every dead task (narrow with --type/--reason)")
@@ -460,7 +481,7 @@ def dlq_requeue(redis_url: str | None, queue: str | None, ids: tuple[str, ...], 
 
 
 @dlq.command(name="edit")
-@_dlq_common
+@_one_queue
 @click.argument("task_id")
 @click.option("--payload", required=True, help="The new payload, as JSON")
 def dlq_edit(redis_url: str | None, queue: str | None, task_id: str, payload: str) -> None:
@@ -469,7 +490,7 @@ def dlq_edit(redis_url: str | None, queue: str | None, task_id: str, payload: st
 
 
 @dlq.command(name="export")
-@_dlq_common
+@_one_queue
 @_dead_filter
 @click.option("--archived", is_flag=True, help="Also the tasks evicted past the cap into the archive")
 def dlq_export(redis_url: str | None, queue: str | None, type_: str | None, reason: str | None,
@@ -479,7 +500,7 @@ def dlq_export(redis_url: str | None, queue: str | None, type_: str | None, reas
 
 
 @dlq.command(name="import")
-@_dlq_common
+@_one_queue
 @click.argument("file", type=click.File("rb"))
 def dlq_import(redis_url: str | None, queue: str | None, file: Any) -> None:
     """Dead-letter again the tasks of an export FILE ('-' for stdin); ids that exist are skipped.
@@ -490,7 +511,7 @@ def dlq_import(redis_url: str | None, queue: str | None, file: Any) -> None:
 
 
 @dlq.command(name="purge")
-@_dlq_common
+@_one_queue
 @_dead_filter
 @click.argument("ids", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every dead task (narrow with --type/--reason)")
