@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from reliq.keys import QueueKeys
 from tests.procs import ROOT
 
 #: Modules an admin command has no use for: the HTTP roles and the worker.
@@ -83,3 +84,32 @@ def test_the_key_check_sees_what_it_looks_for(tmp_path: Path) -> None:
                    "    return 'reliq:{q}:pending', {}.keys()\n")
     assert _keyed_uses(bad) == ["1: imports reliq.keys", "3: queue.keys", "3: queue.redis.lrange()",
                                 "4: the key 'reliq:{q}:pending'"]
+
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def test_every_module_and_script_is_named_in_the_architecture() -> None:
+    """docs/architecture.md lists each module (as its path under reliq/) and each Lua script."""
+    text = ARCHITECTURE.read_text()
+    modules = [p.relative_to(ROOT / "reliq").as_posix() for p in sorted((ROOT / "reliq").rglob("*.py"))]
+    scripts = [p.name for p in sorted((ROOT / "reliq" / "lua").glob("*.lua"))]
+    missing = [name for name in [*modules, *scripts] if f"`{name}`" not in text]
+    assert missing == [], f"name these in {ARCHITECTURE.relative_to(ROOT)}: {missing}"
+
+
+def test_every_redis_key_is_in_the_architectures_layout() -> None:
+    """Each key keys.py names (a prefix stands for its keys) has its row in the Redis layout."""
+    section = ARCHITECTURE.read_text().partition("## Redis layout")[2].partition("\n## ")[0]
+    keys = QueueKeys("Q")
+    names = []
+    for attr in dir(QueueKeys):
+        value = getattr(QueueKeys, attr)
+        if attr.startswith("_") or attr in ("base", "queue"):
+            continue
+        if isinstance(value, property):
+            names.append(getattr(keys, attr))
+        elif callable(value) and not hasattr(QueueKeys, f"{attr}_prefix"):
+            names.append(getattr(keys, attr)("<x>").partition("<x>")[0])  # e.g. worker_info: reliq:{Q}:worker:
+    missing = [name for name in names if f"`{name}" not in section]
+    assert missing == [], f"add these keys to the Redis layout of {ARCHITECTURE.relative_to(ROOT)}: {missing}"
