@@ -24,6 +24,7 @@ from redis.exceptions import ResponseError
 from reliq import calls, pausing, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
+from reliq.formats import CLAIM_WIDTH
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
@@ -281,8 +282,6 @@ class ArchivedTask(TypedDict):
 #: :meth:`Queue.records`): a few hundred KB of replies at most, and no Redis stall.
 READ_CHUNK = 2000
 
-_CLAIM_WIDTH = 10  # id + the nine FIELDS of claim.lua
-
 
 class Queue:
     """One named queue on one Redis: enqueue, claim, settle, recover, inspect."""
@@ -413,10 +412,11 @@ class Queue:
         )
         now = int(raw[1])
         rows = iter(raw[2:])
-        # Positional and in one comprehension: this parse was a tenth of a worker's CPU.
+        # Positional and in one comprehension: this parse was a tenth of a worker's CPU. The
+        # names unpacked are formats.CLAIM_FIELDS, in order (tests/test_formats.py checks).
         tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
                          int(q or now), now, self.name, tr.decode() if tr else "")
-                 for i, t, p, a, f, m, c, to, q, tr in zip(*[rows] * _CLAIM_WIDTH, strict=True)]
+                 for i, t, p, a, f, m, c, to, q, tr in zip(*[rows] * CLAIM_WIDTH, strict=True)]
         return Take(tasks, raw[0] == 1, raw[0] == 2)
 
     async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:

@@ -10,12 +10,16 @@ loaded text honours the flags). The scripts that drain a queue carry ``allow-oom
 Redis at its maxmemory can still be emptied; enqueue does not, so it is refused there.
 Redis 6 knows no shebang and fails to compile one: then the scripts are loaded again
 without it (they then run as on Redis 6: a full Redis refuses their first write).
+
+A line ``--- @format NAME`` in a script is replaced by the Lua locals of that format,
+generated from :mod:`reliq.formats`, where Python reads and writes it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -24,6 +28,8 @@ import redis
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import ResponseError
+
+from reliq import formats
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +68,32 @@ def source(name: str, shebang: bool = True) -> str:
     """
     lua = resources.files("reliq") / "lua"
     first, body = _split_shebang((lua / f"{name}.lua").read_text())
-    return (first if shebang else "") + (lua / "_lib.lua").read_text() + "\n" + body
+    return (first if shebang else "") + _with_formats((lua / "_lib.lua").read_text() + "\n" + body)
+
+
+_FORMAT = re.compile(r"^--- @format (\w+)\n", re.MULTILINE)
+
+
+_LOCALS = re.compile(r"^\s*local\s+(?:function\s+)?([\w\s,]+?)\s*(?:=|\(|$)", re.MULTILINE)
+
+
+def _with_formats(text: str) -> str:
+    """``text`` with each ``--- @format NAME`` line replaced by that format's Lua locals.
+
+    Raises ValueError for a format :mod:`reliq.formats` does not define, and for a local
+    the script declares again (Lua would let the second hide the first).
+    """
+    def expand(m: re.Match[str]) -> str:
+        if m.group(1) not in formats.LUA:
+            raise ValueError(f"no format {m.group(1)!r} in reliq/formats.py (LUA)")
+        # The list only where the script reads it: building it costs every call.
+        return formats.lua_locals(m.group(1), listed=len(re.findall(rf"\b{m.group(1)}\b", text)) > 1)
+
+    out = _FORMAT.sub(expand, text)
+    declared = [n.strip() for names in _LOCALS.findall(out) for n in names.split(",")]
+    if twice := sorted({n for n in declared if n.isupper() and declared.count(n) > 1}):
+        raise ValueError(f"a script declares {', '.join(twice)} twice (one from reliq/formats.py?)")
+    return out
 
 
 def _split_shebang(text: str) -> tuple[str, str]:

@@ -1,35 +1,45 @@
 #!lua flags=allow-oom
 -- Cancel a task that has not started.
--- KEYS[1] pending list  KEYS[2] delayed zset  KEYS[3] stats hash  KEYS[4] task key prefix
--- KEYS[5] waiters hash  KEYS[6] wake-up list prefix (whoever waits for the task is woken)
--- KEYS[7] idempotency key prefix
--- KEYS[8] held list prefix: a pending task of a paused type may wait in its type's held list
--- ARGV[1] task id  ARGV[2] TTL of the cancelled record (ms)  ARGV[3] 'keep' or 'forget'
+-- KEYS[1] PENDING  pending list
+-- KEYS[2] DELAYED  delayed zset
+-- KEYS[3] STATS    stats hash
+-- KEYS[4] TASK     task key prefix
+-- KEYS[5] WAITERS  waiters hash
+-- KEYS[6] WAKE     wake-up list prefix (whoever waits for the task is woken)
+-- KEYS[7] IDEM     idempotency key prefix
+-- KEYS[8] HELD     held list prefix: a pending task of a paused type may wait in its type's
+--                  held list
+-- ARGV[1] id       task id
+-- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
+-- ARGV[3] mode     'keep' or 'forget'
 -- Returns {1, previous state} when cancelled, {0, state} when it is running or
 -- finished, {0, ''} when there is no such task. With 'forget' (HTTP DELETE) the record
 -- goes too, once whoever waits for the task has been woken, and so does its idempotency
 -- key (a repeat of the request enqueues anew, rather than answer with a task that is
 -- gone); it is counted as cancelled.
-local key = KEYS[4] .. ARGV[1]
+local PENDING, DELAYED, STATS, TASK, WAITERS, WAKE, IDEM, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+                                                                 KEYS[6], KEYS[7], KEYS[8]
+local id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local key = TASK .. id
 local state = redis.call('HGET', key, 'state')
 if not state then return {0, ''} end
 if state == 'pending' then
-  if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then
-    redis.call('LREM', KEYS[8] .. redis.call('HGET', key, 'type'), 1, ARGV[1])
+  if redis.call('LREM', PENDING, 1, id) == 0 then
+    redis.call('LREM', HELD .. redis.call('HGET', key, 'type'), 1, id)
   end
 elseif state == 'scheduled' or state == 'retrying' then
-  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', DELAYED, id)
 else
   return {0, state}
 end
-redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
-if redis.call('EXISTS', KEYS[5]) == 1 then wake(KEYS[5], KEYS[6], {ARGV[1]}) end
-if ARGV[3] == 'forget' then
+redis.call('HINCRBY', STATS, 'cancelled', 1)
+if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
+if mode == 'forget' then
   local idem = redis.call('HGET', key, 'idem')
-  if idem and redis.call('GET', KEYS[7] .. idem) == ARGV[1] then redis.call('DEL', KEYS[7] .. idem) end
+  if idem and redis.call('GET', IDEM .. idem) == id then redis.call('DEL', IDEM .. idem) end
   redis.call('DEL', key)
 else
   redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now_ms())
-  redis.call('PEXPIRE', key, tonumber(ARGV[2]))
+  redis.call('PEXPIRE', key, ttl_ms)
 end
 return {1, state}

@@ -1,20 +1,27 @@
 #!lua flags=allow-oom
 -- Claim up to N ready tasks for worker W: move each id from pending into W's own
 -- processing list, mark it processing, and return its body, in one round trip.
--- KEYS[1] pending list  KEYS[2] processing list of W  KEYS[3] task key prefix
--- KEYS[4] workers zset: W is put back in it if missing (reaped, or already released), so
---         that whatever it claims stays where a reaper will look once W goes silent
--- KEYS[5] paused hash (reliq/pausing.py)  KEYS[6] held list prefix (+ task type)
--- ARGV[1] N (max tasks)  ARGV[2] W (worker id)
--- ARGV[3] an id already in KEYS[2] ('' = none): moved there by BLMOVE, or found there
---         unknown to W after a lost reply (then it may be marked processing by W already);
---         ignored when it is no longer there: a reaper took W for dead and requeued it
---         since, and claiming it here would leave it claimed in no list, i.e. lost
--- ARGV[4] how many tasks W holds in its lists of other queues
--- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being FIELDS below.
--- blocked = 2 when the whole queue is paused: nothing is claimed, and the id of ARGV[3], if
+-- KEYS[1] PENDING     pending list
+-- KEYS[2] PROCESSING  processing list of W
+-- KEYS[3] TASK        task key prefix
+-- KEYS[4] WORKERS     workers zset: W is put back in it if missing (reaped, or already
+--                     released), so that whatever it claims stays where a reaper will look
+--                     once W goes silent
+-- KEYS[5] PAUSED      paused hash (reliq/pausing.py)
+-- KEYS[6] HELD        held list prefix (+ task type)
+-- ARGV[1] max         N, the most tasks to claim
+-- ARGV[2] worker      W, the worker's id
+-- ARGV[3] moved_id    an id already in PROCESSING ('' = none): moved there by BLMOVE, or
+--                     found there unknown to W after a lost reply (then it may be marked
+--                     processing by W already); ignored when it is no longer there: a reaper
+--                     took W for dead and requeued it since, and claiming it here would
+--                     leave it claimed in no list, i.e. lost
+-- ARGV[4] elsewhere   how many tasks W holds in its lists of other queues
+-- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being CLAIM_FIELDS
+-- (reliq/formats.py).
+-- blocked = 2 when the whole queue is paused: nothing is claimed, and moved_id, if
 -- still pending, goes back to the taking end of pending, uncounted (a BLMOVE moved it).
--- Pending ids of a paused type met on the way (ARGV[3] included) are set aside into the
+-- Pending ids of a paused type met on the way (moved_id included) are set aside into the
 -- type's held list, still pending; resume.lua puts them back. Nothing paused costs one
 -- EXISTS a call.
 -- blocked = 1 when the next task is a crash suspect (it has taken a worker down before)
@@ -24,40 +31,39 @@
 -- are dropped on the way.
 -- Numbers go to redis.call as strings made once (now) or once a value (attempts): Lua
 -- turns a number into a string with sprintf, which costs as much as a small command.
-local FIELDS = {'type', 'payload', 'attempts', 'failures', 'max_retries', 'crashes',
-                'timeout_ms', 'queued_at', 'trace'}
+--- @format CLAIM_FIELDS
+local PENDING, PROCESSING, TASK, WORKERS, PAUSED, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local max, worker, moved_id, elsewhere = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = tostring(now_ms())
-local max = tonumber(ARGV[1])
-local elsewhere = tonumber(ARGV[4])
 local out = {0, now}
 local taken = 0
 local next_attempt = {}  -- attempts so far -> the next, as strings
 
 local function claim(id, f)
-  local attempts = next_attempt[f[3]]
+  local attempts = next_attempt[f[ATTEMPTS]]
   if not attempts then
-    attempts = tostring(tonumber(f[3]) + 1)
-    next_attempt[f[3]] = attempts
+    attempts = tostring(tonumber(f[ATTEMPTS]) + 1)
+    next_attempt[f[ATTEMPTS]] = attempts
   end
-  f[3] = attempts
-  redis.call('HSET', KEYS[3] .. id, 'state', 'processing', 'started_at', now,
-             'attempts', attempts, 'worker', ARGV[2])
+  f[ATTEMPTS] = attempts
+  redis.call('HSET', TASK .. id, 'state', 'processing', 'started_at', now,
+             'attempts', attempts, 'worker', worker)
   out[#out + 1] = id
-  for j = 1, #FIELDS do out[#out + 1] = f[j] end
+  for j = 1, #CLAIM_FIELDS do out[#out + 1] = f[j] end
   taken = taken + 1
 end
 
 local paused_types = false  -- type -> true for each paused type, when any is
-if redis.call('EXISTS', KEYS[5]) == 1 then
-  local pauses = redis.call('HGETALL', KEYS[5])
+if redis.call('EXISTS', PAUSED) == 1 then
+  local pauses = redis.call('HGETALL', PAUSED)
   for i = 1, #pauses, 2 do
     if string.sub(pauses[i + 1], 1, 1) == 'p' then  -- 'paused|...'; 'resuming|...' claims as usual
       if pauses[i] == '*' then
-        local id = ARGV[3]
-        if id ~= '' and redis.call('LPOS', KEYS[2], id)
-            and redis.call('HGET', KEYS[3] .. id, 'state') == 'pending' then
-          redis.call('LREM', KEYS[2], 1, id)
-          redis.call('RPUSH', KEYS[1], id)
+        local id = moved_id
+        if id ~= '' and redis.call('LPOS', PROCESSING, id)
+            and redis.call('HGET', TASK .. id, 'state') == 'pending' then
+          redis.call('LREM', PROCESSING, 1, id)
+          redis.call('RPUSH', PENDING, id)
         end
         out[1] = 2
         return out
@@ -69,32 +75,32 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
 end
 
 local function held(state, f)
-  return paused_types and state == 'pending' and paused_types[f[1]]
+  return paused_types and state == 'pending' and paused_types[f[TYPE]]
 end
 
 local function fields(id)
-  local f = redis.call('HMGET', KEYS[3] .. id, 'state', unpack(FIELDS))
+  local f = redis.call('HMGET', TASK .. id, 'state', unpack(CLAIM_FIELDS))
   local state = table.remove(f, 1)
   return state, f
 end
 
-if ARGV[3] ~= '' and redis.call('LPOS', KEYS[2], ARGV[3]) then
-  local id = ARGV[3]
+if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
+  local id = moved_id
   local state, f = fields(id)
-  local ours = state == 'processing' and redis.call('HGET', KEYS[3] .. id, 'worker') == ARGV[2]
+  local ours = state == 'processing' and redis.call('HGET', TASK .. id, 'worker') == worker
   if state ~= 'pending' and not ours then
-    redis.call('LREM', KEYS[2], 1, id)
+    redis.call('LREM', PROCESSING, 1, id)
   elseif held(state, f) then
-    redis.call('LREM', KEYS[2], 1, id)
-    redis.call('LPUSH', KEYS[6] .. f[1], id)
-  elseif tonumber(f[6]) > 0 and (redis.call('LLEN', KEYS[2]) > 1 or elsewhere > 0) then
-    redis.call('LREM', KEYS[2], 1, id)
-    redis.call('RPUSH', KEYS[1], id)
+    redis.call('LREM', PROCESSING, 1, id)
+    redis.call('LPUSH', HELD .. f[TYPE], id)
+  elseif tonumber(f[CRASHES]) > 0 and (redis.call('LLEN', PROCESSING) > 1 or elsewhere > 0) then
+    redis.call('LREM', PROCESSING, 1, id)
+    redis.call('RPUSH', PENDING, id)
     out[1] = 1
     return out
   else
     claim(id, f)
-    if tonumber(f[6]) > 0 then return out end
+    if tonumber(f[CRASHES]) > 0 then return out end
   end
 end
 
@@ -102,16 +108,16 @@ end
 -- head of W's list with one LPUSH: the lists end as after one LMOVE an id, in three calls.
 local skipped = 0
 while taken < max and skipped < 1000 do
-  local window = redis.call('LRANGE', KEYS[1], -(max - taken), -1)
+  local window = redis.call('LRANGE', PENDING, -(max - taken), -1)
   local used, moved, stop = 0, {}, false
   for i = #window, 1, -1 do
     local id = window[i]
     local state, f = fields(id)
-    if paused_types and state == 'pending' and paused_types[f[1]] then  -- inline: once a task
+    if paused_types and state == 'pending' and paused_types[f[TYPE]] then  -- inline: once a task
       state = 'held'  -- taken off pending below like a skipped id, into its type's held list
-      redis.call('LPUSH', KEYS[6] .. f[1], id)
-    elseif state == 'pending' and tonumber(f[6]) > 0 then
-      if taken == 0 and elsewhere == 0 and redis.call('LLEN', KEYS[2]) == 0 then
+      redis.call('LPUSH', HELD .. f[TYPE], id)
+    elseif state == 'pending' and tonumber(f[CRASHES]) > 0 then
+      if taken == 0 and elsewhere == 0 and redis.call('LLEN', PROCESSING) == 0 then
         used = used + 1
         moved[#moved + 1] = id
         claim(id, f)
@@ -129,11 +135,11 @@ while taken < max and skipped < 1000 do
       skipped = skipped + 1
     end
   end
-  if used > 0 then redis.call('LTRIM', KEYS[1], 0, -(used + 1)) end
+  if used > 0 then redis.call('LTRIM', PENDING, 0, -(used + 1)) end
   for i = 1, #moved, 1000 do  -- in slices: unpack has a stack limit
-    redis.call('LPUSH', KEYS[2], unpack(moved, i, math.min(i + 999, #moved)))
+    redis.call('LPUSH', PROCESSING, unpack(moved, i, math.min(i + 999, #moved)))
   end
   if stop or #window == 0 then break end
 end
-if taken > 0 then redis.call('ZADD', KEYS[4], 'NX', now, ARGV[2]) end
+if taken > 0 then redis.call('ZADD', WORKERS, 'NX', now, worker) end
 return out

@@ -2,7 +2,10 @@
 -- Add to one counter of a stats hash, also on a Redis at its maxmemory: a refusal that
 -- happened because Redis was full must be counted all the same (an existing integer
 -- field grows by nothing; the field is created once).
--- KEYS[1] stats hash
--- ARGV[1] counter  ARGV[2] amount
+-- KEYS[1] STATS    stats hash
+-- ARGV[1] counter  the counter's field
+-- ARGV[2] amount
 -- Returns the new value.
-return redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+local STATS = KEYS[1]
+local counter, amount = ARGV[1], ARGV[2]
+return redis.call('HINCRBY', STATS, counter, amount)

@@ -1,17 +1,22 @@
 -- Send dead-lettered tasks back to pending with a fresh retry budget.
--- KEYS[1] dead list  KEYS[2] pending list  KEYS[3] stats hash  KEYS[4] task key prefix
--- ARGV[1] 'ids' followed by task ids, or 'oldest' followed by a count
+-- KEYS[1] DEAD     dead list
+-- KEYS[2] PENDING  pending list
+-- KEYS[3] STATS    stats hash
+-- KEYS[4] TASK     task key prefix
+-- ARGV[1] by       'ids' followed by task ids, or 'oldest' followed by a count
 -- Returns the number requeued (ids not in the dead list are ignored).
+local DEAD, PENDING, STATS, TASK = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local by = ARGV[1]
 local ids = {}
-if ARGV[1] == 'oldest' then
+if by == 'oldest' then
   for _ = 1, tonumber(ARGV[2]) do
-    local id = redis.call('RPOP', KEYS[1])
+    local id = redis.call('RPOP', DEAD)
     if not id then break end
     ids[#ids + 1] = id
   end
 else
   for i = 2, #ARGV do
-    if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then ids[#ids + 1] = ARGV[i] end
+    if redis.call('LREM', DEAD, 1, ARGV[i]) == 1 then ids[#ids + 1] = ARGV[i] end
   end
 end
-return requeue_dead(KEYS[2], KEYS[3], KEYS[4], ids, now_ms())
+return requeue_dead(PENDING, STATS, TASK, ids, now_ms())

@@ -1,13 +1,16 @@
 -- Pause a whole queue (field '*') or one task type of it: workers stop claiming what is paused.
--- KEYS[1] paused hash
--- ARGV[1] field: '*' or the task type  ARGV[2] who paused it (recorded with the time)
+-- KEYS[1] PAUSED  paused hash
+-- ARGV[1] field   '*' or the task type
+-- ARGV[2] by      who paused it (recorded with the time)
 -- Returns {1, since_ms} when paused now, {0, since_ms} when it was paused already (the first
 -- pause's time and author stay). A type whose held tasks are still going back (resuming) is
 -- paused again: what is left in its held list stays there.
-local current = redis.call('HGET', KEYS[1], ARGV[1])
+local PAUSED = KEYS[1]
+local field, by = ARGV[1], ARGV[2]
+local current = redis.call('HGET', PAUSED, field)
 if current and string.sub(current, 1, 7) == 'paused|' then
   return {0, tonumber(string.match(current, '^paused|(%d+)|'))}
 end
 local now = now_ms()
-redis.call('HSET', KEYS[1], ARGV[1], 'paused|' .. now .. '|' .. ARGV[2])
+redis.call('HSET', PAUSED, field, 'paused|' .. now .. '|' .. by)
 return {1, now}

@@ -1,25 +1,35 @@
 #!lua flags=allow-oom
 -- Recover the tasks of worker W if it has been silent for longer than the lease.
--- KEYS[1] workers zset  KEYS[2] processing list of W  KEYS[3] pending list
--- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] info hash of W  KEYS[7] task key prefix
--- KEYS[8] waiters hash  KEYS[9] wake-up list prefix (a quarantined task wakes its waiters)
--- ARGV[1] W  ARGV[2] lease (ms)  ARGV[3] crash limit
+-- KEYS[1] WORKERS     workers zset
+-- KEYS[2] PROCESSING  processing list of W
+-- KEYS[3] PENDING     pending list
+-- KEYS[4] DEAD        dead list
+-- KEYS[5] STATS       stats hash
+-- KEYS[6] INFO        info hash of W
+-- KEYS[7] TASK        task key prefix
+-- KEYS[8] WAITERS     waiters hash
+-- KEYS[9] WAKE        wake-up list prefix (a quarantined task wakes its waiters)
+-- ARGV[1] worker      W
+-- ARGV[2] lease_ms    lease (ms)
+-- ARGV[3] limit       crash limit
 -- Returns {recovered, quarantined}, or {-1, 0} when W is alive after all.
 -- Every task W held gets one more crash on its record. Only a task W held alone is
 -- known to be the culprit (workers run crash suspects alone): it is quarantined in the
 -- dead-letter list (reason crashed) once its crashes reach the limit. Recovered tasks
 -- go to the right end of pending, oldest first, to run next.
+local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local INFO, TASK, WAITERS, WAKE = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local worker, lease_ms, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
-local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if beat and tonumber(beat) > now - tonumber(ARGV[2]) then
+local beat = redis.call('ZSCORE', WORKERS, worker)
+if beat and tonumber(beat) > now - lease_ms then
   return {-1, 0}
 end
-local ids = redis.call('LRANGE', KEYS[2], 0, -1)
+local ids = redis.call('LRANGE', PROCESSING, 0, -1)
 local solo = #ids == 1
-local limit = tonumber(ARGV[3])
 local recovered, quarantined = 0, 0
 for _, id in ipairs(ids) do
-  local key = KEYS[7] .. id
+  local key = TASK .. id
   local state = redis.call('HGET', key, 'state')
   -- anything else (cancelled meanwhile, record expired) is just dropped from the list;
   -- an id BLMOVE moved but W never claimed ('pending') did not run: no crash to count
@@ -27,18 +37,18 @@ for _, id in ipairs(ids) do
     local crashes = tonumber(redis.call('HGET', key, 'crashes'))
     if state == 'processing' then crashes = redis.call('HINCRBY', key, 'crashes', 1) end
     if solo and crashes >= limit then
-      dead_letter(KEYS[4], KEYS[5], KEYS[7], id, 'crashed',
+      dead_letter(DEAD, STATS, TASK, id, 'crashed',
                   'its worker died ' .. crashes .. ' times while running it', now)
       quarantined = quarantined + 1
-      if redis.call('EXISTS', KEYS[8]) == 1 then wake(KEYS[8], KEYS[9], {id}) end
+      if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
-      redis.call('RPUSH', KEYS[3], id)
+      redis.call('RPUSH', PENDING, id)
       recovered = recovered + 1
     end
   end
 end
-if recovered > 0 then redis.call('HINCRBY', KEYS[5], 'recovered', recovered) end
-redis.call('DEL', KEYS[2], KEYS[6])
-redis.call('ZREM', KEYS[1], ARGV[1])
+if recovered > 0 then redis.call('HINCRBY', STATS, 'recovered', recovered) end
+redis.call('DEL', PROCESSING, INFO)
+redis.call('ZREM', WORKERS, worker)
 return {recovered, quarantined}

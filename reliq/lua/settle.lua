@@ -1,25 +1,36 @@
 #!lua flags=allow-oom
 -- Record the outcome of a batch of tasks that worker W ran (the batched ack).
--- KEYS[1] processing list of W  KEYS[2] pending list  KEYS[3] delayed zset
--- KEYS[4] dead list  KEYS[5] stats hash  KEYS[6] metrics hash  KEYS[7] task key prefix
--- KEYS[8] succeeded list: the ids of kept succeeded records, newest at the left (of the
---         types without a retention of their own)  KEYS[9] prefix of per-type such lists
--- KEYS[10] waiters hash  KEYS[11] wake-up list prefix: a task that ends (succeeded, dead)
---   while someone waits for it wakes them (_lib.lua: wake, one HMGET a batch); one EXISTS
---   a batch when nobody waits on the queue
--- ARGV[1] retention of succeeded records: age (ms)  ARGV[4] and count (0 = keep none)
--- ARGV[2] the batch as one JSON array of [id, type, max_retries, outcome, text,
---   retry delay (ms), wait (ms), run (ms), wait bucket, run bucket]: one argument instead
---   of ten per task, because encoding arguments is most of the worker's cost of a settle.
---   outcome: ok (text = JSON result or ''; the record becomes compact, see KEPT), error |
---   timeout (retried while failures <= max_retries, else dead), permanent | unknown_type
---   (dead at once); text = the error. snooze (reliq.Snooze): back to scheduled after the
---   retry delay, its attempt given back and no failure counted (stats: snoozed).
--- ARGV[3] the batch's metrics, summed by W: a JSON object {field: amount} of the fields
---   observe() below writes a task. Summing them here cost as much as the rest of the
---   script; the script only takes back the share of a stale task.
--- ARGV[5] the retention of the batch's types that have their own, as JSON
---   {type: [age (ms), count]} ('{}' = none): their ids go to the list KEYS[9] .. type.
+-- KEYS[1] PROCESSING  processing list of W
+-- KEYS[2] PENDING     pending list
+-- KEYS[3] DELAYED     delayed zset
+-- KEYS[4] DEAD        dead list
+-- KEYS[5] STATS       stats hash
+-- KEYS[6] METRICS     metrics hash
+-- KEYS[7] TASK        task key prefix
+-- KEYS[8] SUCCEEDED   succeeded list: the ids of kept succeeded records, newest at the left
+--                     (of the types without a retention of their own)
+-- KEYS[9] SUCCEEDED_OF  prefix of the per-type such lists (+ task type)
+-- KEYS[10] WAITERS    waiters hash
+-- KEYS[11] WAKE       wake-up list prefix: a task that ends (succeeded, dead) while someone
+--                     waits for it wakes them (_lib.lua: wake, one HMGET a batch); one
+--                     EXISTS a batch when nobody waits on the queue
+-- ARGV[1] keep_age    retention of succeeded records: age (ms)
+-- ARGV[2] batch       the batch as one JSON array of SETTLE_FIELDS (reliq/formats.py) a
+--                     task: one argument instead of ten per task, because encoding
+--                     arguments is most of the worker's cost of a settle. outcome: ok (text
+--                     = JSON result or ''; the record becomes compact, see KEPT), error |
+--                     timeout (retried while failures <= max_retries, else dead), permanent
+--                     | unknown_type (dead at once); text = the error. snooze (reliq.Snooze):
+--                     back to scheduled after the retry delay, its attempt given back and no
+--                     failure counted (stats: snoozed).
+-- ARGV[3] sums        the batch's metrics, summed by W: a JSON object {field: amount} of the
+--                     fields observe() below writes a task. Summing them here cost as much
+--                     as the rest of the script; the script only takes back the share of a
+--                     stale task.
+-- ARGV[4] keep_count  retention of succeeded records: count (0 = keep none)
+-- ARGV[5] own         the retention of the batch's types that have their own, as JSON
+--                     {type: [age (ms), count]} ('{}' = none): their ids go to the list
+--                     SUCCEEDED_OF .. type.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending instead of run twice.
@@ -35,16 +46,17 @@
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at'}
 local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
+--- @format SETTLE_FIELDS
+local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
+local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
+local own = cjson.decode(ARGV[5])  -- type -> {age, count}
 local now = now_ms()
 local now_s = tostring(now)
-local stats, metrics, prefix = KEYS[5], KEYS[6], KEYS[7]
-local batch = cjson.decode(ARGV[2])
-local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
-local keep_age, keep_count = tonumber(ARGV[1]), tonumber(ARGV[4])
-local own = cjson.decode(ARGV[5])  -- type -> {age, count}
 local finished = {}  -- succeeded list -> {age, count, new ids}
 local applied, stale = 0, 0
-local waited = redis.call('EXISTS', KEYS[10]) == 1
+local waited = redis.call('EXISTS', WAITERS) == 1
 local ended_ids = {}  -- tasks that ended, when someone waits on this queue
 local function ended(id)
   if waited then ended_ids[#ended_ids + 1] = id end
@@ -70,24 +82,24 @@ end
 -- moving several ids.
 local list = nil
 local held = {}
-if #batch * 4 >= redis.call('LLEN', KEYS[1]) then
-  list = redis.call('LRANGE', KEYS[1], 0, -1)
+if #batch * 4 >= redis.call('LLEN', PROCESSING) then
+  list = redis.call('LRANGE', PROCESSING, 0, -1)
   for _, id in ipairs(list) do held[id] = true end
 end
 local taken = 0
 local function take(id)
-  if not list then return redis.call('LREM', KEYS[1], -1, id) == 1 end
+  if not list then return redis.call('LREM', PROCESSING, -1, id) == 1 end
   if not held[id] then return false end
   held[id] = nil
   taken = taken + 1
   return true
 end
 
--- A succeeded id joins its list (KEYS[8], or its type's own); with a count of 0 its
+-- A succeeded id joins its list (SUCCEEDED, or its type's own); with a count of 0 its
 -- record goes at once.
 local function keep(key, id, ttype)
-  local r, into = own[ttype], KEYS[8]
-  if r then into = KEYS[9] .. ttype else r = {keep_age, keep_count} end
+  local r, into = own[ttype], SUCCEEDED
+  if r then into = SUCCEEDED_OF .. ttype else r = {keep_age, keep_count} end
   if r[2] == 0 then
     redis.call('DEL', key)
     add(counts, 'trimmed', 1)
@@ -108,21 +120,21 @@ local function settle_list(into, age, count, ids)
   for i = 1, #ids, 1000 do  -- in slices: unpack has a stack limit
     redis.call('LPUSH', into, unpack(ids, i, math.min(i + 999, #ids)))
   end
-  local trimmed, expired = retain(into, prefix, now, age, count, 2 * #ids + 8)
+  local trimmed, expired = retain(into, TASK, now, age, count, 2 * #ids + 8)
   if trimmed > 0 then add(counts, 'trimmed', trimmed) end
   if expired > 0 then add(counts, 'expired', expired) end
 end
 
 for _, t in ipairs(batch) do
-  local id, ttype, max_retries, outcome, text = t[1], t[2], t[3], t[4], t[5]
-  local key = prefix .. id
+  local id, ttype, max_retries, outcome, text = t[ID], t[TYPE], t[MAX_RETRIES], t[OUTCOME], t[TEXT]
+  local key = TASK .. id
   local mine = take(id)
   if not mine and outcome == 'ok' and redis.call('HGET', key, 'state') == 'pending' then
-    mine = redis.call('LREM', KEYS[2], 1, id) == 1
+    mine = redis.call('LREM', PENDING, 1, id) == 1
   end
   if not mine then
     stale = stale + 1
-    observe(ttype, outcome, t[7], t[8], t[9], t[10], -1)
+    observe(ttype, outcome, t[WAIT_MS], t[RUN_MS], t[WAIT_BUCKET], t[RUN_BUCKET], -1)
   else
     applied = applied + 1
     if outcome == 'ok' then
@@ -144,21 +156,21 @@ for _, t in ipairs(batch) do
       add(counts, 'succeeded', 1)
       ended(id)
     elseif outcome == 'snooze' then
-      snooze(KEYS[3], key, id, now + t[6])
+      snooze(DELAYED, key, id, now + t[RETRY_DELAY_MS])
       add(counts, 'snoozed', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
-      dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)
+      dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
       ended(id)
     else
       add(counts, 'failed', 1)
       local failures = redis.call('HINCRBY', key, 'failures', 1)
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
-        redis.call('ZADD', KEYS[3], now + t[6], id)
+        redis.call('ZADD', DELAYED, now + t[RETRY_DELAY_MS], id)
         add(counts, 'retried', 1)
       else
-        dead_letter(KEYS[4], stats, prefix, id, outcome, text, now_s)
+        dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
         ended(id)
       end
     end
@@ -169,16 +181,16 @@ if taken > 0 then
   for _, id in ipairs(list) do
     if held[id] then kept[#kept + 1] = id end
   end
-  redis.call('DEL', KEYS[1])
+  redis.call('DEL', PROCESSING)
   for i = 1, #kept, 1000 do  -- in slices: unpack has a stack limit
-    redis.call('RPUSH', KEYS[1], unpack(kept, i, math.min(i + 999, #kept)))
+    redis.call('RPUSH', PROCESSING, unpack(kept, i, math.min(i + 999, #kept)))
   end
 end
 for into, l in pairs(finished) do settle_list(into, l[1], l[2], l[3]) end
 -- '%d': an integer however large; a Lua number as argument may be sent in e-notation.
 for field, n in pairs(sums) do
-  if n ~= 0 then redis.call('HINCRBY', metrics, field, string.format('%d', n)) end
+  if n ~= 0 then redis.call('HINCRBY', METRICS, field, string.format('%d', n)) end
 end
-for field, n in pairs(counts) do redis.call('HINCRBY', stats, field, string.format('%d', n)) end
-wake(KEYS[10], KEYS[11], ended_ids)
+for field, n in pairs(counts) do redis.call('HINCRBY', STATS, field, string.format('%d', n)) end
+wake(WAITERS, WAKE, ended_ids)
 return {applied, stale}

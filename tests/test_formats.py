@@ -1,0 +1,73 @@
+"""The formats crossing Python and Lua (reliq/formats.py): both sides read them alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from reliq import calls, formats, scripts
+from reliq.formats import CLAIM_FIELDS, ENQUEUE_FIELDS, SETTLE_FIELDS
+from reliq.histogram import bucket
+from reliq.queue import Claimed, Outcome, Queue, make_spec
+
+
+async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, redis: Redis) -> None:
+    # Each field holds a value no other does, so a field read into the wrong place shows.
+    [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1}, max_retries=7, timeout=11)])
+    distinct = {"attempts": "2", "failures": "4", "crashes": "5", "queued_at": "1234567",
+                "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    await redis.hset(queue.keys.task(task_id), mapping=distinct)
+    [task], _ = await queue.claim("w1", 10)
+    record = {k.decode(): v for k, v in (await redis.hgetall(queue.keys.task(task_id))).items()}
+    assert task.id == task_id
+    for name in CLAIM_FIELDS:
+        value = getattr(task, name)
+        expected = record[name] if name == "payload" else record[name].decode()
+        assert (value if isinstance(value, bytes | str) else str(value)) == expected, name
+    assert task.attempts == 3  # the claim's own attempt, as written back to the record
+
+
+def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> None:
+    spec = make_spec("typed", {"p": 1}, max_retries=7, timeout=11, delay=5, idempotency_key="k",
+                     run_at="2030-01-02T03:04:05Z", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+    [row] = orjson.loads(calls.enqueue_batch([spec]))
+    assert len(row) == len(ENQUEUE_FIELDS)
+    for name, value in zip(ENQUEUE_FIELDS, row, strict=True):
+        expected = getattr(spec, name)
+        assert value == (expected.decode() if isinstance(expected, bytes) else str(expected)), name
+
+
+async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Queue) -> None:
+    task = Claimed("id1", "typed", b"null", attempts=1, failures=0, max_retries=7, crashes=0, timeout_ms=None,
+                   queued_at=1_000, started_at=1_250, queue=queue.name)
+    sent: list[Any] = []
+
+    async def script(name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        sent.append(args)
+        return [1, 0]
+
+    queue._scripts = script  # type: ignore[assignment]
+    await queue.settle("w1", [Outcome(task, "error", "boom", run_ms=900, retry_delay_ms=4_000)])
+    [row] = orjson.loads(sent[0][1])
+    expected = {"id": "id1", "type": "typed", "max_retries": 7, "outcome": "error", "text": "boom",
+                "retry_delay_ms": 4_000, "wait_ms": 250, "run_ms": 900, "wait_bucket": bucket(250),
+                "run_bucket": bucket(900)}
+    assert dict(zip(SETTLE_FIELDS, row, strict=True)) == expected
+
+
+def test_a_format_line_becomes_the_lua_locals_of_that_format() -> None:
+    claim = scripts.source("claim")
+    assert "--- @format" not in claim
+    assert formats.lua_locals("CLAIM_FIELDS") in claim
+    assert "local TYPE, PAYLOAD, ATTEMPTS, FAILURES, MAX_RETRIES, CRASHES, TIMEOUT_MS, QUEUED_AT, TRACE = " \
+           "1, 2, 3, 4, 5, 6, 7, 8, 9\n" in claim
+
+
+def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:
+    with pytest.raises(ValueError, match="no format 'NOPE'"):
+        scripts._with_formats("--- @format NOPE\nreturn 1\n")
+    with pytest.raises(ValueError, match="CRASHES"):
+        scripts._with_formats("--- @format CLAIM_FIELDS\nlocal CRASHES = 0\nreturn 1\n")
