@@ -88,6 +88,13 @@ class HandlerFailed(ReliqError):
         self.retried = retried
 
 
+class GaveUp(ReliqError):
+    """Redis stayed unavailable until the caller's give-up rule ended the wait (``reliq.outage``).
+
+    Its ``__cause__`` is the last Redis error (None when stopped before the first try).
+    """
+
+
 def describe_error(exc: BaseException) -> str:
     """An exception as a task records it: ``Type: message``, encodable, at most 2,000 characters."""
     # Lone surrogates (bytes decoded with surrogateescape) cannot be encoded for Redis:

@@ -14,6 +14,7 @@ from reliq.connection import connect
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
+from tests.flaky import Flaky
 
 
 def _container_redis() -> Iterator[str]:  # pragma: no cover - only without redis-server
@@ -67,3 +68,11 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 async def queue(redis: Redis, settings: Settings) -> Queue:
     """The test's queue."""
     return Queue(redis, settings)
+
+
+@pytest.fixture
+async def flaky(redis_url: str) -> AsyncIterator[Flaky]:
+    """A client of the session's redis-server whose calls fail on demand (tests/flaky.py)."""
+    client = connect(redis_url)
+    yield Flaky(client)
+    await client.aclose()

@@ -21,7 +21,8 @@ import orjson
 
 from reliq.connection import UNAVAILABLE
 from reliq.errors import TaskNotFound
-from reliq.loops import Backoff, cancel_all
+from reliq.loops import cancel_all
+from reliq.outage import Backoff
 from reliq.queue import Queue, TaskInfo, text
 
 log = logging.getLogger(__name__)

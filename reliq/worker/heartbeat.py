@@ -24,8 +24,8 @@ from typing import Any
 from redis import Redis as SyncRedis
 
 from reliq.connection import connect_sync
-from reliq.loops import Backoff
 from reliq.loopwatch import LoopWatch
+from reliq.outage import Backoff
 from reliq.queue import heartbeat_call
 from reliq.scripts import SyncScripts
 

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from reliq.children import die_with_parent
 from reliq.errors import ConfigError
-from reliq.loops import Backoff
+from reliq.outage import Backoff
 from reliq.settings import Settings
 from reliq.worker.health import health_app
 

@@ -35,8 +35,9 @@ import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq import logs, tracing, type_defaults
 from reliq.connection import UNAVAILABLE, describe
 from reliq.errors import HandlerFailed, PermanentError, Snooze, describe_error
-from reliq.loops import Backoff, cancel_all, reraise_if_cancelled
+from reliq.loops import cancel_all
 from reliq.loopwatch import Culprit, LoopWatch
+from reliq.outage import Backoff, reraise_if_cancelled
 from reliq.queue import MAX_DELAY_S, Claimed, Outcome, Queue
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
