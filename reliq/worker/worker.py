@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import secrets
@@ -33,11 +34,11 @@ import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq import logs, tracing, type_defaults
-from reliq.connection import UNAVAILABLE, describe
-from reliq.errors import HandlerFailed, PermanentError, Snooze, describe_error
+from reliq.connection import UNAVAILABLE
+from reliq.errors import GaveUp, HandlerFailed, PermanentError, Snooze, describe_error
 from reliq.loops import cancel_all
 from reliq.loopwatch import Culprit, LoopWatch
-from reliq.outage import Backoff, reraise_if_cancelled
+from reliq.outage import NEVER, GiveUp, Outage
 from reliq.queue import MAX_DELAY_S, Claimed, Outcome, Queue
 from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.settings import Settings
@@ -97,6 +98,7 @@ class Worker:
         self.threads_left = False
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetch_task: asyncio.Task[None] | None = None
+        self._orphan_check = 0.0  # when the fetcher next looks for orphans in its list (monotonic)
         self._traced = False  # spans an attempt (OpenTelemetry set up): see reliq.tracing
         self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
         self.watch = LoopWatch(settings.loop_block_warn, self._culprit)
@@ -206,36 +208,28 @@ class Worker:
                       "retry starts beside them; this process exits now and the reaper requeues its %d task(s) "
                       "after the %.0fs lease", ", ".join(running), len(self.held), self.settings.lease)
             return False
-        backoff = Backoff()
-        deadline = time.monotonic() + max(10.0, self.settings.heartbeat_interval * 2)
-        while True:
-            try:
-                n = sum([await queue.release(self.id) for queue in self.queues.values()])
-                if n:
-                    log.info("handed back %d unfinished task(s) to pending", n)
-                return True
-            except UNAVAILABLE as exc:
-                reraise_if_cancelled()
-                if time.monotonic() > deadline:
-                    log.error("could not hand back tasks (%s); the reaper will requeue them "
-                              "after the %.0fs lease", exc, self.settings.lease)
-                    return False
-                await asyncio.sleep(backoff.next())
+        outage = Outage("hand-back", log, give_up=GiveUp(after_s=max(10.0, self.settings.heartbeat_interval * 2)))
+        try:
+            n = await outage.call(self._release_all)
+        except GaveUp as exc:
+            log.error("could not hand back tasks (%s); the reaper will requeue them after the %.0fs lease",
+                      exc.__cause__, self.settings.lease)
+            return False
+        if n:
+            log.info("handed back %d unfinished task(s) to pending", n)
+        return True
+
+    async def _release_all(self) -> int:
+        return sum([await queue.release(self.id) for queue in self.queues.values()])
 
     async def _until_redis(self, step: Any, stop: asyncio.Event) -> bool:
         """Run ``step`` until Redis answers (a worker may start before Redis does); False if stopped first."""
-        backoff = Backoff()
-        while not stop.is_set():
-            try:
-                await step()
-                return True
-            except UNAVAILABLE as exc:
-                reraise_if_cancelled()
-                if backoff.failures == 0:
-                    log.warning("waiting for Redis: %s", describe(exc))
-                with contextlib.suppress(TimeoutError):  # a signal ends the wait, Redis or not
-                    await asyncio.wait_for(stop.wait(), backoff.next())
-        return False
+        try:  # a signal ends the wait, Redis or not
+            await Outage("waiting for Redis", log, give_up=GiveUp(when=stop)).call(
+                step, note="the worker starts once it answers")
+        except GaveUp:
+            return False
+        return True
 
     async def _declare_limits(self) -> None:
         """Write the flow limits the registered types declare to every queue served (before the first claim)."""
@@ -300,29 +294,21 @@ class Worker:
     # -- fetching -----------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        backoff = Backoff()
-        next_check = time.monotonic() + self.settings.lease
+        outage = Outage("fetcher", log, give_up=NEVER, retry_other_errors=True)
+        self._orphan_check = time.monotonic() + self.settings.lease
         while not self._stopping:
-            try:
-                if await self._fetch_once():
-                    return
-                backoff.reset()
-                if time.monotonic() > next_check:
-                    # A failover (or an AOF everysec restart) can lose the last acks, leaving
-                    # ids in our list that we no longer hold, while our heartbeat keeps the
-                    # reaper away: look for them now and then, not only after an error.
-                    next_check = time.monotonic() + self.settings.lease
-                    await self._adopt_orphans()
-            except UNAVAILABLE as exc:
-                reraise_if_cancelled()
-                if backoff.failures == 0:
-                    log.warning("fetcher: %s; retrying with backoff", describe(exc))
-                await asyncio.sleep(backoff.next())
-                await self._adopt_orphans()
-            except Exception:
-                reraise_if_cancelled()
-                log.exception("fetcher failed; retrying")
-                await asyncio.sleep(backoff.next())
+            if await outage.call(lambda: self._fetch_round(after_outage=outage.down is not None)):
+                return
+
+    async def _fetch_round(self, after_outage: bool) -> bool:
+        """Look for orphans after an outage (and now and then), then claim; True when a burst run is finished."""
+        if after_outage or time.monotonic() > self._orphan_check:
+            # A lost reply leaves ids in our list that we do not know we hold; so can a
+            # failover (or an AOF everysec restart) that loses the last acks, while our
+            # heartbeat keeps the reaper away: look for them now and then, not only after an error.
+            self._orphan_check = time.monotonic() + self.settings.lease
+            await self._adopt_orphans()
+        return await self._fetch_once()
 
     async def _fetch_once(self) -> bool:
         """Claim what idle runners can take; return True when a burst run is finished."""
@@ -510,7 +496,10 @@ class Worker:
         return stale
 
     async def _settler(self) -> None:
-        backoff = Backoff()
+        # Never let the settler die, whatever the error (uvloop raises RuntimeError writing
+        # to a connection Redis just closed): its results would wait for ever while the
+        # heartbeat keeps the reaper away from their tasks.
+        outage = Outage("settler", log, give_up=NEVER, retry_other_errors=True)
         while True:
             await self._settle_wake.wait()
             self._settle_wake.clear()
@@ -519,25 +508,13 @@ class Worker:
                 self._done = []
                 self._settling = True
                 try:
-                    stale = await self._settle(batch)
-                except UNAVAILABLE as exc:
+                    stale = await outage.call(functools.partial(self._settle, batch),
+                                              note=f"{len(batch)} result(s) wait")
+                except BaseException:  # cancelled: the batch stays unsettled
                     self._done = batch + self._done
-                    reraise_if_cancelled()
-                    if backoff.failures == 0:
-                        log.warning("settler: %s; %d result(s) wait", describe(exc), len(batch))
-                    await asyncio.sleep(backoff.next())
-                    continue
-                except Exception:
-                    # Never let the settler die (uvloop raises RuntimeError writing to a
-                    # connection Redis just closed): its results would wait for ever while
-                    # the heartbeat keeps the reaper away from their tasks.
-                    self._done = batch + self._done
-                    log.exception("settler: settling %d result(s) failed; retrying", len(batch))
-                    await asyncio.sleep(backoff.next())
-                    continue
+                    raise
                 finally:
                     self._settling = False
-                backoff.reset()
                 if stale:
                     log.warning("%d result(s) dropped: their tasks were reclaimed while this worker "
                                 "was taken for dead", stale)
