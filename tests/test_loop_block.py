@@ -129,5 +129,5 @@ def test_the_heartbeat_thread_rides_out_redis_errors_logging_once_without_a_trac
     finally:
         heartbeat.stop()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "heartbeat: Redis error" in warnings[0].getMessage(), warnings
+    assert len(warnings) == 1 and "heartbeat: Redis unreachable" in warnings[0].getMessage(), warnings
     assert warnings[0].exc_info is None

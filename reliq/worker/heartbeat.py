@@ -25,7 +25,7 @@ from redis import Redis as SyncRedis
 
 from reliq.connection import connect_sync
 from reliq.loopwatch import LoopWatch
-from reliq.outage import Backoff
+from reliq.outage import NEVER, Outage
 from reliq.queue import heartbeat_call
 from reliq.scripts import SyncScripts
 
@@ -125,7 +125,8 @@ class Heartbeat:
         return True
 
     def _run(self) -> None:
-        backoff = Backoff(cap=RECONNECT_CAP)
+        # a thread cannot await: it keeps the outage's state through failed() and answered()
+        outage = Outage("heartbeat", log, give_up=NEVER, cap=RECONNECT_CAP)
         next_beat = time.monotonic() + self.interval
         while not self._stop.wait(LOOK_S):
             if self.watch is not None:
@@ -139,10 +140,6 @@ class Heartbeat:
                 self.run_once()
             except Exception as exc:  # never a traceback, never the end of the thread
                 self.failures += 1
-                if backoff.failures == 0:
-                    log.warning("heartbeat: Redis error (%s: %s); retrying with backoff", type(exc).__name__, exc)
-                next_beat = time.monotonic() + min(self.interval, backoff.next())
+                next_beat = time.monotonic() + min(self.interval, outage.failed(exc))
                 continue
-            if backoff.failures:
-                log.info("heartbeat: Redis is back")
-                backoff.reset()
+            outage.answered()
