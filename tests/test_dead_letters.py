@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,12 @@ from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
 from reliq.connection import connect
+from reliq.loops import cancel_all
+from reliq.monitor.deadletter import Replay
 from reliq.queue import Queue
 from reliq.settings import Settings
 from reliq.worker.dead_trimmer import DeadTrimmer
+from tests.flaky import Flaky
 from tests.test_monitor import AUTH, TOKEN, client_for, dead_ids, invoke, make_dead, run_burst
 
 assert client_for and dead_ids  # fixtures shared with the monitor's tests
@@ -283,3 +287,48 @@ async def test_a_monitor_killed_mid_requeue_job_loses_and_doubles_nothing(
 
 async def _partly(queue: Queue, total: int) -> bool:
     return 0 < await queue.redis.llen(queue.keys.pending) < total - 8
+
+
+async def _replaying(queue: Queue, settings: Settings, flaky: Flaky,
+                     fault: Callable[..., None]) -> tuple[list[str], Replay, asyncio.Task[Any]]:
+    """Three dead tasks, and a replay of them started over ``flaky``'s client after ``fault``."""
+    ids = await fail_dead(queue, settings, 3)
+    replays = Queue(flaky.client, settings)
+    await replays.dead_requeue(ids=[])  # the script is loaded: from now on one call a batch
+    fault(script="dead_requeue")
+    job = Replay(replays, id="requeue-test")
+    return ids, job, asyncio.create_task(job.run())
+
+
+async def test_a_replay_rides_out_an_outage_and_says_it_waits_for_redis_meanwhile(
+    queue: Queue, settings: Settings, flaky: Flaky
+) -> None:
+    ids, job, run = await _replaying(queue, settings, flaky, flaky.down)
+    await flaky.until(failed=3)
+    view = job.view()
+    assert view["state"] == "running" and (view["error"] or "").startswith("waiting for Redis: ")
+    flaky.up()
+    done = await asyncio.wait_for(run, 10)
+    assert done["state"] == "done" and done["requeued"] == 3 and done["error"] is None
+    assert [(await queue.get(i))["state"] for i in ids] == ["pending"] * 3
+
+
+async def test_a_replay_stopped_while_redis_is_down_ends_and_requeues_nothing(
+    queue: Queue, settings: Settings, flaky: Flaky
+) -> None:
+    ids, job, run = await _replaying(queue, settings, flaky, flaky.down)
+    await flaky.until(failed=2)
+    job.stop()
+    done = await asyncio.wait_for(run, 10)  # it used to retry until Redis came back
+    assert done["state"] == "cancelled" and done["requeued"] == 0
+    assert [(await queue.get(i))["state"] for i in ids] == ["dead"] * 3
+
+
+async def test_a_replay_cancelled_inside_a_redis_call_ends(queue: Queue, settings: Settings, flaky: Flaky) -> None:
+    """redis-py turned the cancellation into a ConnectionError; the replay took it for an outage
+    and retried for ever (it lacked reraise_if_cancelled), so a monitor could not shut down."""
+    ids, job, run = await _replaying(queue, settings, flaky, flaky.stall)
+    await flaky.until(stalled=1)
+    await cancel_all([run], patience=5)
+    assert run.done() and job.state == "cancelled" and flaky.stalled == 1
+    assert [(await queue.get(i))["state"] for i in ids] == ["dead"] * 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -19,10 +20,9 @@ from typing import Any, TypedDict
 
 import orjson
 
-from reliq.connection import UNAVAILABLE
-from reliq.errors import TaskNotFound
+from reliq.errors import GaveUp, TaskNotFound
 from reliq.loops import cancel_all
-from reliq.outage import Backoff
+from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue, TaskInfo, text
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,11 @@ class Replay:
     # A flag rather than Task.cancel(): redis-py can swallow a cancellation that lands
     # inside a command, and a job stopped before its first step must still end.
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Rides out Redis outages between batches; a stop ends the wait (the batch is then not requeued).
+    _outage: Outage = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._outage = Outage(f"dead-letter replay {self.id}", log, give_up=GiveUp(when=self._stop))
 
     def stop(self) -> None:
         """Ask the replay to stop before its next batch (what it requeued stays requeued)."""
@@ -269,12 +274,17 @@ class Replay:
         return JobView(id=self.id, kind="requeue", state=self.state,
                        filter={"type": self.flt.type, "reason": self.flt.reason}, rate=self.rate,
                        total=self.total, requeued=self.requeued, skipped=self.skipped,
-                       started_at=self.started_at, finished_at=self.finished_at, error=self.error)
+                       started_at=self.started_at, finished_at=self.finished_at, error=self._error())
+
+    def _error(self) -> str | None:
+        down = self._outage.down
+        return self.error if self.error is not None or down is None else f"waiting for Redis: {down}"
 
     async def run(self) -> JobView:
         """Requeue everything matching, pacing batches to the rate; return the final view."""
         try:
-            await self._run()
+            with contextlib.suppress(GaveUp):  # stopped while waiting for Redis
+                await self._run()
             self.state = "cancelled" if self._stop.is_set() else "done"
         except asyncio.CancelledError:
             self.state = "cancelled"
@@ -311,19 +321,11 @@ class Replay:
                     await asyncio.wait_for(self._stop.wait(), pause)
 
     async def _requeue(self, ids: list[str] | None, oldest: int) -> int:
-        backoff = Backoff()
-        while True:
-            try:
-                n = await (self.queue.dead_requeue(ids=ids) if ids is not None else
-                           self.queue.dead_requeue(oldest=oldest))
-            except UNAVAILABLE as exc:
-                # Retrying is safe: ids no longer dead are ignored, and 'oldest' only ever
-                # takes tasks that are dead (at worst a few that died after the start).
-                self.error = f"waiting for Redis: {exc}"
-                await asyncio.sleep(backoff.next())
-                continue
-            self.error = None
-            return n
+        # Retrying is safe: ids no longer dead are ignored, and 'oldest' only ever takes
+        # tasks that are dead (at worst a few that died after the start).
+        if ids is not None:
+            return await self._outage.call(functools.partial(self.queue.dead_requeue, ids=ids))
+        return await self._outage.call(functools.partial(self.queue.dead_requeue, oldest=oldest))
 
 
 class Replays:
