@@ -24,6 +24,7 @@ How it works, and why tasks nobody waits for cost nothing more:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from redis.asyncio import Redis
 
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import TaskNotFound, TooManyWaiters
+from reliq.outage import NEVER, Outage
 from reliq.queue import END_STATES, Queue, TaskInfo
 from reliq.syncqueue import SyncQueue
 
@@ -49,7 +51,6 @@ BLOCK_S = 5.0
 MAX_BLOCKING_THREADS = 64
 #: Queues one hub waits on at once, each through one blocking connection (more wait for one).
 MAX_DISPATCHERS = 64
-FIRST_BACKOFF_S = 0.1
 #: The longest a long poll may wait (GET /task/{id}?wait=).
 MAX_WAIT_S = 60.0
 
@@ -144,21 +145,11 @@ class Waiters:
         if self._blocking is None:
             # redis-py must not time out a BLPOP that is still blocking on purpose
             self._blocking = connect(self._url, max_connections=MAX_DISPATCHERS, socket_timeout=BLOCK_S + 5)
-        backoff = FIRST_BACKOFF_S
+        wake = functools.partial(queue.next_wake, self.hub, BLOCK_S, self._blocking)
+        outage = Outage(f"waiting for tasks of {queue.name!r}", log, give_up=NEVER)  # waits re-check meanwhile
         try:
             while self._per_queue.get(queue.name):
-                try:
-                    ended = await queue.next_wake(self.hub, BLOCK_S, self._blocking)
-                except UNAVAILABLE as exc:
-                    if backoff == FIRST_BACKOFF_S:  # once an outage; waits re-check meanwhile
-                        log.warning("waiting for tasks of %r: Redis unavailable (%s); retrying with backoff",
-                                    queue.name, exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                if backoff != FIRST_BACKOFF_S:
-                    log.info("waiting for tasks of %r: Redis is back", queue.name)
-                backoff = FIRST_BACKOFF_S
+                ended = await outage.call(wake)
                 if ended:
                     self._wake((queue.name, ended))
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from reliq.settings import Settings
 from reliq.waiting import Waiters
 from reliq.worker import Worker
 from tests import procs
+from tests.flaky import Flaky
 from tests.keyspace import keyspace
 from tests.test_client import in_child
 from tests.test_scripts import claim_all, enqueue, outcome
@@ -310,3 +312,26 @@ def test_openapi_describes_the_wait_parameter_and_its_limit() -> None:
     [wait] = [p for p in get["parameters"] if p["name"] == "wait"]
     assert (wait["in"], wait["schema"]["minimum"], wait["schema"]["maximum"]) == ("query", 0, 60)
     assert {"400", "404", "429"} <= set(get["responses"])
+
+
+async def test_a_wait_rides_out_an_outage_of_the_blocking_connection_and_is_still_woken(
+    queue: Queue, flaky: Flaky, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reliq.waiting")
+    [a] = await enqueue(queue)
+    waiters = Waiters(queue.settings.redis_url)
+    waiters._blocking = flaky.client  # the connection the wake-up dispatcher blocks on
+    flaky.fail_next(3)
+    try:
+        wait = asyncio.create_task(waiters.wait(queue, a, timeout=30))
+        await flaky.until(failed=3)
+        [task] = await claim_all(queue)
+        await queue.settle(W, [outcome(task, "ok", '"done"')])
+        assert (await asyncio.wait_for(wait, 5))["state"] == "succeeded"  # woken, not found by the 10 s re-check
+    finally:
+        await waiters.close()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reliq.waiting"]
+    assert lines == [
+        ("WARNING", f"waiting for tasks of {queue.name!r}: Redis unreachable: flaky: injected outage; "
+                    "retrying with backoff"),
+        ("INFO", f"waiting for tasks of {queue.name!r}: Redis is back")]
