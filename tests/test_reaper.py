@@ -12,17 +12,9 @@ from reliq.queue import Queue
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
 from reliq.worker.reaper import Reaper, outage_gap
+from tests.util import held_by
 
 LEASE, INTERVAL = 1.0, 0.1
-
-
-async def _held_by(queue: Queue, worker_id: str) -> str:
-    """A task that ``worker_id`` has claimed and is running."""
-    task_id = await queue.enqueue("noop")
-    await queue.heartbeat(worker_id, {"pid": 1}, ttl_s=60)
-    claimed, _ = await queue.claim(worker_id, 1)
-    assert [t.id for t in claimed] == [task_id]
-    return task_id
 
 
 async def _rounds(reaper: Reaper, seconds: float, every: float = INTERVAL) -> list[tuple[int, int]]:
@@ -36,7 +28,7 @@ async def _rounds(reaper: Reaper, seconds: float, every: float = INTERVAL) -> li
 
 
 async def test_a_worker_silent_past_its_lease_is_reaped_and_its_task_requeued(queue: Queue) -> None:
-    task_id = await _held_by(queue, "w-dead")
+    task_id = await held_by(queue, "w-dead")
     reaper = Reaper(queue, LEASE, INTERVAL, "w-reaper", grace=1.5)
     assert set(await _rounds(reaper, LEASE - 0.3)) == {(0, 0)}  # beat just now: alive
     assert (1, 0) in await _rounds(reaper, 0.6)
@@ -46,7 +38,7 @@ async def test_a_worker_silent_past_its_lease_is_reaped_and_its_task_requeued(qu
 
 
 async def test_only_one_reaper_a_round(queue: Queue) -> None:
-    await _held_by(queue, "w-dead")
+    await held_by(queue, "w-dead")
     first, second = Reaper(queue, LEASE, 5.0, "a", 1.0), Reaper(queue, LEASE, 5.0, "b", 1.0)
     await queue.redis.zadd(queue.keys.workers, {"w-dead": 0})  # silent since 1970, and rounds went on
 
@@ -63,7 +55,7 @@ def test_the_outage_gap_stays_under_half_the_lease_and_above_the_interval() -> N
 
 async def test_a_lone_reapers_own_rounds_never_open_a_grace(queue: Queue) -> None:
     """Rounds one interval apart, with a lease only twice the interval, still reap."""
-    await _held_by(queue, "w-dead")
+    await held_by(queue, "w-dead")
     reaper = Reaper(queue, 0.6, 0.3, "w-reaper", grace=5.0)
     assert (1, 0) in await _rounds(reaper, 1.5, every=0.3)
 
@@ -76,8 +68,8 @@ async def test_after_redis_was_stalled_no_live_worker_is_taken_for_dead(tmp_path
     redis = connect(server.url)
     try:
         queue = Queue(redis, Settings(redis_url=server.url, queue="stall"))
-        task_id = await _held_by(queue, "w-live")
-        dead_id = await _held_by(queue, "w-dead")
+        task_id = await held_by(queue, "w-live")
+        dead_id = await held_by(queue, "w-dead")
         reaper = Reaper(queue, LEASE, INTERVAL, "w-reaper", grace=1.5)
         assert await reaper.run_once() == (0, 0)
         server.signal(signal.SIGSTOP)

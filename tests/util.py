@@ -29,6 +29,15 @@ async def eventually(condition: Callable[[], bool | Awaitable[bool]], timeout: f
         await asyncio.sleep(interval)
 
 
+async def held_by(queue: Queue, worker_id: str) -> str:
+    """A task that ``worker_id`` has claimed and is running (it beat just now)."""
+    task_id = await queue.enqueue("noop")
+    await queue.heartbeat(worker_id, {"pid": 1}, ttl_s=60)
+    claimed, _ = await queue.claim(worker_id, 1)
+    assert [t.id for t in claimed] == [task_id]
+    return task_id
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.02,
                what: str = "condition") -> None:
     """Blocking twin of :func:`eventually`."""
