@@ -23,14 +23,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from reliq.formats import Metric, metric
 from reliq.histogram import bucket
 
 log = logging.getLogger(__name__)
 
 #: How often the loop stamps its tick, seconds: the resolution of a measured block.
 TICK_S = 0.1
-#: Metrics-hash fields of the loop-block histogram: a bucket count a block, and the sum.
-BLOCK_BUCKET, BLOCK_SUM = "lb|", "lbs"
 #: What to tell the author of the handler.
 ADVICE = ("an async handler must not block: no time.sleep, blocking I/O or long CPU loops in it; "
           "await async calls, use asyncio.to_thread, a plain def handler, or isolation='process'")
@@ -79,8 +78,8 @@ class LoopWatch:
                     seconds, who, ADVICE)
         with self._lock:
             counts = self._counts.setdefault(queue, Counter())
-            counts[BLOCK_BUCKET + str(bucket(seconds * 1000))] += 1
-            counts[BLOCK_SUM] += round(seconds * 1000)
+            counts[metric(Metric.BLOCKS, bucket(seconds * 1000))] += 1
+            counts[metric(Metric.BLOCKED_SUM)] += round(seconds * 1000)
 
     # -- called from the heartbeat thread ------------------------------------------------
 

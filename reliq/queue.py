@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from reliq import calls, pausing, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
-from reliq.formats import CLAIM_WIDTH
+from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Metric
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
@@ -504,15 +504,17 @@ class Queue:
         own: dict[str, tuple[int, int]] = {}
         batch = []
         sums: Counter[str] = Counter()  # the metrics fields, summed here: see settle.lua
+        # Each field as formats.metric() writes it, spelled out: this loop runs a task.
+        runs, wait, wait_sum, run, run_sum = Metric.RUNS, Metric.WAIT, Metric.WAIT_SUM, Metric.RUN, Metric.RUN_SUM
         for o in outcomes:
             t = o.task
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
             batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
                           wait_ms, o.run_ms, wait_b, run_b))
-            sums.update((f"t|{t.type}|{o.outcome}", f"w|{t.type}|{wait_b}", f"r|{t.type}|{run_b}"))
-            sums[f"ws|{t.type}"] += wait_ms
-            sums[f"rs|{t.type}"] += o.run_ms
+            sums.update((f"{runs}|{t.type}|{o.outcome}", f"{wait}|{t.type}|{wait_b}", f"{run}|{t.type}|{run_b}"))
+            sums[f"{wait_sum}|{t.type}"] += wait_ms
+            sums[f"{run_sum}|{t.type}"] += o.run_ms
             if retention and t.type in retention and t.type not in own:
                 own[t.type] = retention[t.type].limits(self.settings)
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
@@ -722,22 +724,23 @@ class Queue:
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
                 k.dead_archive, k.paused, k.held_prefix]
         raw = await self._scripts("snapshot", keys, [])
-        now, oldest, oldest_dead = int(raw[0]), int(raw[6]), int(raw[7])
+        r = dict(zip(SNAPSHOT_FIELDS, raw, strict=False))
+        now, oldest, oldest_dead = int(r["now_ms"]), int(r["oldest_queued_ms"]), int(r["oldest_dead_ms"])
         snap: dict[str, Any] = {
             "queue": self.name,
-            "pending": int(raw[1]),
-            "processing": int(raw[5]),
-            "delayed": int(raw[2]),
-            "dead_letter": int(raw[3]),
+            "pending": int(r["pending_count"]),
+            "processing": int(r["processing_count"]),
+            "delayed": int(r["delayed_count"]),
+            "dead_letter": int(r["dead_count"]),
             "dead_oldest_age_s": max(0.0, (now - oldest_dead) / 1000) if oldest_dead >= 0 else 0.0,
-            "dead_archived": int(raw[8]),
-            "workers": int(raw[4]),
+            "dead_archived": int(r["archive_count"]),
+            "workers": int(r["worker_count"]),
             "lag_s": max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
-            "held": int(raw[9]),
-            "paused": pausing.parse(raw[10], now),
+            "held": int(r["held_count"]),
+            "paused": pausing.parse(r["pauses"], now),
         }
         snap.update(dict.fromkeys(COUNTERS, 0))
-        for i in range(11, len(raw), 2):
+        for i in range(len(SNAPSHOT_FIELDS), len(raw), 2):
             snap[text(raw[i])] = int(raw[i + 1])
         return cast(Snapshot, snap)
 

@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from reliq import calls, formats, scripts
-from reliq.formats import CLAIM_FIELDS, ENQUEUE_FIELDS, SETTLE_FIELDS
+from reliq.formats import CLAIM_FIELDS, ENQUEUE_FIELDS, SETTLE_FIELDS, Metric, metric, split_metric
 from reliq.histogram import bucket
 from reliq.queue import Claimed, Outcome, Queue, make_spec
 
@@ -71,3 +71,21 @@ def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:
         scripts._with_formats("--- @format NOPE\nreturn 1\n")
     with pytest.raises(ValueError, match="CRASHES"):
         scripts._with_formats("--- @format CLAIM_FIELDS\nlocal CRASHES = 0\nreturn 1\n")
+
+
+@pytest.mark.parametrize(("kind", "parts", "field"), [
+    (Metric.RUNS, ("a|b", "ok"), "t|a|b|ok"), (Metric.WAIT, ("a", 3), "w|a|3"), (Metric.WAIT_SUM, ("a|b",), "ws|a|b"),
+    (Metric.RUN, ("a", 0), "r|a|0"), (Metric.RUN_SUM, ("a",), "rs|a"), (Metric.BLOCKS, (4,), "lb|4"),
+    (Metric.BLOCKED_SUM, (), "lbs"),
+])
+def test_every_metric_kind_splits_back_into_what_made_it(kind: Metric, parts: tuple[object, ...], field: str) -> None:
+    assert metric(kind, *parts) == field
+    name, task_type, last = split_metric(field)
+    assert name == kind
+    assert [p for p in (task_type, last) if p] == [str(p) for p in parts]
+
+
+def test_settle_lua_names_the_metric_kinds_of_formats() -> None:
+    settle = scripts.source("settle")
+    assert formats.lua_locals("METRIC") in settle
+    assert "'t|'" not in settle and "'rs|'" not in settle

@@ -19,6 +19,7 @@ from typing import Any
 from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import FAIL_RETRIES, Accepted
 from reliq.chaos.tasks import POISON
+from reliq.formats import Metric, split_metric
 from reliq.queue import COUNTERS, Queue
 
 #: States a task can stay in once the run is over (a chaos run cancels nothing).
@@ -241,8 +242,9 @@ def _counters(state: RedisState) -> list[dict[str, Any]]:
     crashes = sum(int(r.get("crashes", 0)) for r in recs)
     metric = Counter[str]()
     for field, n in state.metrics.items():
-        if field.startswith("t|"):
-            metric[field.rsplit("|", 1)[1]] += n
+        kind, _, outcome = split_metric(field)
+        if kind == Metric.RUNS:
+            metric[outcome] += n
     permanent = reasons["permanent"] + reasons["unknown_type"]
     requeued = c["requeued"]
     return [

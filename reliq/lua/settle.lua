@@ -47,6 +47,7 @@
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at'}
 local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
 --- @format SETTLE_FIELDS
+--- @format METRIC
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
@@ -67,13 +68,14 @@ local function add(tbl, field, n)
   tbl[field] = (tbl[field] or 0) + n
 end
 
--- The metrics fields of one task, as W sums them (reliq/queue.py: Queue.settle).
+-- The metrics fields of one task, as W sums them (reliq/queue.py: Queue.settle; the kinds
+-- are reliq/formats.py's Metric).
 local function observe(ttype, outcome, wait_ms, run_ms, wait_b, run_b, sign)
-  add(sums, 't|' .. ttype .. '|' .. outcome, sign)
-  add(sums, 'w|' .. ttype .. '|' .. wait_b, sign)
-  add(sums, 'ws|' .. ttype, sign * wait_ms)
-  add(sums, 'r|' .. ttype .. '|' .. run_b, sign)
-  add(sums, 'rs|' .. ttype, sign * run_ms)
+  add(sums, METRIC_RUNS .. '|' .. ttype .. '|' .. outcome, sign)
+  add(sums, METRIC_WAIT .. '|' .. ttype .. '|' .. wait_b, sign)
+  add(sums, METRIC_WAIT_SUM .. '|' .. ttype, sign * wait_ms)
+  add(sums, METRIC_RUN .. '|' .. ttype .. '|' .. run_b, sign)
+  add(sums, METRIC_RUN_SUM .. '|' .. ttype, sign * run_ms)
 end
 
 -- Taking an id out of W's list: one LREM each (from the tail, -1: W pushes claimed ids

@@ -9,11 +9,12 @@
 -- KEYS[8] ARCHIVE     dead-letter archive stream
 -- KEYS[9] PAUSED      paused hash
 -- KEYS[10] HELD       held list prefix (+ task type)
--- Returns {now_ms, pending, delayed, dead, workers, processing, oldest queued_at
--- (-1 when nothing is pending), oldest dead task's finished_at (-1 when none),
--- archive length, held (ids of paused types set aside, counted in pending too),
--- {field, value, held, field, value, held, ...} of the paused hash,
--- counter, value, counter, value, ...}.
+-- Returns SNAPSHOT_FIELDS (reliq/formats.py), then counter, value, counter, value, ... of
+-- the stats hash: now_ms; the counts of pending (held ids included), delayed, dead,
+-- workers, processing, archived and held (ids of paused types set aside); the oldest
+-- pending task's queued_at and the oldest dead task's finished_at (-1 when none); pauses,
+-- {field, value, held, field, value, held, ...} of the paused hash.
+--- @format SNAPSHOT_FIELDS
 local PENDING, DELAYED, DEAD, WORKERS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local PROCESSING, TASK, ARCHIVE, PAUSED, HELD = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local workers = redis.call('ZRANGE', WORKERS, 0, -1)
@@ -41,8 +42,17 @@ for i = 1, #paused, 2 do
   pauses[#pauses + 1] = paused[i + 1]
   pauses[#pauses + 1] = n
 end
-local out = {now_ms(), redis.call('LLEN', PENDING) + held, redis.call('ZCARD', DELAYED),
-             redis.call('LLEN', DEAD), #workers, processing, oldest, oldest_dead,
-             redis.call('XLEN', ARCHIVE), held, pauses}
+local out = {}
+out[NOW_MS] = now_ms()
+out[PENDING_COUNT] = redis.call('LLEN', PENDING) + held
+out[DELAYED_COUNT] = redis.call('ZCARD', DELAYED)
+out[DEAD_COUNT] = redis.call('LLEN', DEAD)
+out[WORKER_COUNT] = #workers
+out[PROCESSING_COUNT] = processing
+out[OLDEST_QUEUED_MS] = oldest
+out[OLDEST_DEAD_MS] = oldest_dead
+out[ARCHIVE_COUNT] = redis.call('XLEN', ARCHIVE)
+out[HELD_COUNT] = held
+out[PAUSES] = pauses
 for _, v in ipairs(redis.call('HGETALL', STATS)) do out[#out + 1] = v end
 return out

@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from reliq import memory
+from reliq.formats import Metric as Kind
+from reliq.formats import metric, split_metric
 from reliq.histogram import BOUNDS_S
-from reliq.loopwatch import BLOCK_BUCKET, BLOCK_SUM
 from reliq.pausing import QUEUE_FIELD
 from reliq.queue import Queue, Snapshot
 
@@ -57,27 +58,20 @@ class TypeMetrics:
 
 
 def parse_metrics(raw: dict[str, int]) -> dict[str, TypeMetrics]:
-    """Decode the metrics hash (``t|type|outcome``, ``w|type|bucket``, ``ws|type``, ...) by type.
-
-    Types may contain ``|``, so the type is everything between the first and the last one.
-    """
+    """Decode the task fields of the metrics hash (their kinds: :class:`reliq.formats.Metric`) by type."""
     by_type: dict[str, TypeMetrics] = {}
     for key, value in raw.items():
-        kind, _, rest = key.partition("|")
-        if kind in ("ws", "rs"):
-            m = by_type.setdefault(rest, TypeMetrics())
-            if kind == "ws":
-                m.wait_sum_ms += value
-            else:
-                m.run_sum_ms += value
-            continue
-        ttype, _, last = rest.rpartition("|")
-        if kind == "t":
+        kind, ttype, last = split_metric(key)
+        if kind == Kind.WAIT_SUM:
+            by_type.setdefault(ttype, TypeMetrics()).wait_sum_ms += value
+        elif kind == Kind.RUN_SUM:
+            by_type.setdefault(ttype, TypeMetrics()).run_sum_ms += value
+        elif kind == Kind.RUNS:
             m = by_type.setdefault(ttype, TypeMetrics())
             m.outcomes[last] = m.outcomes.get(last, 0) + value
-        elif kind in ("w", "r") and last.isdigit() and int(last) < N_BUCKETS:
+        elif kind in (Kind.WAIT, Kind.RUN) and last.isdigit() and int(last) < N_BUCKETS:
             m = by_type.setdefault(ttype, TypeMetrics())
-            (m.wait if kind == "w" else m.run)[int(last)] += value
+            (m.wait if kind == Kind.WAIT else m.run)[int(last)] += value
     return by_type
 
 
@@ -96,12 +90,11 @@ class LoopBlocks:
 
 def parse_loop_blocks(raw: dict[str, int]) -> LoopBlocks:
     """The loop-block histogram of the metrics hash (``lb|bucket`` counts and the ``lbs`` sum)."""
-    blocks = LoopBlocks(sum_ms=raw.get(BLOCK_SUM, 0))
+    blocks = LoopBlocks(sum_ms=raw.get(metric(Kind.BLOCKED_SUM), 0))
     for key, value in raw.items():
-        if key.startswith(BLOCK_BUCKET) and key[len(BLOCK_BUCKET):].isdigit():
-            i = int(key[len(BLOCK_BUCKET):])
-            if i < N_BUCKETS:
-                blocks.buckets[i] += value
+        kind, _, last = split_metric(key)
+        if kind == Kind.BLOCKS and last.isdigit() and int(last) < N_BUCKETS:
+            blocks.buckets[int(last)] += value
     return blocks
 
 
