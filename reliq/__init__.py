@@ -18,6 +18,7 @@ _EXPORTS = {
     "AsyncClient": "reliq.client",
     "Client": "reliq.client",
     "CancelRefused": "reliq.errors",
+    "InvalidSchedule": "reliq.errors",
     "InvalidTask": "reliq.errors",
     "PermanentError": "reliq.errors",
     "QueueFull": "reliq.errors",
@@ -29,6 +30,7 @@ _EXPORTS = {
     "configure": "reliq.producer",
     "Context": "reliq.registry",
     "task": "reliq.registry",
+    "periodic": "reliq.schedules",
     "Settings": "reliq.settings",
 }
 
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
     from reliq.client import AsyncClient, Client
     from reliq.errors import (
         CancelRefused,
+        InvalidSchedule,
         InvalidTask,
         PermanentError,
         QueueFull,
@@ -46,11 +49,13 @@ if TYPE_CHECKING:
     )
     from reliq.producer import TaskFunction, configure
     from reliq.registry import Context, task
+    from reliq.schedules import periodic
     from reliq.settings import Settings
 
 __all__ = [  # the names of _EXPORTS (a test holds them equal)
-    "AsyncClient", "CancelRefused", "Client", "Context", "InvalidTask", "PermanentError", "QueueFull", "RedisFull",
-    "ReliqError", "Settings", "Snooze", "TaskFunction", "TaskNotFound", "configure", "task",
+    "AsyncClient", "CancelRefused", "Client", "Context", "InvalidSchedule", "InvalidTask", "PermanentError",
+    "QueueFull", "RedisFull", "ReliqError", "Settings", "Snooze", "TaskFunction", "TaskNotFound", "configure",
+    "periodic", "task",
 ]
 
 

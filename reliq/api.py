@@ -102,7 +102,8 @@ PRODUCER = web.AppKey("producer", Producer)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 
 
-async def _json_body(request: web.Request) -> Any:
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body; 415 when it is not JSON, 400 when it does not parse."""
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(
             reason=f"Content-Type must be application/json, not {request.content_type!r}"
@@ -160,7 +161,7 @@ def _not_replicated(body: dict[str, Any]) -> web.Response:
 async def post_task(request: web.Request) -> web.Response:
     """POST /task: enqueue one task; 202 with its id (200 for a repeated Idempotency-Key)."""
     producer = request.app[PRODUCER]
-    body = await _json_body(request)
+    body = await json_body(request)
     if not isinstance(body, dict):
         return error(400, "a task must be a JSON object with a 'type'")
     queue = producer.queue(body.get("queue"))
@@ -177,7 +178,7 @@ async def post_task(request: web.Request) -> web.Response:
 async def post_tasks(request: web.Request) -> web.Response:
     """POST /tasks: enqueue up to 1,000 tasks of one queue in one script call, all or nothing."""
     producer = request.app[PRODUCER]
-    body = await _json_body(request)
+    body = await json_body(request)
     envelope = body if isinstance(body, dict) else {"tasks": body}
     items = envelope.get("tasks")
     if not isinstance(items, list) or not items:
@@ -198,7 +199,7 @@ async def post_tasks(request: web.Request) -> web.Response:
     return json_response(answer, 202)
 
 
-def _known_query(request: web.Request, names: tuple[str, ...]) -> None:
+def known_query(request: web.Request, names: tuple[str, ...]) -> None:
     """Refuse a query parameter the endpoint does not take (a typo would otherwise be ignored)."""
     unknown = sorted(set(request.query) - set(names))
     if unknown:
@@ -222,7 +223,7 @@ def _wait_s(raw: str | None) -> float:
 async def get_task(request: web.Request) -> web.Response:
     """GET /task/{id}?queue=&wait=: the task's record; with ``wait``, once it has ended (long poll)."""
     producer = request.app[PRODUCER]
-    _known_query(request, ("queue", "wait"))
+    known_query(request, ("queue", "wait"))
     queue = producer.queue(request.query.get("queue") or None)
     wait = _wait_s(request.query.get("wait"))
     try:
@@ -245,7 +246,7 @@ async def cancel_task(request: web.Request) -> web.Response:
 
 
 async def _cancel(request: web.Request, forget: bool) -> web.Response:
-    _known_query(request, ("queue",))
+    known_query(request, ("queue",))
     queue = request.app[PRODUCER].queue(request.query.get("queue") or None)
     task_id = request.match_info["id"]
     try:
@@ -306,6 +307,10 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     app.router.add_get("/task/{id}", get_task)
     app.router.add_delete("/task/{id}", delete_task)
     app.router.add_post("/task/{id}/cancel", cancel_task)
+    # imported here: the schedule routes use this module's helpers
+    from reliq.api_schedules import add_routes as add_schedule_routes
+
+    add_schedule_routes(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", openapi)

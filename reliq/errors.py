@@ -115,3 +115,11 @@ class Snooze(ReliqError):
             raise ValueError(f"Snooze takes a number of seconds >= 0, not {seconds!r}")
         super().__init__(f"snoozed for {seconds:g}s")
         self.seconds = float(seconds)
+
+
+class InvalidSchedule(InvalidTask):
+    """A periodic schedule's definition is malformed (bad cron, time zone, name...): a 400, nothing written."""
+
+
+class ScheduleNotFound(ReliqError):
+    """No schedule of that name exists in the queue."""

@@ -204,6 +204,20 @@ class QueueKeys:
         return self.base + "key-holds"
 
     @property
+    def schedules(self) -> str:
+        """SET of the names of the queue's periodic schedules (reliq/schedules.py)."""
+        return self.base + "schedules"
+
+    @property
+    def schedule_prefix(self) -> str:
+        """Prefix of the schedules' hashes; scripts append the name."""
+        return self.base + "schedule:"
+
+    def schedule(self, name: str) -> str:
+        """HASH of one schedule: its definition (``def``), cursor (``upto``), pause, last run and counts."""
+        return self.schedule_prefix + name
+
+    @property
     def processing_prefix(self) -> str:
         """Prefix of the workers' processing lists; the snapshot script appends worker ids."""
         return self.base + "processing:"

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from reliq import __version__
+from reliq import __version__, schedules
 from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, RFC3339, STATES
 from reliq.settings import QUEUE_PATTERN, WHITESPACE
 from reliq.waiting import MAX_WAIT_S
@@ -135,6 +135,74 @@ _SCHEMAS: dict[str, Any] = {
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
 }
 
+_ISO_OR_NULL = {"type": ["string", "null"], "format": "date-time"}
+_SCHEDULE_SCHEMAS: dict[str, Any] = {
+    "ScheduleDefinition": {
+        "type": "object",
+        "required": ["type"],
+        "additionalProperties": False,
+        "description": "Either cron or every. A cron expression's validity (and that it ever fires) is checked "
+                       "by the server: a 400 says what is wrong, and nothing is written.",
+        "properties": {
+            "type": _TASK_FIELDS["type"],
+            "payload": _TASK_FIELDS["payload"],
+            "cron": _or_null({"type": "string", "minLength": 1, "maxLength": 200,
+                              "description": "Five fields (minute hour day month weekday), or @daily, @hourly..."}),
+            "every": _or_null({"type": "number", "minimum": schedules.MIN_EVERY_S, "maximum": schedules.MAX_EVERY_S,
+                               "description": "Seconds between slots, aligned on the epoch"}),
+            "tz": _or_null({"type": "string", "minLength": 1, "maxLength": 100,
+                            "description": "IANA time zone of a cron expression (default UTC)"}),
+            "missed": _or_null({"type": "string", "enum": list(schedules.MISSED),
+                                "description": "Slots missed by more than a minute: skip (default), run the newest "
+                                               "once, or catch_up the newest catch_up of them"}),
+            "catch_up": _or_null({"type": "integer", "minimum": 1, "maximum": schedules.MAX_CATCH_UP}),
+            "max_retries": _TASK_FIELDS["max_retries"],
+            "timeout_s": _TASK_FIELDS["timeout_s"],
+        },
+    },
+    "Schedule": {
+        "type": "object",
+        "required": ["name", "queue", "source", "paused", "next_run", "last_slot", "last_task_id",
+                     "last_task_state", "enqueued", "skipped", "triggered"],
+        "properties": {
+            "name": {"type": "string"}, "queue": {"type": "string"},
+            "type": {"type": ["string", "null"]}, "payload": {},
+            "cron": {"type": ["string", "null"]}, "every": {"type": ["number", "null"]},
+            "tz": {"type": ["string", "null"]}, "missed": {"type": ["string", "null"]},
+            "catch_up": {"type": ["integer", "null"]}, "max_retries": {"type": ["integer", "null"]},
+            "timeout_s": {"type": ["number", "null"]},
+            "source": {"enum": list(schedules.SOURCES)},
+            "paused": {"type": "boolean"}, "paused_by": {"type": ["string", "null"]}, "paused_since": _ISO_OR_NULL,
+            "next_run": _ISO_OR_NULL, "next_run_ms": {"type": ["integer", "null"]},
+            "last_slot": _ISO_OR_NULL, "last_task_id": {"type": ["string", "null"]},
+            "last_task_state": {"type": ["string", "null"]}, "last_enqueued_at": _ISO_OR_NULL,
+            "enqueued": {"type": "integer"}, "skipped": {"type": "integer"}, "triggered": {"type": "integer"},
+            "firing": {"type": "integer"}, "created_at": _ISO_OR_NULL, "updated_at": _ISO_OR_NULL,
+            "error": {"type": ["string", "null"]},
+        },
+    },
+    "Schedules": {
+        "type": "object", "required": ["queue", "schedules"],
+        "properties": {"queue": {"type": "string"}, "schedules": {"type": "array", "items": _ref("Schedule")}},
+    },
+    "ScheduleWritten": {
+        "type": "object", "required": ["status", "schedule"],
+        "properties": {"status": {"enum": ["created", "updated", "unchanged", "paused", "already paused",
+                                           "resumed", "not paused"]},
+                       "schedule": _ref("Schedule")},
+    },
+    "ScheduleDeleted": {
+        "type": "object", "required": ["status", "name", "queue"],
+        "properties": {"status": {"const": "deleted"}, "name": {"type": "string"}, "queue": {"type": "string"}},
+    },
+    "ScheduleTriggered": {
+        "type": "object", "required": ["status", "task_id", "queue", "name"],
+        "properties": {"status": {"const": "queued"}, "task_id": {"type": "string"}, "queue": {"type": "string"},
+                       "name": {"type": "string"}},
+    },
+}
+_SCHEMAS.update(_SCHEDULE_SCHEMAS)
+
 #: What both ways of cancelling answer when they cannot.
 _CANCEL_REFUSED = {"400": _error("Bad queue name"), "404": _error("No such task"),
                    "409": _json({"allOf": [_ref("Error"), {"required": ["state"]}]}, "Running or finished")}
@@ -156,6 +224,58 @@ _BAD_BODY = {"400": _error("Invalid JSON or task"), "413": _error("Body over the
              "507": {**_error("Redis is out of memory, or past --max-memory-ratio of its maxmemory: nothing "
                               "was enqueued (Retry-After: seconds)"),
                      "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}}}}
+_NAME_PARAM = {"name": "name", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": schedules.NAME_PATTERN}}
+_SCHEDULE_PARAMS = [_NAME_PARAM, {**_QUEUE_PARAM, "description": "The schedule's queue (empty or absent: the "
+                                                                   "server's queue)"}]
+_NO_SCHEDULE = {"400": _error("Bad name or queue"), "404": _error("No such schedule")}
+_SCHEDULE_LINK = {"name": "$response.body#/schedule/name", "queue": "$response.body#/schedule/queue"}
+
+
+def _schedule_paths(common: dict[str, Any]) -> dict[str, Any]:
+    """The paths of periodic schedules (reliq/api_schedules.py)."""
+    written = {**_json(_ref("ScheduleWritten"), "The schedule as it is now"),
+               "links": {"GetSchedule": {"operationId": "getSchedule", "parameters": _SCHEDULE_LINK},
+                         "TriggerSchedule": {"operationId": "triggerSchedule", "parameters": _SCHEDULE_LINK},
+                         "DeleteSchedule": {"operationId": "deleteSchedule", "parameters": _SCHEDULE_LINK}}}
+    return {
+        "/schedules": {"get": {
+            "operationId": "listSchedules", "summary": "Every periodic schedule of the queue, by name",
+            "parameters": [_SCHEDULE_PARAMS[1]],
+            "responses": {"200": _json(_ref("Schedules"), "The schedules"), "400": _error("Bad queue name"),
+                          **common}}},
+        "/schedules/{name}": {
+            "get": {"operationId": "getSchedule", "summary": "One schedule: definition, next and last run, counts",
+                    "parameters": _SCHEDULE_PARAMS,
+                    "responses": {"200": _json(_ref("Schedule"), "The schedule"), **_NO_SCHEDULE, **common}},
+            "put": {"operationId": "putSchedule", "summary": "Define a schedule at run time (it wins over the code's)",
+                    "parameters": _SCHEDULE_PARAMS,
+                    "requestBody": {"required": True, "content": {JSON: {"schema": _ref("ScheduleDefinition")}}},
+                    "responses": {"201": written, "200": written,
+                                  "400": _error("Bad name, cron expression, time zone or field: nothing written"),
+                                  "413": _error("Body over the limit"),
+                                  "415": _error("Content-Type is not application/json"), **common}},
+            "delete": {"operationId": "deleteSchedule", "summary": "Remove a schedule (enqueued tasks stay)",
+                       "parameters": _SCHEDULE_PARAMS,
+                       "responses": {"200": _json(_ref("ScheduleDeleted"), "Removed"), **_NO_SCHEDULE, **common}},
+        },
+        "/schedules/{name}/trigger": {"post": {
+            "operationId": "triggerSchedule", "summary": "Enqueue the schedule's task now, outside its slots",
+            "parameters": _SCHEDULE_PARAMS,
+            "responses": {"202": {**_json(_ref("ScheduleTriggered"), "Enqueued"), "links": _TASK_LINKS_OF_TRIGGER},
+                          **_NO_SCHEDULE, **{k: v for k, v in _BAD_BODY.items() if k in ("429", "507")},
+                          **common}}},
+        "/schedules/{name}/pause": {"post": {
+            "operationId": "pauseSchedule", "summary": "Decide no slot until resumed (those meanwhile never run)",
+            "parameters": _SCHEDULE_PARAMS,
+            "responses": {"200": _json(_ref("ScheduleWritten"), "Paused"), **_NO_SCHEDULE, **common}}},
+        "/schedules/{name}/resume": {"post": {
+            "operationId": "resumeSchedule", "summary": "Run its slots again from now on",
+            "parameters": _SCHEDULE_PARAMS,
+            "responses": {"200": _json(_ref("ScheduleWritten"), "Resumed"), **_NO_SCHEDULE, **common}}},
+    }
+
+
 #: What an accepted task leads to: its record (for stateful clients and fuzzers).
 _TASK_PARAMS = {"id": "$response.body#/task_id", "queue": "$response.body#/queue"}
 _TASK_LINKS = {
@@ -163,6 +283,9 @@ _TASK_LINKS = {
     "CancelTask": {"operationId": "cancelTask", "parameters": _TASK_PARAMS},
     "DeleteTask": {"operationId": "deleteTask", "parameters": _TASK_PARAMS},
 }
+
+
+_TASK_LINKS_OF_TRIGGER = {"GetTask": _TASK_LINKS["GetTask"]}
 
 
 def _accepted(description: str) -> dict[str, Any]:
@@ -223,6 +346,7 @@ def spec(auth: bool = True) -> dict[str, Any]:
                          "parameters": [_ID_PARAM, _QUEUE_PARAM],
                          "responses": {"200": _json(_ref("Cancelled"), "Cancelled"), **_CANCEL_REFUSED, **common}},
             },
+            **_schedule_paths(common),
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive", "security": [],
                                  "responses": {"200": _json(_ref("Status"), "Alive")}}},
             "/readyz": {"get": {"operationId": "readyz", "summary": "Redis answers", "security": [],

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -35,6 +35,9 @@ from reliq.pausing import PauseView
 from reliq.scripts import Scripts
 from reliq.settings import WHITESPACE, Retention, Settings
 
+if TYPE_CHECKING:
+    from reliq.schedules import Plan, Schedule
+
 #: Bounds on what a producer may ask for, so one bad request cannot park a task forever.
 MAX_TYPE_LEN = 200
 MAX_RETRIES_LIMIT = 100
@@ -49,9 +52,10 @@ END_STATES = ("succeeded", "dead", "cancelled")
 #: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
 #: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
 #: snoozed: runs that raised reliq.Snooze (not failures; their attempt is given back).
+#: schedule_enqueued / schedule_skipped: periodic slots enqueued, and missed ones skipped (reliq/schedules.py).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
             "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory", "trimmed", "expired",
-            "snoozed")
+            "snoozed", "schedule_enqueued", "schedule_skipped")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -253,6 +257,8 @@ class Snapshot(TypedDict):
     trimmed: int
     expired: int
     snoozed: int
+    schedule_enqueued: int
+    schedule_skipped: int
     #: Pending tasks of paused types set aside in their held lists (counted in ``pending`` too).
     held: int
     #: What is paused: the whole queue and/or task types (reliq/pausing.py).
@@ -588,6 +594,43 @@ class Queue:
         k = self.keys
         keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix]
         return int(await self._scripts("release", keys, [worker_id]))
+
+    # -- periodic schedules (reliq/schedules.py) -------------------------------------------
+
+    async def schedule_rows(self, name: str = "") -> list[Any]:
+        """``schedules.lua``'s reply: the Redis clock, then each schedule's hash and last task's state."""
+        k = self.keys
+        return cast(list[Any], await self._scripts("schedules", [k.schedules, k.schedule_prefix, k.task_prefix],
+                                                   [name]))
+
+    async def schedule_put(self, schedule: Schedule, source: str) -> str:
+        """Write a definition (``source`` 'code' or 'api'); 'created', 'updated', 'unchanged' or 'kept'."""
+        k = self.keys
+        outcome, _ = await self._scripts("schedule_put", [k.schedules, k.schedule(schedule.name)],
+                                         [schedule.name, schedule.to_json(), schedule.version, schedule.when, source])
+        return text(outcome)
+
+    async def schedule_remove(self, name: str) -> bool:
+        """Remove a schedule; False when there was none."""
+        k = self.keys
+        return int(await self._scripts("schedule_remove", [k.schedules, k.schedule(name)], [name])) == 1
+
+    async def schedule_pause(self, name: str, pause: bool, by: str) -> bool | None:
+        """Pause or resume a schedule: whether this changed it; None when there is no such schedule."""
+        done = int(await self._scripts("schedule_pause", [self.keys.schedule(name)],
+                                       ["pause" if pause else "resume", by]))
+        return None if done < 0 else done == 1
+
+    async def schedule_fire(self, name: str, version: str, upto: str, plan: Plan, slots: bytes) -> str:
+        """Record a decision made from cursor ``upto`` (as read); 'ok', or why it was not (schedule_fire.lua)."""
+        k = self.keys
+        args = [version, upto, plan.upto, plan.skipped, slots, plan.run[-1] if plan.run else ""]
+        outcome, _ = await self._scripts("schedule_fire", [k.schedule(name), k.stats], args)
+        return text(outcome)
+
+    async def schedule_enqueued(self, name: str, firing: bytes, task_id: str) -> bool:
+        """Note that a decision's tasks (``firing`` as recorded; b'' for a trigger) are in, the newest ``task_id``."""
+        return int(await self._scripts("schedule_enqueued", [self.keys.schedule(name)], [firing, task_id])) == 1
 
     # -- dead letters ----------------------------------------------------------------
 

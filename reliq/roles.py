@@ -18,13 +18,14 @@ from aiohttp import web
 from reliq import api, tracing
 from reliq.connection import UNAVAILABLE, connect
 from reliq.entry import starting
-from reliq.errors import ConfigError
+from reliq.errors import ConfigError, InvalidSchedule
 from reliq.eventloop import run
 from reliq.monitor import app as monitor
 from reliq.preflight import warn_about_redis
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer, answers
 from reliq.registry import REGISTRY
+from reliq.schedules import DECLARED
 from reliq.settings import Settings, is_loopback
 from reliq.web import quiet_bad_requests
 from reliq.worker import Worker
@@ -65,6 +66,8 @@ def import_apps(modules: tuple[str, ...]) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise ConfigError(f"cannot import --app {name!r}: {exc}") from exc
+        except InvalidSchedule as exc:  # a reliq.periodic declaration that cannot be run
+            raise ConfigError(f"--app {name!r}: {exc}") from exc
 
 
 async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, port: int) -> None:
@@ -112,7 +115,8 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         weighted = settings.weighted_queues()
         first = await _open_queue(stack, settings, max_connections=8 + len(weighted), check=False)
         queues = [(Queue(first.redis, settings, name), weight) for name, weight in weighted]
-        worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict)
+        worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict,
+                        schedules=list(DECLARED.values()))
         log.info("worker %s serving %s with concurrency %d; task types: %s", worker.id,
                  ", ".join(f"{n}={w}" for n, w in weighted), settings.concurrency, ", ".join(REGISTRY.names()))
         released = await worker.run(signals.stop, signals.hard_stop)

@@ -57,6 +57,12 @@ NAMES = (
     "pause",
     "resume",
     "limit",
+    "schedule_put",
+    "schedule_remove",
+    "schedule_pause",
+    "schedule_fire",
+    "schedule_enqueued",
+    "schedules",
 )
 
 

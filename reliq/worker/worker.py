@@ -41,11 +41,13 @@ from reliq.loopwatch import Culprit, LoopWatch
 from reliq.outage import NEVER, GiveUp, Outage
 from reliq.queue import MAX_DELAY_S, Claimed, Outcome, Queue
 from reliq.registry import REGISTRY, Context, Handler, Registry
+from reliq.schedules import Declared
 from reliq.settings import Settings
 from reliq.worker import procpool
 from reliq.worker.dead_trimmer import DeadTrimmer
 from reliq.worker.fetcher import Fetcher
 from reliq.worker.heartbeat import Heartbeat, landing_time
+from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 from reliq.worker.procpool import ProcessPool
 from reliq.worker.promoter import Promoter
 from reliq.worker.reaper import Reaper
@@ -69,11 +71,13 @@ class Worker:
 
     def __init__(self, queues: Queue | Sequence[tuple[Queue, int]], settings: Settings,
                  registry: Registry = REGISTRY, *, burst: bool = False, worker_id: str | None = None,
-                 strict: bool = False) -> None:
+                 strict: bool = False, schedules: Sequence[Declared] = ()) -> None:
         weighted = [(queues, 1)] if isinstance(queues, Queue) else list(queues)
         self.queues = {q.name: q for q, _ in weighted}
         self.settings = settings
         self.registry = registry
+        #: The periodic schedules the --app modules declared (reliq.periodic), written at start.
+        self.schedules = list(schedules)
         self._retentions = registry.retentions()  # types keeping succeeded records their own way
         self.burst = burst
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -121,7 +125,8 @@ class Worker:
                               self.watch)
         if not (await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop)
                 and await self._until_redis(self._declare_limits, stop)
-                and await self._until_redis(self._declare_defaults, stop)):
+                and await self._until_redis(self._declare_defaults, stop)
+                and await self._until_redis(self._declare_schedules, stop)):
             heartbeat.stop()
             return True  # stopped while waiting for Redis: it never claimed anything
         heartbeat.start()
@@ -148,6 +153,8 @@ class Worker:
                 if s.dead_cap:
                     background.append(asyncio.create_task(DeadTrimmer(queue, s.reap_interval).run(),
                                                           name="dead-trimmer"))
+                if not self.burst:  # a burst worker ends once the queue is empty: no slot to wait for
+                    background.append(asyncio.create_task(PeriodicEnqueuer(queue).run(), name="periodic-enqueuer"))
         runners = [asyncio.create_task(self._runner()) for _ in range(self.concurrency)]
         runners.append(asyncio.create_task(self._watchdog.run(), name="watchdog"))
         settler = asyncio.create_task(self._settler(), name="settler")
@@ -240,6 +247,15 @@ class Worker:
     async def _declare_defaults(self) -> None:
         """Write the enqueue defaults the registered types declare to every queue served (reliq/type_defaults.py)."""
         await type_defaults.register(list(self.queues.values()), self.registry)
+
+    async def _declare_schedules(self) -> None:
+        """Write the periodic schedules the --app modules declare, each to its queue (before the first claim)."""
+        by_queue: dict[str, list[Declared]] = {}
+        for d in self.schedules:
+            by_queue.setdefault(d.queue or self.queue.name, []).append(d)
+        for name, declared in by_queue.items():
+            queue = self.queues.get(name) or Queue(self.queue.redis, self.settings, name)
+            await PeriodicEnqueuer(queue, declared).declare()
 
     def _unqueue(self) -> None:
         """Take back the claimed tasks no runner has started: the release hands them back."""

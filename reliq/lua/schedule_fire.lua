@@ -1,0 +1,44 @@
+-- Record one round's decision for a periodic schedule: which slots are enqueued, how many
+-- skipped, and the new cursor. Only one decision can follow a cursor: this is what makes a
+-- slot run once whatever the number of workers, and only once due by the Redis clock.
+-- KEYS[1] SCHEDULE  the schedule's hash
+-- KEYS[2] STATS     the queue's stats hash
+-- ARGV[1] version   the definition the decision was made from
+-- ARGV[2] upto      the cursor it was made from (ms, as read)
+-- ARGV[3] new_upto  the new cursor: every slot up to it is decided
+-- ARGV[4] skipped   slots skipped (missed, by the schedule's policy)
+-- ARGV[5] slots     the slots to enqueue, a JSON array of ms, oldest first ('[]' = none)
+-- ARGV[6] newest    the newest of them ('' = none)
+-- Returns {outcome, now_ms}: 'ok' when recorded (the slots wait in the hash's 'firing' until
+-- their tasks are in, schedule_enqueued.lua); or, with nothing written: 'gone' (no such
+-- schedule), 'paused', 'changed' (defined again since the read), 'busy' (an earlier
+-- decision's tasks are not all in yet), 'raced' (another worker decided from this cursor
+-- first), 'early' (a slot or the new cursor lies beyond the Redis clock, or at or before
+-- the cursor).
+local SCHEDULE, STATS = KEYS[1], KEYS[2]
+local version, upto, new_upto, skipped = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local slots_json, newest = ARGV[5], ARGV[6]
+local now = now_ms()
+local cur = redis.call('HMGET', SCHEDULE, 'version', 'upto', 'paused', 'firing', 'def')
+if not cur[1] then return {'gone', now} end
+if cur[3] then return {'paused', now} end
+if cur[1] ~= version then return {'changed', now} end
+if cur[4] then return {'busy', now} end
+if cur[2] ~= upto then return {'raced', now} end
+local from = tonumber(upto)
+local slots = cjson.decode(slots_json)
+if new_upto > now or new_upto <= from then return {'early', now} end
+for _, slot in ipairs(slots) do
+  if slot > new_upto or slot <= from then return {'early', now} end
+end
+redis.call('HSET', SCHEDULE, 'upto', ARGV[3])
+if #slots > 0 then
+  redis.call('HSET', SCHEDULE, 'firing', slots_json, 'firing_def', cur[5], 'last_slot', newest)
+  redis.call('HINCRBY', SCHEDULE, 'enqueued', #slots)
+  redis.call('HINCRBY', STATS, 'schedule_enqueued', #slots)
+end
+if skipped > 0 then
+  redis.call('HINCRBY', SCHEDULE, 'skipped', skipped)
+  redis.call('HINCRBY', STATS, 'schedule_skipped', skipped)
+end
+return {'ok', now}
