@@ -19,13 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from reliq.connection import UNAVAILABLE, connect, describe
-from reliq.errors import InvalidTask, TaskNotFound
+from reliq.errors import InvalidTask, ScheduleNotFound, TaskNotFound
 from reliq.eventloop import run
 from reliq.limits import Layer, LimitView
 from reliq.monitor import deadletter, dlq_io
 from reliq.monitor.deadletter import DeadFilter, Replay
 from reliq.monitor.metrics import read_workers
 from reliq.queue import COUNTERS, Queue
+from reliq.schedules import Schedule, ScheduleInfo, read, trigger
 from reliq.settings import Settings
 
 Confirm = Callable[[str], bool]
@@ -319,3 +320,74 @@ def _limits_text(v: LimitView) -> str:
     if v["ordered"]:
         parts.append("ordered")
     return ", ".join(parts)
+
+
+def schedule_list(settings: Settings, as_json: bool = False) -> int:
+    """``reliq schedule list``: every schedule of the queue."""
+
+    async def body(queue: Queue) -> int:
+        views = await read(queue)
+        if as_json:
+            _json({"queue": queue.name, "schedules": views})
+            return 0
+        if not views:
+            out.print(f"no schedule in queue {queue.name!r}", markup=False)
+            return 0
+        table = Table(title=f"schedules of queue {queue.name!r}", title_justify="left")
+        table.add_column("name", no_wrap=True)
+        for column in ("when", "type", "next run", "last run", "enqueued", "skipped"):
+            table.add_column(column, overflow="fold")
+        for v in views:
+            last = f"{v['last_enqueued_at']} {v['last_task_state'] or 'gone'}" if v["last_task_id"] else "-"
+            table.add_row(v["name"], _when(v), v["type"] or "-", "paused" if v["paused"] else v["next_run"] or "-",
+                          last, f"{v['enqueued']:,}", f"{v['skipped']:,}")
+        out.print(table)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def _when(v: ScheduleInfo) -> str:
+    if v["error"]:
+        return f"unreadable: {v['error']}"
+    return f"every {v['every']:g} s" if v["every"] is not None else f"{v['cron']} ({v['tz']})"
+
+
+def schedule_add(settings: Settings, schedule: Schedule) -> int:
+    """``reliq schedule add NAME``: define it at run time."""
+
+    async def body(queue: Queue) -> int:
+        outcome = await queue.schedule_put(schedule, "api")
+        [view] = await read(queue, schedule.name)
+        out.print(f"schedule {schedule.name!r} of queue {queue.name!r} {outcome}: {_when(view)}, next run "
+                  f"{view['next_run'] or '(paused)'}", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def schedule_act(settings: Settings, name: str, action: str) -> int:
+    """``reliq schedule remove|trigger|pause|resume NAME``; exit 1 when there is no such schedule."""
+
+    async def body(queue: Queue) -> int:
+        what = f"schedule {name!r} of queue {queue.name!r}"
+        done: bool | None
+        if action == "trigger":
+            try:
+                out.print(await trigger(queue, name), markup=False)
+                return 0
+            except ScheduleNotFound:
+                done = None
+        elif action == "remove":
+            done = await queue.schedule_remove(name) or None
+        else:
+            done = await queue.schedule_pause(name, action == "pause", editor())
+        if done is None:
+            err.print(f"reliq: no {what}", markup=False)
+            return 1
+        done_text, not_text = {"remove": ("removed", ""), "pause": ("paused", "was paused already"),
+                               "resume": ("resumed", "was not paused")}[action]
+        out.print(f"{what} {done_text if done else not_text}", markup=False)
+        return 0
+
+    return _with_queue(settings, body)

@@ -13,6 +13,7 @@ import orjson
 
 import reliq.admin
 import reliq.limits
+import reliq.schedules
 import reliq.shell
 from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
@@ -430,6 +431,65 @@ def limit_show(redis_url: str | None, queue: str | None, as_json: bool) -> None:
 def limit_clear(type_: str, redis_url: str | None, queue: str | None) -> None:
     """Drop the run-time limits of TYPE: what its code declares applies again."""
     _exit(reliq.admin.limit_clear(_admin_settings(redis_url, queue), _limit_type(type_)))
+
+
+@main.group()
+def schedule() -> None:
+    """List, define, trigger, pause and remove periodic schedules at run time."""
+
+
+def _schedule_name(name: str) -> str:
+    try:
+        return reliq.schedules.check_name(name)
+    except InvalidTask as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+
+
+@schedule.command(name="list")
+@_dlq_common
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def schedule_list(redis_url: str | None, queue: str | None, as_json: bool) -> None:
+    """Print every schedule of the queue: when, next and last run, counts."""
+    _exit(reliq.admin.schedule_list(_admin_settings(redis_url, queue), as_json))
+
+
+@schedule.command(name="add")
+@click.argument("name")
+@click.option("--type", "type_", required=True, help="The task type it enqueues")
+@click.option("--cron", help="Cron expression: five fields (minute hour day month weekday), or @daily, @hourly...")
+@click.option("--every", type=float, help="Or: seconds between slots (aligned on the epoch)")
+@click.option("--tz", default="UTC", show_default=True, help="IANA time zone of the cron expression")
+@click.option("--payload", default="null", show_default=True, help="The task's payload, as JSON")
+@click.option("--missed", type=click.Choice(reliq.schedules.MISSED), default="skip", show_default=True,
+              help="Slots missed by over a minute: skip them, run the newest once, or catch_up")
+@click.option("--catch-up", type=int, help="With --missed catch_up: run at most this many missed slots [10]")
+@click.option("--max-retries", type=int, help="The task's retries [the queue's]")
+@click.option("--timeout", type=float, help="The task's timeout, seconds [its type's]")
+@_dlq_common
+def schedule_add(name: str, type_: str, payload: str, catch_up: int | None, timeout: float | None,
+                 redis_url: str | None, queue: str | None, **fields: Any) -> None:
+    """Define schedule NAME at run time (or define it again); it wins over a code declaration of the name."""
+    try:
+        defined = reliq.schedules.make_schedule(_schedule_name(name), type=type_, payload=_json_payload(payload),
+                                                catch_up=catch_up, timeout_s=timeout, **fields)
+    except InvalidTask as exc:
+        raise click.UsageError(str(exc)) from None
+    _exit(reliq.admin.schedule_add(_admin_settings(redis_url, queue), defined))
+
+
+def _schedule_command(action: str, doc: str) -> None:
+    @click.argument("name")
+    @_dlq_common
+    def command(name: str, redis_url: str | None, queue: str | None) -> None:
+        _exit(reliq.admin.schedule_act(_admin_settings(redis_url, queue), _schedule_name(name), action))
+
+    schedule.command(name=action, help=doc)(command)
+
+
+_schedule_command("remove", "Remove schedule NAME: no slot of it runs any more (tasks enqueued already stay).")
+_schedule_command("trigger", "Enqueue the task of schedule NAME now, outside its slots; print its id.")
+_schedule_command("pause", "Pause schedule NAME: no slot is run until resumed (those meanwhile never are).")
+_schedule_command("resume", "Resume schedule NAME: its slots run again from now on.")
 
 
 @dlq.command(name="list")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from reliq.redis_server import answers
@@ -29,18 +30,22 @@ def repo_copy(dest: Path) -> Path:
     return dest
 
 
-def reliq(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    """``python -m reliq <args>`` from the repository root, output to ``log``."""
+def reliq(args: list[str], log: Path, wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """``python -m reliq <args>`` from the repository root, output to ``log``; ``wrap``: a command to run it under."""
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "reliq", *args], cwd=ROOT, stdout=out,
+        return subprocess.Popen([*wrap, sys.executable, "-m", "reliq", *args], cwd=ROOT, stdout=out,
                                 stderr=subprocess.STDOUT)
 
 
-def worker(redis_url: str, queue: str | None, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    """A ``reliq work`` process with a short lease, so crashes are recovered in test time."""
+def worker(redis_url: str, queue: str | None, log: Path, *extra: str,
+           wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """A ``reliq work`` process with a short lease, so crashes are recovered in test time.
+
+    ``wrap``: a command it runs under (``faketime -f +5m``: a clock minutes off).
+    """
     queue_args = ["--queue", queue] if queue else []
     return reliq(["work", "--redis-url", redis_url, *queue_args, "--lease", "2", "--heartbeat-interval", "0.5",
-                  *extra], log)
+                  *extra], log, wrap)
 
 
 def api(redis_url: str, queue: str, port: int, log: Path) -> subprocess.Popen[bytes]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import signal
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -10,9 +13,10 @@ import pytest
 from redis.asyncio import Redis
 
 from reliq.queue import Queue
-from reliq.schedules import DECLARED, Declared, Plan, Schedule, make_schedule, periodic, read_one, slot_id
+from reliq.schedules import DECLARED, Declared, Plan, Schedule, make_schedule, periodic, read_one, slot_id, slot_of
 from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
-from tests.util import api_client
+from tests import procs
+from tests.util import api_client, eventually
 
 
 async def redis_now(redis: Redis) -> int:
@@ -236,3 +240,136 @@ async def test_the_api_refuses_a_bad_schedule_saying_why_and_writes_nothing(queu
         assert message in (await answer.json())["error"]
         assert (await client.get("/schedules/r")).status == 404
     assert await queue.redis.keys(queue.keys.base + "*") == []
+
+
+# -- a fleet of real worker processes ---------------------------------------------------------------
+
+FAKETIME = shutil.which("faketime")
+APP = ("--app", "tests.apps.periodic", "--concurrency", "4")
+
+
+async def _until_redis_clock(redis: Redis, at_ms: int) -> None:
+    await eventually(lambda: _after(redis, at_ms), timeout=120, interval=0.1, what="Redis clock")
+
+
+async def _after(redis: Redis, at_ms: int) -> bool:
+    return await redis_now(redis) >= at_ms
+
+
+@pytest.mark.skipif(FAKETIME is None, reason="needs faketime (apt-get install faketime; .ci/run installs it)")
+@pytest.mark.timeout(180)
+async def test_three_workers_one_killed_two_with_clocks_minutes_off_run_each_2s_slot_once(
+        redis_url: str, queue: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = tmp_path / "runs.log"
+    monkeypatch.setenv("RELIQ_TEST_RUN_LOG", str(runs))
+    assert FAKETIME
+    workers = [procs.worker(redis_url, queue.name, tmp_path / "w0.log", *APP),
+               procs.worker(redis_url, queue.name, tmp_path / "w1.log", *APP, wrap=(FAKETIME, "-f", "-5m")),
+               procs.worker(redis_url, queue.name, tmp_path / "w2.log", *APP, wrap=(FAKETIME, "-f", "+5m"))]
+    try:
+        await eventually(lambda: queue.redis.exists(queue.keys.schedule("tick-2s")), timeout=90,
+                         what="the schedule declared")
+        await eventually(lambda: _workers_up(queue, 3), timeout=90, what="three workers")
+        start = await redis_now(queue.redis)
+        await _until_redis_clock(queue.redis, start + 10_000)
+        workers[0].send_signal(signal.SIGKILL)
+        await _until_redis_clock(queue.redis, start + 20_000)
+        await queue.schedule_pause("tick-2s", True, "test")  # no new slot; let the enqueued ones finish
+        await eventually(lambda: _all_ended(queue), timeout=60, what="every slot's task succeeded")
+    finally:
+        for w in workers[1:]:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=30)
+            finally:
+                procs.stop(w)
+    logs = "".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
+    assert "Traceback" not in logs, logs[-5000:]
+    ids = await _slot_ids(queue)
+    slots = sorted(slot_of(i) or 0 for i in ids)
+    assert slots == list(range(slots[0], slots[-1] + 1, 2000)), "a slot is missing"  # none skipped, none twice
+    in_window = [s for s in slots if start <= s < start + 20_000]
+    assert 9 <= len(in_window) <= 11, in_window
+    snap = await queue.snapshot()
+    assert snap["enqueued"] == snap["schedule_enqueued"] == len(ids) and snap["schedule_skipped"] == 0
+    records = dict(zip(ids, await queue.records(ids), strict=True))
+    for task_id, record in records.items():
+        slot = slot_of(task_id) or 0
+        # never before its slot by the Redis clock (the worker 5 minutes ahead), never minutes late (behind)
+        assert 0 <= int(record["enqueued_at"]) - slot < 5_000, (task_id, record)
+        assert record["state"] == "succeeded", (task_id, record)
+    ran = [line.split()[0] for line in runs.read_text().splitlines()]
+    assert sorted(set(ran)) == sorted(ids)
+    twice = {i for i in ran if ran.count(i) > 1}
+    assert all(int(records[i]["crashes"]) > 0 for i in twice), twice  # only a run the killed worker held
+
+
+async def _workers_up(queue: Queue, n: int) -> bool:
+    return int(await queue.redis.zcard(queue.keys.workers)) >= n
+
+
+async def _slot_ids(queue: Queue) -> list[str]:
+    prefix = queue.keys.task("tick-2s:")
+    return sorted([k.decode()[len(queue.keys.task_prefix):] async for k in queue.redis.scan_iter(prefix + "*")])
+
+
+async def _all_ended(queue: Queue) -> bool:
+    ids = await _slot_ids(queue)
+    return bool(ids) and all(r.get("state") == "succeeded" for r in await queue.records(ids))
+
+
+# -- the CLI ----------------------------------------------------------------------------------------
+
+
+def _cli(redis_url: str, queue: Queue, *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from reliq.cli import main
+
+    return CliRunner().invoke(main, ["schedule", *args, "--redis-url", redis_url, "--queue", queue.name])
+
+
+async def _stored(redis_url: str, queue: Queue) -> list[Any]:
+    from reliq.connection import connect
+    from reliq.schedules import read
+
+    redis = connect(redis_url)
+    try:
+        return list(await read(Queue(redis, queue.settings)))
+    finally:
+        await redis.aclose()
+
+
+def test_the_schedule_commands(redis_url: str, queue: Queue) -> None:
+    added = _cli(redis_url, queue, "add", "nightly", "--type", "invoice", "--cron", "0 2 * * *", "--tz",
+                 "Europe/Paris", "--payload", '{"batch": 1}', "--missed", "once")
+    assert added.exit_code == 0 and "created" in added.output, added.output
+    listed = _cli(redis_url, queue, "list", "--json")
+    [view] = orjson.loads(listed.output)["schedules"]
+    assert (view["name"], view["cron"], view["tz"], view["missed"], view["payload"]) == (
+        "nightly", "0 2 * * *", "Europe/Paris", "once", {"batch": 1})
+    assert "nightly" in _cli(redis_url, queue, "list").output
+    triggered = _cli(redis_url, queue, "trigger", "nightly")
+    assert triggered.exit_code == 0 and triggered.output.startswith("nightly:manual:")
+    assert "paused" in _cli(redis_url, queue, "pause", "nightly").output
+    assert asyncio.run(_stored(redis_url, queue))[0]["paused_by"].endswith("(cli)")
+    assert "was paused already" in _cli(redis_url, queue, "pause", "nightly").output
+    assert "resumed" in _cli(redis_url, queue, "resume", "nightly").output
+    assert "removed" in _cli(redis_url, queue, "remove", "nightly").output
+    for action in ("remove", "trigger", "pause", "resume"):
+        gone = _cli(redis_url, queue, action, "nightly")
+        assert gone.exit_code == 1 and "no schedule 'nightly'" in gone.output, gone.output
+
+
+@pytest.mark.parametrize("args", [
+    ["add", "n", "--type", "t", "--cron", "0 9 * * * *"], ["add", "n", "--type", "t", "--cron", "0 9 * * *",
+                                                           "--tz", "Nowhere/Land"],
+    ["add", "n", "--type", "t"], ["add", "n:1", "--type", "t", "--every", "5"],
+    ["add", "n", "--type", "t", "--every", "5", "--payload", "{bad"], ["pause", "a b"]])
+def test_the_schedule_commands_refuse_bad_input_with_exit_2_and_write_nothing(redis_url: str, queue: Queue,
+                                                                             args: list[str]) -> None:
+    result = _cli(redis_url, queue, *args)
+    assert result.exit_code == 2, result.output
+    assert asyncio.run(_stored(redis_url, queue)) == []
