@@ -2,7 +2,7 @@
 #   docker build -t reliq:0.1.0 .
 #   docker run --rm reliq:0.1.0 work --redis-url redis://redis:6379/0
 # Wheels are built in a throw-away stage, so the final image holds only the runtime
-# dependencies (redis[hiredis], aiohttp, click, orjson, prometheus-client, rich, uvloop).
+# dependencies (redis[hiredis], aiohttp, click, orjson, prometheus-client, rich, croniter, uvloop).
 
 FROM python:3.11-slim AS build
 WORKDIR /src

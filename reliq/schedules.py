@@ -215,7 +215,7 @@ def from_definition(name: Any, body: Any) -> Schedule:
     if unknown:
         raise InvalidSchedule(f"unknown field(s) {', '.join(map(repr, unknown))}; a schedule takes "
                               f"{', '.join(FIELDS)}")
-    if "type" not in body:
+    if body.get("type") is None:
         raise InvalidSchedule("a schedule needs a 'type': the task type it enqueues")
     fields = {k: body[k] for k in FIELDS if body.get(k) is not None}
     return make_schedule(name, **fields)
@@ -422,6 +422,20 @@ async def read(queue: Queue, name: str = "") -> list[ScheduleInfo]:
     """The queue's schedules (or the one called ``name``), by name, as shown to people."""
     now, rows = decode_rows(await queue.schedule_rows(name))
     return [view(queue.name, n, fields, state, now) for n, fields, state in rows]
+
+
+class ScheduleCounts(TypedDict):
+    """How many schedules a queue has (in /stats), and how many are paused or still enqueueing a decision."""
+
+    total: int
+    paused: int
+    firing: int
+
+
+def summary(views: list[ScheduleInfo]) -> ScheduleCounts:
+    """The counts of ``views`` (the slots enqueued and skipped are counters of the queue's stats)."""
+    return ScheduleCounts(total=len(views), paused=sum(1 for v in views if v["paused"]),
+                          firing=sum(1 for v in views if v["firing"]))
 
 
 async def read_one(queue: Queue, name: str) -> ScheduleInfo:

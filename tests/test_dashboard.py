@@ -18,8 +18,10 @@ from reliq import api, builtins
 from reliq.connection import connect
 from reliq.monitor import app as monitor
 from reliq.queue import Queue
+from reliq.schedules import make_schedule
 from reliq.settings import Settings
 from reliq.worker import Worker
+from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 
 CHROMIUM = "/usr/bin/chromium"
 assert builtins  # registers noop, sleep, fail and email-notification
@@ -53,6 +55,22 @@ async def running_worker(settings: Settings) -> AsyncIterator[Worker]:
         stop.set()
         await task
         await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def monitor_page(browser: Browser, queue: Queue, settings: Settings) -> AsyncIterator[tuple[Page, list[str]]]:
+    """The monitor of ``queue`` served on a free port, open in a page; the page's script errors."""
+    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(str(server.make_url("/")))
+        yield page, errors
+    finally:
+        await page.close()
+        await server.close()
 
 
 async def post_tasks(session: aiohttp.ClientSession, url: str, tasks: list[dict[str, object]]) -> list[str]:
@@ -260,13 +278,7 @@ async def test_dashboard_edits_a_dead_payload_then_requeues_it_with_the_edit_rec
 async def test_dashboard_pauses_and_resumes_the_queue_and_one_type(
     browser: Browser, queue: Queue, settings: Settings
 ) -> None:
-    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
-    await server.start_server()
-    page = await browser.new_page(viewport={"width": 1400, "height": 1200})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        await page.goto(str(server.make_url("/")))
+    async with monitor_page(browser, queue, settings) as (page, errors):
         await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=10_000)
         button = page.locator("#pause-queue")
         await expect(button).to_have_text("Pause")
@@ -298,6 +310,32 @@ async def test_dashboard_pauses_and_resumes_the_queue_and_one_type(
         await expect(row.locator('button[data-act="pause"]')).to_be_visible(timeout=5_000)
         assert await queue.paused() == {"queue": None, "types": {}}
         assert errors == []
-    finally:
-        await page.close()
-        await server.close()
+
+
+async def test_dashboard_lists_schedules_with_next_and_last_run_and_paused(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    every_minute = make_schedule("minutely", type="noop", every=60)
+    await queue.schedule_put(every_minute, "api")
+    await queue.redis.hset(queue.keys.schedule("minutely"), "upto", 1)  # long unattended: one missed slot runs
+    await queue.schedule_put(make_schedule("minutely", type="noop", every=60, missed="once"), "api")
+    enqueued = (await PeriodicEnqueuer(queue).run_once()).enqueued
+    await queue.schedule_put(make_schedule("daily-report", type="send-report", cron="0 9 * * mon-fri",
+                                           tz="Europe/Paris"), "api")
+    await queue.schedule_pause("daily-report", True, "ops")
+    async with monitor_page(browser, queue, settings) as (page, errors):
+        rows = page.locator("#schedules tbody tr")
+        await expect(rows).to_have_count(2, timeout=10_000)
+        daily, minutely = rows.nth(0), rows.nth(1)  # by name
+        await expect(daily).to_have_attribute("data-schedule", "daily-report")
+        await expect(daily).to_contain_text("0 9 * * mon-fri (Europe/Paris)")
+        await expect(daily.locator('[data-col="next"]')).to_have_text("paused")
+        await expect(daily.locator('[data-col="last"]')).to_have_text("never")
+        await expect(minutely).to_contain_text("every 60 s")
+        await expect(minutely.locator('[data-col="next"]')).to_contain_text("in ")
+        await expect(minutely.locator('[data-col="last"]')).to_contain_text("pending")
+        assert 1 <= len(enqueued) <= 2  # the newest missed slot, and the one due within the minute if any
+        await expect(minutely.locator("td").nth(5)).to_have_text(str(len(enqueued)))  # enqueued
+        await expect(minutely.locator("td").nth(6)).not_to_have_text("0")  # skipped, counted
+        await expect(page.locator("#schedules-empty")).to_be_hidden()
+        assert errors == []

@@ -227,6 +227,7 @@ async def test_the_api_defines_lists_triggers_pauses_and_removes_schedules(queue
     ("r", {"type": "t", "cron": "0 0 31 2 *"}, "never fires"),
     ("r", {"type": "t"}, "either 'cron'"),
     ("r", {"cron": "@daily"}, "needs a 'type'"),
+    ("r", {"cron": "@daily", "type": None}, "needs a 'type'"),
     ("r", {"type": "t", "every": 10, "colour": "red"}, "unknown field"),
     ("r", [1, 2], "JSON object"),
     ("bad:name", {"type": "t", "every": 10}, "name"),
@@ -373,3 +374,29 @@ def test_the_schedule_commands_refuse_bad_input_with_exit_2_and_write_nothing(re
     result = _cli(redis_url, queue, *args)
     assert result.exit_code == 2, result.output
     assert asyncio.run(_stored(redis_url, queue)) == []
+
+
+async def test_stats_and_metrics_count_schedules_and_their_enqueued_and_skipped_slots(queue: Queue) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from reliq.monitor import app as monitor
+
+    enqueuer = PeriodicEnqueuer(queue, [Declared(every(10), None), Declared(every(60, name="slow"), None)])
+    await enqueuer.declare()
+    await rewind(queue, "tick", 120_000)
+    done = await enqueuer.run_once()
+    await queue.schedule_pause("slow", True, "ops")
+    async with TestClient(TestServer(monitor.create_app(queue, queue.settings))) as client:
+        stats = await (await client.get("/stats")).json()
+        assert stats["schedules"] == {"total": 2, "paused": 1, "firing": 0}
+        assert stats["schedule_enqueued"] == len(done.enqueued) and stats["schedule_skipped"] == done.skipped > 0
+        listed = await (await client.get("/schedules")).json()
+        assert [s["name"] for s in listed["schedules"]] == ["slow", "tick"]
+        text = await (await client.get("/metrics")).text()
+    q = queue.name
+    assert f'reliq_schedules{{queue="{q}",state="running"}} 1.0' in text
+    assert f'reliq_schedules{{queue="{q}",state="paused"}} 1.0' in text
+    assert f'reliq_schedule_slots_enqueued_total{{queue="{q}"}} {float(len(done.enqueued))}' in text
+    assert f'reliq_schedule_slots_skipped_total{{queue="{q}"}} {float(done.skipped)}' in text
+    assert f'reliq_schedule_next_run_timestamp_seconds{{queue="{q}",schedule="tick"}}' in text
+    assert 'schedule="slow"' not in text  # paused: no next run

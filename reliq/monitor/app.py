@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from reliq import limits, memory, pausing
+from reliq import limits, memory, pausing, schedules
 from reliq.errors import ConfigError, InvalidTask, TaskNotFound
 from reliq.loops import cancel_all
 from reliq.monitor import autoscale, deadletter, metrics
@@ -98,7 +98,8 @@ async def stats(request: web.Request) -> web.Response:
     snapshot = await w.queue.snapshot()
     blocks = metrics.parse_loop_blocks(await w.queue.metric_counts())
     mem = await memory.read(w.queue.redis)
-    return json_response({**snapshot, "redis_memory": mem.view(), "rates": sampler.rates(),
+    return json_response({**snapshot, "schedules": schedules.summary(await schedules.read(w.queue)),
+                          "redis_memory": mem.view(), "rates": sampler.rates(),
                           "rates_window_s": RATE_WINDOW_S, "latency": sampler.latency(), "types": sampler.types(),
                           "event_loop_blocked": {"blocks": blocks.count, "seconds": blocks.sum_ms / 1000}})
 
@@ -362,6 +363,16 @@ async def limits_delete(request: web.Request) -> web.Response:
     return json_response({"status": "cleared", "queue": queue.name, "type": task_type, "limits": view})
 
 
+async def schedules_list(request: web.Request) -> web.Response:
+    """GET /schedules?queue=: the queue's periodic schedules (next and last run, paused, counts), for the page.
+
+    Defining, triggering and pausing them is the producer API's (``PUT /schedules/{name}`` ...) and
+    ``reliq schedule``'s.
+    """
+    queue = watched(request).queue
+    return json_response({"queue": queue.name, "schedules": await schedules.read(queue)})
+
+
 async def jobs(request: web.Request) -> web.Response:
     """GET /jobs: recent and running requeue jobs, newest first."""
     return json_response({"jobs": watched(request).replays.views()})
@@ -462,6 +473,7 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     r.add_get("/limits", limits_list)
     r.add_put("/limits/{type}", limits_put)
     r.add_delete("/limits/{type}", limits_delete)
+    r.add_get("/schedules", schedules_list)
     r.add_get("/jobs", jobs)
     r.add_get("/jobs/{id}", job)
     r.add_delete("/jobs/{id}", job_cancel)

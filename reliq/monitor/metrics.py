@@ -14,12 +14,13 @@ from typing import TypedDict
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from reliq import memory
+from reliq import memory, schedules
 from reliq.formats import Metric as Kind
 from reliq.formats import metric, split_metric
 from reliq.histogram import BOUNDS_S
 from reliq.pausing import QUEUE_FIELD
 from reliq.queue import Queue, Snapshot
+from reliq.schedules import ScheduleInfo
 
 #: Buckets per histogram: one per bound, then +Inf.
 N_BUCKETS = len(BOUNDS_S) + 1
@@ -37,6 +38,12 @@ COUNTER_HELP = {
     "refused_memory": "Tasks refused (507) because Redis was out of memory or past --max-memory-ratio.",
     "trimmed": "Succeeded records deleted past their queue's (or type's) keep_succeeded count.",
     "expired": "Succeeded records deleted once older than their queue's (or type's) result_ttl.",
+}
+#: Periodic-schedule counters of the stats hash exported as reliq_<name>_total (reliq/schedules.py).
+SCHEDULE_COUNTER_HELP = {
+    "schedule_slots_enqueued": ("schedule_enqueued", "Slots of periodic schedules enqueued (each slot once)."),
+    "schedule_slots_skipped": ("schedule_skipped",
+                               "Slots of periodic schedules missed by over a minute and skipped by their policy."),
 }
 #: Dead-letter counters of the stats hash exported as reliq_<name>_total.
 DEAD_COUNTER_HELP = {
@@ -192,6 +199,7 @@ class QueueReading:
     slots: int
     memory: memory.Reading
     loop_blocks: LoopBlocks = field(default_factory=LoopBlocks)
+    schedules: list[ScheduleInfo] = field(default_factory=list)
 
 
 async def read(queue: Queue) -> QueueReading:
@@ -201,7 +209,7 @@ async def read(queue: Queue) -> QueueReading:
     workers = await read_workers(queue)
     return QueueReading(snapshot, parse_metrics(raw), in_flight=sum(w["in_flight"] for w in workers),
                         slots=sum(w["concurrency"] for w in workers), memory=await memory.read(queue.redis),
-                        loop_blocks=parse_loop_blocks(raw))
+                        loop_blocks=parse_loop_blocks(raw), schedules=await schedules.read(queue))
 
 
 def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str) -> HistogramMetricFamily:
@@ -263,6 +271,7 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     paused_for = GaugeMetricFamily("reliq_queue_paused_seconds",
                                    "How long the queue (type=\"*\") or a task type of it has been paused (0: not).",
                                    labels=["queue", "type"])
+    yield from _schedule_families(readings)
     for r in readings:
         q, snap = r.snapshot["queue"], r.snapshot
         whole = snap["paused"]["queue"]
@@ -292,6 +301,28 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
     yield _loop_histogram(readings)
+
+
+def _schedule_families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
+    """Periodic schedules: how many (running, paused), each one's next slot, slots enqueued and skipped."""
+    count = GaugeMetricFamily("reliq_schedules", "Periodic schedules of the queue, running or paused.",
+                              labels=["queue", "state"])
+    next_run = GaugeMetricFamily("reliq_schedule_next_run_timestamp_seconds",
+                                 "When a running schedule's next slot is due (in the past: no worker enqueues it).",
+                                 labels=["queue", "schedule"])
+    counters = {name: CounterMetricFamily(f"reliq_{name}", doc, labels=["queue"])
+                for name, (_, doc) in SCHEDULE_COUNTER_HELP.items()}
+    for r in readings:
+        q = r.snapshot["queue"]
+        paused = sum(1 for v in r.schedules if v["paused"])
+        count.add_metric([q, "running"], len(r.schedules) - paused)
+        count.add_metric([q, "paused"], paused)
+        for v in r.schedules:
+            if v["next_run_ms"] is not None:
+                next_run.add_metric([q, v["name"]], v["next_run_ms"] / 1000)
+        for name, (field_, _) in SCHEDULE_COUNTER_HELP.items():
+            counters[name].add_metric([q], r.snapshot[field_])  # type: ignore[literal-required]
+    yield from (count, next_run, *counters.values())
 
 
 class _Readings:

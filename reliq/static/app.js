@@ -395,6 +395,42 @@ function renderWorkers(workers) {
   $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy at the last heartbeats` : "";
   setSub("slots", slots ? `of ${fmtInt(slots)} worker slots` : "no worker running");
 }
+/** When a time (ISO) is from now: "in 5s", "3m ago". */
+function relative(iso) {
+  const s = (new Date(iso).getTime() - Date.now()) / 1000;
+  return s >= 0 ? "in " + fmtSecs(Math.round(s)) : ago(new Date(iso));
+}
+
+/** Periodic schedules: when each runs next, how its last run went, whether it is paused. */
+function renderSchedules(schedules) {
+  const rows = schedules.map((s) => {
+    const when = s.error ? "unreadable" : s.every !== null ? `every ${s.every} s` : `${s.cron} (${s.tz})`;
+    const next = s.paused ? h("span", { class: "badge warn", title: `by ${s.paused_by || "?"}` }, "paused")
+      : s.next_run ? h("span", { title: s.next_run }, relative(s.next_run)) : "–";
+    const last = s.last_task_id ? h("span", { title: s.last_task_id },
+      (s.last_enqueued_at ? relative(s.last_enqueued_at) + " · " : ""),
+      h("span", { class: "state state-" + (s.last_task_state || "gone") }, s.last_task_state || "gone")) : "never";
+    return h("tr", { "data-schedule": s.name },
+      h("td", { class: "mono" }, s.name, s.source === "api" ? h("span", { class: "hint", title: "defined at run time" }, " (api)") : ""),
+      h("td", { class: "mono", title: s.error || "" }, when),
+      h("td", {}, s.type || "–"),
+      h("td", { "data-col": "next" }, next),
+      h("td", { "data-col": "last" }, last),
+      h("td", { class: "num" }, fmtInt(s.enqueued)),
+      h("td", { class: "num wide" + (s.skipped ? " warn" : "") }, fmtInt(s.skipped)));
+  });
+  $("#schedules tbody").replaceChildren(...rows);
+  $("#schedules-empty").hidden = schedules.length > 0;
+}
+
+async function loadSchedules() {
+  try {
+    renderSchedules((await api("GET", "schedules")).schedules);
+  } catch (e) {
+    console.warn("schedules:", e.message);
+  }
+}
+
 /** The pause state: the queue's Pause/Resume button, a banner, and (through renderTypes) each type's. */
 function renderPaused(paused) {
   if (!paused) return;
@@ -842,7 +878,8 @@ function init() {
     act(() => api("DELETE", `jobs/${encodeURIComponent(state.job.id)}`), () => "Requeue stopped"));
   matchMedia("(prefers-color-scheme: light)").addEventListener("change", () => { rateChart.draw(); depthChart.draw(); });
   setInterval(() => { rateChart.draw(); depthChart.draw(); }, 30000);
-  loadHistory().then(() => { loadQueues(); loadDead(); connect(); });
+  setInterval(loadSchedules, 5000);
+  loadHistory().then(() => { loadQueues(); loadDead(); loadSchedules(); connect(); });
 }
 
 document.addEventListener("DOMContentLoaded", init);
