@@ -113,15 +113,15 @@ class Schedule:
         """The timing alone: a redefinition that changes it moves the cursor to now."""
         return f"every {self.every:g}" if self.every is not None else f"cron {self.cron} {self.tz}"
 
-    def task(self, task_id: str, idempotency_key: str | None, default_max_retries: int) -> TaskSpec:
-        """The task this schedule enqueues, with ``task_id``."""
+    def task(self, task_id: str, idempotency_key: str | None = None) -> TaskSpec:
+        """The task this schedule enqueues, with ``task_id`` (retries left out: the type's, else the queue's)."""
         spec = make_spec(self.type, self.payload, max_retries=self.max_retries, timeout=self.timeout_s,
-                         idempotency_key=idempotency_key, default_max_retries=default_max_retries)
+                         idempotency_key=idempotency_key)
         return dataclasses.replace(spec, id=task_id)
 
-    def slot_task(self, slot_ms: int, default_max_retries: int) -> TaskSpec:
+    def slot_task(self, slot_ms: int) -> TaskSpec:
         """The task of slot ``slot_ms``: id ``name:slot``, idempotency key ``schedule:name:slot``."""
-        return self.task(slot_id(self.name, slot_ms), f"schedule:{self.name}:{slot_ms}", default_max_retries)
+        return self.task(slot_id(self.name, slot_ms), f"schedule:{self.name}:{slot_ms}")
 
 
 def slot_id(name: str, slot_ms: int) -> str:
@@ -201,7 +201,7 @@ def make_schedule(name: Any, *, type: Any, cron: Any = None, every: Any = None, 
                         catch_up=limit if missed == "catch_up" else 0, max_retries=max_retries,
                         timeout_s=timeout_s, timing=timing)
     try:
-        schedule.task(slot_id(name, 0), None, 0)  # the task's own checks: type, payload, retries, timeout
+        schedule.task(slot_id(name, 0))  # the task's own checks: type, payload, retries, timeout
     except InvalidTask as exc:
         raise InvalidSchedule(f"schedule {name!r}: {exc}") from None
     return schedule
@@ -455,7 +455,7 @@ async def trigger(queue: Queue, name: str) -> str:
     if not rows:
         raise ScheduleNotFound(name)
     schedule = from_json(name, rows[0][1].get("def", ""))
-    spec = schedule.task(f"{name}:manual:{new_id()}", None, queue.settings.max_retries)
+    spec = schedule.task(f"{name}:manual:{new_id()}")
     [(task_id, _)] = await queue.enqueue_specs([spec])
     await queue.schedule_enqueued(name, b"", task_id)
     return task_id

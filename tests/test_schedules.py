@@ -113,7 +113,7 @@ async def test_a_worker_dying_between_decision_and_enqueue_leaves_the_slots_to_t
     assert await queue.schedule_fire("tick", schedule.version, str(upto), Plan(slots, 0, now), firing) == "ok"
     assert (await read_one(queue, "tick"))["firing"] == len(slots)
     # another worker dying after enqueuing half of them, before marking the decision done
-    await queue.enqueue_specs([schedule.slot_task(slots[0], 3)])
+    await queue.enqueue_specs([schedule.slot_task(slots[0])])
     done = await PeriodicEnqueuer(queue).run_once()
     assert sorted(done.enqueued) == sorted(slot_id("tick", s) for s in slots)
     assert await pending_ids(queue) == sorted(slot_id("tick", s) for s in slots)  # each once

@@ -154,7 +154,7 @@ def test_bad_names_are_refused(name: object) -> None:
 
 def test_a_slot_task_carries_its_slot_in_its_id_and_idempotency_key() -> None:
     spec = make_schedule("daily-report", type="send-report", cron="0 9 * * *", payload={"to": "ops"},
-                         max_retries=5).slot_task(ms("2026-05-01T09:00:00"), 3)
+                         max_retries=5).slot_task(ms("2026-05-01T09:00:00"))
     assert spec.id == f"daily-report:{ms('2026-05-01T09:00:00')}"
     assert spec.idempotency_key == f"schedule:daily-report:{ms('2026-05-01T09:00:00')}"
     assert spec.type == "send-report" and spec.payload == b'{"to":"ops"}' and spec.max_retries == 5

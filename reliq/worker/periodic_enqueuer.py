@@ -123,7 +123,7 @@ class PeriodicEnqueuer:
         schedule = self._schedule(name, definition)
         if schedule is None:
             return
-        specs = [schedule.slot_task(slot, self.queue.settings.max_retries) for slot in orjson.loads(firing)]
+        specs = [schedule.slot_task(slot) for slot in orjson.loads(firing)]
         try:
             ids = await self.queue.enqueue_specs(specs)
         except (QueueFull, RedisFull) as exc:

@@ -250,11 +250,12 @@ class Worker:
 
     async def _declare_schedules(self) -> None:
         """Write the periodic schedules the --app modules declare, each to its queue (before the first claim)."""
+        first = next(iter(self.queues.values()))  # where a schedule naming no queue goes
         by_queue: dict[str, list[Declared]] = {}
         for d in self.schedules:
-            by_queue.setdefault(d.queue or self.queue.name, []).append(d)
+            by_queue.setdefault(d.queue or first.name, []).append(d)
         for name, declared in by_queue.items():
-            queue = self.queues.get(name) or Queue(self.queue.redis, self.settings, name)
+            queue = self.queues.get(name) or Queue(first.redis, self.settings, name)
             await PeriodicEnqueuer(queue, declared).declare()
 
     def _unqueue(self) -> None:
