@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.redis_server import free_port, terminate
+from reliq.schedules import make_schedule
 from reliq.settings import Settings
 from reliq.worker import Worker
 from tests.util import wait_until
@@ -67,6 +68,7 @@ async def exported(queue: Queue, settings: Settings) -> set[str]:
         await queue.enqueue("noop")
     await queue.enqueue("fail", max_retries=0)
     await Worker(queue, settings, burst=True).run()
+    await queue.schedule_put(make_schedule("nightly", type="noop", cron="@daily"), "api")  # its families
     app = monitor.create_app(queue, settings)
     async with TestClient(TestServer(app)) as http:
         await app[monitor.SAMPLER].sample_once()

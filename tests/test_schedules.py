@@ -400,3 +400,21 @@ async def test_stats_and_metrics_count_schedules_and_their_enqueued_and_skipped_
     assert f'reliq_schedule_slots_skipped_total{{queue="{q}"}} {float(done.skipped)}' in text
     assert f'reliq_schedule_next_run_timestamp_seconds{{queue="{q}",schedule="tick"}}' in text
     assert 'schedule="slow"' not in text  # paused: no next run
+
+
+async def test_a_redis_out_of_memory_is_one_warning_not_a_traceback_a_second(
+        queue: Queue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from redis.exceptions import OutOfMemoryError
+
+    async def refused(name: str = "") -> list[Any]:
+        raise OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+
+    caplog.set_level("INFO", logger="reliq.worker.periodic_enqueuer")
+    enqueuer = PeriodicEnqueuer(queue)
+    monkeypatch.setattr(queue, "schedule_rows", refused)
+    await enqueuer._round()
+    await enqueuer._round()
+    assert caplog.text.count("Redis refuses writes") == 1 and "Traceback" not in caplog.text
+    monkeypatch.undo()
+    await enqueuer._round()
+    assert "takes writes again" in caplog.text

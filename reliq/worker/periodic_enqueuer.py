@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import orjson
+from redis.exceptions import OutOfMemoryError
 
 from reliq.errors import InvalidSchedule, QueueFull, RedisFull
 from reliq.loops import every
@@ -55,6 +56,7 @@ class PeriodicEnqueuer:
         self.poll_s = poll_s
         self._parsed: dict[tuple[str, str], Schedule] = {}  # (name, stored definition) -> schedule
         self._unreadable: set[tuple[str, str]] = set()  # warned about once each
+        self._full = False  # Redis refused a write (maxmemory): warned once until it takes them again
 
     async def declare(self) -> None:
         """Write the schedules this worker's code declares for this queue (worker start)."""
@@ -150,10 +152,20 @@ class PeriodicEnqueuer:
 
     async def _round(self) -> None:
         """A round, and more while a slot falls due before the next one: each slot is met on time."""
-        result = await self.run_once()
-        while result.wait_s < self.poll_s:
-            await asyncio.sleep(result.wait_s)
+        try:
             result = await self.run_once()
+            while result.wait_s < self.poll_s:
+                await asyncio.sleep(result.wait_s)
+                result = await self.run_once()
+        except OutOfMemoryError as exc:  # a decision is a write: due slots wait (counted late, or missed)
+            if not self._full:
+                log.warning("periodic enqueuer of queue %r: Redis refuses writes (%s); due slots wait", self.queue.name,
+                            exc)
+            self._full = True
+            return
+        if self._full:
+            log.info("periodic enqueuer of queue %r: Redis takes writes again", self.queue.name)
+        self._full = False
 
     async def run(self) -> None:
         """Enqueue due slots forever (until cancelled), riding out Redis outages."""
