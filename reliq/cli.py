@@ -446,7 +446,7 @@ def _schedule_name(name: str) -> str:
 
 
 @schedule.command(name="list")
-@_dlq_common
+@_one_queue
 @click.option("--json", "as_json", is_flag=True, help="Print JSON")
 def schedule_list(redis_url: str | None, queue: str | None, as_json: bool) -> None:
     """Print every schedule of the queue: when, next and last run, counts."""
@@ -465,7 +465,7 @@ def schedule_list(redis_url: str | None, queue: str | None, as_json: bool) -> No
 @click.option("--catch-up", type=int, help="With --missed catch_up: run at most this many missed slots [10]")
 @click.option("--max-retries", type=int, help="The task's retries [the queue's]")
 @click.option("--timeout", type=float, help="The task's timeout, seconds [its type's]")
-@_dlq_common
+@_one_queue
 def schedule_add(name: str, type_: str, payload: str, catch_up: int | None, timeout: float | None,
                  redis_url: str | None, queue: str | None, **fields: Any) -> None:
     """Define schedule NAME at run time (or define it again); it wins over a code declaration of the name."""
@@ -479,7 +479,7 @@ def schedule_add(name: str, type_: str, payload: str, catch_up: int | None, time
 
 def _schedule_command(action: str, doc: str) -> None:
     @click.argument("name")
-    @_dlq_common
+    @_one_queue
     def command(name: str, redis_url: str | None, queue: str | None) -> None:
         _exit(reliq.admin.schedule_act(_admin_settings(redis_url, queue), _schedule_name(name), action))
 
