@@ -347,14 +347,11 @@ class Queue:
     async def set_type_defaults(self, fields: Mapping[str, bytes], cleared: Sequence[str]) -> None:
         """Set types' entries of the types hash (type -> encoded defaults) and take others out.
 
-        See :mod:`reliq.type_defaults`, which encodes them.
+        See :mod:`reliq.type_defaults`, which encodes them. ``types.lua`` writes them even
+        on a full Redis, so that a worker started there gets to drain it.
         """
-        async with self.redis.pipeline(transaction=True) as pipe:
-            if fields:
-                pipe.hset(self.keys.types, mapping=fields)  # type: ignore[arg-type]
-            if cleared:
-                pipe.hdel(self.keys.types, *cleared)
-            await pipe.execute()
+        args: list[str | bytes] = [x for item in fields.items() for x in item]
+        await self._scripts("types", [self.keys.types], [*args, "", *cleared])
 
     async def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""

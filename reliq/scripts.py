@@ -63,6 +63,7 @@ NAMES = (
     "schedule_fire",
     "schedule_enqueued",
     "schedules",
+    "types",
 )
 
 
