@@ -18,11 +18,15 @@ from reliq.web import error, json_response
 _PARAMS = ("queue",)
 
 
-def _target(request: web.Request) -> tuple[Queue, str]:
-    """The queue (``?queue=``) and the schedule's name of a request; InvalidTask (400) if either is bad."""
+def _queue(request: web.Request) -> Queue:
+    """The queue of a request (``?queue=``, else the server's); InvalidTask (400) for a bad name or parameter."""
     known_query(request, _PARAMS)
-    queue = request.app[PRODUCER].queue(request.query.get("queue") or None)
-    return queue, schedules.check_name(request.match_info.get("name", "x"))
+    return request.app[PRODUCER].queue(request.query.get("queue") or None)
+
+
+def _target(request: web.Request) -> tuple[Queue, str]:
+    """The queue and the schedule's name of a request; InvalidTask (400) if either is bad."""
+    return _queue(request), schedules.check_name(request.match_info["name"])
 
 
 def _not_found(queue: Queue, name: str) -> web.Response:
@@ -31,7 +35,7 @@ def _not_found(queue: Queue, name: str) -> web.Response:
 
 async def list_schedules(request: web.Request) -> web.Response:
     """GET /schedules?queue=: every schedule of the queue, by name."""
-    queue, _ = _target(request)
+    queue = _queue(request)
     return json_response({"queue": queue.name, "schedules": await schedules.read(queue)})
 
 

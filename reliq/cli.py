@@ -463,15 +463,17 @@ def schedule_list(redis_url: str | None, queue: str | None, as_json: bool) -> No
 @click.option("--missed", type=click.Choice(reliq.schedules.MISSED), default="skip", show_default=True,
               help="Slots missed by over a minute: skip them, run the newest once, or catch_up")
 @click.option("--catch-up", type=int, help="With --missed catch_up: run at most this many missed slots [10]")
-@click.option("--max-retries", type=int, help="The task's retries [the queue's]")
+@click.option("--max-retries", "task_max_retries", type=int,
+              help="The task's retries (not a setting: left out, the type's default, else the worker's)")
 @click.option("--timeout", type=float, help="The task's timeout, seconds [its type's]")
 @_one_queue
 def schedule_add(name: str, type_: str, payload: str, catch_up: int | None, timeout: float | None,
-                 redis_url: str | None, queue: str | None, **fields: Any) -> None:
+                 task_max_retries: int | None, redis_url: str | None, queue: str | None, **fields: Any) -> None:
     """Define schedule NAME at run time (or define it again); it wins over a code declaration of the name."""
     try:
         defined = reliq.schedules.make_schedule(_schedule_name(name), type=type_, payload=_json_payload(payload),
-                                                catch_up=catch_up, timeout_s=timeout, **fields)
+                                                catch_up=catch_up, timeout_s=timeout,
+                                                max_retries=task_max_retries, **fields)
     except InvalidTask as exc:
         raise click.UsageError(str(exc)) from None
     _exit(reliq.admin.schedule_add(_admin_settings(redis_url, queue), defined))

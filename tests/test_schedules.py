@@ -345,12 +345,13 @@ async def _stored(redis_url: str, queue: Queue) -> list[Any]:
 
 def test_the_schedule_commands(redis_url: str, queue: Queue) -> None:
     added = _cli(redis_url, queue, "add", "nightly", "--type", "invoice", "--cron", "0 2 * * *", "--tz",
-                 "Europe/Paris", "--payload", '{"batch": 1}', "--missed", "once")
+                 "Europe/Paris", "--payload", '{"batch": 1}', "--missed", "once", "--max-retries", "5")
     assert added.exit_code == 0 and "created" in added.output, added.output
     listed = _cli(redis_url, queue, "list", "--json")
     [view] = orjson.loads(listed.output)["schedules"]
     assert (view["name"], view["cron"], view["tz"], view["missed"], view["payload"]) == (
         "nightly", "0 2 * * *", "Europe/Paris", "once", {"batch": 1})
+    assert view["max_retries"] == 5
     assert "nightly" in _cli(redis_url, queue, "list").output
     triggered = _cli(redis_url, queue, "trigger", "nightly")
     assert triggered.exit_code == 0 and triggered.output.startswith("nightly:manual:")
