@@ -58,13 +58,6 @@ async def fill(client: TestClient, batch: int = 200) -> tuple[list[str], Any]:  
         assert len(accepted) < 100_000, "Redis never filled up"
 
 
-async def states(redis: Redis, queue: Queue, ids: list[str]) -> list[str | None]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for task_id in ids:
-            pipe.hget(queue.keys.task(task_id), "state")
-        return [s.decode() if s else None for s in await pipe.execute()]
-
-
 def test_only_the_scripts_that_drain_a_queue_run_on_a_full_redis() -> None:
     assert all(source(name).startswith("#!lua flags=allow-oom\n") for name in DRAINING)
     # what adds tasks must be refused at the wall: that refusal is the producers' 507
@@ -96,7 +89,7 @@ async def test_full_redis_answers_507_writes_nothing_and_a_worker_started_on_it_
     worker = procs.worker(small_redis.url, queue_name, log)
     try:
         async def drained() -> bool:
-            return all(s == "succeeded" for s in await states(full_redis, queue, accepted))
+            return all(s == "succeeded" for s in await queue.states(accepted))
         await eventually(drained, timeout=60, interval=0.2, what="every accepted task succeeded")
         assert worker.poll() is None, log.read_text()
         assert "Traceback" not in log.read_text()
