@@ -123,10 +123,12 @@ class Worker:
         s = self.settings
         heartbeat = Heartbeat(s.redis_url, list(self.queues), self.id, s.heartbeat_interval, s.lease, self.status,
                               self.watch)
-        if not (await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop)
-                and await self._until_redis(self._declare_limits, stop)
+        # The first heartbeat comes last: a stop while an earlier step waits for Redis then
+        # leaves nothing registered behind it (no worker entry for the reapers to time out).
+        if not (await self._until_redis(self._declare_limits, stop)
                 and await self._until_redis(self._declare_defaults, stop)
-                and await self._until_redis(self._declare_schedules, stop)):
+                and await self._until_redis(self._declare_schedules, stop)
+                and await self._until_redis(lambda: asyncio.to_thread(heartbeat.run_once), stop)):
             heartbeat.stop()
             return True  # stopped while waiting for Redis: it never claimed anything
         heartbeat.start()
