@@ -29,6 +29,7 @@ from reliq.errors import (
     TaskNotFound,
     TooManyWaiters,
 )
+from reliq.formats import TaskState
 from reliq.openapi import spec as openapi_spec
 from reliq.queue import Queue, TaskSpec, make_spec
 from reliq.settings import DURABILITIES, Settings, check_queue_name
@@ -148,7 +149,7 @@ def _durability(settings: Settings, body: dict[str, Any]) -> str:
 def _accepted(queue: Queue, spec: TaskSpec, result: Result) -> dict[str, Any]:
     task_id, created, acked = result
     return {"status": "queued" if created else "duplicate", "task_id": task_id, "queue": queue.name,
-            "state": "scheduled" if spec.delay_ms or spec.run_at_ms else "pending",
+            "state": TaskState.SCHEDULED if spec.delay_ms or spec.run_at_ms else TaskState.PENDING,
             "durability": "replicated" if acked else "memory"}
 
 

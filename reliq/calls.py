@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from reliq.errors import CancelRefused, QueueFull, RedisFull, TaskNotFound
+from reliq.errors import RedisFull, script_error
+from reliq.formats import Code
 from reliq.keys import QueueKeys
 from reliq.memory import REFUSED_MEMORY
 from reliq.settings import Settings
@@ -42,23 +43,20 @@ def enqueue_args(settings: Settings, batch: bytes) -> list[Any]:
     return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending, settings.max_retries]
 
 
-def enqueued(raw: Sequence[Any]) -> list[tuple[str, bool]]:
-    """enqueue.lua's reply as (task id, created now) for each task."""
-    return [(text(raw[i]), raw[i + 1] == 1) for i in range(0, len(raw), 2)]
+def enqueued(raw: Sequence[Any], queue: str, settings: Settings) -> list[tuple[str, bool]]:
+    """enqueue.lua's reply as (task id, created now) for each task; raise QueueFull when it refused."""
+    if raw[0] != Code.OK:
+        raise script_error(raw[0], queue=queue, pending=int(raw[1]), limit=settings.max_pending)
+    return [(text(raw[i]), raw[i + 1] == 1) for i in range(1, len(raw), 2)]
 
 
-def refused(exc: ResponseError, queue: str, settings: Settings) -> QueueFull | RedisFull | None:
-    """The refusal that enqueue.lua's error stands for, or None when it is another error.
+def refused(exc: ResponseError, queue: str) -> RedisFull | None:
+    """The refusal that an error of enqueue.lua stands for, or None when it is another error.
 
     OOM: enqueue.lua is not allow-oom, so a Redis at its maxmemory refuses its first
     write and nothing was written.
     """
-    if isinstance(exc, OutOfMemoryError):
-        return RedisFull(queue)
-    message = str(exc)
-    if message.startswith("FULL "):
-        return QueueFull(queue, int(message.split()[1]), settings.max_pending)
-    return None
+    return RedisFull(queue) if isinstance(exc, OutOfMemoryError) else None
 
 
 def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
@@ -78,11 +76,9 @@ def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[
 
 def cancelled(task_id: str, raw: Sequence[Any]) -> str:
     """cancel.lua's reply as the state the task was in; raise when there was nothing to cancel."""
-    done, state = raw
-    if not state:
-        raise TaskNotFound(task_id)
-    if not done:
-        raise CancelRefused(text(state))
+    code, state = raw
+    if code != Code.OK:
+        raise script_error(code, task_id=task_id, state=text(state))
     return text(state)
 
 

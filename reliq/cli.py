@@ -17,6 +17,7 @@ import reliq.schedules
 import reliq.shell
 from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
+from reliq.formats import DeadReason
 from reliq.monitor.deadletter import DeadFilter
 from reliq.settings import DURABILITIES, Settings, check_queue_name
 
@@ -307,7 +308,7 @@ def task(task_id: str, redis_url: str | None, queue: str | None, wait: float | N
 def _dead_filter(fn: F) -> F:
     """``--type`` and ``--reason``: which dead tasks a dlq command applies to."""
     fn = click.option("--type", "type_", help="Only tasks of this type")(fn)
-    fn = click.option("--reason", type=click.Choice(["error", "timeout", "crashed", "unknown_type", "permanent"]),
+    fn = click.option("--reason", type=click.Choice([r.value for r in DeadReason]),
                       help="Only tasks that died for this reason")(fn)
     return fn
 

@@ -1,6 +1,8 @@
-"""Every exception reliq raises, in one flat module."""
+"""Every exception reliq raises, in one flat module; and which of them a script's refusal is."""
 
 from __future__ import annotations
+
+from reliq.formats import Code
 
 
 class ReliqError(Exception):
@@ -93,6 +95,24 @@ class GaveUp(ReliqError):
 
     Its ``__cause__`` is the last Redis error (None when stopped before the first try).
     """
+
+
+def script_error(code: int, *, queue: str = "", task_id: str = "", state: str = "", pending: int = 0,
+                 limit: int = 0) -> ReliqError:
+    """The exception a script's refusal ``code`` (a negative :class:`reliq.formats.Code`) stands for.
+
+    The keywords are what the caller knows of the call, for the message: the queue and the
+    admission ``limit`` (QUEUE_FULL, with the ``pending`` count the script replied), the
+    ``task_id`` (NO_TASK), the ``state`` the script replied (NOT_CANCELLABLE).
+    """
+    match code:
+        case Code.QUEUE_FULL:
+            return QueueFull(queue, pending, limit)
+        case Code.NO_TASK:
+            return TaskNotFound(task_id)
+        case Code.NOT_CANCELLABLE:
+            return CancelRefused(state)
+    raise ValueError(f"script code {code!r} is not a refusal")
 
 
 def describe_error(exc: BaseException) -> str:

@@ -1,21 +1,26 @@
 """The formats that cross between Python and the Lua scripts, each defined here once.
 
-A format is an ordered tuple of field names. Python reads and writes it by these tuples;
-a script takes it with a ``--- @format NAME`` line, which :mod:`reliq.scripts` replaces
-at load time with Lua locals generated from the tuple: the list itself, and each
-field's position by its name in capitals. For :data:`CLAIM_FIELDS`::
+Positions: an ordered tuple of field names (a reply, or a batch argument). Python reads
+and writes it by the tuple; a script takes it with a ``--- @format NAME`` line, which
+:mod:`reliq.scripts` replaces at load time with Lua locals generated from the tuple:
+the list itself and each field's position, named in capitals. For :data:`CLAIM_FIELDS`::
 
     local CLAIM_FIELDS = {'type', 'payload', ...}
-    local TYPE, PAYLOAD, ... = 1, 2, ...
+    local TYPE, ATTEMPTS, CRASHES = 1, 3, 6
 
 so claim.lua reads ``f[CRASHES]``, never ``f[6]``, and a field added here reaches both
-sides at once. Locals cost the scripts nothing a call (the positions are constants; a
-local is cheaper to read than a global).
+sides at once. Constants: an enum (the metrics hash's field kinds, the scripts' return
+codes), whose members a script gets as ``NAME_MEMBER``. Only the names a script's code
+reads are written into it, and locals cost it nothing a call (cheaper to read than the
+globals ``KEYS``/``ARGV`` they replace). The task states, run outcomes and dead reasons
+the scripts spell as literals are enums here too; tests/test_formats.py checks the
+scripts name no other.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+from collections.abc import Container
+from enum import Enum, IntEnum, StrEnum
 
 #: What claim.lua returns for each task it claims, after the task's id and in this order:
 #: these fields of the task's hash, read with one HMGET. The whole reply is
@@ -24,6 +29,77 @@ CLAIM_FIELDS = ("type", "payload", "attempts", "failures", "max_retries", "crash
                 "trace")
 #: Values a claimed task takes in claim.lua's reply: its id, then :data:`CLAIM_FIELDS`.
 CLAIM_WIDTH = 1 + len(CLAIM_FIELDS)
+
+class TaskState(StrEnum):
+    """The ``state`` field of a task's hash, which the scripts write (tests/test_formats.py
+    checks every state they name is one of these)."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    PROCESSING = "processing"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: States a task ends in: a waiter (:mod:`reliq.waiting`) returns once the task is in one.
+END_STATES = (TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED)
+#: States a task can be cancelled in (cancel.lua): it has not started.
+CANCELLABLE = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRYING)
+
+
+class RunOutcome(StrEnum):
+    """What became of one run of a task, as the worker hands it to settle.lua."""
+
+    #: The handler returned: the task succeeded.
+    OK = "ok"
+    #: The handler raised: retried while its retries last, then dead.
+    ERROR = "error"
+    #: The handler ran past its timeout: as ERROR.
+    TIMEOUT = "timeout"
+    #: The handler raised PermanentError (or an error its policy gives up on): dead at once.
+    PERMANENT = "permanent"
+    #: No handler for the task's type: dead at once.
+    UNKNOWN_TYPE = "unknown_type"
+    #: The handler raised reliq.Snooze: scheduled again, no failure counted.
+    SNOOZE = "snooze"
+
+
+class DeadReason(StrEnum):
+    """Why a task is dead (the ``reason`` field of its hash)."""
+
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    #: Its worker died running it too often (reap.lua's crash quarantine).
+    CRASHED = "crashed"
+    UNKNOWN_TYPE = "unknown_type"
+    PERMANENT = "permanent"
+
+
+class Code(IntEnum):
+    """What a script says of its call, where it can say more than one thing: its reply's first value.
+
+    Lua names them ``CODE_OK`` and so on (``--- @format CODE``). The negative ones are
+    refusals, each an exception of :mod:`reliq.errors` (``script_error``).
+    """
+
+    OK = 0
+    #: claim.lua: the next task is a crash suspect and the worker holds others: it waits
+    #: to run alone (what else was claimed is in the reply).
+    SUSPECT_WAITS = 1
+    #: claim.lua: the whole queue is paused; nothing was claimed.
+    PAUSED = 2
+    #: reap.lua: the worker beat within its lease after all; nothing was reaped.
+    ALIVE = 3
+    #: enqueue.lua: pending holds the admission limit already (the reply's next value says
+    #: how many); nothing was written. QueueFull.
+    QUEUE_FULL = -1
+    #: cancel.lua: there is no record of the task. TaskNotFound.
+    NO_TASK = -2
+    #: cancel.lua: the task runs or has ended (its state follows). CancelRefused.
+    NOT_CANCELLABLE = -3
+
 
 #: A task as enqueue.lua takes it, one JSON array of these a task in its ARGV[2]
 #: (reliq/calls.py: enqueue_batch), every value a string.
@@ -90,26 +166,32 @@ def split_metric(field: str) -> tuple[str, str, str]:
 
 
 #: Every format a script can take with ``--- @format NAME``: positions (a tuple of field
-#: names) or constants (a StrEnum, whose members become ``NAME_MEMBER``).
-LUA: dict[str, tuple[str, ...] | type[StrEnum]] = {
+#: names) or constants (an enum, whose members become ``NAME_MEMBER``).
+LUA: dict[str, tuple[str, ...] | type[Enum]] = {
     "CLAIM_FIELDS": CLAIM_FIELDS,
     "ENQUEUE_FIELDS": ENQUEUE_FIELDS,
     "SETTLE_FIELDS": SETTLE_FIELDS,
     "SNAPSHOT_FIELDS": SNAPSHOT_FIELDS,
     "METRIC": Metric,
+    "CODE": Code,
 }
 
 
-def lua_locals(name: str, listed: bool = True) -> str:
-    """The Lua locals that stand for format ``name``.
+def lua_locals(name: str, wanted: Container[str] | None = None) -> str:
+    """The Lua locals that stand for format ``name``, those in ``wanted`` alone if given.
 
-    For positions: the list (unless not ``listed``) and each field's position; for
-    constants: each member's value.
+    For positions: the list, named ``name``, and each field's position; for constants:
+    ``name_MEMBER`` and its value.
     """
     spec = LUA[name]
-    if not isinstance(spec, tuple):
-        return f"local {', '.join(f'{name}_{m.name}' for m in spec)} = {', '.join(repr(m.value) for m in spec)}\n"
-    names = ", ".join(f.upper() for f in spec)
-    positions = ", ".join(str(i) for i in range(1, len(spec) + 1))
-    the_list = f"local {name} = {{{', '.join(repr(f) for f in spec)}}}\n" if listed else ""
-    return f"{the_list}local {names} = {positions}\n"
+    if isinstance(spec, tuple):
+        pairs = [(f.upper(), str(i)) for i, f in enumerate(spec, start=1)]
+        listed = wanted is None or name in wanted
+        head = f"local {name} = {{{', '.join(repr(f) for f in spec)}}}\n" if listed else ""
+    else:
+        pairs = [(f"{name}_{m.name}", repr(m.value)) for m in spec]
+        head = ""
+    pairs = [(n, v) for n, v in pairs if wanted is None or n in wanted]
+    if not pairs:
+        return head
+    return f"{head}local {', '.join(n for n, _ in pairs)} = {', '.join(v for _, v in pairs)}\n"

@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from reliq import __version__, schedules
+from reliq.formats import CANCELLABLE, TaskState
 from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, RFC3339, STATES
 from reliq.settings import QUEUE_PATTERN, WHITESPACE
 from reliq.waiting import MAX_WAIT_S
@@ -80,7 +81,7 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["queued", "duplicate"]},
             "task_id": {"type": "string"},
             "queue": {"type": "string"},
-            "state": {"enum": ["pending", "scheduled"]},
+            "state": {"enum": [TaskState.PENDING, TaskState.SCHEDULED]},
             "durability": {"enum": ["memory", "replicated"]},
         },
     },
@@ -123,13 +124,13 @@ _SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["status", "task_id", "previous_state"],
         "properties": {"status": {"const": "cancelled"}, "task_id": {"type": "string"},
-                       "previous_state": {"enum": ["pending", "scheduled", "retrying"]}},
+                       "previous_state": {"enum": list(CANCELLABLE)}},
     },
     "Deleted": {
         "type": "object",
         "required": ["status", "task_id", "previous_state"],
         "properties": {"status": {"const": "deleted"}, "task_id": {"type": "string"},
-                       "previous_state": {"enum": ["pending", "scheduled", "retrying"]}},
+                       "previous_state": {"enum": list(CANCELLABLE)}},
     },
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},

@@ -24,7 +24,8 @@ from redis.exceptions import ResponseError
 from reliq import calls, pausing, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
-from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Metric
+from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Metric, RunOutcome, TaskState
+from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys
@@ -45,9 +46,7 @@ MAX_DELAY_S = 366 * 24 * 3600.0
 MAX_TIMEOUT_S = 24 * 3600.0
 
 #: States a task record can be in (the ``state`` field of GET /task/{id}).
-STATES = ("pending", "scheduled", "processing", "retrying", "succeeded", "dead", "cancelled")
-#: States a task ends in: a waiter (:mod:`reliq.waiting`) returns once the task is in one.
-END_STATES = ("succeeded", "dead", "cancelled")
+STATES = tuple(TaskState)
 #: Counters kept in the stats hash (reported as 0 until first incremented).
 #: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
 #: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
@@ -201,7 +200,7 @@ class Outcome:
     """What became of one run of a claimed task, for the batched settle."""
 
     task: Claimed
-    outcome: str  # ok | error | timeout | permanent | unknown_type | snooze
+    outcome: RunOutcome
     text: str  # JSON result for ok, the error otherwise
     run_ms: int
     retry_delay_ms: int = 0
@@ -329,11 +328,11 @@ class Queue:
             else:
                 raw = await self._scripts("enqueue", keys, args)
         except (RedisFull, ResponseError) as exc:
-            refusal = exc if isinstance(exc, RedisFull) else calls.refused(exc, self.name, self.settings)
+            refusal = exc if isinstance(exc, RedisFull) else calls.refused(exc, self.name)
             if isinstance(refusal, RedisFull):
                 await self._scripts("count", *calls.count_refused(self.keys, len(specs)))
             raise refusal or exc from None
-        results = calls.enqueued(raw)
+        results = calls.enqueued(raw, self.name, self.settings)
         if replicas and acked < replicas:
             raise NotReplicated(results, int(acked), replicas)
         return results
@@ -420,7 +419,7 @@ class Queue:
         tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
                          int(q or now), now, self.name, tr.decode() if tr else "")
                  for i, t, p, a, f, m, c, to, q, tr in zip(*[rows] * CLAIM_WIDTH, strict=True)]
-        return Take(tasks, raw[0] == 1, raw[0] == 2)
+        return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED)
 
     async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:
         """Pause the whole queue (``task_type`` None) or one type; return (paused now, since ms).
@@ -583,8 +582,8 @@ class Queue:
         keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix,
                 k.waiters, k.wake_prefix]
         args = [worker_id, int(lease_s * 1000), self.settings.crash_limit]
-        recovered, quarantined = await self._scripts("reap", keys, args)
-        return None if recovered == -1 else (int(recovered), int(quarantined))
+        code, recovered, quarantined = await self._scripts("reap", keys, args)
+        return None if code == Code.ALIVE else (int(recovered), int(quarantined))
 
     async def release(self, worker_id: str) -> int:
         """Hand back everything the worker holds and deregister it (graceful shutdown)."""

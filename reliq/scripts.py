@@ -79,8 +79,6 @@ def source(name: str, shebang: bool = True) -> str:
 
 
 _FORMAT = re.compile(r"^--- @format (\w+)\n", re.MULTILINE)
-
-
 _COMMENT = re.compile(r"--.*$", re.MULTILINE)
 _LOCALS = re.compile(r"^\s*local\s+(?:function\s+)?([\w\s,]+?)\s*(?:=|\(|$)", re.MULTILINE)
 
@@ -94,10 +92,11 @@ def _with_formats(text: str) -> str:
     def expand(m: re.Match[str]) -> str:
         if m.group(1) not in formats.LUA:
             raise ValueError(f"no format {m.group(1)!r} in reliq/formats.py (LUA)")
-        # The list only where the script's code reads it: building it costs every call.
-        return formats.lua_locals(m.group(1), listed=len(re.findall(rf"\b{m.group(1)}\b", code)) > 0)
+        # Only the names the script's code reads: each costs a little every call.
+        return formats.lua_locals(m.group(1), used)
 
     code = _COMMENT.sub("", text)
+    used = set(re.findall(r"\w+", code))
     out = _FORMAT.sub(expand, text)
     declared = [n.strip() for names in _LOCALS.findall(out) for n in names.split(",")]
     if twice := sorted({n for n in declared if n.isupper() and declared.count(n) > 1}):

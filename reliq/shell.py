@@ -19,6 +19,7 @@ from rich.console import Console
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import InvalidTask, QueueFull, TaskNotFound
 from reliq.eventloop import run
+from reliq.formats import TaskState
 from reliq.queue import END_STATES, Queue, TaskInfo, make_spec
 from reliq.settings import Settings
 from reliq.waiting import Waiters
@@ -36,13 +37,13 @@ def _print_json(data: Any) -> None:
 def _outcome(info: TaskInfo) -> int:
     """Print how a waited-for task ended (result on stdout, error on stderr); its exit code."""
     state = info["state"]
-    if state == "succeeded":
+    if state == TaskState.SUCCEEDED:
         _print_json(info["result"])
         return SUCCEEDED
-    if state == "dead":
+    if state == TaskState.DEAD:
         err.print(f"reliq: task {info['task_id']} is dead ({info['reason']}): {info['last_error']}", markup=False)
         return FAILED
-    if state == "cancelled":
+    if state == TaskState.CANCELLED:
         err.print(f"reliq: task {info['task_id']} was cancelled", markup=False)
         return FAILED
     err.print(f"reliq: task {info['task_id']} is still {state}; the wait ran out", markup=False)

@@ -39,11 +39,11 @@ class SyncQueue:
         try:
             raw = self.redis.script("enqueue", self._enqueue_keys, args)
         except ResponseError as exc:
-            refusal = calls.refused(exc, self.name, self.settings)
+            refusal = calls.refused(exc, self.name)
             if isinstance(refusal, RedisFull):
                 self.redis.script("count", *calls.count_refused(self.keys, len(specs)))
             raise refusal or exc from None
-        return calls.enqueued(raw)
+        return calls.enqueued(raw, self.name, self.settings)
 
     def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""

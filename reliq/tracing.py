@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Iterator
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
+from reliq.formats import RunOutcome
+
 log = logging.getLogger(__name__)
 
 try:
@@ -123,7 +125,7 @@ async def attempt(task: Claimed, run: Awaitable[Outcome]) -> Outcome:
                                       attributes=attributes, record_exception=False) as span:
         outcome = await run
         span.set_attribute("reliq.task.outcome", outcome.outcome)
-        if outcome.outcome != "ok":
+        if outcome.outcome != RunOutcome.OK:
             span.set_status(Status(StatusCode.ERROR, outcome.text[:500]))
     return outcome
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import re
+from importlib import resources
 from typing import Any
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
-from reliq import calls, formats, scripts
-from reliq.formats import CLAIM_FIELDS, ENQUEUE_FIELDS, SETTLE_FIELDS, Metric, metric, split_metric
+from reliq import calls, errors, formats, scripts
+from reliq.formats import (
+    CLAIM_FIELDS,
+    ENQUEUE_FIELDS,
+    SETTLE_FIELDS,
+    Code,
+    DeadReason,
+    Metric,
+    RunOutcome,
+    TaskState,
+    metric,
+    split_metric,
+)
 from reliq.histogram import bucket
 from reliq.queue import Claimed, Outcome, Queue, make_spec
 
@@ -58,12 +71,11 @@ async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Q
     assert dict(zip(SETTLE_FIELDS, row, strict=True)) == expected
 
 
-def test_a_format_line_becomes_the_lua_locals_of_that_format() -> None:
+def test_a_format_line_becomes_the_lua_locals_the_script_reads() -> None:
     claim = scripts.source("claim")
     assert "--- @format" not in claim
-    assert formats.lua_locals("CLAIM_FIELDS") in claim
-    assert "local TYPE, PAYLOAD, ATTEMPTS, FAILURES, MAX_RETRIES, CRASHES, TIMEOUT_MS, QUEUED_AT, TRACE = " \
-           "1, 2, 3, 4, 5, 6, 7, 8, 9\n" in claim
+    assert formats.lua_locals("CLAIM_FIELDS", {"CLAIM_FIELDS"}) in claim  # the list, for its HMGET
+    assert "local TYPE, ATTEMPTS, CRASHES = 1, 3, 6\n" in claim  # and the positions it reads, alone
 
 
 def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:
@@ -87,5 +99,38 @@ def test_every_metric_kind_splits_back_into_what_made_it(kind: Metric, parts: tu
 
 def test_settle_lua_names_the_metric_kinds_of_formats() -> None:
     settle = scripts.source("settle")
-    assert formats.lua_locals("METRIC") in settle
+    assert "local METRIC_RUNS, METRIC_WAIT, METRIC_WAIT_SUM, METRIC_RUN, METRIC_RUN_SUM = 't', 'w', 'ws', 'r', 'rs'\n" \
+        in settle
     assert "'t|'" not in settle and "'rs|'" not in settle
+
+
+def _lua_code() -> str:
+    """Every script's code, comments left out."""
+    lua = resources.files("reliq") / "lua"
+    texts = [f.read_text() for f in lua.iterdir() if f.name.endswith(".lua")]
+    return "\n".join(re.sub(r"--.*$", "", t, flags=re.MULTILINE) for t in texts)
+
+
+def test_the_states_the_scripts_write_and_compare_are_the_task_states() -> None:
+    code = _lua_code()
+    written = set(re.findall(r"'state',\s*'(\w+)'", code))
+    compared = set(re.findall(r"state'?\)?\s*[=~]=\s*'(\w+)'", code))
+    assert written == set(TaskState)  # each state is reached by some script, and no other
+    assert compared and compared <= set(TaskState)
+
+
+def test_the_outcomes_settle_lua_tells_apart_are_run_outcomes_and_each_death_has_its_reason() -> None:
+    settle = re.sub(r"--.*$", "", (resources.files("reliq") / "lua" / "settle.lua").read_text(), flags=re.MULTILINE)
+    assert set(re.findall(r"outcome == '(\w+)'", settle)) <= set(RunOutcome)
+    # settle.lua dead-letters with the outcome as the reason; reap.lua with its own literal
+    assert {o.value for o in RunOutcome} - {"ok", "snooze"} <= set(DeadReason)
+    assert set(re.findall(r"dead_letter\([^)]*?'(\w+)'", _lua_code())) <= set(DeadReason)
+
+
+@pytest.mark.parametrize("code", list(Code))
+def test_each_refusal_code_is_an_exception_and_nothing_else_is(code: Code) -> None:
+    if code < 0:
+        assert isinstance(errors.script_error(code, queue="q", task_id="t", state="processing"), errors.ReliqError)
+    else:
+        with pytest.raises(ValueError, match="not a refusal"):
+            errors.script_error(code)

@@ -19,11 +19,13 @@ from typing import Any
 from reliq.chaos.faults import KINDS, Event, FaultLog
 from reliq.chaos.load import FAIL_RETRIES, Accepted
 from reliq.chaos.tasks import POISON
-from reliq.formats import Metric, split_metric
+from reliq.formats import DeadReason, Metric, RunOutcome, TaskState, split_metric
 from reliq.queue import COUNTERS, Queue
 
 #: States a task can stay in once the run is over (a chaos run cancels nothing).
-CHAOS_END_STATES = ("succeeded", "dead")
+CHAOS_END_STATES = (TaskState.SUCCEEDED, TaskState.DEAD)
+#: The outcomes the stats hash counts as failed.
+FAILED = (RunOutcome.ERROR, RunOutcome.TIMEOUT, RunOutcome.PERMANENT, RunOutcome.UNKNOWN_TYPE)
 
 
 @dataclass(slots=True)
@@ -115,14 +117,14 @@ def _outcomes(accepted: Mapping[str, Accepted], state: RedisState,
     """Each accepted task against the final state it had to reach (and a success must have run)."""
     lost, wrong, by_faults = [], [], []
     unrun = [i for i, r in state.records.items()
-             if r.get("state") == "succeeded" and not any(e.outcome == "ok" for e in execs.get(i, ()))]
+             if r.get("state") == TaskState.SUCCEEDED and not any(e.outcome == "ok" for e in execs.get(i, ()))]
     reached: Counter[str] = Counter()
     for a in accepted.values():
         rec = state.records.get(a.id)
         if rec is None or rec.get("state") not in CHAOS_END_STATES:
             lost.append({"id": a.id, "type": a.type, "state": rec.get("state") if rec else "no record"})
             continue
-        got = rec["state"] if rec["state"] == "succeeded" else f"dead:{rec.get('reason', '')}"
+        got = rec["state"] if rec["state"] == TaskState.SUCCEEDED else f"dead:{rec.get('reason', '')}"
         reached[got] += 1
         if got == "dead:crashed" and _quarantined_by_faults(rec, execs.get(a.id, []), events):
             by_faults.append(a.id)
@@ -237,7 +239,7 @@ def _counters(state: RedisState) -> list[dict[str, Any]]:
     """
     c, recs = state.counters, state.records.values()
     states = Counter(r.get("state") for r in recs)
-    reasons = Counter(r.get("reason") for r in recs if r.get("state") == "dead")
+    reasons = Counter(r.get("reason") for r in recs if r.get("state") == TaskState.DEAD)
     failures = sum(int(r.get("failures", 0)) for r in recs)
     crashes = sum(int(r.get("crashes", 0)) for r in recs)
     metric = Counter[str]()
@@ -245,7 +247,7 @@ def _counters(state: RedisState) -> list[dict[str, Any]]:
         kind, _, outcome = split_metric(field)
         if kind == Metric.RUNS:
             metric[outcome] += n
-    permanent = reasons["permanent"] + reasons["unknown_type"]
+    permanent = reasons[DeadReason.PERMANENT] + reasons[DeadReason.UNKNOWN_TYPE]
     requeued = c["requeued"]
     return [
         _check("enqueued == task records", c["enqueued"], len(state.records), "every enqueue created one record"),
@@ -256,13 +258,14 @@ def _counters(state: RedisState) -> list[dict[str, Any]]:
         _check(f"failed == sum(failures) + dead(permanent, unknown_type) + {FAIL_RETRIES + 1} * requeued", c["failed"],
                failures + permanent + (FAIL_RETRIES + 1) * requeued, "each applied failure counts once on the record"),
         _check(f"retried == sum(failures) - dead(error, timeout) + {FAIL_RETRIES} * requeued", c["retried"],
-               failures - reasons["error"] - reasons["timeout"] + FAIL_RETRIES * requeued,
+               failures - reasons[DeadReason.ERROR] - reasons[DeadReason.TIMEOUT] + FAIL_RETRIES * requeued,
                "every failure but the last of each life was retried"),
-        _check("metrics ok == succeeded", c["succeeded"], metric["ok"], "settle writes both together"),
+        _check("metrics ok == succeeded", c["succeeded"], metric[RunOutcome.OK], "settle writes both together"),
         _check("metrics failures == failed", c["failed"],
-               sum(metric[o] for o in ("error", "timeout", "permanent", "unknown_type")), "settle writes both"),
+               sum(metric[o] for o in FAILED), "settle writes both"),
         _check("sum(crashes) <= recovered + dead(crashed)", 1,
-               int(crashes <= c["recovered"] + reasons["crashed"]), "a crash is counted when its task is reaped"),
+               int(crashes <= c["recovered"] + reasons[DeadReason.CRASHED]),
+               "a crash is counted when its task is reaped"),
         _check("pending + delayed == 0", 0, state.pending + state.delayed, "the queue drained"),
         _check("records not final == 0", 0, sum(n for s, n in states.items() if s not in CHAOS_END_STATES),
                "the queue drained"),

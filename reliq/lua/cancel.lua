@@ -12,17 +12,18 @@
 -- ARGV[1] id       task id
 -- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
 -- ARGV[3] mode     'keep' or 'forget'
--- Returns {1, previous state} when cancelled, {0, state} when it is running or
--- finished, {0, ''} when there is no such task. With 'forget' (HTTP DELETE) the record
+-- Returns {CODE_OK, previous state} when cancelled, {CODE_NOT_CANCELLABLE, state} when it
+-- is running or finished, {CODE_NO_TASK, ''} when there is no such task (reliq/formats.py). With 'forget' (HTTP DELETE) the record
 -- goes too, once whoever waits for the task has been woken, and so does its idempotency
 -- key (a repeat of the request enqueues anew, rather than answer with a task that is
 -- gone); it is counted as cancelled.
+--- @format CODE
 local PENDING, DELAYED, STATS, TASK, WAITERS, WAKE, IDEM, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                                  KEYS[6], KEYS[7], KEYS[8]
 local id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local key = TASK .. id
 local state = redis.call('HGET', key, 'state')
-if not state then return {0, ''} end
+if not state then return {CODE_NO_TASK, ''} end
 if state == 'pending' then
   if redis.call('LREM', PENDING, 1, id) == 0 then
     redis.call('LREM', HELD .. redis.call('HGET', key, 'type'), 1, id)
@@ -30,7 +31,7 @@ if state == 'pending' then
 elseif state == 'scheduled' or state == 'retrying' then
   redis.call('ZREM', DELAYED, id)
 else
-  return {0, state}
+  return {CODE_NOT_CANCELLABLE, state}
 end
 redis.call('HINCRBY', STATS, 'cancelled', 1)
 if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
@@ -42,4 +43,4 @@ else
   redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now_ms())
   redis.call('PEXPIRE', key, ttl_ms)
 end
-return {1, state}
+return {CODE_OK, state}

@@ -17,14 +17,14 @@
 --                     took W for dead and requeued it since, and claiming it here would
 --                     leave it claimed in no list, i.e. lost
 -- ARGV[4] elsewhere   how many tasks W holds in its lists of other queues
--- Returns {blocked, now_ms, id, <fields>, id, <fields>, ...}, <fields> being CLAIM_FIELDS
--- (reliq/formats.py).
--- blocked = 2 when the whole queue is paused: nothing is claimed, and moved_id, if
+-- Returns {code, now_ms, id, <fields>, id, <fields>, ...}, <fields> being CLAIM_FIELDS
+-- and code CODE_OK, or as follows (both in reliq/formats.py).
+-- CODE_PAUSED when the whole queue is paused: nothing is claimed, and moved_id, if
 -- still pending, goes back to the taking end of pending, uncounted (a BLMOVE moved it).
 -- Pending ids of a paused type met on the way (moved_id included) are set aside into the
 -- type's held list, still pending; resume.lua puts them back. Nothing paused costs one
 -- EXISTS a call.
--- blocked = 1 when the next task is a crash suspect (it has taken a worker down before)
+-- CODE_SUSPECT_WAITS when the next task is a crash suspect (it has taken a worker down before)
 -- and W holds other tasks, here or in other queues: suspects run alone, so that a crash
 -- is blamed on the right task.
 -- Ids whose record is gone or no longer pending (cancelled, finished by a late ack)
@@ -32,10 +32,11 @@
 -- Numbers go to redis.call as strings made once (now) or once a value (attempts): Lua
 -- turns a number into a string with sprintf, which costs as much as a small command.
 --- @format CLAIM_FIELDS
+--- @format CODE
 local PENDING, PROCESSING, TASK, WORKERS, PAUSED, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local max, worker, moved_id, elsewhere = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = tostring(now_ms())
-local out = {0, now}
+local out = {CODE_OK, now}
 local taken = 0
 local next_attempt = {}  -- attempts so far -> the next, as strings
 
@@ -65,7 +66,7 @@ if redis.call('EXISTS', PAUSED) == 1 then
           redis.call('LREM', PROCESSING, 1, id)
           redis.call('RPUSH', PENDING, id)
         end
-        out[1] = 2
+        out[1] = CODE_PAUSED
         return out
       end
       paused_types = paused_types or {}
@@ -96,7 +97,7 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
   elseif tonumber(f[CRASHES]) > 0 and (redis.call('LLEN', PROCESSING) > 1 or elsewhere > 0) then
     redis.call('LREM', PROCESSING, 1, id)
     redis.call('RPUSH', PENDING, id)
-    out[1] = 1
+    out[1] = CODE_SUSPECT_WAITS
     return out
   else
     claim(id, f)
@@ -122,7 +123,7 @@ while taken < max and skipped < 1000 do
         moved[#moved + 1] = id
         claim(id, f)
       elseif taken == 0 then
-        out[1] = 1
+        out[1] = CODE_SUSPECT_WAITS
       end
       stop = true
       break

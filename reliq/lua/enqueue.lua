@@ -16,22 +16,24 @@
 -- ARGV[3] limit    admission limit: refuse when pending holds this many tasks already
 --                  (0 = none)
 -- ARGV[4] default_retries  the queue's max_retries, for tasks whose type has no default
--- Returns a flat array: for each task, the id that stands for it and 1 if it was
--- created now, 0 if an earlier request with the same idempotency key created it.
--- Or the error 'FULL <pending>' when the limit is reached: then nothing was written.
+-- Returns {CODE_OK, then for each task the id that stands for it and 1 if it was created
+-- now, 0 if an earlier request with the same idempotency key created it}; or
+-- {CODE_QUEUE_FULL, pending} when the limit is reached: then nothing was written.
+-- (Codes: reliq/formats.py.)
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command (callgrind: a third of this script).
 --- @format ENQUEUE_FIELDS
+--- @format CODE
 local PENDING, DELAYED, STATS, TASK, IDEM, TYPES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local idem_ttl, tasks, limit, default_retries = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 local now_s = tostring(now)
 if limit > 0 then
   local pending = redis.call('LLEN', PENDING)
-  if pending >= limit then return redis.error_reply('FULL ' .. pending) end
+  if pending >= limit then return {CODE_QUEUE_FULL, pending} end
 end
 local type_defaults = type_defaults_reader(TYPES)
-local out = {}
+local out = {CODE_OK}
 local ready = {}  -- ids for pending, pushed together (in order) at the end
 local created = 0
 for _, t in ipairs(cjson.decode(tasks)) do

@@ -12,18 +12,20 @@
 -- ARGV[1] worker      W
 -- ARGV[2] lease_ms    lease (ms)
 -- ARGV[3] limit       crash limit
--- Returns {recovered, quarantined}, or {-1, 0} when W is alive after all.
+-- Returns {CODE_OK, recovered, quarantined}, or {CODE_ALIVE, 0, 0} when W is alive after
+-- all (reliq/formats.py).
 -- Every task W held gets one more crash on its record. Only a task W held alone is
 -- known to be the culprit (workers run crash suspects alone): it is quarantined in the
 -- dead-letter list (reason crashed) once its crashes reach the limit. Recovered tasks
 -- go to the right end of pending, oldest first, to run next.
+--- @format CODE
 local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local INFO, TASK, WAITERS, WAKE = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local worker, lease_ms, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local beat = redis.call('ZSCORE', WORKERS, worker)
 if beat and tonumber(beat) > now - lease_ms then
-  return {-1, 0}
+  return {CODE_ALIVE, 0, 0}
 end
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
 local solo = #ids == 1
@@ -51,4 +53,4 @@ end
 if recovered > 0 then redis.call('HINCRBY', STATS, 'recovered', recovered) end
 redis.call('DEL', PROCESSING, INFO)
 redis.call('ZREM', WORKERS, worker)
-return {recovered, quarantined}
+return {CODE_OK, recovered, quarantined}

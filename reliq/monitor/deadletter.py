@@ -21,6 +21,7 @@ from typing import Any, TypedDict
 import orjson
 
 from reliq.errors import GaveUp, TaskNotFound
+from reliq.formats import TaskState
 from reliq.loops import cancel_all
 from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue, TaskInfo, text
@@ -171,7 +172,7 @@ class DeadTask(TaskInfo):
 async def show(queue: Queue, task_id: str) -> DeadTask:
     """The full record of a dead task; TaskNotFound when the id is not dead-lettered."""
     info = await queue.get(task_id)
-    if info["state"] != "dead":
+    if info["state"] != TaskState.DEAD:
         raise TaskNotFound(task_id)
     [[raw]] = await queue.task_fields([task_id], ["edits"])
     return DeadTask(**info, edits=decode_edits(raw))

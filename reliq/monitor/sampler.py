@@ -18,6 +18,7 @@ from typing import Any, TypedDict
 
 from reliq import memory
 from reliq.connection import UNAVAILABLE, describe
+from reliq.formats import RunOutcome
 from reliq.monitor.metrics import (
     N_BUCKETS,
     BucketPercentiles,
@@ -77,8 +78,8 @@ class TypeView(TypedDict):
 
 
 def _type_view(name: str, new: TypeMetrics, old: TypeMetrics, seconds: float) -> TypeView:
-    ok = max(0, new.outcomes.get("ok", 0) - old.outcomes.get("ok", 0))
-    snoozed = max(0, new.outcomes.get("snooze", 0) - old.outcomes.get("snooze", 0))  # not failures
+    ok = max(0, new.outcomes.get(RunOutcome.OK, 0) - old.outcomes.get(RunOutcome.OK, 0))
+    snoozed = max(0, new.outcomes.get(RunOutcome.SNOOZE, 0) - old.outcomes.get(RunOutcome.SNOOZE, 0))  # not failures
     runs = sum(_minus(new.run, old.run))
     failed = max(0, runs - ok - snoozed)
     total = sum(new.outcomes.values())
@@ -91,7 +92,7 @@ def _type_view(name: str, new: TypeMetrics, old: TypeMetrics, seconds: float) ->
         wait=percentiles(_minus(new.wait, old.wait)),
         run_all=percentiles(new.run),
         runs_total=total,
-        failed_total=total - new.outcomes.get("ok", 0) - new.outcomes.get("snooze", 0),
+        failed_total=total - new.outcomes.get(RunOutcome.OK, 0) - new.outcomes.get(RunOutcome.SNOOZE, 0),
     )
 
 

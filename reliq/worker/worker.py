@@ -36,6 +36,7 @@ import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq import logs, tracing, type_defaults
 from reliq.connection import UNAVAILABLE
 from reliq.errors import GaveUp, HandlerFailed, PermanentError, Snooze, describe_error
+from reliq.formats import RunOutcome
 from reliq.loops import cancel_all
 from reliq.loopwatch import Culprit, LoopWatch
 from reliq.outage import NEVER, GiveUp, Outage
@@ -407,31 +408,32 @@ class Worker:
     async def _execute(self, task: Claimed, runner: asyncio.Task[Any], start: float) -> Outcome:
         handler = self.registry.get(task.type)
         if handler is None:
-            return Outcome(task, "unknown_type", f"no handler is registered for type {task.type!r}", 0)
+            return Outcome(task, RunOutcome.UNKNOWN_TYPE, f"no handler is registered for type {task.type!r}", 0)
         try:
             result = await self._call(handler, task, runner)
             text = "" if result is None else orjson.dumps(result, default=str).decode()
-            return Outcome(task, "ok", text, _ms_since(start))
+            return Outcome(task, RunOutcome.OK, text, _ms_since(start))
         except Snooze as exc:  # again later, this attempt not spent
-            return Outcome(task, "snooze", str(exc), _ms_since(start), int(min(exc.seconds, MAX_DELAY_S) * 1000))
+            return Outcome(task, RunOutcome.SNOOZE, str(exc), _ms_since(start),
+                           int(min(exc.seconds, MAX_DELAY_S) * 1000))
         except PermanentError as exc:
-            return Outcome(task, "permanent", describe_error(exc), _ms_since(start))
+            return Outcome(task, RunOutcome.PERMANENT, describe_error(exc), _ms_since(start))
         except HandlerFailed as exc:  # in a child process: its error as it was, or how the child died
             if not exc.retried:  # the child applied the type's policy, knowing the exception's class
-                return Outcome(task, "permanent", str(exc), _ms_since(start))
-            return self._failed(handler, task, "error", str(exc), exc, start, routed=True)
+                return Outcome(task, RunOutcome.PERMANENT, str(exc), _ms_since(start))
+            return self._failed(handler, task, RunOutcome.ERROR, str(exc), exc, start, routed=True)
         except TimeoutError as exc:
-            return self._failed(handler, task, "timeout", f"timed out after {self._timeout(handler, task):g}s",
+            return self._failed(handler, task, RunOutcome.TIMEOUT, f"timed out after {self._timeout(handler, task):g}s",
                                 exc, start)
         except Exception as exc:
-            return self._failed(handler, task, "error", describe_error(exc), exc, start)
+            return self._failed(handler, task, RunOutcome.ERROR, describe_error(exc), exc, start)
 
-    def _failed(self, handler: Handler, task: Claimed, kind: str, text: str, exc: BaseException, start: float,
+    def _failed(self, handler: Handler, task: Claimed, kind: RunOutcome, text: str, exc: BaseException, start: float,
                 routed: bool = False) -> Outcome:
         """A failed attempt: dead at once when the type's policy does not retry ``exc``, else its backoff."""
         policy = handler.retry
         if not routed and not policy.retries(exc):
-            return Outcome(task, "permanent", text, _ms_since(start))
+            return Outcome(task, RunOutcome.PERMANENT, text, _ms_since(start))
         delay = policy.delay_ms(task.failures + 1, exc, self.settings.retry_base, self.settings.retry_cap)
         return Outcome(task, kind, text, _ms_since(start), delay)
 
@@ -545,7 +547,7 @@ class Worker:
 
 def _log_outcome(o: Outcome) -> None:
     """One DEBUG line a run (never INFO: at thousands of tasks a second it would be the log)."""
-    said = "" if o.outcome == "ok" else f": {o.text}"
+    said = "" if o.outcome == RunOutcome.OK else f": {o.text}"
     log.debug("task %s (%s) %s in %d ms%s", o.task.id, o.task.type, o.outcome, o.run_ms, said,
               extra={"outcome": o.outcome, "duration_ms": o.run_ms})
 
