@@ -14,7 +14,8 @@ from prometheus_client.samples import Sample
 
 from reliq.histogram import BOUNDS_S
 from reliq.monitor import app as monitor
-from reliq.monitor.metrics import N_BUCKETS, parse_metrics, quantile
+from reliq.monitor.autoscale import DesiredWorkers, Reading, estimate
+from reliq.monitor.metrics import N_BUCKETS, exposition, parse_metrics, quantile
 from reliq.queue import Queue
 from reliq.settings import Settings
 from tests import procs
@@ -137,3 +138,26 @@ async def test_promtool_accepts_the_exposition(queue: Queue, settings: Settings)
                                      capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert value(families(text)["reliq_tasks"], "reliq_tasks_total", outcome="unknown_type") == 1
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool (Debian package prometheus)")
+async def test_two_queues_are_one_exposition_each_family_described_once(queue: Queue, settings: Settings) -> None:
+    other = f"{settings.queue}-b"
+    multi = settings.replace(queues=(settings.queue, other))
+    await queue.enqueue("noop", None)
+    text = await scrape(queue, multi)
+    described = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert "reliq_desired_workers" in described and len(described) == len(set(described))
+    fam = families(text)
+    assert {s.labels["queue"] for s in fam["reliq_queue_depth"]} == {settings.queue, other}
+    result = await asyncio.to_thread(subprocess.run, ["promtool", "check", "metrics"], input=text.encode(),
+                                     capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_the_desired_workers_of_every_queue_are_samples_of_one_family() -> None:
+    old = Reading(t=0, arrived=0, runs=0, run_ms=0, pending=50, lag_s=5, workers=1, slots=4)
+    new = Reading(t=10, arrived=100, runs=40, run_ms=4000, pending=60, lag_s=8, workers=1, slots=4)
+    text = exposition(DesiredWorkers([("a", estimate(old, new)), ("b", None), ("c", estimate(old, new))])).decode()
+    assert text.count("# TYPE reliq_desired_workers gauge") == 1
+    assert [s.labels["queue"] for s in families(text)["reliq_desired_workers"]] == ["a", "c"]

@@ -136,13 +136,9 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def prometheus(request: web.Request) -> web.Response:
     """GET /metrics: the Prometheus text exposition of every watched queue, read from Redis."""
     all_ = list(request.app[WATCHED].values())
-    body = await metrics.render([w.queue for w in all_])
-    for i, w in enumerate(all_):
-        desired = autoscale.exposition(w.queue.name, autoscale.from_samples(w.sampler.samples,
-                                                                            w.queue.settings.target_lag))
-        # One family: its HELP and TYPE lines once, then every queue's sample.
-        body += desired if i == 0 else b"".join(
-            line for line in desired.splitlines(keepends=True) if not line.startswith(b"#"))
+    desired = autoscale.DesiredWorkers([
+        (w.queue.name, autoscale.from_samples(w.sampler.samples, w.queue.settings.target_lag)) for w in all_])
+    body = await metrics.render([w.queue for w in all_], desired)
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

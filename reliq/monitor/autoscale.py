@@ -22,11 +22,11 @@ scale-down stabilisation) are the autoscaler's job, not this estimate's.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from reliq.monitor.sampler import Sample
 
@@ -129,22 +129,19 @@ def from_samples(samples: Sequence[Sample], target_lag_s: float = DEFAULT_TARGET
     return estimate(reading(oldest), reading(newest), target_lag_s)
 
 
-def exposition(queue: str, current: Estimate | None) -> bytes:
-    """``reliq_desired_workers{queue}`` in the Prometheus text format (no sample: no line)."""
-    gauge = GaugeMetricFamily("reliq_desired_workers", "Worker processes that would keep the queue's lag "
-                              "under the target lag, by Little's law (see docs/scaling.md).", labels=["queue"])
-    if current is not None:
-        gauge.add_metric([queue], current.desired_workers)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed(gauge))
-    return bytes(generate_latest(registry))
+class DesiredWorkers(Collector):
+    """``reliq_desired_workers{queue}``: one family, a sample a queue that has an estimate.
 
+    ``estimates`` are (queue, estimate or None) pairs computed before the scrape.
+    """
 
-class _Fixed:
-    """A collector of one ready-made family."""
+    def __init__(self, estimates: Sequence[tuple[str, Estimate | None]]) -> None:
+        self.estimates = estimates
 
-    def __init__(self, family: GaugeMetricFamily) -> None:
-        self.family = family
-
-    def collect(self) -> list[GaugeMetricFamily]:
-        return [self.family]
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("reliq_desired_workers", "Worker processes that would keep the queue's lag "
+                                  "under the target lag, by Little's law (see docs/scaling.md).", labels=["queue"])
+        for queue, current in self.estimates:
+            if current is not None:
+                gauge.add_metric([queue], current.desired_workers)
+        yield gauge

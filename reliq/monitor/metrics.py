@@ -13,6 +13,7 @@ from typing import TypedDict
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from reliq import memory, schedules
 from reliq.formats import Metric as Kind
@@ -325,8 +326,8 @@ def _schedule_families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     yield from (count, next_run, *counters.values())
 
 
-class _Readings:
-    """A collector over readings taken before the scrape (collect() cannot await)."""
+class QueueCollector(Collector):
+    """The families of queue readings taken before the scrape (collect() cannot await)."""
 
     def __init__(self, readings: Sequence[QueueReading]) -> None:
         self.readings = readings
@@ -335,14 +336,19 @@ class _Readings:
         return families(self.readings)
 
 
-def exposition(readings: Sequence[QueueReading]) -> bytes:
-    """The Prometheus text format of ``readings``, through a private registry."""
+def exposition(*collectors: Collector) -> bytes:
+    """The Prometheus text format of what ``collectors`` collect, through one registry of this scrape.
+
+    One registry: each family once with its HELP and TYPE, whichever collector it comes
+    from, and a family two collectors both claimed would be refused, not pasted twice.
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Readings(readings))
+    for collector in collectors:
+        registry.register(collector)
     return bytes(generate_latest(registry))
 
 
-async def render(queues: Sequence[Queue]) -> bytes:
-    """Read ``queues`` from Redis and return their Prometheus exposition."""
-    return exposition([await read(q) for q in queues])
+async def render(queues: Sequence[Queue], *more: Collector) -> bytes:
+    """Read ``queues`` from Redis; their Prometheus exposition, and ``more`` collectors' families after."""
+    return exposition(QueueCollector([await read(q) for q in queues]), *more)
 
