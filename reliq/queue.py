@@ -28,7 +28,7 @@ from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Metric, RunOutcome
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
 from reliq.ids import new_id
-from reliq.keys import QueueKeys
+from reliq.keys import QueueKeys, group_id
 from reliq.limits import Layer, LimitView, check_ordered, merged
 from reliq.limits import view as limit_view
 from reliq.memory import TASK_BYTES, guard
@@ -281,6 +281,33 @@ class ArchivedTask(TypedDict):
     task_id: str
     evicted_at: int
     fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One Redis list or sorted set holding tasks of a state, as the task listing reads it.
+
+    ``kind``: ``pending`` (the ready list), ``held`` (a paused type's, ``arg`` the type),
+    ``group`` (one key's pending list, ``arg`` its group id), ``delayed`` (the sorted set
+    of scheduled and retrying tasks), ``processing`` (a worker's, ``arg`` the worker id)
+    or ``dead``. Lists read newest first; the sorted set soonest due first.
+    """
+
+    kind: str
+    arg: str = ""
+    length: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Browsed:
+    """What one read of a source found (reliq/lua/browse.lua)."""
+
+    #: The position to read from next; -1 when the source ended.
+    next: int
+    #: How many ids were read.
+    read: int
+    #: (id, score or "", position, [type, state, key, the fields asked for]) of each match.
+    rows: list[tuple[str, str, int, list[str]]]
 
 
 #: Task ids read a pipelined round trip by the bulk reads (:meth:`Queue.task_fields` and
@@ -727,6 +754,80 @@ class Queue:
         prefix = self.keys.processing_prefix
         owners = [text(key)[len(prefix):] async for key in self.redis.scan_iter(match=prefix + "*", count=1000)]
         return {worker_id: await self.processing_ids(worker_id) for worker_id in owners}
+
+    async def task_sources(self, state: str, task_type: str | None = None, key: str | None = None) -> list[Source]:
+        """The lists (or the sorted set) that hold the tasks in ``state``, with their lengths.
+
+        ``pending``: the ready list, then the held list of each paused type (only
+        ``task_type``'s when given); with ``key`` (and its type), that key's own list alone.
+        ``scheduled`` and ``retrying`` share the delayed set; ``processing``: each
+        registered worker's list; ``dead``: the dead list. Two round trips at most.
+        """
+        k = self.keys
+        sources: list[Source]
+        if state == "pending" and key is not None:
+            sources = [Source("group", group_id(task_type or "", key))]
+        elif state == "pending":
+            paused = [text(f) for f in await self.redis.hkeys(k.paused)]
+            sources = [Source("pending")] + [Source("held", t) for t in sorted(paused)
+                                             if t != pausing.QUEUE_FIELD and task_type in (None, t)]
+        elif state in ("scheduled", "retrying"):
+            sources = [Source("delayed")]
+        elif state == "processing":
+            sources = [Source("processing", w) for w in sorted(await self.worker_ids())]
+        elif state == "dead":
+            sources = [Source("dead")]
+        else:
+            raise InvalidTask(f"no listing of tasks in state {state!r}")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for source in sources:
+                name, kind = self._source_key(source)
+                pipe.zcard(name) if kind == "zset" else pipe.llen(name)
+            lengths = await pipe.execute()
+        return [Source(s.kind, s.arg, int(n)) for s, n in zip(sources, lengths, strict=True)]
+
+    def _source_key(self, source: Source) -> tuple[str, str]:
+        """The Redis key of ``source`` and whether it is a 'list' or a 'zset'."""
+        k = self.keys
+        match source.kind:
+            case "pending":
+                return k.pending, "list"
+            case "held":
+                return k.held(source.arg), "list"
+            case "group":
+                return k.group_prefix + source.arg, "list"
+            case "delayed":
+                return k.delayed, "zset"
+            case "processing":
+                return k.processing(source.arg), "list"
+            case "dead":
+                return k.dead, "list"
+        raise InvalidTask(f"no task source {source.kind!r}")
+
+    async def browse(self, source: Source, start: int, budget: int, limit: int, fields: Sequence[str],
+                     task_type: str = "", state: str = "", key: str = "") -> Browsed:
+        """Read at most ``budget`` ids of ``source`` from position ``start``; the first ``limit`` that match.
+
+        A match has ``task_type``, ``state`` and ``key`` ('' = any); each comes with
+        its record's type, state and key, then ``fields``. One script call
+        (``browse.lua``), bounded by ``budget``.
+        """
+        name, kind = self._source_key(source)
+        raw = await self._scripts("browse", [name, self.keys.task_prefix],
+                                  [kind, start, budget, limit, task_type, state, key, *fields])
+        width = 6 + len(fields)
+        rows = [(text(raw[i]), text(raw[i + 1]), int(raw[i + 2]), [text(v) for v in raw[i + 3 : i + width]])
+                for i in range(2, len(raw), width)]
+        return Browsed(int(raw[0]), int(raw[1]), rows)
+
+    async def run_now(self, task_id: str) -> bool:
+        """Make a scheduled or retrying task due now and promote it; False when it is not waiting in delayed."""
+        # Score 0: due, and first of the due ones. XX: a task that left the set meanwhile
+        # (promoted, cancelled) is not put back; CH: the reply says whether it was there.
+        if not await self.redis.zadd(self.keys.delayed, {task_id: 0}, xx=True, ch=True):
+            return False
+        await self.promote()
+        return True
 
     async def backlog(self) -> tuple[int, int]:
         """(pending, delayed): how many tasks wait to be claimed, and how many for their time, in one round trip."""

@@ -64,6 +64,7 @@ NAMES = (
     "schedule_enqueued",
     "schedules",
     "types",
+    "browse",
 )
 
 

@@ -25,7 +25,7 @@ WRITE, READ = "wr1te-token", "re4d-token"
 #: What a request carries: nothing, a wrong token, the read token, the write token.
 HEADERS = {"none": {}, "wrong": {"Authorization": "Bearer nope"},
            "read": {"Authorization": f"Bearer {READ}"}, "write": {"Authorization": f"Bearer {WRITE}"}}
-READS = ("/stats", "/dead", "/workers", "/history", "/jobs", "/queues")
+READS = ("/stats", "/dead", "/workers", "/history", "/jobs", "/queues", "/tasks")
 
 
 def expected_read(host: str, flags: dict[str, bool], who: str, path: str = "/stats") -> int:
