@@ -182,3 +182,15 @@ async def test_run_now_makes_a_scheduled_or_retrying_task_pending_at_once(http: 
     resp = await http.post(f"/task/{pending}/run")
     assert resp.status == 409 and (await resp.json())["state"] == "pending"
     assert (await http.post("/task/NOPE/run")).status == 404
+
+
+async def test_requeue_sends_a_dead_task_back_to_pending_and_refuses_any_other(http: TestClient,
+                                                                               queue: Queue) -> None:
+    await queue.enqueue("gone", 0)
+    dead = await claim_and_settle(queue, "permanent")
+    resp = await http.post(f"/task/{dead}/requeue")
+    assert resp.status == 200 and (await resp.json()) == {"status": "requeued", "task_id": dead}
+    assert (await queue.get(dead))["state"] == "pending" and (await queue.get(dead))["attempts"] == 0
+    resp = await http.post(f"/task/{dead}/requeue")
+    assert resp.status == 409 and (await resp.json())["state"] == "pending"
+    assert (await http.post("/task/NOPE/requeue")).status == 404

@@ -135,7 +135,9 @@ async def test_pages_of_a_million_pending_tasks_cost_redis_a_bounded_number_of_c
 ) -> None:
     queue, client = million
     assert await client.llen(queue.keys.pending) == N
-    http = TestClient(TestServer(monitor.create_app(queue, queue.settings)))
+    app = monitor.create_app(queue, queue.settings)
+    app.cleanup_ctx.clear()  # no sampler: its reading a second would count among a page's commands
+    http = TestClient(TestServer(app))
     await http.start_server()
     try:
         # Unfiltered: the first page, one in the middle, the last: the same few commands.
@@ -163,7 +165,8 @@ async def test_pages_of_a_million_pending_tasks_cost_redis_a_bounded_number_of_c
         page, cost = await counted(http, client, {"state": "scheduled", "limit": "50"})
         soonest = [task_id(DELAYED_N - 1 - j, "D") for j in range(51) if j != 9]
         assert [r["task_id"] for r in page["items"]] == soonest
-        assert page["total"] == DELAYED_N and not page["total_exact"] and cost <= 51 + 10, cost
+        # The state is a filter here: an HMGET of it an id read, and one of the row a match.
+        assert page["total"] == DELAYED_N and not page["total_exact"] and cost <= 2 * 51 + 10, cost
         page, cost = await counted(http, client, {"state": "retrying", "cursor": "delayed:10:"})
         assert [(r["task_id"], r["position"]) for r in page["items"]] == [
             (task_id(DELAYED_N - 1 - DELAYED_RARE_EVERY - 9, "D"), DELAYED_RARE_EVERY + 9)]

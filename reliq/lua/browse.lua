@@ -23,10 +23,24 @@
 local SOURCE, TASK = KEYS[1], KEYS[2]
 local kind, start, budget, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local want_type, want_state, want_key = ARGV[5], ARGV[6], ARGV[7]
+-- A record is read twice only when it matches: first the fields the filter needs (none
+-- without a filter), then what a row shows.
+local wanted, checks = {}, {}
+if want_type ~= '' then wanted[#wanted + 1] = 'type'; checks[#checks + 1] = want_type end
+if want_state ~= '' then wanted[#wanted + 1] = 'state'; checks[#checks + 1] = want_state end
+if want_key ~= '' then wanted[#wanted + 1] = 'key'; checks[#checks + 1] = want_key end
 local fields = {'type', 'state', 'key'}
 for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+local function matches(key)
+  if #wanted == 0 then return true end
+  local f = redis.call('HMGET', key, unpack(wanted))
+  for i = 1, #checks do
+    if f[i] ~= checks[i] then return false end
+  end
+  return true
+end
 -- Read in slices: a page of 50 unfiltered reads about 50 ids, not the whole budget.
-local SLICE = math.min(budget, math.max(limit * 2, 100))
+local SLICE = math.min(budget, #wanted > 0 and 1000 or math.max(limit * 2, 100))
 local out = {0, 0}
 local pos, read, found = start, 0, 0
 while read < budget and found < limit do
@@ -44,9 +58,9 @@ while read < budget and found < limit do
     local id = window[i]
     read = read + 1
     pos = pos + 1
-    local f = redis.call('HMGET', TASK .. id, unpack(fields))
-    if f[1] and (want_type == '' or f[1] == want_type) and (want_state == '' or f[2] == want_state)
-        and (want_key == '' or f[3] == want_key) then
+    local key = TASK .. id
+    local f = matches(key) and redis.call('HMGET', key, unpack(fields))
+    if f and f[1] then  -- no type: no record
       out[#out + 1] = id
       out[#out + 1] = step == 2 and window[i + 1] or ''
       out[#out + 1] = pos - 1

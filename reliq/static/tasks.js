@@ -1,0 +1,225 @@
+// reliq monitor page, the tasks panel: every pending, scheduled, retrying, running and dead
+// task, a page at a time (GET /tasks, by cursor), filtered by type and key, with run now,
+// cancel and requeue on each row, and a link to each task's page (#task=<id>).
+// The view is in the address (#tasks=pending&type=T&key=K), so it can be linked and reloaded.
+// Uses the helpers of app.js ($, h, api, toast, confirmDialog, state, ...), loaded before it.
+"use strict";
+
+const TASK_VIEWS = ["pending", "scheduled", "retrying", "running", "dead"];
+/** The time column of each view: its title and the row's field. */
+const TASK_WHEN = {
+  pending: ["Queued", (t) => t.queued_at || t.enqueued_at, "ago"],
+  scheduled: ["Due", (t) => t.due_at, "in"],
+  retrying: ["Retry due", (t) => t.due_at, "in"],
+  running: ["Started", (t) => t.started_at, "ago"],
+  dead: ["Failed", (t) => t.finished_at, "ago"],
+};
+const TASK_DETAIL = { pending: "Place", scheduled: "", retrying: "Last error", running: "Worker · progress", dead: "Reason · error" };
+/** A page without a type or key filter is refreshed while shown (a few Redis commands; scheduled
+ * and retrying at most one bounded scan). A filtered one is a scan of up to 10,000 records:
+ * read only when asked (Filter, Next, a tab, an action), so an open page costs Redis nothing. */
+const TASKS_REFRESH_MS = 5000;
+/** Rows a page (as the dead-letter table). */
+const TASKS_PAGE = 20;
+
+const tasks = { view: "pending", type: "", key: "", cursor: "", back: [], page: null, loadedAt: 0, loading: null };
+
+function inFuture(date) {
+  const s = Math.max(0, (date.getTime() - Date.now()) / 1000);
+  return "in " + fmtSecs(Math.round(s));
+}
+
+function tasksHash() {
+  const q = new URLSearchParams({ tasks: tasks.view });
+  if (tasks.type) q.set("type", tasks.type);
+  if (tasks.key) q.set("key", tasks.key);
+  if (tasks.cursor) q.set("cursor", tasks.cursor);
+  return "#" + q;
+}
+
+/** Take the view from the address (#tasks=...); false when the address is about something else. */
+function readTasksHash() {
+  if (!location.hash.startsWith("#tasks=")) return false;
+  const q = new URLSearchParams(location.hash.slice(1));
+  const view = q.get("tasks");
+  tasks.view = TASK_VIEWS.includes(view) ? view : "pending";
+  tasks.type = q.get("type") || "";
+  tasks.key = q.get("key") || "";
+  if ((q.get("cursor") || "") !== tasks.cursor) { tasks.cursor = q.get("cursor") || ""; tasks.back = []; }
+  return true;
+}
+
+function showTasksView(view, { type = tasks.type, key = tasks.key } = {}) {
+  tasks.view = view; tasks.type = type; tasks.key = key; tasks.cursor = ""; tasks.back = [];
+  history.replaceState(null, "", tasksHash());
+  loadTasks();
+}
+
+async function loadTasks() {
+  if (tasks.loading) return tasks.loading;
+  tasks.loading = (async () => {
+    const q = new URLSearchParams({ state: tasks.view, limit: String(TASKS_PAGE) });
+    if (tasks.type) q.set("type", tasks.type);
+    if (tasks.key) q.set("key", tasks.key);
+    if (tasks.cursor) q.set("cursor", tasks.cursor);
+    try {
+      const page = await api("GET", "tasks?" + q);
+      tasks.page = page; tasks.loadedAt = Date.now();
+      renderTasks(page);
+    } catch (e) {
+      if (e.status === 400) toast(`Cannot list: ${e.message}`, true);
+      else if (e.status !== 401) console.warn("task listing failed", e);
+    } finally { tasks.loading = null; }
+  })();
+  return tasks.loading;
+}
+
+function progressCell(t) {
+  if (t.progress === null || t.progress === undefined) return null;
+  const pct = Math.max(0, Math.min(100, 100 * t.progress));
+  return h("span", { class: "meter small", title: t.progress_message || "" },
+    h("span", {}, h("i", { style: `width:${pct}%` })), `${pct.toFixed(0)}%`);
+}
+
+function detailCell(t, page) {
+  switch (tasks.view) {
+    case "pending": {
+      if (t.source.startsWith("held:")) return h("span", { class: "badge", title: "its type is paused" }, "held · paused");
+      const src = page.sources.find((s) => s.source === t.source);
+      return src ? `#${fmtInt(src.length - t.position)} in line` : "";
+    }
+    case "retrying": return h("div", { class: "err", title: t.last_error || "" }, t.last_error || "");
+    case "running": return h("span", {}, h("span", { class: "mono", title: t.worker || "" }, shortWorker(t.worker || "")), " ",
+      progressCell(t), t.progress_message ? h("span", { class: "hint" }, " " + t.progress_message) : null);
+    case "dead": return h("span", {}, h("span", { class: "badge " + (t.reason || "") }, t.reason || "?"), " ",
+      h("span", { class: "err", title: t.last_error || "" }, t.last_error || ""));
+    default: return "";
+  }
+}
+
+function taskButton(label, onclick, danger = false) {
+  return h("button", { type: "button", class: "btn small" + (danger ? " danger" : ""), "data-act": label.toLowerCase().replace(" ", "-"),
+    onclick: (e) => { e.stopPropagation(); onclick(); } }, label);
+}
+
+/** The actions a row offers in this view. */
+function rowActions(t) {
+  const out = [];
+  if (tasks.view === "scheduled" || tasks.view === "retrying") out.push(taskButton("Run now", () => runTaskNow(t.task_id)));
+  if (tasks.view !== "dead") out.push(taskButton("Cancel", () => cancelListedTask(t.task_id), true));
+  if (tasks.view === "dead") out.push(taskButton("Requeue", () => requeueTask(t.task_id)));
+  return out;
+}
+
+function renderTasks(page) {
+  for (const b of $$("#tasks-tabs button")) b.setAttribute("aria-selected", String(b.dataset.view === tasks.view));
+  const [whenTitle, when, dir] = TASK_WHEN[tasks.view];
+  $('#tasks-table [data-slot="when"]').textContent = whenTitle;
+  $('#tasks-table [data-slot="detail"]').textContent = TASK_DETAIL[tasks.view];
+  $("#tasks-type").value = document.activeElement === $("#tasks-type") ? $("#tasks-type").value : tasks.type;
+  $("#tasks-key").value = document.activeElement === $("#tasks-key") ? $("#tasks-key").value : tasks.key;
+  $("#tasks-clear").hidden = !tasks.type && !tasks.key;
+  const rows = page.items.map((t) => {
+    const at = when(t);
+    return h("tr", { "data-id": t.task_id, onclick: () => openTask(t.task_id) },
+      h("td", { class: "mono", title: t.task_id }, t.task_id),
+      h("td", { class: "mono" }, t.type),
+      h("td", { class: "mono wide" }, t.key || "–"),
+      h("td", { class: "num" }, t.max_retries === null ? `${t.attempts}` : `${t.attempts} / ${t.max_retries + 1}`),
+      h("td", { title: at || "" }, at ? (dir === "in" ? inFuture(new Date(at)) : ago(new Date(at))) : "–"),
+      h("td", { class: "wide" }, detailCell(t, page)),
+      h("td", { class: "actions" }, ...rowActions(t)));
+  });
+  $("#tasks-table tbody").replaceChildren(...rows);
+  $("#tasks-table").hidden = rows.length === 0;
+  const filtered = tasks.type || tasks.key || tasks.view === "scheduled" || tasks.view === "retrying";
+  const empty = $("#tasks-empty");
+  empty.hidden = rows.length > 0;
+  empty.textContent = page.next_cursor ? `None in the ${fmtInt(page.scanned)} tasks read here: press Next to read on.`
+    : tasks.cursor ? "No more." : `No ${tasks.view} task${tasks.type ? ` of type “${tasks.type}”` : ""}${tasks.key ? ` with key “${tasks.key}”` : ""}.`;
+  const scan = $("#tasks-scan");
+  scan.textContent = filtered && page.total ? `read ${fmtInt(page.scanned)} of ${page.total_exact ? "" : "≤ "}${fmtInt(page.total)} from ${page.cursor || "the start"}` +
+    (page.next_cursor ? " · Next reads on" : " · to the end") : "";
+  const first = page.items.length ? page.items[0].position : 0;
+  $("#tasks-info").textContent = filtered ? `${page.items.length} shown`
+    : page.items.length ? `${fmtInt(first + 1)}–${fmtInt(first + page.items.length)} of ${fmtInt(page.total)}` : `0 of ${fmtInt(page.total)}`;
+  $("#tasks-next").disabled = !page.next_cursor;
+  $("#tasks-prev").disabled = tasks.back.length === 0;
+  $("#tasks-first").disabled = !tasks.cursor;
+  $("#tasks-hint").textContent = tasks.view === "scheduled" || tasks.view === "retrying" ? "soonest due first" : "newest first";
+}
+
+/** Counts on the tabs, from the live reading app.js keeps (no request of their own). */
+function renderTaskCounts() {
+  const st = state.last && state.last.stats;
+  if (!st) return;
+  const counts = { pending: st.pending, running: st.processing, dead: st.dead_letter, scheduled: null, retrying: null };
+  for (const [view, n] of Object.entries(counts)) $(`#tasks-tabs [data-count="${view}"]`).textContent = n === null ? "" : fmtInt(n);
+  $('#tasks-tabs [data-count="scheduled"]').textContent = st.delayed ? `≤ ${fmtInt(st.delayed)}` : "0";
+  $('#tasks-tabs [data-count="retrying"]').textContent = st.delayed ? `≤ ${fmtInt(st.delayed)}` : "0";
+  const known = new Set((state.last.types || []).map((t) => t.type));
+  for (const t of Object.keys((st.paused && st.paused.types) || {})) known.add(t);
+  const list = $("#tasks-types");
+  if (list.children.length !== known.size) list.replaceChildren(...[...known].sort().map((t) => h("option", { value: t })));
+}
+
+async function taskAction(fn, done) {
+  try {
+    toast(done(await fn()));
+  } catch (e) {
+    toast(`Failed: ${e.message}`, true);
+  }
+  loadTasks();
+  if (typeof loadDead === "function") loadDead();
+}
+
+async function runTaskNow(id) {
+  await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/run`), () => "Task pending now: the next free worker runs it");
+}
+
+async function cancelListedTask(id) {
+  if (!await confirmDialog({ title: "Cancel this task?", body: `Task ${id} will not run (a running one: its worker is asked to stop it).`, ok: "Cancel task", danger: true })) return;
+  await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/cancel`),
+    (r) => r.status === "cancelling" ? "Its worker was asked to stop it" : `Task cancelled (it was ${r.previous_state})`);
+}
+
+async function requeueTask(id) {
+  if (!await confirmDialog({ title: "Requeue this task?", body: `Task ${id} goes back to pending with a fresh retry budget.`, ok: "Requeue" })) return;
+  await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/requeue`), () => "Task requeued");
+}
+
+/** Open a task's page (#task=<id>); the task view shows it. */
+function openTask(id) {
+  if (!id) return;
+  location.hash = "#task=" + encodeURIComponent(id);
+}
+
+function initTasks() {
+  for (const b of $$("#tasks-tabs button")) b.addEventListener("click", () => showTasksView(b.dataset.view));
+  $("#tasks-filter").addEventListener("submit", (e) => {
+    e.preventDefault();
+    showTasksView(tasks.view, { type: $("#tasks-type").value.trim(), key: $("#tasks-key").value.trim() });
+  });
+  $("#tasks-clear").addEventListener("click", () => showTasksView(tasks.view, { type: "", key: "" }));
+  $("#tasks-open").addEventListener("click", () => openTask($("#tasks-find").value.trim()));
+  $("#tasks-find").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); openTask(e.target.value.trim()); } });
+  $("#tasks-next").addEventListener("click", () => {
+    if (!tasks.page || !tasks.page.next_cursor) return;
+    tasks.back.push(tasks.cursor); tasks.cursor = tasks.page.next_cursor;
+    history.replaceState(null, "", tasksHash()); loadTasks();
+  });
+  $("#tasks-prev").addEventListener("click", () => {
+    if (!tasks.back.length) return;
+    tasks.cursor = tasks.back.pop(); history.replaceState(null, "", tasksHash()); loadTasks();
+  });
+  $("#tasks-first").addEventListener("click", () => { tasks.cursor = ""; tasks.back = []; history.replaceState(null, "", tasksHash()); loadTasks(); });
+  window.addEventListener("hashchange", () => { if (readTasksHash()) loadTasks(); });
+  if (readTasksHash()) $("#tasks-panel").scrollIntoView();
+  loadTasks();
+  setInterval(() => {
+    renderTaskCounts();
+    if (!tasks.type && !tasks.key && !document.hidden && Date.now() - tasks.loadedAt > TASKS_REFRESH_MS) loadTasks();
+  }, 1000);
+}
+
+document.addEventListener("DOMContentLoaded", initTasks);

@@ -1,0 +1,126 @@
+"""The dashboard's tasks panel in headless Chromium: each view, the filters, and each action.
+
+Every view (pending, scheduled, retrying, running, dead) shows its tasks by id; each
+action's result is checked in Redis by task id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, expect
+
+from reliq.monitor import app as monitor
+from reliq.queue import Outcome, Queue
+from reliq.settings import Settings
+from tests.test_dashboard import CHROMIUM, browser  # noqa: F401  (the fixture)
+from tests.util import eventually
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs the system Chromium")
+TOKEN = "tasks-s3cret"
+WORKER = "host:1:w1"
+
+
+async def claim_and_settle(queue: Queue, outcome: str, retry_delay_ms: int = 0) -> str:
+    [task], _ = await queue.claim(WORKER, 1)
+    await queue.settle(WORKER, [Outcome(task, outcome, "boom: it broke", 1, retry_delay_ms)])
+    return task.id
+
+
+async def rows(page: Page) -> list[str]:
+    """The task ids the tasks table shows, in order."""
+    return await page.locator("#tasks-table tbody tr").evaluate_all("rs => rs.map(r => r.dataset.id)")
+
+
+async def show(page: Page, view: str, ids: list[str]) -> None:
+    await page.locator(f'#tasks-tabs button[data-view="{view}"]').click()
+    await expect(page.locator(f'#tasks-tabs button[data-view="{view}"]')).to_have_attribute("aria-selected", "true")
+    for task_id in ids:
+        await expect(page.locator(f'#tasks-table tr[data-id="{task_id}"]')).to_be_visible()
+    assert sorted(await rows(page)) == sorted(ids)
+
+
+async def confirm_with_token(page: Page, first: bool) -> None:
+    """OK the confirmation; the first write of the tab gets a 401 and the page asks for the token."""
+    await page.locator('#confirm button[value="ok"]').click()
+    if first:
+        await expect(page.locator("#token")).to_be_visible()
+        await page.locator('#token input[name="token"]').fill(TOKEN)
+        await page.locator('#token button[value="ok"]').click()
+
+
+async def test_the_tasks_panel_shows_every_state_and_its_actions_change_redis(
+    browser: Browser, queue: Queue, settings: Settings,  # noqa: F811
+) -> None:
+    # One task of each kind, made in the order claims take them.
+    await queue.enqueue("flaky", 0)
+    retrying = await claim_and_settle(queue, "error", retry_delay_ms=3_600_000)
+    await queue.enqueue("broken", 0)
+    dead = await claim_and_settle(queue, "permanent")
+    running = [await queue.enqueue("busy", i) for i in range(2)]
+    assert sorted(t.id for t in (await queue.claim(WORKER, 2))[0]) == sorted(running)
+    pending = {"a": [await queue.enqueue("a", i) for i in range(3)], "b": [await queue.enqueue("b", 0)]}
+    scheduled = [await queue.enqueue("later", i, delay=3600 + i) for i in range(2)]
+
+    server = TestServer(monitor.create_app(queue, settings.replace(api_token=TOKEN)), host="127.0.0.1")
+    await server.start_server()
+    page = await browser.new_page(viewport={"width": 1300, "height": 1400})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        # Linked straight to a view: the address holds it.
+        await page.goto(str(server.make_url("/")) + "#tasks=pending")
+        everything = pending["a"] + pending["b"]
+        for task_id in everything:
+            await expect(page.locator(f'#tasks-table tr[data-id="{task_id}"]')).to_be_visible()
+        assert await rows(page) == everything[::-1]  # newest first
+        await expect(page.locator("#tasks-info")).to_have_text("1–4 of 4")
+        await expect(page.locator(f'#tasks-table tr[data-id="{pending["a"][0]}"]')).to_contain_text("#1 in line")
+
+        # Filtered by type; the address follows, and reloading keeps the filter.
+        await page.locator("#tasks-type").fill("a")
+        await page.locator('#tasks-filter button[type="submit"]').click()
+        await expect(page.locator("#tasks-table tbody tr")).to_have_count(3)
+        assert await rows(page) == pending["a"][::-1]
+        assert "type=a" in page.url
+        await page.reload()
+        await expect(page.locator("#tasks-table tbody tr")).to_have_count(3)
+        assert await page.locator("#tasks-type").input_value() == "a"
+        await page.locator("#tasks-clear").click()
+        await expect(page.locator("#tasks-table tbody tr")).to_have_count(4)
+
+        await show(page, "scheduled", scheduled)
+        assert await rows(page) == scheduled  # soonest due first
+        await show(page, "retrying", [retrying])
+        await expect(page.locator(f'#tasks-table tr[data-id="{retrying}"]')).to_contain_text("it broke")
+        await show(page, "running", running)
+        await expect(page.locator(f'#tasks-table tr[data-id="{running[0]}"]')).to_contain_text("w1")
+        await show(page, "dead", [dead])
+        await expect(page.locator(f'#tasks-table tr[data-id="{dead}"]')).to_contain_text("permanent")
+
+        # Requeue a dead task: asked first, then it is pending in Redis and off the dead view.
+        await page.locator(f'#tasks-table tr[data-id="{dead}"] button[data-act="requeue"]').click()
+        await confirm_with_token(page, first=True)
+        await expect(page.locator(f'#tasks-table tr[data-id="{dead}"]')).to_have_count(0)
+        assert (await queue.get(dead))["state"] == "pending"
+
+        # Run now: a scheduled and a retrying task become pending at once.
+        await show(page, "scheduled", scheduled)
+        await page.locator(f'#tasks-table tr[data-id="{scheduled[1]}"] button[data-act="run-now"]').click()
+        await expect(page.locator(f'#tasks-table tr[data-id="{scheduled[1]}"]')).to_have_count(0)
+        await show(page, "retrying", [retrying])
+        await page.locator(f'#tasks-table tr[data-id="{retrying}"] button[data-act="run-now"]').click()
+        await expect(page.locator(f'#tasks-table tr[data-id="{retrying}"]')).to_have_count(0)
+        assert await queue.states([scheduled[1], retrying, scheduled[0]]) == ["pending", "pending", "scheduled"]
+        await show(page, "pending", [dead, scheduled[1], retrying, *everything])
+
+        # Open a task by its id: the address names it.
+        await page.locator("#tasks-find").fill(pending["b"][0])
+        await page.locator("#tasks-open").click()
+        await eventually(lambda: page.url.endswith("#task=" + pending["b"][0]))
+        assert errors == []
+    finally:
+        await page.close()
+        await server.close()
