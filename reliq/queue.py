@@ -306,7 +306,7 @@ class Browsed:
     next: int
     #: How many ids were read.
     read: int
-    #: (id, score or "", position, [type, state, key, the fields asked for]) of each match.
+    #: (id, score or "", position, [type, key, state, the fields asked for]) of each match.
     rows: list[tuple[str, str, int, list[str]]]
 
 
@@ -765,17 +765,17 @@ class Queue:
         """
         k = self.keys
         sources: list[Source]
-        if state == "pending" and key is not None:
+        if state == TaskState.PENDING and key is not None:
             sources = [Source("group", group_id(task_type or "", key))]
-        elif state == "pending":
+        elif state == TaskState.PENDING:
             paused = [text(f) for f in await self.redis.hkeys(k.paused)]
             sources = [Source("pending")] + [Source("held", t) for t in sorted(paused)
                                              if t != pausing.QUEUE_FIELD and task_type in (None, t)]
-        elif state in ("scheduled", "retrying"):
+        elif state in (TaskState.SCHEDULED, TaskState.RETRYING):
             sources = [Source("delayed")]
-        elif state == "processing":
+        elif state == TaskState.PROCESSING:
             sources = [Source("processing", w) for w in sorted(await self.worker_ids())]
-        elif state == "dead":
+        elif state == TaskState.DEAD:
             sources = [Source("dead")]
         else:
             raise InvalidTask(f"no listing of tasks in state {state!r}")
@@ -809,7 +809,7 @@ class Queue:
         """Read at most ``budget`` ids of ``source`` from position ``start``; the first ``limit`` that match.
 
         A match has ``task_type``, ``state`` and ``key`` ('' = any); each comes with
-        its record's type, state and key, then ``fields``. One script call
+        its record's type, key and state, then ``fields``. One script call
         (``browse.lua``), bounded by ``budget``.
         """
         name, kind = self._source_key(source)

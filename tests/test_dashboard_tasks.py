@@ -76,7 +76,7 @@ async def test_the_tasks_panel_shows_every_state_and_its_actions_change_redis(
         for task_id in everything:
             await expect(page.locator(f'#tasks-table tr[data-id="{task_id}"]')).to_be_visible()
         assert await rows(page) == everything[::-1]  # newest first
-        await expect(page.locator("#tasks-info")).to_have_text("1–4 of 4")
+        await expect(page.locator("#tasks-info")).to_have_text("1\u20134 of 4")
         await expect(page.locator(f'#tasks-table tr[data-id="{pending["a"][0]}"]')).to_contain_text("#1 in line")
 
         # Filtered by type; the address follows, and reloading keeps the filter.

@@ -15,7 +15,7 @@
 -- ARGV[6] state   '' any, else the state a match is in
 -- ARGV[7] key     '' any, else the key a match has (the record's 'key')
 -- ARGV[8..] fields  more record fields to return of each match
--- Returns {next, read, id, score, position, type, state, key, value of each field...,
+-- Returns {next, read, id, score, position, type, key, state, value of each field...,
 -- id, ...}: next is
 -- the position to read from next, -1 when SOURCE ended; read is how many ids were read;
 -- score is '' in a list; a missing field is ''. Ids without a record (a task deleted
@@ -29,7 +29,7 @@ local wanted, checks = {}, {}
 if want_type ~= '' then wanted[#wanted + 1] = 'type'; checks[#checks + 1] = want_type end
 if want_state ~= '' then wanted[#wanted + 1] = 'state'; checks[#checks + 1] = want_state end
 if want_key ~= '' then wanted[#wanted + 1] = 'key'; checks[#checks + 1] = want_key end
-local fields = {'type', 'state', 'key'}
+local fields = {'type', 'key', 'state'}
 for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 local function matches(key)
   if #wanted == 0 then return true end

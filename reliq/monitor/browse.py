@@ -34,6 +34,7 @@ from typing import TypedDict
 from aiohttp import web
 
 from reliq.errors import InvalidTask, TaskNotFound
+from reliq.formats import TaskState
 from reliq.monitor import deadletter
 from reliq.queue import Queue, Source
 from reliq.web import error, json_response
@@ -48,8 +49,10 @@ MAX_LIMIT = 200
 #: Longest last_error a listing row carries (the task's page has all of it).
 ERROR_PREVIEW = 300
 #: The states a listing is of; ``running`` is the dashboard's word for ``processing``.
-VIEWS = {"pending": "pending", "scheduled": "scheduled", "retrying": "retrying", "processing": "processing",
-         "running": "processing", "dead": "dead"}
+VIEWS = {**{s.value: s for s in (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRYING, TaskState.PROCESSING,
+                                   TaskState.DEAD)}, "running": TaskState.PROCESSING}
+#: The states whose tasks share the delayed set: telling them apart reads each record.
+DELAYED = (TaskState.SCHEDULED, TaskState.RETRYING)
 #: Record fields of a listing row (browse.lua returns them with each match).
 ROW_FIELDS = ("attempts", "max_retries", "failures", "crashes", "enqueued_at", "queued_at", "started_at",
               "finished_at", "worker", "last_error", "reason", "progress", "progress_message")
@@ -61,13 +64,9 @@ KIND_ORDER = ("pending", "group", "held", "delayed", "processing", "dead")
 class TaskFilter:
     """Which tasks a listing shows: a state, and optionally a type and a key."""
 
-    state: str
+    state: TaskState
     type: str | None = None
     key: str | None = None
-
-    def needs_records(self) -> bool:
-        """Whether telling a match needs each task's record (so a page scans within a budget)."""
-        return self.type is not None or self.key is not None or self.state in ("scheduled", "retrying")
 
 
 class TaskRow(TypedDict):
@@ -140,7 +139,7 @@ def _source_name(source: Source) -> str:
 
 
 def _row(source: Source, task_id: str, score: str, position: int, values: list[str]) -> TaskRow:
-    f = dict(zip(("type", "state", "key", *ROW_FIELDS), values, strict=True))
+    f = dict(zip(("type", "key", "state", *ROW_FIELDS), values, strict=True))
     return TaskRow(
         task_id=task_id, type=f["type"], state=f["state"], key=f["key"] or None,
         attempts=int(f["attempts"] or 0), max_retries=_int_or_none(f["max_retries"]),
@@ -194,11 +193,11 @@ async def page(queue: Queue, flt: TaskFilter, cursor: str = "", limit: int = 50,
     Reads at most ``budget`` ids when a filter needs records, else about ``limit``.
     """
     limit = max(1, min(limit, MAX_LIMIT))
-    if flt.key is not None and flt.type is None and flt.state == "pending":
+    if flt.key is not None and flt.type is None and flt.state == TaskState.PENDING:
         raise InvalidTask("a key belongs to its type: give 'type' with 'key' to list pending tasks of a key")
     sources = await queue.task_sources(flt.state, flt.type, flt.key)
     index, position = _start(sources, cursor)
-    state = flt.state if flt.state in ("scheduled", "retrying") else ""
+    state = flt.state if flt.state in DELAYED else ""
     items: list[TaskRow] = []
     scanned = 0
     while index < len(sources) and len(items) < limit and scanned < budget:
@@ -216,7 +215,7 @@ async def page(queue: Queue, flt: TaskFilter, cursor: str = "", limit: int = 50,
     return TaskPage(
         state=flt.state, filter={"type": flt.type, "key": flt.key}, limit=limit, cursor=cursor,
         next_cursor=encode_cursor(sources[index], position) if index < len(sources) else None,
-        total=total, total_exact=flt.state not in ("scheduled", "retrying"), scanned=scanned, items=items,
+        total=total, total_exact=flt.state not in DELAYED, scanned=scanned, items=items,
         sources=[SourceView(source=_source_name(s), length=s.length) for s in sources],
     )
 
@@ -257,7 +256,7 @@ def add_routes(router: web.UrlDispatcher, queue_of: Callable[[web.Request], Queu
         """POST /task/{id}/run: a scheduled or retrying task becomes pending now (409 in any other state)."""
         queue, task_id = queue_of(request), request.match_info["id"]
         if await queue.run_now(task_id):
-            return json_response({"status": "pending", "task_id": task_id})
+            return json_response({"status": TaskState.PENDING, "task_id": task_id})
         return await _not_in(queue, task_id, "scheduled or retrying")
 
     async def requeue(request: web.Request) -> web.Response:
@@ -265,7 +264,7 @@ def add_routes(router: web.UrlDispatcher, queue_of: Callable[[web.Request], Queu
         queue, task_id = queue_of(request), request.match_info["id"]
         if await deadletter.requeue_one(queue, task_id):
             return json_response({"status": "requeued", "task_id": task_id})
-        return await _not_in(queue, task_id, "dead")
+        return await _not_in(queue, task_id, TaskState.DEAD)
 
     router.add_get("/tasks", list_tasks)
     router.add_post("/task/{id}/run", run_now)
