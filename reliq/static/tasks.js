@@ -1,6 +1,6 @@
 // reliq monitor page, the tasks panel: every pending, scheduled, retrying, running and dead
-// task, a page at a time (GET /tasks, by cursor), filtered by type and key, with run now,
-// cancel and requeue on each row, and a link to each task's page (#task=<id>).
+// task, a page at a time (GET /tasks, by cursor), filtered by type and key, with run now
+// and requeue on each row.
 // The view is in the address (#tasks=pending&type=T&key=K), so it can be linked and reloaded.
 // Uses the helpers of app.js ($, h, api, toast, confirmDialog, state, ...), loaded before it.
 "use strict";
@@ -106,7 +106,6 @@ function taskButton(label, onclick, danger = false) {
 function rowActions(t) {
   const out = [];
   if (tasks.view === "scheduled" || tasks.view === "retrying") out.push(taskButton("Run now", () => runTaskNow(t.task_id)));
-  if (tasks.view !== "dead") out.push(taskButton("Cancel", () => cancelListedTask(t.task_id), true));
   if (tasks.view === "dead") out.push(taskButton("Requeue", () => requeueTask(t.task_id)));
   return out;
 }
@@ -121,7 +120,9 @@ function renderTasks(page) {
   $("#tasks-clear").hidden = !tasks.type && !tasks.key;
   const rows = page.items.map((t) => {
     const at = when(t);
-    return h("tr", { "data-id": t.task_id, onclick: () => openTask(t.task_id) },
+    // A dead task opens the dead-letter detail (payload, error, edits).
+    return h("tr", { "data-id": t.task_id, class: tasks.view === "dead" ? "open" : "",
+      onclick: () => { if (tasks.view === "dead") showDetail(t.task_id); } },
       h("td", { class: "mono", title: t.task_id }, t.task_id),
       h("td", { class: "mono" }, t.type),
       h("td", { class: "mono wide" }, t.key || "–"),
@@ -177,21 +178,9 @@ async function runTaskNow(id) {
   await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/run`), () => "Task pending now: the next free worker runs it");
 }
 
-async function cancelListedTask(id) {
-  if (!await confirmDialog({ title: "Cancel this task?", body: `Task ${id} will not run (a running one: its worker is asked to stop it).`, ok: "Cancel task", danger: true })) return;
-  await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/cancel`),
-    (r) => r.status === "cancelling" ? "Its worker was asked to stop it" : `Task cancelled (it was ${r.previous_state})`);
-}
-
 async function requeueTask(id) {
   if (!await confirmDialog({ title: "Requeue this task?", body: `Task ${id} goes back to pending with a fresh retry budget.`, ok: "Requeue" })) return;
   await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/requeue`), () => "Task requeued");
-}
-
-/** Open a task's page (#task=<id>); the task view shows it. */
-function openTask(id) {
-  if (!id) return;
-  location.hash = "#task=" + encodeURIComponent(id);
 }
 
 function initTasks() {
@@ -201,8 +190,6 @@ function initTasks() {
     showTasksView(tasks.view, { type: $("#tasks-type").value.trim(), key: $("#tasks-key").value.trim() });
   });
   $("#tasks-clear").addEventListener("click", () => showTasksView(tasks.view, { type: "", key: "" }));
-  $("#tasks-open").addEventListener("click", () => openTask($("#tasks-find").value.trim()));
-  $("#tasks-find").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); openTask(e.target.value.trim()); } });
   $("#tasks-next").addEventListener("click", () => {
     if (!tasks.page || !tasks.page.next_cursor) return;
     tasks.back.push(tasks.cursor); tasks.cursor = tasks.page.next_cursor;
