@@ -5,6 +5,7 @@ Every test runs a real redis-server with a maxmemory small enough to fill in a s
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -169,3 +170,20 @@ async def test_a_worker_on_a_full_redis_with_nothing_to_do_stays_up_and_runs_tas
     finally:
         procs.stop(worker)
     assert "Traceback" not in log.read_text()
+
+
+async def test_a_worker_declaring_schedules_starts_on_a_full_redis_and_drains_it(
+        small_redis: RedisServer, full_redis: Redis, queue_name: str) -> None:
+    from reliq.schedules import Declared, make_schedule, read_one
+    from reliq.worker import Worker
+
+    settings = Settings(redis_url=small_redis.url, queue=queue_name, max_memory_ratio=1.0)
+    queue = Queue(full_redis, settings)
+    async with api_client(queue, settings) as client:
+        accepted, refusal = await fill(client)
+    assert refusal.status == 507
+    schedule = make_schedule("nightly", type="noop", cron="@daily")
+    worker = Worker(queue, settings, burst=True, schedules=[Declared(schedule, None)])
+    assert await asyncio.wait_for(worker.run(), 120)  # past declaring its schedule, then drained
+    assert (await read_one(queue, "nightly"))["source"] == "code"
+    assert set(await queue.states(accepted)) <= {"succeeded", ""}

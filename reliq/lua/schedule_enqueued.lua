@@ -1,5 +1,7 @@
+#!lua flags=allow-oom
 -- A periodic schedule's tasks are in the queue: note the newest, and free the schedule for
 -- its next decision.
+-- allow-oom: the tasks are in already; a decision left unmarked would hold the schedule.
 -- KEYS[1] SCHEDULE  the schedule's hash
 -- ARGV[1] firing    the decision's slots as schedule_fire.lua recorded them ('' = a manual
 --                   trigger: no decision to clear, counted as triggered)

@@ -1,5 +1,7 @@
+#!lua flags=allow-oom
 -- Pause or resume a periodic schedule. Slots that fall while it is paused are never run:
 -- resuming moves the cursor to now (when later).
+-- allow-oom: one small field; an operator may pause a schedule on a full Redis.
 -- KEYS[1] SCHEDULE  the schedule's hash
 -- ARGV[1] action    'pause' or 'resume'
 -- ARGV[2] by        who paused it (recorded with the time)

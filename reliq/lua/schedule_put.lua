@@ -1,4 +1,7 @@
+#!lua flags=allow-oom
 -- Declare a periodic schedule, or define it again (reliq/schedules.py).
+-- allow-oom: a worker started on a full Redis must get past declaring its schedules to drain
+-- the queue; a definition is one small hash.
 -- KEYS[1] SCHEDULES  set of the queue's schedule names
 -- KEYS[2] SCHEDULE   the schedule's hash
 -- ARGV[1] name       the schedule's name

@@ -1,4 +1,6 @@
+#!lua flags=allow-oom
 -- Remove a periodic schedule: no slot of it is decided any more (tasks already enqueued stay).
+-- allow-oom: removing one frees memory; an operator may do it on a full Redis.
 -- KEYS[1] SCHEDULES  set of the queue's schedule names
 -- KEYS[2] SCHEDULE   the schedule's hash
 -- ARGV[1] name
