@@ -1,6 +1,7 @@
 """Instructions redis-server executes to claim and to settle a task, counted by callgrind.
 
-    .venv/bin/python bench/instructions.py [--tasks 12800] [--batch 64] [--waited none|other|all] [--no-write]
+    .venv/bin/python bench/instructions.py [--tasks 12800] [--batch 64] [--waited none|other|all] [--priority-mix]
+                                           [--no-write]
 
 On a shared machine CPU time moves with the neighbours (the same commit measured 12.5
 and 18.7 us a task an hour apart here); valgrind's instruction counts do not. So the
@@ -16,6 +17,10 @@ count an older reliq the same way. Needs valgrind (Debian's ``valgrind``).
 ``other``, someone waits for one task that never ends, so the queue's waiters hash
 exists while every other task runs; ``all``, every task is waited for (marked between
 the enqueue and the claim, in a phase of its own), so each settle wakes its waiters.
+
+``--priority-mix`` prices priorities (reliq/priorities.py): task i gets priority i % 10,
+so the claims merge ten lists (the default without the option: every task of the
+default priority, the path of a queue that never uses them).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ PHASES = ("enqueue", "watch", "claim", "settle")
 WAITED = ("none", "other", "all")
 
 
-async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "none") -> None:
+async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "none", mix: bool = False) -> None:
     """Enqueue, claim and settle, dumping callgrind's counters after each phase."""
 
     def dump(phase: str) -> None:
@@ -54,8 +59,11 @@ async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "no
     queue = Queue(redis, Settings(redis_url=url, queue="instructions"))
     await redis.ping()
     dump("start")  # what start-up cost stays out of the phases
-    for _ in range(0, tasks, 100):
-        await queue.enqueue_specs([make_spec("noop", None) for _ in range(100)])
+    for start in range(0, tasks, 100):
+        if mix:
+            await queue.enqueue_specs([make_spec("noop", None, priority=i % 10) for i in range(start, start + 100)])
+        else:
+            await queue.enqueue_specs([make_spec("noop", None) for _ in range(100)])
     dump("enqueue")
     if waited == "other":
         [(other, _)] = await queue.enqueue_specs([make_spec("noop", None, delay=3600)])
@@ -73,7 +81,7 @@ async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "no
     await redis.aclose()
 
 
-def count(tasks: int, batch: int, waited: str = "none") -> dict[str, float]:
+def count(tasks: int, batch: int, waited: str = "none", mix: bool = False) -> dict[str, float]:
     """Instructions a task in each phase."""
     work = Path(tempfile.mkdtemp(prefix="reliq-callgrind-"))
     port = free_port()
@@ -87,7 +95,7 @@ def count(tasks: int, batch: int, waited: str = "none") -> dict[str, float]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server under callgrind did not start")
             time.sleep(0.2)
-        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch, waited))
+        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch, waited, mix))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -106,11 +114,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=12_800)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--waited", choices=WAITED, default="none")
+    parser.add_argument("--priority-mix", action="store_true")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("needs valgrind: apt-get install valgrind")
-    r = count(args.tasks, args.batch, args.waited)
+    r = count(args.tasks, args.batch, args.waited, args.priority_mix)
     rows = [f"| {phase} | {r[phase]:,.0f} |" for phase in PHASES]
     rows.append(f"| claim + settle | {r['claim'] + r['settle']:,.0f} |")
     print("\n".join(rows))

@@ -18,6 +18,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from reliq import priorities
 from reliq.connection import UNAVAILABLE, connect, describe
 from reliq.errors import InvalidTask, ScheduleNotFound, TaskNotFound
 from reliq.eventloop import run
@@ -72,6 +73,9 @@ def stats(settings: Settings, as_json: bool = False) -> int:
         for name in ("pending", "processing", "delayed", "dead_letter", "workers"):
             table.add_row(name, f"{snap[name]:,}")
         table.add_row("lag", f"{snap['lag_s']:.3f} s")
+        by_priority = {p: n for p, n in snap["pending_by_priority"].items() if n}
+        if set(by_priority) - {str(priorities.DEFAULT)}:
+            table.add_row("pending by priority", ", ".join(f"{p}: {n:,}" for p, n in by_priority.items()))
         paused = snap["paused"]
         if paused["queue"]:
             table.add_row("paused", f"{paused['queue']['paused_s']:.0f} s, by {paused['queue']['by']}")

@@ -127,6 +127,7 @@ def _spec(item: Any, idempotency_key: str | None, trace: str) -> TaskSpec:
         delay=item.get("delay_s"),
         run_at=item.get("run_at"),
         idempotency_key=item.get("idempotency_key", idempotency_key),
+        priority=item.get("priority"),
         trace=trace,
     )
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis.exceptions import OutOfMemoryError, ResponseError
 
+from reliq import priorities
 from reliq.errors import RedisFull, script_error
 from reliq.formats import Code
 from reliq.keys import QueueKeys
@@ -25,15 +26,20 @@ if TYPE_CHECKING:
 
 def enqueue_keys(k: QueueKeys) -> list[str]:
     """KEYS of enqueue.lua (the types hash: the types' defaults, reliq/type_defaults.py)."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types]
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types, k.priority_prefix, k.priorities]
 
 
 def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
-    """The tasks as enqueue.lua's one JSON argument (ARGV[2]), numbers as strings."""
+    """The tasks as enqueue.lua's one JSON argument (ARGV[2]), numbers as strings.
+
+    The priority is sent only when it is not the default, so a task without one costs
+    what it did before priorities existed.
+    """
     return orjson.dumps([
         (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
          str(s.timeout_ms or ""), str(s.delay_ms),
          s.idempotency_key, str(s.run_at_ms), s.trace)
+        + (() if s.priority == priorities.DEFAULT else (str(s.priority),))
         for s in specs
     ])
 
@@ -66,7 +72,8 @@ def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
 
 def cancel_keys(k: QueueKeys) -> list[str]:
     """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held prefix: paused types)."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix, k.held_prefix]
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix, k.held_prefix,
+            k.priority_prefix]
 
 
 def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:

@@ -99,6 +99,8 @@ def _worker_options(fn: F) -> F:
         _setting("--lease", "Seconds of silence before a worker is taken for dead", type=float),
         _setting("--heartbeat-interval", "Seconds between heartbeats", type=float),
         _setting("--crash-limit", "Solo crashes before quarantine", type=click.IntRange(1)),
+        _setting("--priority-aging", "Longest a priority-0 task waits behind priority-9 tasks enqueued after it, "
+                 "seconds (0 = strict priorities)", type=click.FloatRange(min=0)),
         _setting("--keep-succeeded", "Succeeded records a queue keeps, the oldest deleted first, counted",
                  type=click.IntRange(0)),
         _setting("--result-ttl", "Seconds succeeded (and cancelled) records are kept, counted when deleted",
@@ -288,6 +290,7 @@ def _limit(wait: float | None) -> float | None:
 @_setting("--max-retries", "Retries before dead-lettering", type=int)
 @click.option("--timeout", type=float,
               help=f"The task's timeout, seconds [its type's, else {_default('task_timeout')}]")
+@click.option("--priority", type=int, help="0 (lowest) to 9 (highest): higher runs first [5]")
 @_wait_option("print its result (exit 0) or its error (exit 1)")
 def enqueue(type_: str, payload: str | None, redis_url: str | None, queue: str | None, wait: float | None,
             **options: Any) -> None:

@@ -44,6 +44,9 @@ class EnqueueOptions(TypedDict, total=False):
     timeout: float | None
     #: The same key returns the first task's id and enqueues nothing new (for 24 h).
     idempotency_key: str | None
+    #: 0 (lowest) to 9 (highest), default 5: higher runs first, FIFO within a priority,
+    #: with aging (docs/priorities.md).
+    priority: int | None
 
 
 class _Producer(Generic[Q]):

@@ -102,9 +102,10 @@ class Code(IntEnum):
 
 
 #: A task as enqueue.lua takes it, one JSON array of these a task in its ARGV[2]
-#: (reliq/calls.py: enqueue_batch), every value a string.
+#: (reliq/calls.py: enqueue_batch), every value a string. The last, ``priority``, is left
+#: out of the array for a task of the default priority (the script reads nil).
 ENQUEUE_FIELDS = ("id", "type", "payload", "max_retries", "timeout_ms", "delay_ms", "idempotency_key", "run_at_ms",
-                  "trace")
+                  "trace", "priority")
 
 #: A task's outcome as settle.lua takes it, one JSON array of these a task in its ARGV[2]
 #: (reliq/queue.py: Queue.settle).
@@ -113,9 +114,11 @@ SETTLE_FIELDS = ("id", "type", "max_retries", "outcome", "text", "retry_delay_ms
 
 #: What snapshot.lua returns first, in this order; field, value pairs of the stats hash
 #: follow. Times are ms on the Redis clock; an oldest time is -1 when there is none;
-#: ``pauses`` is {field, value, held, ...} of the paused hash (reliq/pausing.py).
+#: ``pauses`` is {field, value, held, ...} of the paused hash (reliq/pausing.py);
+#: ``pending_by_priority`` the pending tasks of each priority, 9 first (reliq/priorities.py).
 SNAPSHOT_FIELDS = ("now_ms", "pending_count", "delayed_count", "dead_count", "worker_count", "processing_count",
-                   "oldest_queued_ms", "oldest_dead_ms", "archive_count", "held_count", "pauses")
+                   "oldest_queued_ms", "oldest_dead_ms", "archive_count", "held_count", "pauses",
+                   "pending_by_priority")
 
 
 class Metric(StrEnum):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reliq.priorities import DEFAULT as DEFAULT_PRIORITY
+
 PREFIX = "reliq"
 
 
@@ -26,6 +28,25 @@ class QueueKeys:
     def pending(self) -> str:
         """LIST of ready task ids; producers LPUSH, workers take from the right."""
         return self.base + "pending"
+
+    @property
+    def priority_prefix(self) -> str:
+        """Prefix of the pending lists of the priorities other than the default; scripts append the priority."""
+        return self.base + "pending:"
+
+    @property
+    def priorities(self) -> str:
+        """STRING that exists while a list of ``priority_prefix`` may hold ids (reliq/priorities.py).
+
+        Set by the script that creates such a list, deleted by a claim that finds them all
+        empty: so a queue that never uses priorities has no such key, and the claim script
+        pays one EXISTS a call for the feature (shared with the pause check).
+        """
+        return self.base + "priorities"
+
+    def priority_list(self, priority: int) -> str:
+        """LIST of ready ids of ``priority`` (reliq/priorities.py): ``pending`` itself for the default."""
+        return self.pending if priority == DEFAULT_PRIORITY else self.priority_prefix + str(priority)
 
     @property
     def delayed(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from reliq import __version__, schedules
+from reliq import __version__, priorities, schedules
 from reliq.formats import CANCELLABLE, TaskState
 from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, RFC3339, STATES
 from reliq.settings import QUEUE_PATTERN, WHITESPACE
@@ -49,6 +49,9 @@ _TASK_FIELDS: dict[str, Any] = {
     "run_at": _or_null({"type": "string", "format": "date-time", "pattern": RFC3339,
                         "description": "RFC 3339, with a time zone; a time in the past runs now"}),
     "idempotency_key": _or_null({"type": "string", "minLength": 1, "maxLength": 200}),
+    "priority": _or_null({"type": "integer", "minimum": priorities.LOWEST, "maximum": priorities.HIGHEST,
+                          "description": f"Higher runs first, FIFO within a priority, with aging "
+                                         f"(docs/priorities.md); default {priorities.DEFAULT}"}),
     "queue": _or_null({"type": "string", "pattern": QUEUE_PATTERN, "description": "Default: the server's queue"}),
 }
 #: A task inside a batch: the batch names its queue once, beside "tasks", so a task may not.
@@ -115,6 +118,7 @@ _SCHEMAS: dict[str, Any] = {
             "reason": {"type": ["string", "null"],
                        "description": "Why it died: error, timeout, crashed, unknown_type, permanent"},
             "worker": {"type": ["string", "null"]},
+            "priority": {"type": "integer", "minimum": priorities.LOWEST, "maximum": priorities.HIGHEST},
             "enqueued_at": {"type": ["string", "null"], "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},

@@ -21,7 +21,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from reliq import calls, pausing, tracing
+from reliq import calls, pausing, priorities, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
 from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Metric, RunOutcome, TaskState
@@ -74,6 +74,8 @@ class TaskSpec:
     run_at_ms: int = 0
     #: W3C traceparent of where it was enqueued ("" = none): the worker's spans are its children.
     trace: str = ""
+    #: 0 (lowest) to 9 (highest); see reliq/priorities.py.
+    priority: int = priorities.DEFAULT
 
 
 def make_spec(
@@ -85,6 +87,7 @@ def make_spec(
     delay: Any = None,
     run_at: Any = None,
     idempotency_key: Any = None,
+    priority: Any = None,
     trace: str = "",
 ) -> TaskSpec:
     """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong.
@@ -120,6 +123,7 @@ def make_spec(
         id=new_id(),
         run_at_ms=_run_at_ms(run_at),
         trace=trace,
+        priority=priorities.check(priority),
     )
 
 
@@ -222,6 +226,8 @@ class TaskInfo(TypedDict):
     last_error: str | None
     reason: str | None
     worker: str | None
+    #: 0 (lowest) to 9 (highest), 5 when the task named none.
+    priority: int
     enqueued_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -262,6 +268,8 @@ class Snapshot(TypedDict):
     held: int
     #: What is paused: the whole queue and/or task types (reliq/pausing.py).
     paused: PauseView
+    #: Pending tasks of each priority, "9" to "0" (reliq/priorities.py); held ones are in ``held`` only.
+    pending_by_priority: dict[str, int]
 
 
 @dataclass(slots=True)
@@ -324,6 +332,7 @@ class Queue:
         self.name = name or settings.queue
         self.keys = QueueKeys(self.name)
         self._scripts = Scripts(redis)
+        self._priority_step = priorities.step_ms(settings.priority_aging)
 
     # -- producing ---------------------------------------------------------------
 
@@ -436,8 +445,9 @@ class Queue:
         """:meth:`claim`, also telling whether the whole queue is paused (then nothing is claimed)."""
         k = self.keys
         raw = await self._scripts(
-            "claim", [k.pending, k.processing(worker_id), k.task_prefix, k.workers, k.paused, k.held_prefix],
-            [limit, worker_id, moved, elsewhere],
+            "claim", [k.pending, k.processing(worker_id), k.task_prefix, k.workers, k.paused, k.held_prefix,
+                      k.priority_prefix, k.priorities],
+            [limit, worker_id, moved, elsewhere, self._priority_step],
         )
         now = int(raw[1])
         rows = iter(raw[2:])
@@ -463,7 +473,8 @@ class Queue:
         the type as usual from the first call on.
         """
         name = pausing.field(task_type)
-        keys = [self.keys.paused, self.keys.pending, self.keys.held(name)]
+        k = self.keys
+        keys = [k.paused, k.pending, k.held(name), k.task_prefix, k.priority_prefix, k.priorities]
         was, total, first = False, 0, "1"
         while True:
             paused, moved, left = await self._scripts("resume", keys, [name, pausing.RESUME_CHUNK, first])
@@ -549,7 +560,7 @@ class Queue:
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
                 self.settings.keep_succeeded, orjson.dumps(own)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
-                k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix]
+                k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 
@@ -578,7 +589,8 @@ class Queue:
         k = self.keys
         total = 0
         while True:
-            n = int(await self._scripts("promote", [k.delayed, k.pending, k.task_prefix], [limit]))
+            keys = [k.delayed, k.pending, k.task_prefix, k.priority_prefix, k.priorities]
+            n = int(await self._scripts("promote", keys, [limit]))
             total += n
             if n < limit:
                 return total
@@ -607,7 +619,7 @@ class Queue:
         """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""
         k = self.keys
         keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix,
-                k.waiters, k.wake_prefix]
+                k.waiters, k.wake_prefix, k.priority_prefix, k.priorities]
         args = [worker_id, int(lease_s * 1000), self.settings.crash_limit]
         code, recovered, quarantined = await self._scripts("reap", keys, args)
         return None if code == Code.ALIVE else (int(recovered), int(quarantined))
@@ -615,7 +627,8 @@ class Queue:
     async def release(self, worker_id: str) -> int:
         """Hand back everything the worker holds and deregister it (graceful shutdown)."""
         k = self.keys
-        keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix]
+        keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix,
+                k.priority_prefix, k.priorities]
         return int(await self._scripts("release", keys, [worker_id]))
 
     # -- periodic schedules (reliq/schedules.py) -------------------------------------------
@@ -661,7 +674,8 @@ class Queue:
         """Requeue the given dead ids, or the ``oldest`` n; return how many went back."""
         k = self.keys
         args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
-        return int(await self._scripts("dead_requeue", [k.dead, k.pending, k.stats, k.task_prefix], args))
+        keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities]
+        return int(await self._scripts("dead_requeue", keys, args))
 
     async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
         """Delete the given dead ids, or the ``oldest`` n, with their records."""
@@ -830,12 +844,17 @@ class Queue:
         return True
 
     async def backlog(self) -> tuple[int, int]:
-        """(pending, delayed): how many tasks wait to be claimed, and how many for their time, in one round trip."""
+        """(pending, delayed): how many tasks wait to be claimed, and how many for their time, in one round trip.
+
+        Pending counts every priority's list, and a wake mark (reliq/priorities.py) as one:
+        the claim it leads to drops it.
+        """
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self.keys.pending)
             pipe.zcard(self.keys.delayed)
-            pending, delayed = await pipe.execute()
-        return int(pending), int(delayed)
+            for priority in priorities.LEVELS:
+                pipe.llen(self.keys.priority_list(priority))
+            delayed, *pending = await pipe.execute()
+        return sum(int(n) for n in pending), int(delayed)
 
     async def worker_ids(self) -> list[str]:
         """The registered workers (those whose heartbeat the reaper has not yet found silent)."""
@@ -862,7 +881,7 @@ class Queue:
         """Depths, lag and counters of the queue, read in one script."""
         k = self.keys
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
-                k.dead_archive, k.paused, k.held_prefix]
+                k.dead_archive, k.paused, k.held_prefix, k.priority_prefix]
         raw = await self._scripts("snapshot", keys, [])
         r = dict(zip(SNAPSHOT_FIELDS, raw, strict=False))
         now, oldest, oldest_dead = int(r["now_ms"]), int(r["oldest_queued_ms"]), int(r["oldest_dead_ms"])
@@ -878,6 +897,8 @@ class Queue:
             "lag_s": max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
             "held": int(r["held_count"]),
             "paused": pausing.parse(r["pauses"], now),
+            "pending_by_priority": priorities.by_priority(
+                dict(zip(reversed(priorities.LEVELS), map(int, r["pending_by_priority"]), strict=True))),
         }
         snap.update(dict.fromkeys(COUNTERS, 0))
         for i in range(len(SNAPSHOT_FIELDS), len(raw), 2):
@@ -932,6 +953,7 @@ def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
         last_error=_text(f.get("last_error")),
         reason=_text(f.get("reason")),
         worker=_text(f.get("worker")),
+        priority=int(f["priority"]) if f.get("priority") else priorities.DEFAULT,
         enqueued_at=_iso(f.get("enqueued_at")),
         started_at=_iso(f.get("started_at")),
         finished_at=_iso(f.get("finished_at")),

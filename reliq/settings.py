@@ -96,6 +96,10 @@ class Settings:
     loop_block_warn: float = 1.0
     #: Child processes a worker runs ``isolation="process"`` handlers in (0 = one per core).
     process_pool: int = 0
+    #: Priorities: the longest a task waits behind higher-priority tasks enqueued after it,
+    #: for priority 0 against 9 (a priority p, against q > p: (q - p) / 9 of it), seconds;
+    #: 0 = strict priorities, no aging (reliq/priorities.py). Read by the claim (workers).
+    priority_aging: float = 60.0
     #: Crashes of a worker running a task alone before that task is quarantined.
     crash_limit: int = 3
     #: Port of the worker's liveness endpoint, GET /healthz (0 = none; workers need no port).
@@ -150,10 +154,7 @@ class Settings:
             check_queue_name(name)
         if not self.target_lag > 0:
             raise ConfigError("target_lag must be a positive number of seconds")
-        if self.concurrency < 1:
-            raise ConfigError("concurrency must be at least 1")
-        if not self.loop_block_warn > 0 or self.process_pool < 0:
-            raise ConfigError("loop_block_warn must be a positive number of seconds, process_pool >= 0")
+        self._check_worker()
         if self.heartbeat_interval * 2 > self.lease:
             raise ConfigError("lease must be at least twice the heartbeat interval")
         self._check_access()
@@ -166,6 +167,14 @@ class Settings:
             raise ConfigError("max_memory_ratio must be above 0 and at most 1 (a share of Redis's maxmemory)")
         if self.crash_limit < 1 or self.max_retries < 0 or self.dead_cap < 0 or self.dead_archive_cap < 1:
             raise ConfigError("crash_limit and dead_archive_cap must be >= 1, dead_cap and max_retries >= 0")
+
+    def _check_worker(self) -> None:
+        if self.concurrency < 1:
+            raise ConfigError("concurrency must be at least 1")
+        if not 0 <= self.priority_aging < float("inf"):
+            raise ConfigError("priority_aging must be a finite number of seconds >= 0 (0 = strict priorities)")
+        if not self.loop_block_warn > 0 or self.process_pool < 0:
+            raise ConfigError("loop_block_warn must be a positive number of seconds, process_pool >= 0")
 
     def _check_access(self) -> None:
         if self.private and not self.api_token:

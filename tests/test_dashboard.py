@@ -171,6 +171,20 @@ async def test_dashboard_shows_live_counts_and_manages_dead_letters(
         await api_server.close()
 
 
+async def test_the_pending_card_shows_pending_by_priority_once_another_priority_is_in_use(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    await queue.enqueue("noop", None)
+    async with monitor_page(browser, queue, settings) as (page, errors):
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("1", timeout=5_000)
+        await expect(page.locator('[data-sub="priorities"]')).to_be_hidden()  # only the default: nothing to say
+        for priority in (9, 9, 0):
+            await queue.enqueue("noop", None, priority=priority)
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("4", timeout=5_000)
+        await expect(page.locator('[data-sub="priorities"]')).to_have_text("by priority: 9: 2 \u00b7 5: 1 \u00b7 0: 1")
+    assert errors == []
+
+
 async def test_dashboard_falls_back_to_polling_when_the_stream_is_blocked(
     browser: Browser, queue: Queue, settings: Settings
 ) -> None:
@@ -195,21 +209,14 @@ async def test_a_private_dashboard_asks_for_the_token_before_showing_anything(
     browser: Browser, queue: Queue, settings: Settings
 ) -> None:
     settings = settings.replace(api_token=TOKEN, private=True)
-    server = TestServer(monitor.create_app(queue, settings), host="127.0.0.1")
-    await server.start_server()
-    page = await browser.new_page()
-    try:
-        await queue.enqueue("noop", None)
-        await page.goto(str(server.make_url("/")))
+    await queue.enqueue("noop", None)
+    async with monitor_page(browser, queue, settings) as (page, _):
         await expect(page.locator("#token")).to_be_visible(timeout=5_000)
         await expect(page.locator('[data-stat="pending"]')).to_have_text("\u2013")  # nothing shown yet
         await page.locator('#token input[name="token"]').fill(TOKEN)
         await page.locator('#token button[value="ok"]').click()
         await expect(page.locator('[data-stat="pending"]')).to_have_text("1", timeout=5_000)
         await expect(page.locator("#conn")).to_have_attribute("data-state", "live")
-    finally:
-        await page.close()
-        await server.close()
 
 
 async def test_a_monitor_of_several_queues_lets_the_page_switch_between_them(

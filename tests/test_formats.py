@@ -45,12 +45,14 @@ async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, r
 
 def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> None:
     spec = make_spec("typed", {"p": 1}, max_retries=7, timeout=11, delay=5, idempotency_key="k",
-                     run_at="2030-01-02T03:04:05Z", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    [row] = orjson.loads(calls.enqueue_batch([spec]))
+                     run_at="2030-01-02T03:04:05Z", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                     priority=7)
+    [row, plain] = orjson.loads(calls.enqueue_batch([spec, make_spec("typed")]))
     assert len(row) == len(ENQUEUE_FIELDS)
     for name, value in zip(ENQUEUE_FIELDS, row, strict=True):
         expected = getattr(spec, name)
         assert value == (expected.decode() if isinstance(expected, bytes) else str(expected)), name
+    assert len(plain) == len(ENQUEUE_FIELDS) - 1  # the default priority is not sent
 
 
 async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Queue) -> None:

@@ -23,16 +23,43 @@ local function snooze(delayed_key, key, id, due)
   redis.call('ZADD', delayed_key, due, id)
 end
 
--- Send tasks just taken out of the dead list back to pending with a fresh retry
--- budget; ids whose record is gone are skipped. Returns how many went back.
-local function requeue_dead(pending_key, stats_key, task_prefix, ids, now)
+-- Priorities (reliq/priorities.py). A pending id of the default priority waits in the
+-- queue's pending list, one of another priority p in the list prio_prefix .. p; the flag
+-- key (keys.priorities) is set whenever such a list is created, so that a claim that
+-- finds no flag need not look at them. A worker with nothing to do blocks on pending
+-- alone (BLMOVE), so an id put in another list while pending is empty pushes WAKE_MARK
+-- there; a claim drops it like any id without a record.
+local DEFAULT_PRIORITY = '5'
+local OTHER_PRIORITIES = {'9', '8', '7', '6', '4', '3', '2', '1', '0'}  -- highest first
+local WAKE_MARK = '~wake'
+
+-- The list a pending task of ``priority`` (its record's field: nil for the default) waits in.
+local function ready_list(pending_key, prio_prefix, priority)
+  if not priority or priority == DEFAULT_PRIORITY then return pending_key end
+  return prio_prefix .. priority
+end
+
+-- Put pending task ``id`` of ``priority`` in its list: with ``push`` 'LPUSH' at the back,
+-- with 'RPUSH' at the front (taken next).
+local function push_ready(pending_key, prio_prefix, flag_key, id, priority, push)
+  local list = ready_list(pending_key, prio_prefix, priority)
+  local n = redis.call(push, list, id)
+  if list ~= pending_key then
+    if n == 1 then redis.call('SET', flag_key, '1') end
+    if redis.call('LLEN', pending_key) == 0 then redis.call('LPUSH', pending_key, WAKE_MARK) end
+  end
+end
+
+-- Send tasks just taken out of the dead list back to pending (the list of their priority)
+-- with a fresh retry budget; ids whose record is gone are skipped. Returns how many went back.
+local function requeue_dead(pending_key, prio_prefix, flag_key, stats_key, task_prefix, ids, now)
   local n = 0
   for _, id in ipairs(ids) do
     local key = task_prefix .. id
     if redis.call('EXISTS', key) == 1 then
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'attempts', 0,
                  'failures', 0, 'crashes', 0, 'reason', '')
-      redis.call('LPUSH', pending_key, id)
+      push_ready(pending_key, prio_prefix, flag_key, id, redis.call('HGET', key, 'priority'), 'LPUSH')
       n = n + 1
     end
   end

@@ -9,6 +9,7 @@
 -- KEYS[7] IDEM     idempotency key prefix
 -- KEYS[8] HELD     held list prefix: a pending task of a paused type may wait in its type's
 --                  held list
+-- KEYS[9] PRIO     prefix of the other priorities' pending lists (+ priority)
 -- ARGV[1] id       task id
 -- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
 -- ARGV[3] mode     'keep' or 'forget'
@@ -20,13 +21,15 @@
 --- @format CODE
 local PENDING, DELAYED, STATS, TASK, WAITERS, WAKE, IDEM, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                                  KEYS[6], KEYS[7], KEYS[8]
+local PRIO = KEYS[9]
 local id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local key = TASK .. id
 local state = redis.call('HGET', key, 'state')
 if not state then return {CODE_NO_TASK, ''} end
 if state == 'pending' then
-  if redis.call('LREM', PENDING, 1, id) == 0 then
-    redis.call('LREM', HELD .. redis.call('HGET', key, 'type'), 1, id)
+  local ttype, priority = unpack(redis.call('HMGET', key, 'type', 'priority'))
+  if redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 0 then
+    redis.call('LREM', HELD .. ttype, 1, id)
   end
 elseif state == 'scheduled' or state == 'retrying' then
   redis.call('ZREM', DELAYED, id)

@@ -9,6 +9,8 @@
 --                     once W goes silent
 -- KEYS[5] PAUSED      paused hash (reliq/pausing.py)
 -- KEYS[6] HELD        held list prefix (+ task type)
+-- KEYS[7] PRIO        prefix of the other priorities' pending lists (+ priority)
+-- KEYS[8] PRIORITIES  flag: a list of another priority may hold ids (set as one is created)
 -- ARGV[1] max         N, the most tasks to claim
 -- ARGV[2] worker      W, the worker's id
 -- ARGV[3] moved_id    an id already in PROCESSING ('' = none): moved there by BLMOVE, or
@@ -17,6 +19,8 @@
 --                     took W for dead and requeued it since, and claiming it here would
 --                     leave it claimed in no list, i.e. lost
 -- ARGV[4] elsewhere   how many tasks W holds in its lists of other queues
+-- ARGV[5] step        what one priority step is worth against waiting, in ms (the aging:
+--                     reliq/priorities.py)
 -- Returns {code, now_ms, id, <fields>, id, <fields>, ...}, <fields> being CLAIM_FIELDS
 -- and code CODE_OK, or as follows (both in reliq/formats.py).
 -- CODE_PAUSED when the whole queue is paused: nothing is claimed, and moved_id, if
@@ -28,13 +32,22 @@
 -- and W holds other tasks, here or in other queues: suspects run alone, so that a crash
 -- is blamed on the right task.
 -- Ids whose record is gone or no longer pending (cancelled, finished by a late ack)
--- are dropped on the way.
+-- are dropped on the way, and so is a wake mark (reliq/priorities.py).
+-- Priorities: with none in use only pending exists, and the EXISTS that looks for pauses
+-- tells (the flag PRIORITIES); else the lists are merged by effective time (see
+-- take_by_priority below).
 -- Numbers go to redis.call as strings made once (now) or once a value (attempts): Lua
 -- turns a number into a string with sprintf, which costs as much as a small command.
 --- @format CLAIM_FIELDS
 --- @format CODE
 local PENDING, PROCESSING, TASK, WORKERS, PAUSED, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local PRIO, PRIORITIES = KEYS[7], KEYS[8]
 local max, worker, moved_id, elsewhere = tonumber(ARGV[1]), ARGV[2], ARGV[3], tonumber(ARGV[4])
+local step = tonumber(ARGV[5])
+if moved_id == WAKE_MARK then  -- a BLMOVE woke us for a task of another priority
+  redis.call('LREM', PROCESSING, 1, WAKE_MARK)
+  moved_id = ''
+end
 local now = tostring(now_ms())
 local out = {CODE_OK, now}
 local taken = 0
@@ -54,8 +67,12 @@ local function claim(id, f)
   taken = taken + 1
 end
 
+-- One look for the optional features, whose keys exist only while in use: pauses, priorities.
+local optional = redis.call('EXISTS', PAUSED, PRIORITIES)
+local any_paused = optional > 0 and redis.call('EXISTS', PAUSED) == 1
+local prioritised = optional == 2 or (optional == 1 and not any_paused)
 local paused_types = false  -- type -> true for each paused type, when any is
-if redis.call('EXISTS', PAUSED) == 1 then
+if any_paused then
   local pauses = redis.call('HGETALL', PAUSED)
   for i = 1, #pauses, 2 do
     if string.sub(pauses[i + 1], 1, 1) == 'p' then  -- 'paused|...'; 'resuming|...' claims as usual
@@ -96,7 +113,7 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
     redis.call('LPUSH', HELD .. f[TYPE], id)
   elseif tonumber(f[CRASHES]) > 0 and (redis.call('LLEN', PROCESSING) > 1 or elsewhere > 0) then
     redis.call('LREM', PROCESSING, 1, id)
-    redis.call('RPUSH', PENDING, id)
+    push_ready(PENDING, PRIO, PRIORITIES, id, redis.call('HGET', TASK .. id, 'priority'), 'RPUSH')
     out[1] = CODE_SUSPECT_WAITS
     return out
   else
@@ -105,42 +122,105 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
   end
 end
 
+-- Priorities (reliq/priorities.py): the lists are merged by effective time,
+--   queued_at - (p - 5) * step,
+-- smallest first: each list is FIFO, so its taking end has its smallest, and the claim
+-- takes from the list whose next id comes first until the next id of another list does.
+-- Reading a list's next id costs nothing more (its fields are read to claim it anyway); a
+-- claim that switches lists reads the fields of one id it does not take, once a switch.
+-- A wake mark, or any id without a record, counts as first: it is dropped at once.
+local function effective(queued_at, p)
+  local at = tonumber(queued_at)
+  if not at then return -math.huge end
+  return at - (p - 5) * step
+end
+
+-- Take ids from ``list`` (pending, or the list of priority ``p``) into W's list. With a
+-- ``bound``, stop at the first pending id whose effective time is past it: the head of
+-- another list comes first. Returns true when the claim is over (full, a suspect met, or
+-- enough dropped ids this call), else false and the effective time of the list's next id
+-- (nil when the list ran out).
 -- The next ids are read with one LRANGE, taken off the tail with one LTRIM and put at the
 -- head of W's list with one LPUSH: the lists end as after one LMOVE an id, in three calls.
 local skipped = 0
-while taken < max and skipped < 1000 do
-  local window = redis.call('LRANGE', PENDING, -(max - taken), -1)
-  local used, moved, stop = 0, {}, false
-  for i = #window, 1, -1 do
-    local id = window[i]
-    local state, f = fields(id)
-    if paused_types and state == 'pending' and paused_types[f[TYPE]] then  -- inline: once a task
-      state = 'held'  -- taken off pending below like a skipped id, into its type's held list
-      redis.call('LPUSH', HELD .. f[TYPE], id)
-    elseif state == 'pending' and tonumber(f[CRASHES]) > 0 then
-      if taken == 0 and elsewhere == 0 and redis.call('LLEN', PROCESSING) == 0 then
-        used = used + 1
+local function take_from(list, p, bound)
+  while taken < max and skipped < 1000 do
+    local window = redis.call('LRANGE', list, -(max - taken), -1)
+    local used, moved, stop, next_at = 0, {}, false, nil
+    for i = #window, 1, -1 do
+      local id = window[i]
+      local state, f = fields(id)
+      if paused_types and state == 'pending' and paused_types[f[TYPE]] then  -- inline: once a task
+        state = 'held'  -- taken off the list below like a skipped id, into its type's held list
+        redis.call('LPUSH', HELD .. f[TYPE], id)
+      elseif bound and state == 'pending' and effective(f[QUEUED_AT], p) > bound then
+        next_at = effective(f[QUEUED_AT], p)
+        break
+      elseif state == 'pending' and tonumber(f[CRASHES]) > 0 then
+        if taken == 0 and elsewhere == 0 and redis.call('LLEN', PROCESSING) == 0 then
+          used = used + 1
+          moved[#moved + 1] = id
+          claim(id, f)
+        elseif taken == 0 then
+          out[1] = CODE_SUSPECT_WAITS
+        end
+        stop = true
+        break
+      end
+      used = used + 1
+      if state == 'pending' then
         moved[#moved + 1] = id
         claim(id, f)
-      elseif taken == 0 then
-        out[1] = CODE_SUSPECT_WAITS
+      else
+        skipped = skipped + 1
       end
-      stop = true
-      break
     end
-    used = used + 1
-    if state == 'pending' then
-      moved[#moved + 1] = id
-      claim(id, f)
-    else
-      skipped = skipped + 1
+    if used > 0 then redis.call('LTRIM', list, 0, -(used + 1)) end
+    for i = 1, #moved, 1000 do  -- in slices: unpack has a stack limit
+      redis.call('LPUSH', PROCESSING, unpack(moved, i, math.min(i + 999, #moved)))
     end
+    if stop then return true end
+    if next_at or #window == 0 then return false, next_at end
   end
-  if used > 0 then redis.call('LTRIM', PENDING, 0, -(used + 1)) end
-  for i = 1, #moved, 1000 do  -- in slices: unpack has a stack limit
-    redis.call('LPUSH', PROCESSING, unpack(moved, i, math.min(i + 999, #moved)))
-  end
-  if stop or #window == 0 then break end
+  return true
 end
+
+-- The lists of every priority, merged (see effective). With none but pending holding
+-- ids, the flag goes: the next claims take pending alone until a list is created again.
+local function take_by_priority()
+  local lists = {}  -- {key, priority, effective time of its next id}, highest priority first
+  local others = false
+  for p = 9, 0, -1 do
+    local key = ready_list(PENDING, PRIO, tostring(p))
+    local id = redis.call('LINDEX', key, -1)
+    if id then
+      lists[#lists + 1] = {key, p, effective(redis.call('HGET', TASK .. id, 'queued_at'), p)}
+      others = others or key ~= PENDING
+    end
+  end
+  if not others then
+    redis.call('DEL', PRIORITIES)
+    take_from(PENDING, 5, nil)
+    return
+  end
+  while true do
+    local best, second = nil, nil
+    for _, l in ipairs(lists) do
+      if l[3] then
+        if not best or l[3] < best[3] then
+          second, best = best, l
+        elseif not second or l[3] < second[3] then
+          second = l
+        end
+      end
+    end
+    if not best then return end
+    local over, at = take_from(best[1], best[2], second and second[3])
+    if over then return end
+    best[3] = at
+  end
+end
+
+if prioritised then take_by_priority() else take_from(PENDING, 5, nil) end
 if taken > 0 then redis.call('ZADD', WORKERS, 'NX', now, worker) end
 return out

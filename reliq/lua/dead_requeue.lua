@@ -3,9 +3,12 @@
 -- KEYS[2] PENDING  pending list
 -- KEYS[3] STATS    stats hash
 -- KEYS[4] TASK     task key prefix
+-- KEYS[5] PRIO     prefix of the other priorities' pending lists (+ priority): a task goes
+-- KEYS[6] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
+--                  back to the list of its priority
 -- ARGV[1] by       'ids' followed by task ids, or 'oldest' followed by a count
 -- Returns the number requeued (ids not in the dead list are ignored).
-local DEAD, PENDING, STATS, TASK = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local DEAD, PENDING, STATS, TASK, PRIO, PRIORITIES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local by = ARGV[1]
 local ids = {}
 if by == 'oldest' then
@@ -19,4 +22,4 @@ else
     if redis.call('LREM', DEAD, 1, ARGV[i]) == 1 then ids[#ids + 1] = ARGV[i] end
   end
 end
-return requeue_dead(PENDING, STATS, TASK, ids, now_ms())
+return requeue_dead(PENDING, PRIO, PRIORITIES, STATS, TASK, ids, now_ms())

@@ -5,16 +5,20 @@
 -- KEYS[4] TASK     task key prefix
 -- KEYS[5] IDEM     idempotency key prefix
 -- KEYS[6] TYPES    types hash: each type's enqueue defaults, as JSON (reliq/type_defaults.py)
+-- KEYS[7] PRIO     prefix of the other priorities' pending lists (+ priority)
+-- KEYS[8] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
 -- ARGV[1] idem_ttl idempotency TTL (ms)
 -- ARGV[2] tasks    the tasks as one JSON array of ENQUEUE_FIELDS (reliq/formats.py): id,
 --                  type, payload, max_retries ('' = the type's default, else
 --                  default_retries), timeout_ms ('' = type default), delay_ms (0 = ready
 --                  now), idempotency_key ('' = none), run_at_ms (0 = none; else the due time
 --                  on the epoch, which wins over delay_ms), trace (the traceparent, '' =
---                  none); numbers as strings: one argument instead of nine per task,
---                  because encoding arguments was most of the API's cost of a batch.
--- ARGV[3] limit    admission limit: refuse when pending holds this many tasks already
---                  (0 = none)
+--                  none), priority (left out for the default: such a task is written as
+--                  before priorities existed); numbers as strings: one argument instead of
+--                  ten per task, because encoding arguments was most of the API's cost of
+--                  a batch.
+-- ARGV[3] limit    admission limit: refuse when pending (all priorities) holds this many
+--                  tasks already (0 = none)
 -- ARGV[4] default_retries  the queue's max_retries, for tasks whose type has no default
 -- Returns {CODE_OK, then for each task the id that stands for it and 1 if it was created
 -- now, 0 if an earlier request with the same idempotency key created it}; or
@@ -25,11 +29,13 @@
 --- @format ENQUEUE_FIELDS
 --- @format CODE
 local PENDING, DELAYED, STATS, TASK, IDEM, TYPES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local PRIO, PRIORITIES = KEYS[7], KEYS[8]
 local idem_ttl, tasks, limit, default_retries = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 local now_s = tostring(now)
 if limit > 0 then
   local pending = redis.call('LLEN', PENDING)
+  for _, p in ipairs(OTHER_PRIORITIES) do pending = pending + redis.call('LLEN', PRIO .. p) end
   if pending >= limit then return {CODE_QUEUE_FULL, pending} end
 end
 local type_defaults = type_defaults_reader(TYPES)
@@ -67,12 +73,17 @@ for _, t in ipairs(cjson.decode(tasks)) do
       fields[#fields + 1] = 'idem'
       fields[#fields + 1] = idem
     end
+    local priority = t[PRIORITY]  -- nil for the default
+    if priority then
+      fields[#fields + 1] = 'priority'
+      fields[#fields + 1] = priority
+    end
     if due > now then
       redis.call('HSET', TASK .. id, 'state', 'scheduled', unpack(fields))
       redis.call('ZADD', DELAYED, due, id)
     else
       redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s, unpack(fields))
-      ready[#ready + 1] = id
+      if priority then push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'LPUSH') else ready[#ready + 1] = id end
     end
     created = created + 1
     out[#out + 1] = id

@@ -9,6 +9,8 @@
 -- KEYS[7] TASK        task key prefix
 -- KEYS[8] WAITERS     waiters hash
 -- KEYS[9] WAKE        wake-up list prefix (a quarantined task wakes its waiters)
+-- KEYS[10] PRIO       prefix of the other priorities' pending lists (+ priority)
+-- KEYS[11] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
 -- ARGV[1] worker      W
 -- ARGV[2] lease_ms    lease (ms)
 -- ARGV[3] limit       crash limit
@@ -17,10 +19,10 @@
 -- Every task W held gets one more crash on its record. Only a task W held alone is
 -- known to be the culprit (workers run crash suspects alone): it is quarantined in the
 -- dead-letter list (reason crashed) once its crashes reach the limit. Recovered tasks
--- go to the right end of pending, oldest first, to run next.
+-- go to the right end of pending (of their priority's list), oldest first, to run next.
 --- @format CODE
 local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local INFO, TASK, WAITERS, WAKE = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local INFO, TASK, WAITERS, WAKE, PRIO, PRIORITIES = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local worker, lease_ms, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local now = now_ms()
 local beat = redis.call('ZSCORE', WORKERS, worker)
@@ -32,11 +34,11 @@ local solo = #ids == 1
 local recovered, quarantined = 0, 0
 for _, id in ipairs(ids) do
   local key = TASK .. id
-  local state = redis.call('HGET', key, 'state')
+  local state, crashes, priority = unpack(redis.call('HMGET', key, 'state', 'crashes', 'priority'))
   -- anything else (cancelled meanwhile, record expired) is just dropped from the list;
   -- an id BLMOVE moved but W never claimed ('pending') did not run: no crash to count
   if state == 'processing' or state == 'pending' then
-    local crashes = tonumber(redis.call('HGET', key, 'crashes'))
+    crashes = tonumber(crashes)
     if state == 'processing' then crashes = redis.call('HINCRBY', key, 'crashes', 1) end
     if solo and crashes >= limit then
       dead_letter(DEAD, STATS, TASK, id, 'crashed',
@@ -45,7 +47,7 @@ for _, id in ipairs(ids) do
       if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
-      redis.call('RPUSH', PENDING, id)
+      push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
       recovered = recovered + 1
     end
   end

@@ -5,21 +5,25 @@
 -- KEYS[3] WORKERS     workers zset
 -- KEYS[4] INFO        info hash of W
 -- KEYS[5] TASK        task key prefix
+-- KEYS[6] PRIO        prefix of the other priorities' pending lists (+ priority)
+-- KEYS[7] PRIORITIES  flag: a list of another priority may hold ids (set as one is created)
 -- ARGV[1] worker      W
 -- Returns the number handed back. They were never finished, so the attempt does not
--- count; they go to the right end of pending, oldest first, to run next.
-local PROCESSING, PENDING, WORKERS, INFO, TASK = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+-- count; they go to the right end of pending (of their priority's list), oldest first, to
+-- run next.
+local PROCESSING, PENDING, WORKERS, INFO, TASK, PRIO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local PRIORITIES = KEYS[7]
 local worker = ARGV[1]
 local now = now_ms()
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
 local n = 0
 for _, id in ipairs(ids) do
   local key = TASK .. id
-  local state = redis.call('HGET', key, 'state')
+  local state, priority = unpack(redis.call('HMGET', key, 'state', 'priority'))
   if state == 'processing' or state == 'pending' then
     if state == 'processing' then redis.call('HINCRBY', key, 'attempts', -1) end
     redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
-    redis.call('RPUSH', PENDING, id)
+    push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
     n = n + 1
   end
 end

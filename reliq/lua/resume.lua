@@ -1,9 +1,13 @@
 #!lua flags=allow-oom
 -- Resume a paused queue (field '*') or type, moving up to N of the type's held ids a call
--- back to the taking end of pending, in their order (oldest taken first).
+-- back to the taking end of pending (of each one's priority), in their order (oldest taken
+-- first).
 -- KEYS[1] PAUSED   paused hash
 -- KEYS[2] PENDING  pending list
 -- KEYS[3] HELD     held list of the type (unused for '*')
+-- KEYS[4] TASK     task key prefix
+-- KEYS[5] PRIO     prefix of the other priorities' pending lists (+ priority)
+-- KEYS[6] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
 -- ARGV[1] field    '*' or the task type
 -- ARGV[2] most     N, the most ids moved this call
 -- ARGV[3] first    '1' on the first call of a resume, '' on the calls that go on with it
@@ -12,7 +16,7 @@
 -- While ids are left the field reads 'resuming|...': claims then take the type as usual, and
 -- the field lives until the held list is empty, so a resume cut short (a crash) shows in the
 -- pause state and is finished by resuming again. Its ids are pending all along.
-local PAUSED, PENDING, HELD = KEYS[1], KEYS[2], KEYS[3]
+local PAUSED, PENDING, HELD, TASK, PRIO, PRIORITIES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local field, most, first = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', PAUSED, field)
 if not current then return {0, 0, 0} end
@@ -26,7 +30,9 @@ if string.sub(current, 1, 7) == 'paused|' then
 end
 local moved = 0
 for _ = 1, most do
-  if not redis.call('LMOVE', HELD, PENDING, 'LEFT', 'RIGHT') then break end
+  local id = redis.call('LPOP', HELD)
+  if not id then break end
+  push_ready(PENDING, PRIO, PRIORITIES, id, redis.call('HGET', TASK .. id, 'priority'), 'RPUSH')
   moved = moved + 1
 end
 local left = redis.call('LLEN', HELD)

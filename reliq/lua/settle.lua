@@ -14,6 +14,7 @@
 -- KEYS[11] WAKE       wake-up list prefix: a task that ends (succeeded, dead) while someone
 --                     waits for it wakes them (_lib.lua: wake, one HMGET a batch); one
 --                     EXISTS a batch when nobody waits on the queue
+-- KEYS[12] PRIO       prefix of the other priorities' pending lists (+ priority)
 -- ARGV[1] keep_age    retention of succeeded records: age (ms)
 -- ARGV[2] batch       the batch as one JSON array of SETTLE_FIELDS (reliq/formats.py) a
 --                     task: one argument instead of ten per task, because encoding
@@ -33,7 +34,8 @@
 --                     SUCCEEDED_OF .. type.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
--- not started again elsewhere — it is then taken out of pending instead of run twice.
+-- not started again elsewhere — it is then taken out of pending (its priority's list)
+-- instead of run twice.
 -- Counters and metrics are written once per field a batch. Succeeded records past their
 -- list's count (trimmed) or age (expired) are deleted and counted: see settle_list().
 -- Dead-lettered tasks are in no such list: they stay until someone handles them.
@@ -44,12 +46,12 @@
 -- over 64 bytes (hash-max-listpack-value: a payload, usually) stays a hash table, ~60
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
-local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at'}
+local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority'}
 local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
 --- @format SETTLE_FIELDS
 --- @format METRIC
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE, PRIO = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
@@ -131,8 +133,9 @@ for _, t in ipairs(batch) do
   local id, ttype, max_retries, outcome, text = t[ID], t[TYPE], t[MAX_RETRIES], t[OUTCOME], t[TEXT]
   local key = TASK .. id
   local mine = take(id)
-  if not mine and outcome == 'ok' and redis.call('HGET', key, 'state') == 'pending' then
-    mine = redis.call('LREM', PENDING, 1, id) == 1
+  if not mine and outcome == 'ok' then
+    local state, priority = unpack(redis.call('HMGET', key, 'state', 'priority'))
+    mine = state == 'pending' and redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 1
   end
   if not mine then
     stale = stale + 1
@@ -153,6 +156,7 @@ for _, t in ipairs(batch) do
         redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text,
                    'type', f[1] or ttype, 'attempts', f[2] or '1', 'failures', f[3] or '0',
                    'crashes', f[4] or '0', 'enqueued_at', f[5] or now_s, 'started_at', f[6] or now_s)
+        if f[7] then redis.call('HSET', key, 'priority', f[7]) end  -- only a task not of the default has one
       end
       keep(key, id, ttype)
       add(counts, 'succeeded', 1)

@@ -248,6 +248,9 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     """Every metric family of the given queues."""
     depth = GaugeMetricFamily("reliq_queue_depth", "Tasks in the queue by state.", labels=["queue", "state"])
     lag = GaugeMetricFamily("reliq_queue_lag_seconds", "Age of the oldest pending task.", labels=["queue"])
+    by_priority = GaugeMetricFamily("reliq_queue_pending_priority",
+                                    "Pending tasks by priority (0 lowest, 9 highest; held tasks of paused types "
+                                    "in none).", labels=["queue", "priority"])
     workers = GaugeMetricFamily("reliq_workers", "Worker processes with a live heartbeat.", labels=["queue"])
     in_flight = GaugeMetricFamily("reliq_tasks_in_flight", "Tasks running on workers now.", labels=["queue"])
     slots = GaugeMetricFamily("reliq_worker_slots", "Sum of the workers' concurrency.", labels=["queue"])
@@ -285,6 +288,8 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
         for state, key in DEPTHS.items():
             depth.add_metric([q, state], snap[key])  # type: ignore[literal-required]
         lag.add_metric([q], snap["lag_s"])
+        for priority, n in snap["pending_by_priority"].items():
+            by_priority.add_metric([q, priority], n)
         dead_age.add_metric([q], snap["dead_oldest_age_s"])
         archived.add_metric([q], snap["dead_archived"])
         workers.add_metric([q], snap["workers"])
@@ -297,8 +302,8 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                 tasks.add_metric([q, ttype, outcome], n)
         for name, family in counters.items():
             family.add_metric([q], snap[name])  # type: ignore[literal-required]
-    yield from (depth, lag, paused, paused_for, dead_age, archived, workers, in_flight, slots, mem_used, mem_max, tasks,
-                *counters.values())
+    yield from (depth, lag, by_priority, paused, paused_for, dead_age, archived, workers, in_flight, slots, mem_used,
+                mem_max, tasks, *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
     yield _loop_histogram(readings)

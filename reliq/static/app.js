@@ -297,6 +297,14 @@ function setStat(name, value, text) {
 }
 function setSub(name, text) { const el = $(`[data-sub="${name}"]`); if (el) el.textContent = text; }
 
+/** Pending by priority under the pending count, while any task waits at another priority than 5. */
+function renderPriorities(byPriority) {
+  const el = $('[data-sub="priorities"]');
+  const waiting = Object.entries(byPriority || {}).filter(([, n]) => n > 0).sort(([a], [b]) => b - a);
+  el.hidden = !waiting.some(([p]) => p !== "5");
+  if (!el.hidden) el.textContent = "by priority: " + waiting.map(([p, n]) => `${p}: ${fmtInt(n)}`).join(" · ");
+}
+
 /** Show one reading: counts, rates, latency, totals, workers; extend the charts. */
 function render(sample) {
   const st = sample.stats;
@@ -308,6 +316,7 @@ function render(sample) {
   setStat("fail_rate", null, fmtRate(st.rates.failed));
   setStat("lag", null, fmtSecs(st.lag_s));
   setSub("lag", fmtRate(st.rates.enqueued) + "/s arriving");
+  renderPriorities(st.pending_by_priority);
   setSub("succeeded", fmtInt(st.succeeded) + " total");
   setSub("failed", fmtInt(st.failed) + " total");
   setSub("dead", fmtInt(st.dead) + " all-time");

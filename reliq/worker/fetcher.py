@@ -126,7 +126,10 @@ class Fetcher:
         return tasks
 
     async def empty(self) -> bool:
-        """Whether every queue has nothing pending and nothing delayed (for burst mode)."""
+        """Whether every queue has nothing pending (of any priority) and nothing delayed (for burst mode).
+
+        A wake mark (reliq/priorities.py) counts as pending: the claim it causes drops it.
+        """
         for queue in self.queues:
             if any(await queue.backlog()):
                 return False
