@@ -247,7 +247,16 @@ async def test_a_late_success_of_a_requeued_priority_task_counts_once_and_leaves
     assert await queue.reap("slow-worker", 1.0) == (1, 0)
     assert await queue.settle("slow-worker", [Outcome(task, "ok", "", 0)]) == (1, 0)
     assert await redis.exists(queue.keys.priority_list(9)) == 0
-    assert (await queue.get(a))["state"] == "succeeded"
+    done = await queue.get(a)
+    assert (done["state"], done["priority"]) == ("succeeded", 9)  # the compact record keeps it
+
+
+async def test_a_succeeded_record_rewritten_compact_keeps_its_priority(queue: Queue) -> None:
+    a = await queue.enqueue("t", "x" * 200, priority=2)  # a value past 64 bytes: the record is written anew
+    [task], _ = await queue.claim(W, 1)
+    await queue.settle(W, [Outcome(task, "ok", "", 0)])
+    done = await queue.get(a)
+    assert (done["state"], done["payload"], done["priority"]) == ("succeeded", None, 2)
 
 
 async def test_a_crash_suspect_of_a_priority_runs_alone(queue: Queue, redis: Redis) -> None:

@@ -8,7 +8,7 @@ def produce() -> None:
     send_invoice.enqueue({"number": 42})  # E: a key the payload does not have
     resize.enqueue("640")  # E: resize takes an int
     resize.enqueue(640, delay="soon")  # E: delay is seconds
-    resize.enqueue(640, priority=1)  # E: no such option
+    resize.enqueue(640, urgency=1)  # E: no such option
     resize("x")  # E: the function itself is checked as before
     count: int = resize.enqueue(1)  # E: enqueue returns the task id, a str
     print(count)
