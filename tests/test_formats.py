@@ -77,7 +77,7 @@ def test_a_format_line_becomes_the_lua_locals_the_script_reads() -> None:
     claim = scripts.source("claim")
     assert "--- @format" not in claim
     assert formats.lua_locals("CLAIM_FIELDS", {"CLAIM_FIELDS"}) in claim  # the list, for its HMGET
-    assert "local TYPE, ATTEMPTS, CRASHES = 1, 3, 6\n" in claim  # and the positions it reads, alone
+    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT = 1, 3, 6, 8\n" in claim  # and the positions it reads, alone
 
 
 def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:

@@ -16,10 +16,10 @@ local ids = redis.call('ZRANGEBYSCORE', DELAYED, '-inf', now, 'LIMIT', 0, most)
 for _, id in ipairs(ids) do
   redis.call('ZREM', DELAYED, id)
   local key = TASK .. id
-  local f = redis.call('HMGET', key, 'state', 'priority')
-  if f[1] == 'scheduled' or f[1] == 'retrying' then
+  local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
+  if state == 'scheduled' or state == 'retrying' then
     redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
-    push_ready(PENDING, PRIO, PRIORITIES, id, f[2], 'LPUSH')
+    push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'LPUSH')
   end
 end
 return #ids

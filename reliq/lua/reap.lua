@@ -34,7 +34,7 @@ local solo = #ids == 1
 local recovered, quarantined = 0, 0
 for _, id in ipairs(ids) do
   local key = TASK .. id
-  local state, crashes, priority = unpack(redis.call('HMGET', key, 'state', 'crashes', 'priority'))
+  local crashes, priority, state = unpack(redis.call('HMGET', key, 'crashes', 'priority', 'state'))
   -- anything else (cancelled meanwhile, record expired) is just dropped from the list;
   -- an id BLMOVE moved but W never claimed ('pending') did not run: no crash to count
   if state == 'processing' or state == 'pending' then

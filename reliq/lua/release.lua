@@ -19,7 +19,7 @@ local ids = redis.call('LRANGE', PROCESSING, 0, -1)
 local n = 0
 for _, id in ipairs(ids) do
   local key = TASK .. id
-  local state, priority = unpack(redis.call('HMGET', key, 'state', 'priority'))
+  local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
   if state == 'processing' or state == 'pending' then
     if state == 'processing' then redis.call('HINCRBY', key, 'attempts', -1) end
     redis.call('HSET', key, 'state', 'pending', 'queued_at', now)

@@ -134,7 +134,7 @@ for _, t in ipairs(batch) do
   local key = TASK .. id
   local mine = take(id)
   if not mine and outcome == 'ok' then
-    local state, priority = unpack(redis.call('HMGET', key, 'state', 'priority'))
+    local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
     mine = state == 'pending' and redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 1
   end
   if not mine then
