@@ -295,10 +295,11 @@ class ArchivedTask(TypedDict):
 class Source:
     """One Redis list or sorted set holding tasks of a state, as the task listing reads it.
 
-    ``kind``: ``pending`` (the ready list), ``held`` (a paused type's, ``arg`` the type),
-    ``group`` (one key's pending list, ``arg`` its group id), ``delayed`` (the sorted set
-    of scheduled and retrying tasks), ``processing`` (a worker's, ``arg`` the worker id)
-    or ``dead``. Lists read newest first; the sorted set soonest due first.
+    ``kind``: ``pending`` (a ready list: ``arg`` its priority, '' for the default's),
+    ``held`` (a paused type's, ``arg`` the type), ``group`` (one key's pending list,
+    ``arg`` its group id), ``delayed`` (the sorted set of scheduled and retrying tasks),
+    ``processing`` (a worker's, ``arg`` the worker id) or ``dead``. Lists read newest
+    first; the sorted set soonest due first.
     """
 
     kind: str
@@ -772,10 +773,12 @@ class Queue:
     async def task_sources(self, state: str, task_type: str | None = None, key: str | None = None) -> list[Source]:
         """The lists (or the sorted set) that hold the tasks in ``state``, with their lengths.
 
-        ``pending``: the ready list, then the held list of each paused type (only
-        ``task_type``'s when given); with ``key`` (and its type), that key's own list alone.
-        ``scheduled`` and ``retrying`` share the delayed set; ``processing``: each
-        registered worker's list; ``dead``: the dead list. Two round trips at most.
+        ``pending``: the ready lists, highest priority first (``pending`` itself, the
+        default's, always; another priority's only while it holds something), then the
+        held list of each paused type (only ``task_type``'s when given); with ``key`` (and
+        its type), that key's own list alone. ``scheduled`` and ``retrying`` share the
+        delayed set; ``processing``: each registered worker's list; ``dead``: the dead
+        list. Two round trips at most.
         """
         k = self.keys
         sources: list[Source]
@@ -783,8 +786,9 @@ class Queue:
             sources = [Source("group", group_id(task_type or "", key))]
         elif state == TaskState.PENDING:
             paused = [text(f) for f in await self.redis.hkeys(k.paused)]
-            sources = [Source("pending")] + [Source("held", t) for t in sorted(paused)
-                                             if t != pausing.QUEUE_FIELD and task_type in (None, t)]
+            ready = [Source("pending", "" if p == priorities.DEFAULT else str(p)) for p in reversed(priorities.LEVELS)]
+            sources = ready + [Source("held", t) for t in sorted(paused)
+                               if t != pausing.QUEUE_FIELD and task_type in (None, t)]
         elif state in (TaskState.SCHEDULED, TaskState.RETRYING):
             sources = [Source("delayed")]
         elif state == TaskState.PROCESSING:
@@ -793,19 +797,27 @@ class Queue:
             sources = [Source("dead")]
         else:
             raise InvalidTask(f"no listing of tasks in state {state!r}")
+        default = [i for i, s in enumerate(sources) if s.kind == "pending" and not s.arg]
         async with self.redis.pipeline(transaction=False) as pipe:
             for source in sources:
                 name, kind = self._source_key(source)
                 pipe.zcard(name) if kind == "zset" else pipe.llen(name)
+            if default:
+                # A wake mark (reliq/priorities.py) is no task: left out of the count, as the
+                # snapshot does (it was pushed onto an empty pending, so it is near the tail).
+                pipe.lpos(k.pending, priorities.WAKE, rank=-1, maxlen=1000)
             lengths = await pipe.execute()
-        return [Source(s.kind, s.arg, int(n)) for s, n in zip(sources, lengths, strict=True)]
+        if default and lengths.pop() is not None:
+            lengths[default[0]] -= 1
+        return [Source(s.kind, s.arg, int(n)) for s, n in zip(sources, lengths, strict=True)
+                if n or s.kind != "pending" or not s.arg]
 
     def _source_key(self, source: Source) -> tuple[str, str]:
         """The Redis key of ``source`` and whether it is a 'list' or a 'zset'."""
         k = self.keys
         match source.kind:
             case "pending":
-                return k.pending, "list"
+                return k.priority_list(int(source.arg)) if source.arg else k.pending, "list"
             case "held":
                 return k.held(source.arg), "list"
             case "group":

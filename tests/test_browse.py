@@ -194,3 +194,20 @@ async def test_requeue_sends_a_dead_task_back_to_pending_and_refuses_any_other(h
     resp = await http.post(f"/task/{dead}/requeue")
     assert resp.status == 409 and (await resp.json())["state"] == "pending"
     assert (await http.post("/task/NOPE/requeue")).status == 404
+
+
+async def test_pending_lists_the_priorities_highest_first_and_the_cursor_crosses_them(queue: Queue) -> None:
+    low = [await queue.enqueue("t", i, priority=0) for i in range(2)]
+    default = [await queue.enqueue("t", i) for i in range(2)]
+    high = [await queue.enqueue("t", i, priority=9) for i in range(2)]
+    page = await browse.page(queue, TaskFilter("pending"))
+    assert [r["task_id"] for r in page["items"]] == high[::-1] + default[::-1] + low[::-1]
+    assert [r["priority"] for r in page["items"]] == [9, 9, 5, 5, 0, 0]
+    assert page["sources"] == [{"source": "pending:9", "length": 2}, {"source": "pending", "length": 2},
+                               {"source": "pending:0", "length": 2}]
+    assert page["total"] == 6
+    rows = await every_page(queue, TaskFilter("pending"), limit=1)
+    assert [r["task_id"] for r in rows] == high[::-1] + default[::-1] + low[::-1]
+    # A cursor into a priority's list that emptied meanwhile goes on with the next list.
+    assert [r["task_id"] for r in (await browse.page(queue, TaskFilter("pending"), "pending:1:7"))["items"]] == \
+        default[::-1] + low[::-1]

@@ -33,6 +33,7 @@ from typing import TypedDict
 
 from aiohttp import web
 
+from reliq import priorities
 from reliq.errors import InvalidTask, TaskNotFound
 from reliq.formats import TaskState
 from reliq.monitor import deadletter
@@ -55,7 +56,7 @@ VIEWS = {**{s.value: s for s in (TaskState.PENDING, TaskState.SCHEDULED, TaskSta
 DELAYED = (TaskState.SCHEDULED, TaskState.RETRYING)
 #: Record fields of a listing row (browse.lua returns them with each match).
 ROW_FIELDS = ("attempts", "max_retries", "failures", "crashes", "enqueued_at", "queued_at", "started_at",
-              "finished_at", "worker", "last_error", "reason", "progress", "progress_message")
+              "finished_at", "worker", "last_error", "reason", "progress", "progress_message", "priority")
 #: The order sources are read in (and a cursor's source that is gone is followed by the next).
 KIND_ORDER = ("pending", "group", "held", "delayed", "processing", "dead")
 
@@ -91,6 +92,8 @@ class TaskRow(TypedDict):
     reason: str | None
     progress: float | None
     progress_message: str | None
+    #: 0 (lowest) to 9 (highest); 5 by default (reliq/priorities.py).
+    priority: int
     #: Where it is: its list (``pending``, ``held:<type>``, ``processing:<worker>``, ...) and its
     #: position there (0 = newest; in the delayed set, 0 = due soonest).
     source: str
@@ -149,7 +152,7 @@ def _row(source: Source, task_id: str, score: str, position: int, values: list[s
         due_at=_ms_iso(score) if score and float(score) > 0 else None,
         worker=f["worker"] or None, last_error=f["last_error"][:ERROR_PREVIEW] or None, reason=f["reason"] or None,
         progress=float(f["progress"]) if f["progress"] else None, progress_message=f["progress_message"] or None,
-        source=_source_name(source), position=position,
+        priority=int(f["priority"] or priorities.DEFAULT), source=_source_name(source), position=position,
     )
 
 
@@ -167,6 +170,12 @@ def decode_cursor(cursor: str) -> tuple[str, int, str]:
     return kind, int(position), arg
 
 
+def _rank(kind: str, arg: str) -> tuple[int, int, str]:
+    """Where a source comes in a listing: by kind, ready lists by priority (highest first), others by name."""
+    priority = -int(arg or priorities.DEFAULT) if kind == "pending" and (arg == "" or arg.isdigit()) else 0
+    return KIND_ORDER.index(kind), priority, arg if kind != "pending" else ""
+
+
 def _start(sources: list[Source], cursor: str) -> tuple[int, int]:
     """The index of the cursor's source in ``sources`` and the position in it.
 
@@ -176,9 +185,9 @@ def _start(sources: list[Source], cursor: str) -> tuple[int, int]:
     if not cursor:
         return 0, 0
     kind, position, arg = decode_cursor(cursor)
-    rank = (KIND_ORDER.index(kind), arg)
+    rank = _rank(kind, arg)
     for i, s in enumerate(sources):
-        here = (KIND_ORDER.index(s.kind), s.arg)
+        here = _rank(s.kind, s.arg)
         if here == rank:
             return i, position
         if here > rank:

@@ -85,8 +85,13 @@ function detailCell(t, page) {
   switch (tasks.view) {
     case "pending": {
       if (t.source.startsWith("held:")) return h("span", { class: "badge", title: "its type is paused" }, "held · paused");
+      // Its place in its list; with several priorities in use, claims merge the lists
+      // (reliq/priorities.py), so the place is within its priority.
       const src = page.sources.find((s) => s.source === t.source);
-      return src ? `#${fmtInt(src.length - t.position)} in line` : "";
+      if (!src) return "";
+      const place = fmtInt(src.length - t.position);
+      const ready = page.sources.filter((s) => s.source === "pending" || s.source.startsWith("pending:"));
+      return ready.length > 1 ? `priority ${t.priority} · #${place} of it` : `#${place} in line`;
     }
     case "retrying": return h("div", { class: "err", title: t.last_error || "" }, t.last_error || "");
     case "running": return h("span", {}, h("span", { class: "mono", title: t.worker || "" }, shortWorker(t.worker || "")), " ",
