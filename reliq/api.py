@@ -44,6 +44,8 @@ MAX_IDEMPOTENCY_KEY = 200
 #: Queue objects the API keeps at most (a name is cheap, but not free), each with its
 #: coalescers: past it the oldest but the default queue's go (made again if asked for).
 MAX_QUEUES = 1000
+#: Bound once: read a task, and a member looked up on its enum costs ~0.25 us on Python 3.11.
+SCHEDULED, PENDING = TaskState.SCHEDULED, TaskState.PENDING
 
 #: (task id, created now, replicas that confirmed it)
 Result = tuple[str, bool, int]
@@ -150,7 +152,7 @@ def _durability(settings: Settings, body: dict[str, Any]) -> str:
 def _accepted(queue: Queue, spec: TaskSpec, result: Result) -> dict[str, Any]:
     task_id, created, acked = result
     return {"status": "queued" if created else "duplicate", "task_id": task_id, "queue": queue.name,
-            "state": TaskState.SCHEDULED if spec.delay_ms or spec.run_at_ms else TaskState.PENDING,
+            "state": SCHEDULED if spec.delay_ms or spec.run_at_ms else PENDING,
             "durability": "replicated" if acked else "memory"}
 
 

@@ -147,6 +147,9 @@ class Metric(StrEnum):
 
 #: What joins the parts of a metrics-hash field.
 SEP = "|"
+#: Kinds whose field is the kind and a task type; kinds with no task type.
+_TYPE_ONLY = (Metric.WAIT_SUM, Metric.RUN_SUM)
+_NO_TYPE = (Metric.BLOCKS, Metric.BLOCKED_SUM)
 
 
 def metric(kind: Metric, *parts: object) -> str:
@@ -160,9 +163,9 @@ def split_metric(field: str) -> tuple[str, str, str]:
     A task type may hold ``|``: it is everything between the first and the last one.
     """
     kind, _, rest = field.partition(SEP)
-    if kind in (Metric.WAIT_SUM, Metric.RUN_SUM):
+    if kind in _TYPE_ONLY:
         return kind, rest, ""
-    if kind in (Metric.BLOCKS, Metric.BLOCKED_SUM):
+    if kind in _NO_TYPE:
         return kind, "", rest
     task_type, _, last = rest.rpartition(SEP)
     return kind, task_type, last

@@ -545,15 +545,18 @@ class Queue:
         own: dict[str, tuple[int, int]] = {}
         batch = []
         sums: Counter[str] = Counter()  # the metrics fields, summed here: see settle.lua
-        # Each field as formats.metric() writes it, spelled out: this loop runs a task.
-        runs, wait, wait_sum, run, run_sum = Metric.RUNS, Metric.WAIT, Metric.WAIT_SUM, Metric.RUN, Metric.RUN_SUM
+        # Each field as formats.metric() writes it, spelled out: this loop runs a task. Plain
+        # strs, and the outcome (a StrEnum) formatted with !s: formatting an enum member
+        # costs ~0.3 us more a field (timeit).
+        runs, wait, wait_sum = Metric.RUNS.value, Metric.WAIT.value, Metric.WAIT_SUM.value
+        run, run_sum = Metric.RUN.value, Metric.RUN_SUM.value
         for o in outcomes:
             t = o.task
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
             batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
                           wait_ms, o.run_ms, wait_b, run_b))
-            sums.update((f"{runs}|{t.type}|{o.outcome}", f"{wait}|{t.type}|{wait_b}", f"{run}|{t.type}|{run_b}"))
+            sums.update((f"{runs}|{t.type}|{o.outcome!s}", f"{wait}|{t.type}|{wait_b}", f"{run}|{t.type}|{run_b}"))
             sums[f"{wait_sum}|{t.type}"] += wait_ms
             sums[f"{run_sum}|{t.type}"] += o.run_ms
             if retention and t.type in retention and t.type not in own:
