@@ -16,7 +16,8 @@
 -- first), 'early' (a slot or the new cursor lies beyond the Redis clock, or at or before
 -- the cursor).
 local SCHEDULE, STATS = KEYS[1], KEYS[2]
-local version, upto, new_upto, skipped = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local version, upto, new_upto_s, skipped = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local new_upto = tonumber(new_upto_s)
 local slots_json, newest = ARGV[5], ARGV[6]
 local now = now_ms()
 local cur = redis.call('HMGET', SCHEDULE, 'version', 'upto', 'paused', 'firing', 'def')
@@ -31,7 +32,7 @@ if new_upto > now or new_upto <= from then return {'early', now} end
 for _, slot in ipairs(slots) do
   if slot > new_upto or slot <= from then return {'early', now} end
 end
-redis.call('HSET', SCHEDULE, 'upto', ARGV[3])
+redis.call('HSET', SCHEDULE, 'upto', new_upto_s)  -- as sent: no number formatted
 if #slots > 0 then
   redis.call('HSET', SCHEDULE, 'firing', slots_json, 'firing_def', cur[5], 'last_slot', newest)
   redis.call('HINCRBY', SCHEDULE, 'enqueued', #slots)

@@ -2,16 +2,17 @@
 -- KEYS[1] SCHEDULES  set of the queue's schedule names
 -- KEYS[2] SCHEDULE   prefix of the schedules' hashes (the name is appended)
 -- KEYS[3] TASK       task key prefix
--- ARGV[1] name       one schedule ('' = all of them)
+-- ARGV[1] one        one schedule's name ('' = all of them)
 -- Returns {now_ms, name, {field, value, ...}, last task's state ('' = none, or its record is
 -- gone), name, ...}, by name.
 local SCHEDULES, SCHEDULE, TASK = KEYS[1], KEYS[2], KEYS[3]
+local one = ARGV[1]
 local names
-if ARGV[1] == '' then
+if one == '' then
   names = redis.call('SMEMBERS', SCHEDULES)
   table.sort(names)
 else
-  names = {ARGV[1]}
+  names = {one}
 end
 local out = {now_ms()}
 for _, name in ipairs(names) do
