@@ -20,7 +20,10 @@ the enqueue and the claim, in a phase of its own), so each settle wakes its wait
 
 ``--priority-mix`` prices priorities (reliq/priorities.py): task i gets priority i % 10,
 so the claims merge ten lists (the default without the option: every task of the
-default priority, the path of a queue that never uses them).
+default priority, the path of a queue that never uses them). Under callgrind the enqueue
+phase lasts longer than a priority step of the default aging (60 s / 9), so the lists
+interleave and the claims switch between them every few tasks; ``--priority-aging 0``
+(strict priorities) prices the merge without that.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ PHASES = ("enqueue", "watch", "claim", "settle")
 WAITED = ("none", "other", "all")
 
 
-async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "none", mix: bool = False) -> None:
+async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "none", mix: bool = False,
+                   aging: float | None = None) -> None:
     """Enqueue, claim and settle, dumping callgrind's counters after each phase."""
 
     def dump(phase: str) -> None:
@@ -56,7 +60,8 @@ async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "no
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     redis = connect(url)
-    queue = Queue(redis, Settings(redis_url=url, queue="instructions"))
+    settings = Settings(redis_url=url, queue="instructions")
+    queue = Queue(redis, settings if aging is None else settings.replace(priority_aging=aging))
     await redis.ping()
     dump("start")  # what start-up cost stays out of the phases
     for start in range(0, tasks, 100):
@@ -81,7 +86,8 @@ async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "no
     await redis.aclose()
 
 
-def count(tasks: int, batch: int, waited: str = "none", mix: bool = False) -> dict[str, float]:
+def count(tasks: int, batch: int, waited: str = "none", mix: bool = False,
+          aging: float | None = None) -> dict[str, float]:
     """Instructions a task in each phase."""
     work = Path(tempfile.mkdtemp(prefix="reliq-callgrind-"))
     port = free_port()
@@ -95,7 +101,7 @@ def count(tasks: int, batch: int, waited: str = "none", mix: bool = False) -> di
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("redis-server under callgrind did not start")
             time.sleep(0.2)
-        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch, waited, mix))
+        asyncio.run(workload(f"redis://127.0.0.1:{port}/0", proc.pid, tasks, batch, waited, mix, aging))
     finally:
         proc.terminate()
         proc.wait(60)
@@ -115,11 +121,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--waited", choices=WAITED, default="none")
     parser.add_argument("--priority-mix", action="store_true")
+    parser.add_argument("--priority-aging", type=float)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if not shutil.which("valgrind"):
         sys.exit("needs valgrind: apt-get install valgrind")
-    r = count(args.tasks, args.batch, args.waited, args.priority_mix)
+    r = count(args.tasks, args.batch, args.waited, args.priority_mix, args.priority_aging)
     rows = [f"| {phase} | {r[phase]:,.0f} |" for phase in PHASES]
     rows.append(f"| claim + settle | {r['claim'] + r['settle']:,.0f} |")
     print("\n".join(rows))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,35 @@ async def test_a_worker_process_runs_mixed_priorities_highest_first(
     assert started == expected_order(tasks)
     snap = await queue.snapshot()
     assert (snap["pending"], snap["succeeded"]) == (0, len(tasks))
+
+
+async def test_a_worker_killed_holding_priority_tasks_is_reaped_and_they_run_at_their_priority(
+        queue: Queue, redis_url: str, tmp_path: Path) -> None:
+    """SIGKILL: the other worker's reaper puts them back in their priority's list (and a wake
+    mark in the empty pending, where that worker waits), and it runs them."""
+    log = tmp_path / "starts.log"
+    ids = [await queue.enqueue("slow", {"log": str(log), "sleep": 1}, priority=9) for _ in range(2)]
+    app = ("--app", "tests.apps.pausable", "--concurrency", "2")
+    a = procs.worker(redis_url, queue.name, tmp_path / "a.log", *app)
+    try:
+        await eventually(lambda: log.exists() and len(log.read_text().splitlines()) == 2, timeout=30,
+                         what="both tasks running on the first worker")
+        a.send_signal(signal.SIGKILL)
+        a.wait()
+    finally:
+        procs.stop(a)
+    b = procs.worker(redis_url, queue.name, tmp_path / "b.log", *app)
+    try:
+        async def done() -> bool:
+            return [(await queue.get(i))["state"] for i in ids] == ["succeeded"] * len(ids)
+        await eventually(done, timeout=60, what="the recovered tasks run by the second worker")
+    finally:
+        procs.stop(b)
+    for task_id in ids:
+        record = await queue.get(task_id)
+        assert (record["priority"], record["crashes"], record["attempts"]) == (9, 1, 2)
+    snap = await queue.snapshot()
+    assert (snap["recovered"], snap["pending"], snap["succeeded"]) == (2, 0, 2)
 
 
 # -- bad input ---------------------------------------------------------------------------

@@ -126,35 +126,45 @@ end
 --   queued_at - (p - 5) * step,
 -- smallest first: each list is FIFO, so its taking end has its smallest, and the claim
 -- takes from the list whose next id comes first until the next id of another list does.
--- Reading a list's next id costs nothing more (its fields are read to claim it anyway); a
--- claim that switches lists reads the fields of one id it does not take, once a switch.
--- A wake mark, or any id without a record, counts as first: it is dropped at once.
-local function effective(queued_at, p)
-  local at = tonumber(queued_at)
-  if not at then return -math.huge end
+-- The head of each list is compared by two fields (state, queued_at) read once a call;
+-- the id at which a turn stops for another list is kept with its fields, so the next turn
+-- on that list does not read it again. An id that is no longer pending (a wake mark, a
+-- cancelled task) counts as first: it is dropped at once.
+local function effective(state, f, p)
+  local at = tonumber(f[QUEUED_AT])
+  if state ~= 'pending' or not at then return -math.huge end
   return at - (p - 5) * step
 end
 
 -- Take ids from ``list`` (pending, or the list of priority ``p``) into W's list. With a
 -- ``bound``, stop at the first pending id whose effective time is past it: the head of
--- another list comes first. Returns true when the claim is over (full, a suspect met, or
--- enough dropped ids this call), else false and the effective time of the list's next id
--- (nil when the list ran out).
--- The next ids are read with one LRANGE, taken off the tail with one LTRIM and put at the
--- head of W's list with one LPUSH: the lists end as after one LMOVE an id, in three calls.
+-- another list comes first. ``head`` is {id, state, fields} of the list's next id when
+-- already read. Returns true when the claim is over (full, a suspect met, or enough
+-- dropped ids this call), else false and the list's next id as {id, state, fields,
+-- effective time} (nil when the list ran out).
+-- The next ids are read with one LRANGE and taken off the tail with one LTRIM a window,
+-- and put at the head of W's list with one LPUSH at the end: the lists end as after one
+-- LMOVE an id.
 local skipped = 0
-local function take_from(list, p, bound)
+local moved = {}  -- the ids claimed, in order
+local function take_from(list, p, bound, head)
   while taken < max and skipped < 1000 do
     local window = redis.call('LRANGE', list, -(max - taken), -1)
-    local used, moved, stop, next_at = 0, {}, false, nil
+    local used, stop, next_head = 0, false, nil
     for i = #window, 1, -1 do
       local id = window[i]
-      local state, f = fields(id)
+      local state, f
+      if head and head[1] == id and head[3] then
+        state, f = head[2], head[3]
+      else
+        state, f = fields(id)
+      end
+      head = nil
       if paused_types and state == 'pending' and paused_types[f[TYPE]] then  -- inline: once a task
         state = 'held'  -- taken off the list below like a skipped id, into its type's held list
         redis.call('LPUSH', HELD .. f[TYPE], id)
-      elseif bound and state == 'pending' and effective(f[QUEUED_AT], p) > bound then
-        next_at = effective(f[QUEUED_AT], p)
+      elseif bound and state == 'pending' and effective(state, f, p) > bound then
+        next_head = {id, state, f, effective(state, f, p)}
         break
       elseif state == 'pending' and tonumber(f[CRASHES]) > 0 then
         if taken == 0 and elsewhere == 0 and redis.call('LLEN', PROCESSING) == 0 then
@@ -176,11 +186,8 @@ local function take_from(list, p, bound)
       end
     end
     if used > 0 then redis.call('LTRIM', list, 0, -(used + 1)) end
-    for i = 1, #moved, 1000 do  -- in slices: unpack has a stack limit
-      redis.call('LPUSH', PROCESSING, unpack(moved, i, math.min(i + 999, #moved)))
-    end
     if stop then return true end
-    if next_at or #window == 0 then return false, next_at end
+    if next_head or #window == 0 then return false, next_head end
   end
   return true
 end
@@ -188,39 +195,43 @@ end
 -- The lists of every priority, merged (see effective). With none but pending holding
 -- ids, the flag goes: the next claims take pending alone until a list is created again.
 local function take_by_priority()
-  local lists = {}  -- {key, priority, effective time of its next id}, highest priority first
+  local lists = {}  -- {key, priority, its next id as take_from returns it}, highest priority first
   local others = false
   for p = 9, 0, -1 do
     local key = ready_list(PENDING, PRIO, tostring(p))
     local id = redis.call('LINDEX', key, -1)
     if id then
-      lists[#lists + 1] = {key, p, effective(redis.call('HGET', TASK .. id, 'queued_at'), p)}
+      local queued_at, state = unpack(redis.call('HMGET', TASK .. id, 'queued_at', 'state'))
+      lists[#lists + 1] = {key, p, {id, nil, nil, effective(state, {[QUEUED_AT] = queued_at}, p)}}
       others = others or key ~= PENDING
     end
   end
   if not others then
     redis.call('DEL', PRIORITIES)
-    take_from(PENDING, 5, nil)
+    take_from(PENDING, 5, nil, nil)
     return
   end
   while true do
     local best, second = nil, nil
     for _, l in ipairs(lists) do
       if l[3] then
-        if not best or l[3] < best[3] then
+        if not best or l[3][4] < best[3][4] then
           second, best = best, l
-        elseif not second or l[3] < second[3] then
+        elseif not second or l[3][4] < second[3][4] then
           second = l
         end
       end
     end
     if not best then return end
-    local over, at = take_from(best[1], best[2], second and second[3])
+    local over, next_head = take_from(best[1], best[2], second and second[3][4], best[3])
     if over then return end
-    best[3] = at
+    best[3] = next_head
   end
 end
 
-if prioritised then take_by_priority() else take_from(PENDING, 5, nil) end
+if prioritised then take_by_priority() else take_from(PENDING, 5, nil, nil) end
+for i = 1, #moved, 1000 do  -- in slices: unpack has a stack limit
+  redis.call('LPUSH', PROCESSING, unpack(moved, i, math.min(i + 999, #moved)))
+end
 if taken > 0 then redis.call('ZADD', WORKERS, 'NX', now, worker) end
 return out
