@@ -20,7 +20,6 @@ from redis.asyncio import Redis
 from reliq import tracing
 from reliq.coalescer import Coalescer
 from reliq.errors import (
-    CancelRefused,
     ConfigError,
     InvalidTask,
     NotReplicated,
@@ -34,7 +33,7 @@ from reliq.openapi import spec as openapi_spec
 from reliq.queue import Queue, TaskSpec, make_spec
 from reliq.settings import DURABILITIES, Settings, check_queue_name
 from reliq.waiting import MAX_WAIT_S, Waiters
-from reliq.web import bearer_auth, error, errors_as_json, json_response
+from reliq.web import bearer_auth, cancel_answer, error, errors_as_json, json_response
 
 MAX_BATCH = 1000
 #: Retry-After of a 507: a worker frees the room of a batch of tasks in well under this.
@@ -240,27 +239,19 @@ async def get_task(request: web.Request) -> web.Response:
 
 
 async def delete_task(request: web.Request) -> web.Response:
-    """DELETE /task/{id}?queue=: cancel a task that has not started and delete its record; 409 once started."""
+    """DELETE /task/{id}?queue=: cancel a task and delete its record; 202 while its worker stops it; 409 once ended."""
     return await _cancel(request, forget=True)
 
 
 async def cancel_task(request: web.Request) -> web.Response:
-    """POST /task/{id}/cancel?queue=: cancel a task that has not started, keeping its record; 409 once started."""
+    """POST /task/{id}/cancel?queue=: cancel a task, keeping its record; 202 while its worker stops it, 409 if ended."""
     return await _cancel(request, forget=False)
 
 
 async def _cancel(request: web.Request, forget: bool) -> web.Response:
     known_query(request, ("queue",))
     queue = request.app[PRODUCER].queue(request.query.get("queue") or None)
-    task_id = request.match_info["id"]
-    try:
-        previous = await queue.cancel(task_id, forget)
-    except TaskNotFound:
-        return error(404, f"no task {task_id!r} in queue {queue.name!r}")
-    except CancelRefused as exc:
-        return json_response({"error": str(exc), "state": exc.state}, 409)
-    return json_response({"status": "deleted" if forget else "cancelled", "task_id": task_id,
-                          "previous_state": previous})
+    return await cancel_answer(queue, request.match_info["id"], forget)
 
 
 async def healthz(request: web.Request) -> web.Response:

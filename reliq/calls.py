@@ -71,9 +71,10 @@ def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
 
 
 def cancel_keys(k: QueueKeys) -> list[str]:
-    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held prefix: paused types)."""
+    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held prefix: paused types;
+    the workers' cancel-request sets and channels: a running task's worker is asked to stop it)."""
     return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix, k.held_prefix,
-            k.priority_prefix]
+            k.priority_prefix, k.cancels_prefix, k.cancel_channel_prefix]
 
 
 def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:
@@ -82,9 +83,13 @@ def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[
 
 
 def cancelled(task_id: str, raw: Sequence[Any]) -> str:
-    """cancel.lua's reply as the state the task was in; raise when there was nothing to cancel."""
+    """cancel.lua's reply as the state the task was in; raise when there was nothing to cancel.
+
+    ``processing`` (Code.CANCELLING): the task is running, and its worker was asked to stop
+    it; it ends ``cancelled`` once the worker has (or ``succeeded``, had it finished first).
+    """
     code, state = raw
-    if code != Code.OK:
+    if code not in (Code.OK, Code.CANCELLING):
         raise script_error(code, task_id=task_id, state=text(state))
     return text(state)
 

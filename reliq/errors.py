@@ -30,10 +30,10 @@ class TooManyWaiters(ReliqError):
 
 
 class CancelRefused(ReliqError):
-    """The task has already started or finished, so it cannot be cancelled."""
+    """The task has already finished, so it cannot be cancelled."""
 
     def __init__(self, state: str) -> None:
-        super().__init__(f"task is {state}; only pending or scheduled tasks can be cancelled")
+        super().__init__(f"task is {state}; it has already finished, so there is nothing to cancel")
         self.state = state
 
 

@@ -45,7 +45,8 @@ class TaskState(StrEnum):
 
 #: States a task ends in: a waiter (:mod:`reliq.waiting`) returns once the task is in one.
 END_STATES = (TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED)
-#: States a task can be cancelled in (cancel.lua): it has not started.
+#: States a task is cancelled in at once (cancel.lua): it has not started. A running one
+#: (processing) is cancelled by its worker, asked by cancel.lua (docs/cancel.md).
 CANCELLABLE = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRYING)
 
 
@@ -62,6 +63,8 @@ class RunOutcome(StrEnum):
     PERMANENT = "permanent"
     #: No handler for the task's type: dead at once.
     UNKNOWN_TYPE = "unknown_type"
+    #: The worker stopped the handler on a cancel request (docs/cancel.md): cancelled, never retried.
+    CANCELLED = "cancelled"
     #: The handler raised reliq.Snooze: scheduled again, no failure counted.
     SNOOZE = "snooze"
 
@@ -92,12 +95,14 @@ class Code(IntEnum):
     PAUSED = 2
     #: reap.lua: the worker beat within its lease after all; nothing was reaped.
     ALIVE = 3
+    #: cancel.lua: the task runs; its worker was asked to stop it (docs/cancel.md).
+    CANCELLING = 4
     #: enqueue.lua: pending holds the admission limit already (the reply's next value says
     #: how many); nothing was written. QueueFull.
     QUEUE_FULL = -1
     #: cancel.lua: there is no record of the task. TaskNotFound.
     NO_TASK = -2
-    #: cancel.lua: the task runs or has ended (its state follows). CancelRefused.
+    #: cancel.lua: the task has ended (its state follows). CancelRefused.
     NOT_CANCELLABLE = -3
 
 

@@ -247,6 +247,28 @@ class QueueKeys:
         """LIST of ids worker process ``worker_id`` holds right now."""
         return self.processing_prefix + worker_id
 
+    @property
+    def cancels_prefix(self) -> str:
+        """Prefix of the workers' cancel-request sets; scripts append the worker id."""
+        return self.base + "cancels:"
+
+    def cancels(self, worker_id: str) -> str:
+        """SET of the ids worker ``worker_id`` holds whose cancel was asked for, until each has ended.
+
+        The heartbeat's reply carries them, so a worker that missed the pub/sub nudge
+        (:meth:`cancel_channel`) still learns of a cancel within one beat.
+        """
+        return self.cancels_prefix + worker_id
+
+    @property
+    def cancel_channel_prefix(self) -> str:
+        """Prefix of the workers' cancel channels (pub/sub); scripts append the worker id."""
+        return self.base + "cancel:"
+
+    def cancel_channel(self, worker_id: str) -> str:
+        """Pub/sub CHANNEL (not a key) on which cancel.lua nudges worker ``worker_id`` with a task id."""
+        return self.cancel_channel_prefix + worker_id
+
     def worker_info(self, worker_id: str) -> str:
         """HASH describing a worker (host, pid, concurrency, in flight, processed)."""
         return self.base + "worker:" + worker_id

@@ -122,6 +122,15 @@ _SCHEMAS: dict[str, Any] = {
             "enqueued_at": {"type": ["string", "null"], "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},
+            "progress": {"type": ["number", "null"], "minimum": 0, "maximum": 1,
+                         "description": "What the handler last reported (ctx.progress), written at most once a "
+                                        "second; null before its first report and once it succeeded or waits "
+                                        "for another attempt"},
+            "progress_message": {"type": ["string", "null"]},
+            "progress_at": {"type": ["string", "null"], "format": "date-time"},
+            "cancel_requested_at": {"type": ["string", "null"], "format": "date-time",
+                                    "description": "When a cancel was asked for while it ran; it ends cancelled "
+                                                   "once its worker has stopped it"},
         },
     },
     "Cancelled": {
@@ -135,6 +144,12 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["status", "task_id", "previous_state"],
         "properties": {"status": {"const": "deleted"}, "task_id": {"type": "string"},
                        "previous_state": {"enum": list(CANCELLABLE)}},
+    },
+    "Cancelling": {
+        "type": "object",
+        "required": ["status", "task_id", "previous_state"],
+        "properties": {"status": {"const": "cancelling"}, "task_id": {"type": "string"},
+                       "previous_state": {"const": "processing"}},
     },
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
@@ -210,7 +225,11 @@ _SCHEMAS.update(_SCHEDULE_SCHEMAS)
 
 #: What both ways of cancelling answer when they cannot.
 _CANCEL_REFUSED = {"400": _error("Bad queue name"), "404": _error("No such task"),
-                   "409": _json({"allOf": [_ref("Error"), {"required": ["state"]}]}, "Running or finished")}
+                   "409": _json({"allOf": [_ref("Error"), {"required": ["state"]}]}, "Finished already")}
+#: What both answer for a running task: its worker is asked to stop it.
+_CANCELLING = {"202": _json(_ref("Cancelling"), "Running: its worker was asked to stop it, within about a "
+                                                "second; GET (with wait) shows how it ended: cancelled, or "
+                                                "succeeded had it finished first")}
 
 #: ``?queue=``: a queue name, or empty (or absent) for the server's queue.
 _QUEUE_PARAM = {"name": "queue", "in": "query", "required": False,
@@ -338,18 +357,21 @@ def spec(auth: bool = True) -> dict[str, Any]:
                                       "429": _error("The server already serves max_waiters long polls "
                                                     "(Retry-After: 1)"), **common}},
                 "delete": {"operationId": "deleteTask",
-                           "summary": "Cancel a task that has not started and delete its record",
+                           "summary": "Cancel a task and delete its record",
                            "description": "Counted as cancelled; whoever waits for it is woken, and then GET "
-                                          "answers 404. To keep the record, POST /task/{id}/cancel.",
+                                          "answers 404. A running task goes once its worker stopped it (202). "
+                                          "To keep the record, POST /task/{id}/cancel.",
                            "parameters": [_ID_PARAM, _QUEUE_PARAM],
-                           "responses": {"200": _json(_ref("Deleted"), "Cancelled and deleted"), **_CANCEL_REFUSED,
-                                         **common}},
+                           "responses": {"200": _json(_ref("Deleted"), "Cancelled and deleted"), **_CANCELLING,
+                                         **_CANCEL_REFUSED, **common}},
             },
             "/task/{id}/cancel": {
-                "post": {"operationId": "cancelTask", "summary": "Cancel a task that has not started",
-                         "description": "The record stays, state cancelled, for the result TTL: GET shows it.",
+                "post": {"operationId": "cancelTask", "summary": "Cancel a task, waiting or running",
+                         "description": "The record stays, state cancelled, for the result TTL: GET shows it. "
+                                        "A running task ends cancelled once its worker stopped it (202).",
                          "parameters": [_ID_PARAM, _QUEUE_PARAM],
-                         "responses": {"200": _json(_ref("Cancelled"), "Cancelled"), **_CANCEL_REFUSED, **common}},
+                         "responses": {"200": _json(_ref("Cancelled"), "Cancelled"), **_CANCELLING,
+                                       **_CANCEL_REFUSED, **common}},
             },
             **_schedule_paths(common),
             "/healthz": {"get": {"operationId": "healthz", "summary": "The process is alive", "security": [],

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
@@ -52,9 +52,11 @@ STATES = tuple(TaskState)
 #: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
 #: snoozed: runs that raised reliq.Snooze (not failures; their attempt is given back).
 #: schedule_enqueued / schedule_skipped: periodic slots enqueued, and missed ones skipped (reliq/schedules.py).
+#: cancelled: tasks that ended cancelled, before they started or while they ran;
+#: cancelled_running: those of them that were running (stopped by their worker, docs/cancel.md).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
-            "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory", "trimmed", "expired",
-            "snoozed", "schedule_enqueued", "schedule_skipped")
+            "cancelled_running", "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory",
+            "trimmed", "expired", "snoozed", "schedule_enqueued", "schedule_skipped")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -231,6 +233,13 @@ class TaskInfo(TypedDict):
     enqueued_at: str | None
     started_at: str | None
     finished_at: str | None
+    #: What the handler last reported (ctx.progress), 0 to 1, and when; None before its
+    #: first report, and once the task succeeded or went back to wait for another attempt.
+    progress: float | None
+    progress_message: str | None
+    progress_at: str | None
+    #: When a cancel was asked for while it ran (None: never); it ends once its worker stopped it.
+    cancel_requested_at: str | None
 
 
 class Snapshot(TypedDict):
@@ -255,6 +264,7 @@ class Snapshot(TypedDict):
     recovered: int
     requeued: int
     cancelled: int
+    cancelled_running: int
     dead_evicted: int
     dead_archive_dropped: int
     dead_imported: int
@@ -394,10 +404,12 @@ class Queue:
         return record_of(task_id, await self.redis.hgetall(self.keys.task(task_id)))
 
     async def cancel(self, task_id: str, forget: bool = False) -> str:
-        """Cancel a task that has not started; return the state it was in.
+        """Cancel a task; return the state it was in.
 
         The record stays (state ``cancelled``) for the result TTL, or with ``forget`` goes
-        at once (HTTP ``DELETE``: the resource is gone).
+        at once (HTTP ``DELETE``: the resource is gone). A running task (``processing``)
+        ends so once its worker has stopped it, within about a second (docs/cancel.md).
+        Raises TaskNotFound, or CancelRefused when the task has finished.
         """
         args = calls.cancel_args(task_id, self.settings, forget)
         return calls.cancelled(task_id, await self._scripts("cancel", calls.cancel_keys(self.keys), args))
@@ -564,7 +576,8 @@ class Queue:
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
                 self.settings.keep_succeeded, orjson.dumps(own)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
-                k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix]
+                k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix, k.cancels(worker_id),
+                k.idem_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 
@@ -604,9 +617,29 @@ class Queue:
         """Stamp the worker alive; return (server time ms, whether it was registered).
 
         ``counts`` are metrics increments the beat carries (see :func:`heartbeat_call`).
+        The worker's own heartbeat (a thread) also reads its cancel requests: :func:`beat_of`.
         """
-        now, known = await self._scripts("heartbeat", *heartbeat_call(self.name, worker_id, info, ttl_s, counts))
-        return int(now), known == 1
+        beat = beat_of(await self._scripts("heartbeat", *heartbeat_call(self.name, worker_id, info, ttl_s, counts)))
+        return beat.now_ms, beat.known
+
+    async def progress(self, worker_id: str, reports: Sequence[tuple[str, float, str]]) -> int:
+        """Write (task id, progress, message) for tasks worker ``worker_id`` runs; return how many were written.
+
+        A task that no longer runs there (ended, reclaimed) is skipped (``progress.lua``).
+        """
+        batch = orjson.dumps([(task_id, f"{value:.6g}", message) for task_id, value, message in reports])
+        return int(await self._scripts("progress", [self.keys.task_prefix], [worker_id, batch]))
+
+    def cancel_nudges(self) -> PubSub:
+        """A pub/sub connection for the cancel nudges of ``cancel.lua`` (to subscribe to :meth:`cancel_channel`).
+
+        A worker process holds one for all its queues (reliq/worker/cancels.py).
+        """
+        return self.redis.pubsub(ignore_subscribe_messages=True)
+
+    def cancel_channel(self, worker_id: str) -> str:
+        """The channel ``cancel.lua`` nudges worker ``worker_id`` on with the id of a task to stop."""
+        return self.keys.cancel_channel(worker_id)
 
     async def reap_round(self, owner: str, lease_s: float, interval_s: float, gap_s: float,
                          grace_s: float) -> list[str]:
@@ -619,21 +652,28 @@ class Queue:
         args = [owner, max(1, int(interval_s * 1000)), int(lease_s * 1000), int(gap_s * 1000), int(grace_s * 1000)]
         return [text(w) for w in await self._scripts("reap_scan", [k.workers, k.reaper_lock, k.reaper_clock], args)]
 
-    async def reap(self, worker_id: str, lease_s: float) -> tuple[int, int] | None:
-        """Requeue a silent worker's tasks; (recovered, quarantined), None if it is alive."""
+    async def reap(self, worker_id: str, lease_s: float) -> tuple[int, int, int] | None:
+        """Requeue a silent worker's tasks; (recovered, quarantined, cancelled), None if it is alive.
+
+        The tasks it was asked to cancel while running them end cancelled instead.
+        """
         k = self.keys
         keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix,
-                k.waiters, k.wake_prefix, k.priority_prefix, k.priorities]
-        args = [worker_id, int(lease_s * 1000), self.settings.crash_limit]
-        code, recovered, quarantined = await self._scripts("reap", keys, args)
-        return None if code == Code.ALIVE else (int(recovered), int(quarantined))
+                k.waiters, k.wake_prefix, k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix]
+        args = [worker_id, int(lease_s * 1000), self.settings.crash_limit, int(self.settings.result_ttl * 1000)]
+        code, recovered, quarantined, cancelled = await self._scripts("reap", keys, args)
+        return None if code == Code.ALIVE else (int(recovered), int(quarantined), int(cancelled))
 
     async def release(self, worker_id: str) -> int:
-        """Hand back everything the worker holds and deregister it (graceful shutdown)."""
+        """Hand back everything the worker holds and deregister it (graceful shutdown); return how many went back.
+
+        A task it was asked to cancel is not handed back: it ends cancelled.
+        """
         k = self.keys
         keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix,
-                k.priority_prefix, k.priorities]
-        return int(await self._scripts("release", keys, [worker_id]))
+                k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix, k.stats, k.waiters, k.wake_prefix]
+        handed, _ = await self._scripts("release", keys, [worker_id, int(self.settings.result_ttl * 1000)])
+        return int(handed)
 
     # -- periodic schedules (reliq/schedules.py) -------------------------------------------
 
@@ -932,7 +972,23 @@ def heartbeat_call(queue: str, worker_id: str, info: dict[str, Any], ttl_s: floa
     for field, value in info.items():
         args += [field, value]
     keys = QueueKeys(queue)
-    return [keys.workers, keys.worker_info(worker_id), keys.metrics], args
+    return [keys.workers, keys.worker_info(worker_id), keys.metrics, keys.cancels(worker_id)], args
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """heartbeat.lua's reply."""
+
+    now_ms: int
+    #: False when the worker was not registered: its first beat, or it was taken for dead.
+    known: bool
+    #: Tasks it holds whose cancel was asked for and that have not ended (docs/cancel.md).
+    cancels: tuple[str, ...] = ()
+
+
+def beat_of(raw: Sequence[Any]) -> Beat:
+    """heartbeat.lua's reply as a :class:`Beat` (for the async and the blocking heartbeat alike)."""
+    return Beat(int(raw[0]), raw[1] == 1, tuple(text(i) for i in raw[2:]))
 
 
 def _iso(ms: bytes | None) -> str | None:
@@ -972,4 +1028,8 @@ def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
         enqueued_at=_iso(f.get("enqueued_at")),
         started_at=_iso(f.get("started_at")),
         finished_at=_iso(f.get("finished_at")),
+        progress=float(f["progress"]) if f.get("progress") else None,
+        progress_message=_text(f.get("progress_message")),
+        progress_at=_iso(f.get("progress_at")),
+        cancel_requested_at=_iso(f.get("cancel_requested_at")),
     )

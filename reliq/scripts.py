@@ -65,6 +65,7 @@ NAMES = (
     "schedules",
     "types",
     "browse",
+    "progress",
 )
 
 

@@ -1,4 +1,4 @@
-"""What the API and the monitor share: JSON responses, errors as JSON, bearer auth."""
+"""What the API and the monitor share: JSON responses, errors as JSON, bearer auth, cancel answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -14,6 +14,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import OutOfMemoryError
 
 from reliq.connection import UNAVAILABLE, describe
+from reliq.errors import CancelRefused, TaskNotFound
+
+if TYPE_CHECKING:
+    from reliq.queue import Queue
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,25 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     """``{"error": message}`` with ``status``."""
     return json_response({"error": message}, status, headers)
+
+
+async def cancel_answer(queue: Queue, task_id: str, forget: bool) -> web.Response:
+    """Cancel a task and answer as POST /task/{id}/cancel (``forget`` False) or DELETE /task/{id} do.
+
+    200 cancelled (or deleted), 202 when it runs (its worker was asked to stop it:
+    docs/cancel.md), 404 when there is no such task, 409 with its state once it has ended.
+    The producer API and the monitor's dashboard answer alike.
+    """
+    try:
+        previous = await queue.cancel(task_id, forget)
+    except TaskNotFound:
+        return error(404, f"no task {task_id!r} in queue {queue.name!r}")
+    except CancelRefused as exc:
+        return json_response({"error": str(exc), "state": exc.state}, 409)
+    if previous == "processing":
+        return json_response({"status": "cancelling", "task_id": task_id, "previous_state": previous}, 202)
+    return json_response({"status": "deleted" if forget else "cancelled", "task_id": task_id,
+                          "previous_state": previous})
 
 
 class BadRequestsInOneLine(logging.Filter):

@@ -10,7 +10,8 @@ from reliq.keys import QueueKeys
 from reliq.queue import text
 
 #: Hash fields holding times (ms); their values vary run to run, so they read as "T".
-TIME_FIELDS = {"enqueued_at", "queued_at", "started_at", "finished_at", "last_seen"}
+TIME_FIELDS = {"enqueued_at", "queued_at", "started_at", "finished_at", "last_seen", "cancel_requested_at",
+               "progress_at"}
 
 
 async def keyspace(redis: Redis, queue: str) -> dict[str, Any]:
@@ -28,6 +29,8 @@ async def keyspace(redis: Redis, queue: str) -> dict[str, Any]:
         elif kind == "hash":
             fields = {text(k): text(v) for k, v in (await redis.hgetall(key)).items()}
             out[name] = {k: ("T" if k in TIME_FIELDS else v) for k, v in fields.items()}
+        elif kind == "set":  # the workers' cancel requests: sorted, to compare
+            out[name] = sorted(text(v) for v in await redis.smembers(key))
         elif kind == "stream":  # the dead-letter archive: its task ids, oldest first
             out[name] = [text(fields[b"task_id"]) for _, fields in await redis.xrange(key)]
         else:

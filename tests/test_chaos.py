@@ -152,7 +152,7 @@ async def test_a_moved_task_requeued_by_the_reaper_before_its_claim_is_not_lost(
     await queue.heartbeat("w1", {}, 10)
     assert await queue.wait_for_task("w1", 1) == task_id
     await asyncio.sleep(0.01)
-    assert await queue.reap("w1", 0.001) == (1, 0)
+    assert await queue.reap("w1", 0.001) == (1, 0, 0)
     late, _ = await queue.claim("w1", 1, task_id)  # the stale BLMOVE reply is claimed late
     others, _ = await queue.claim("w2", 10)
     for worker, claimed in (("w1", late), ("w2", others)):

@@ -93,7 +93,7 @@ async def test_bad_run_at_is_refused(http: TestClient, queue: Queue, redis: Redi
     assert await keyspace(redis, queue.name) == {}
 
 
-async def test_delete_cancels_a_scheduled_task_and_409s_a_running_one(
+async def test_delete_cancels_a_scheduled_task_and_asks_the_worker_of_a_running_one(
     http: TestClient, queue: Queue, redis: Redis
 ) -> None:
     _, scheduled = await post(http, {"type": "noop", "delay_s": 60})
@@ -103,7 +103,9 @@ async def test_delete_cancels_a_scheduled_task_and_409s_a_running_one(
     _, running = await post(http, {"type": "noop"})
     await queue.claim("w", 1)
     resp = await http.delete(f"/task/{running['task_id']}")
-    assert resp.status == 409 and (await resp.json())["state"] == "processing"
+    assert resp.status == 202 and (await resp.json()) == {"status": "cancelling", "task_id": running["task_id"],
+                                                          "previous_state": "processing"}
+    assert await redis.smembers(queue.keys.cancels("w")) == {running["task_id"].encode()}
 
 
 async def test_a_task_names_its_queue(http: TestClient, queue: Queue, redis: Redis) -> None:

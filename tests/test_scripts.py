@@ -288,7 +288,7 @@ async def test_a_released_worker_that_claims_again_is_registered_again(queue: Qu
     await queue.release(W)
     await claim_all(queue)  # a fetcher that outlived its shutdown
     assert (await keyspace(redis, queue.name))["workers"] == [W]
-    assert await queue.reap(W, lease_s=0) == (1, 0)
+    assert await queue.reap(W, lease_s=0) == (1, 0, 0)
     assert (await queue.get(a))["state"] == "pending"
 
 
@@ -305,7 +305,7 @@ async def test_reap_requeues_a_dead_workers_tasks_first_in_line(queue: Queue, re
     [a, b, c] = await enqueue(queue, 3)
     await queue.heartbeat(W, {}, ttl_s=10)
     await claim_all(queue, 2)
-    assert await queue.reap(W, lease_s=0) == (2, 0)
+    assert await queue.reap(W, lease_s=0) == (2, 0, 0)
     space = await keyspace(redis, queue.name)
     assert space["pending"] == [c, b, a]  # a, then b, run next; c waits
     assert space["stats"] == {"enqueued": "3", "recovered": "2"}
@@ -318,11 +318,11 @@ async def test_reap_quarantines_only_a_task_that_crashed_its_worker_alone(queue:
     queue = Queue(redis, settings)
     [poison, innocent] = await enqueue(queue, 2)
     await claim_all(queue)  # both held: a crash blames neither for sure
-    assert await queue.reap(W, 0) == (2, 0)
+    assert await queue.reap(W, 0) == (2, 0, 0)
     # Now both are suspects: each is handed out alone.
     tasks, blocked = await queue.claim(W, 10)
     assert [t.id for t in tasks] == [poison] and not blocked
-    assert await queue.reap(W, 0) == (0, 1)  # poison crashed alone, 2nd crash: quarantined
+    assert await queue.reap(W, 0) == (0, 1, 0)  # poison crashed alone, 2nd crash: quarantined
     tasks, _ = await queue.claim(W, 10)
     assert [t.id for t in tasks] == [innocent]
     await queue.settle(W, [outcome(tasks[0])])
@@ -368,7 +368,7 @@ async def test_dead_requeue_and_purge(queue: Queue, redis: Redis) -> None:
     assert "dead" not in space and f"task:{ids[1]}" not in space
 
 
-async def test_cancel_pending_and_scheduled_but_not_running(queue: Queue, redis: Redis) -> None:
+async def test_cancel_pending_and_scheduled_at_once_but_not_a_finished_task(queue: Queue, redis: Redis) -> None:
     from reliq.errors import CancelRefused
 
     [a] = await enqueue(queue)
@@ -376,7 +376,8 @@ async def test_cancel_pending_and_scheduled_but_not_running(queue: Queue, redis:
     [c] = await enqueue(queue)
     assert await queue.cancel(a) == "pending"
     assert await queue.cancel(b) == "scheduled"
-    await claim_all(queue)
+    [task] = await claim_all(queue)
+    await queue.settle(W, [outcome(task)])
     with pytest.raises(CancelRefused):
         await queue.cancel(c)
     space = await keyspace(redis, queue.name)

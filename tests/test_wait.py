@@ -121,7 +121,7 @@ async def test_dead_letter_cancel_and_crash_quarantine_wake_their_waiters(
     await redis.hset(queue.keys.task(crashed), "crashes", settings.crash_limit - 1)
     await redis.delete(queue.keys.processing(W))
     await redis.lpush(queue.keys.processing("w2"), crashed)
-    assert await queue.reap("w2", lease_s=0) == (0, 1)
+    assert await queue.reap("w2", lease_s=0) == (0, 1, 0)
     space = await keyspace(redis, queue.name)
     assert sorted(space["wake:hub"]) == sorted([dead, cancelled, crashed])  # a retry has not ended
     assert space["waiters"] == {retried: "hub"}

@@ -152,3 +152,50 @@ local function type_defaults_reader(types_key)
     return d
   end
 end
+
+-- Cancelling (docs/cancel.md). A task ends cancelled: its record stays (state cancelled,
+-- kept ttl ms) or, with mode 'forget' (HTTP DELETE), goes at once with its idempotency
+-- key, so that a repeat of the request enqueues anew. Callers count it and wake waiters.
+local function end_cancelled(key, idem_prefix, id, mode, now, ttl)
+  if mode == 'forget' then
+    local idem = redis.call('HGET', key, 'idem')
+    if idem and redis.call('GET', idem_prefix .. idem) == id then redis.call('DEL', idem_prefix .. idem) end
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now)
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+
+-- A running task's cancel request: how it ends (its record's 'cancel' field, 'keep' or
+-- 'forget'), or false when none was made. requests is the worker's cancel-request set;
+-- asked tells whether that set exists (one EXISTS a call, so that scripts over many
+-- tasks pay nothing a task when no cancel is outstanding). The id leaves the set.
+local function cancel_request(requests, asked, key, id)
+  if not asked or redis.call('SREM', requests, id) == 0 then return false end
+  return redis.call('HGET', key, 'cancel') or 'keep'
+end
+
+-- When W dies (reap.lua) or stops (release.lua) still holding a task it was asked to
+-- cancel, the task ends cancelled instead of going back to pending; whoever waits is
+-- woken. Returns whether it did; count_cancelled_running() counts them once a call.
+local function end_held_cancel(requests, asked, key, id, idem_prefix, now, ttl, waiters, wake_prefix)
+  local cancel = cancel_request(requests, asked, key, id)
+  if not cancel then return false end
+  end_cancelled(key, idem_prefix, id, cancel, now, ttl)
+  if redis.call('EXISTS', waiters) == 1 then wake(waiters, wake_prefix, {id}) end
+  return true
+end
+
+local function count_cancelled_running(stats, n)
+  if n > 0 then
+    redis.call('HINCRBY', stats, 'cancelled', n)
+    redis.call('HINCRBY', stats, 'cancelled_running', n)
+  end
+end
+
+-- What a task reported of its progress belongs to one attempt: it goes when the task
+-- is retried or requeued.
+local function clear_progress(key)
+  redis.call('HDEL', key, 'progress', 'progress_message', 'progress_at')
+end

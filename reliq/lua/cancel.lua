@@ -1,5 +1,5 @@
 #!lua flags=allow-oom
--- Cancel a task that has not started.
+-- Cancel a task: at once when it has not started; when it is running, ask its worker.
 -- KEYS[1] PENDING  pending list
 -- KEYS[2] DELAYED  delayed zset
 -- KEYS[3] STATS    stats hash
@@ -10,22 +10,41 @@
 -- KEYS[8] HELD     held list prefix: a pending task of a paused type may wait in its type's
 --                  held list
 -- KEYS[9] PRIO     prefix of the other priorities' pending lists (+ priority)
+-- KEYS[10] CANCELS prefix of the workers' cancel-request sets (+ worker id)
+-- KEYS[11] NUDGE   prefix of the workers' cancel channels (pub/sub, + worker id)
 -- ARGV[1] id       task id
 -- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
 -- ARGV[3] mode     'keep' or 'forget'
--- Returns {CODE_OK, previous state} when cancelled, {CODE_NOT_CANCELLABLE, state} when it
--- is running or finished, {CODE_NO_TASK, ''} when there is no such task (reliq/formats.py). With 'forget' (HTTP DELETE) the record
--- goes too, once whoever waits for the task has been woken, and so does its idempotency
--- key (a repeat of the request enqueues anew, rather than answer with a task that is
--- gone); it is counted as cancelled.
+-- Returns {CODE_OK, previous state} when cancelled, {CODE_CANCELLING, 'processing'} when
+-- the task is running and its worker was asked to stop it (it ends cancelled once the
+-- worker has, see settle.lua; reap.lua and release.lua end it so if the worker dies or
+-- stops first), {CODE_NOT_CANCELLABLE, state} when it has ended, {CODE_NO_TASK, ''} when
+-- there is no such task (reliq/formats.py). With 'forget' (HTTP DELETE) the record goes
+-- too, once whoever waits for the task has been woken, and so does its idempotency key
+-- (a repeat of the request enqueues anew, rather than answer with a task that is gone);
+-- it is counted as cancelled.
 --- @format CODE
 local PENDING, DELAYED, STATS, TASK, WAITERS, WAKE, IDEM, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                                  KEYS[6], KEYS[7], KEYS[8]
-local PRIO = KEYS[9]
+local PRIO, CANCELS, NUDGE = KEYS[9], KEYS[10], KEYS[11]
 local id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local key = TASK .. id
 local state = redis.call('HGET', key, 'state')
 if not state then return {CODE_NO_TASK, ''} end
+if state == 'processing' then
+  -- A DELETE after a POST cancel still deletes; a POST after a DELETE does not undo it.
+  if mode == 'forget' or redis.call('HGET', key, 'cancel') ~= 'forget' then
+    redis.call('HSET', key, 'cancel', mode)
+  end
+  redis.call('HSETNX', key, 'cancel_requested_at', now_ms())
+  local worker = redis.call('HGET', key, 'worker')
+  if worker then
+    -- The set is what the worker's heartbeat reads back; the message only makes it sooner.
+    redis.call('SADD', CANCELS .. worker, id)
+    redis.call('PUBLISH', NUDGE .. worker, id)
+  end
+  return {CODE_CANCELLING, state}
+end
 if state == 'pending' then
   local ttype, priority = unpack(redis.call('HMGET', key, 'type', 'priority'))
   if redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 0 then
@@ -38,12 +57,5 @@ else
 end
 redis.call('HINCRBY', STATS, 'cancelled', 1)
 if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
-if mode == 'forget' then
-  local idem = redis.call('HGET', key, 'idem')
-  if idem and redis.call('GET', IDEM .. idem) == id then redis.call('DEL', IDEM .. idem) end
-  redis.call('DEL', key)
-else
-  redis.call('HSET', key, 'state', 'cancelled', 'finished_at', now_ms())
-  redis.call('PEXPIRE', key, ttl_ms)
-end
+end_cancelled(key, IDEM, id, mode, now_ms(), ttl_ms)
 return {CODE_OK, state}

@@ -11,33 +11,42 @@
 -- KEYS[9] WAKE        wake-up list prefix (a quarantined task wakes its waiters)
 -- KEYS[10] PRIO       prefix of the other priorities' pending lists (+ priority)
 -- KEYS[11] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
+-- KEYS[12] CANCELS    W's cancel-request set
+-- KEYS[13] IDEM       idempotency key prefix
 -- ARGV[1] worker      W
 -- ARGV[2] lease_ms    lease (ms)
 -- ARGV[3] limit       crash limit
--- Returns {CODE_OK, recovered, quarantined}, or {CODE_ALIVE, 0, 0} when W is alive after
--- all (reliq/formats.py).
+-- ARGV[4] ttl_ms      TTL of a cancelled record (ms)
+-- Returns {CODE_OK, recovered, quarantined, cancelled}, or {CODE_ALIVE, 0, 0, 0} when W is
+-- alive after all (reliq/formats.py).
 -- Every task W held gets one more crash on its record. Only a task W held alone is
 -- known to be the culprit (workers run crash suspects alone): it is quarantined in the
 -- dead-letter list (reason crashed) once its crashes reach the limit. Recovered tasks
 -- go to the right end of pending (of their priority's list), oldest first, to run next.
+-- A task whose cancel was asked for while W ran it is not requeued: it ends cancelled
+-- (with no crash charged), as it would have had W stopped it.
 --- @format CODE
 local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local INFO, TASK, WAITERS, WAKE, PRIO, PRIORITIES = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local worker, lease_ms, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local CANCELS, IDEM = KEYS[12], KEYS[13]
+local worker, lease_ms, limit, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local beat = redis.call('ZSCORE', WORKERS, worker)
 if beat and tonumber(beat) > now - lease_ms then
-  return {CODE_ALIVE, 0, 0}
+  return {CODE_ALIVE, 0, 0, 0}
 end
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
 local solo = #ids == 1
-local recovered, quarantined = 0, 0
+local recovered, quarantined, cancelled = 0, 0, 0
+local asked = redis.call('EXISTS', CANCELS) == 1
 for _, id in ipairs(ids) do
   local key = TASK .. id
   local crashes, priority, state = unpack(redis.call('HMGET', key, 'crashes', 'priority', 'state'))
   -- anything else (cancelled meanwhile, record expired) is just dropped from the list;
   -- an id BLMOVE moved but W never claimed ('pending') did not run: no crash to count
-  if state == 'processing' or state == 'pending' then
+  if state == 'processing' and end_held_cancel(CANCELS, asked, key, id, IDEM, now, ttl_ms, WAITERS, WAKE) then
+    cancelled = cancelled + 1
+  elseif state == 'processing' or state == 'pending' then
     crashes = tonumber(crashes)
     if state == 'processing' then crashes = redis.call('HINCRBY', key, 'crashes', 1) end
     if solo and crashes >= limit then
@@ -47,12 +56,14 @@ for _, id in ipairs(ids) do
       if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
+      clear_progress(key)
       push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
       recovered = recovered + 1
     end
   end
 end
 if recovered > 0 then redis.call('HINCRBY', STATS, 'recovered', recovered) end
-redis.call('DEL', PROCESSING, INFO)
+count_cancelled_running(STATS, cancelled)
+redis.call('DEL', PROCESSING, INFO, CANCELS)
 redis.call('ZREM', WORKERS, worker)
-return {CODE_OK, recovered, quarantined}
+return {CODE_OK, recovered, quarantined, cancelled}

@@ -7,26 +7,38 @@
 -- KEYS[5] TASK        task key prefix
 -- KEYS[6] PRIO        prefix of the other priorities' pending lists (+ priority)
 -- KEYS[7] PRIORITIES  flag: a list of another priority may hold ids (set as one is created)
+-- KEYS[8] CANCELS     W's cancel-request set
+-- KEYS[9] IDEM        idempotency key prefix
+-- KEYS[10] STATS      stats hash
+-- KEYS[11] WAITERS    waiters hash
+-- KEYS[12] WAKE       wake-up list prefix (a cancelled task wakes its waiters)
 -- ARGV[1] worker      W
--- Returns the number handed back. They were never finished, so the attempt does not
+-- ARGV[2] ttl_ms      TTL of a cancelled record (ms)
+-- Returns {handed back, cancelled}. They were never finished, so the attempt does not
 -- count; they go to the right end of pending (of their priority's list), oldest first, to
--- run next.
+-- run next. A task whose cancel was asked for (its handler did not stop within the
+-- drain) ends cancelled instead.
 local PROCESSING, PENDING, WORKERS, INFO, TASK, PRIO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local PRIORITIES = KEYS[7]
-local worker = ARGV[1]
+local PRIORITIES, CANCELS, IDEM, STATS, WAITERS, WAKE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
-local n = 0
+local n, cancelled = 0, 0
+local asked = redis.call('EXISTS', CANCELS) == 1
 for _, id in ipairs(ids) do
   local key = TASK .. id
   local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
-  if state == 'processing' or state == 'pending' then
+  if state == 'processing' and end_held_cancel(CANCELS, asked, key, id, IDEM, now, ttl_ms, WAITERS, WAKE) then
+    cancelled = cancelled + 1
+  elseif state == 'processing' or state == 'pending' then
     if state == 'processing' then redis.call('HINCRBY', key, 'attempts', -1) end
     redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
+    clear_progress(key)
     push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
     n = n + 1
   end
 end
-redis.call('DEL', PROCESSING, INFO)
+count_cancelled_running(STATS, cancelled)
+redis.call('DEL', PROCESSING, INFO, CANCELS)
 redis.call('ZREM', WORKERS, worker)
-return n
+return {n, cancelled}

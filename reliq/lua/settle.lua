@@ -15,6 +15,8 @@
 --                     waits for it wakes them (_lib.lua: wake, one HMGET a batch); one
 --                     EXISTS a batch when nobody waits on the queue
 -- KEYS[12] PRIO       prefix of the other priorities' pending lists (+ priority)
+-- KEYS[13] CANCELS    W's cancel-request set: see "Cancelled" below
+-- KEYS[14] IDEM       idempotency key prefix (a cancelled 'forget' record goes with its key)
 -- ARGV[1] keep_age    retention of succeeded records: age (ms)
 -- ARGV[2] batch       the batch as one JSON array of SETTLE_FIELDS (reliq/formats.py) a
 --                     task: one argument instead of ten per task, because encoding
@@ -23,7 +25,8 @@
 --                     timeout (retried while failures <= max_retries, else dead), permanent
 --                     | unknown_type (dead at once); text = the error. snooze (reliq.Snooze):
 --                     back to scheduled after the retry delay, its attempt given back and no
---                     failure counted (stats: snoozed).
+--                     failure counted (stats: snoozed). cancelled: W stopped the handler on
+--                     a cancel request.
 -- ARGV[3] sums        the batch's metrics, summed by W: a JSON object {field: amount} of the
 --                     fields observe() below writes a task. Summing them here cost as much
 --                     as the rest of the script; the script only takes back the share of a
@@ -39,6 +42,11 @@
 -- Counters and metrics are written once per field a batch. Succeeded records past their
 -- list's count (trimmed) or age (expired) are deleted and counted: see settle_list().
 -- Dead-lettered tasks are in no such list: they stay until someone handles them.
+-- Cancelled: a task whose cancel was asked for while it ran (cancel.lua: in W's
+-- cancel-request set) ends cancelled, never retried, snoozed nor dead-lettered, whatever
+-- its outcome — except ok: a handler that finished before W could stop it keeps its
+-- success (its effects happened), and the request is dropped. One EXISTS a batch when
+-- no cancel is outstanding. A cancelled record is kept keep_age ms.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command.
 -- What a succeeded task's record keeps (with state, finished_at and result): what
@@ -47,11 +55,13 @@
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority'}
-local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
+local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason',
+                 'progress', 'progress_message', 'progress_at'}
 --- @format SETTLE_FIELDS
 --- @format METRIC
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE, PRIO = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local CANCELS, IDEM = KEYS[13], KEYS[14]
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
@@ -65,6 +75,7 @@ local function ended(id)
   if waited then ended_ids[#ended_ids + 1] = id end
 end
 local counts = {}  -- stats field -> amount
+local cancels = redis.call('EXISTS', CANCELS) == 1
 
 local function add(tbl, field, n)
   tbl[field] = (tbl[field] or 0) + n
@@ -142,7 +153,14 @@ for _, t in ipairs(batch) do
     observe(ttype, outcome, t[WAIT_MS], t[RUN_MS], t[WAIT_BUCKET], t[RUN_BUCKET], -1)
   else
     applied = applied + 1
-    if outcome == 'ok' then
+    local cancel = cancel_request(CANCELS, cancels, key, id)
+    if outcome == 'cancelled' or (cancel and outcome ~= 'ok') then
+      end_cancelled(key, IDEM, id, cancel or redis.call('HGET', key, 'cancel') or 'keep', now_s, keep_age)
+      add(counts, 'cancelled', 1)
+      add(counts, 'cancelled_running', 1)
+      ended(id)
+    elseif outcome == 'ok' then
+      if cancel then redis.call('HDEL', key, 'cancel', 'cancel_requested_at') end  -- too late: it succeeded
       -- The compact record (see KEPT), so that a success frees memory (also on a Redis
       -- at its maxmemory) instead of adding to it. A small record (a listpack) loses the
       -- fields it no longer needs; a hash table is written anew (callgrind: the rewrite
@@ -173,6 +191,7 @@ for _, t in ipairs(batch) do
       local failures = redis.call('HINCRBY', key, 'failures', 1)
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
+        clear_progress(key)
         redis.call('ZADD', DELAYED, now + t[RETRY_DELAY_MS], id)
         add(counts, 'retried', 1)
       else
