@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate
@@ -14,14 +15,72 @@ from reliq.retry import DEFAULT, Backoff, Errors, RetryPolicy
 from reliq.settings import Retention
 from reliq.type_defaults import NONE, TypeDefaults
 
+#: Longest progress message kept (characters); a longer one is cut, with an ellipsis.
+MAX_PROGRESS_MESSAGE = 500
 
-@dataclass(frozen=True, slots=True)
+
 class Context:
-    """What a handler may want beyond its payload: to make its effects idempotent."""
+    """What a handler may want beyond its payload: its task (to make effects idempotent),
+    whether its cancel was asked for, and a way to report progress.
 
-    task_id: str
-    type: str
-    attempt: int
+    ``cancelled`` and :meth:`progress` are safe from any thread: an async handler, a
+    plain one in the worker's thread pool, and one in a child process use them alike.
+    """
+
+    __slots__ = ("_cancel", "_report", "attempt", "task_id", "type")
+
+    def __init__(self, task_id: str, type: str, attempt: int, *, cancel: threading.Event | None = None,
+                 report: Callable[[float, str], None] | None = None) -> None:
+        self.task_id = task_id
+        self.type = type
+        self.attempt = attempt
+        self._cancel = cancel if cancel is not None else threading.Event()
+        self._report = report
+
+    def __repr__(self) -> str:
+        return f"Context(task_id={self.task_id!r}, type={self.type!r}, attempt={self.attempt})"
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether a cancel of this task was asked for while it runs (docs/cancel.md).
+
+        An async handler gets ``asyncio.CancelledError`` as well; a plain (thread)
+        handler cannot be interrupted, so it should look at this now and then and stop
+        (return or raise): the attempt then ends ``cancelled`` whatever it returns. In a
+        child process (``isolation="process"``) it turns true too, and the child is
+        killed once the worker's ``--cancel-grace`` has passed.
+        """
+        return self._cancel.is_set()
+
+    def wait_cancelled(self, timeout: float | None = None) -> bool:
+        """Block up to ``timeout`` seconds (None: for ever) or until the cancel is asked for; return ``cancelled``.
+
+        For thread handlers: a pause that a cancel cuts short (``if ctx.wait_cancelled(5): return``).
+        """
+        return self._cancel.wait(timeout)
+
+    def progress(self, done: float, message: str | None = None) -> None:
+        """Report how far the task has got: ``done`` from 0 to 1, and optionally what that means.
+
+        A plain call, never awaited, from async and thread handlers alike: the worker
+        writes the latest value in the background, at most once a second a task, and
+        ``GET /task/{id}`` shows it (``progress``, ``progress_message``, ``progress_at``).
+        Raises TypeError when ``done`` is not a number or ``message`` not a string, and
+        ValueError when ``done`` is outside 0..1 (NaN included): a bug in the handler is
+        said where it is, not hidden by a clamp. A message over
+        :data:`MAX_PROGRESS_MESSAGE` characters is cut.
+        """
+        if isinstance(done, bool) or not isinstance(done, int | float):
+            raise TypeError(f"progress must be a number from 0 to 1, not {type(done).__name__} {done!r}")
+        if not 0 <= done <= 1:
+            raise ValueError(f"progress must be a number from 0 to 1, not {done!r}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"a progress message must be a string (or None), not {type(message).__name__}")
+        text = message or ""
+        if len(text) > MAX_PROGRESS_MESSAGE:
+            text = text[:MAX_PROGRESS_MESSAGE - 1] + "…"
+        if self._report is not None:
+            self._report(float(done), text)
 
 
 #: Where a handler may run besides its default (async: the event loop; plain: a thread).

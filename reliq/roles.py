@@ -111,9 +111,10 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
             await signals.stop.wait()
             return 0
         # The worker gets its own small pool: the fetcher blocks on one connection, the
-        # settler and the loops use a few more, however many tasks run at once.
+        # settler and the loops use a few more, the cancel listener holds one (its pub/sub),
+        # however many tasks run at once.
         weighted = settings.weighted_queues()
-        first = await _open_queue(stack, settings, max_connections=8 + len(weighted), check=False)
+        first = await _open_queue(stack, settings, max_connections=9 + len(weighted), check=False)
         queues = [(Queue(first.redis, settings, name), weight) for name, weight in weighted]
         worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict,
                         schedules=list(DECLARED.values()))

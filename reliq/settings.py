@@ -100,6 +100,9 @@ class Settings:
     #: for priority 0 against 9 (a priority p, against q > p: (q - p) / 9 of it), seconds;
     #: 0 = strict priorities, no aging (reliq/priorities.py). Read by the claim (workers).
     priority_aging: float = 60.0
+    #: Seconds a process-isolated handler has, once its task's cancel was asked for
+    #: (``ctx.cancelled`` turns true in its child), before the child is killed.
+    cancel_grace: float = 10.0
     #: Crashes of a worker running a task alone before that task is quarantined.
     crash_limit: int = 3
     #: Port of the worker's liveness endpoint, GET /healthz (0 = none; workers need no port).
@@ -173,8 +176,9 @@ class Settings:
             raise ConfigError("concurrency must be at least 1")
         if not 0 <= self.priority_aging < float("inf"):
             raise ConfigError("priority_aging must be a finite number of seconds >= 0 (0 = strict priorities)")
-        if not self.loop_block_warn > 0 or self.process_pool < 0:
-            raise ConfigError("loop_block_warn must be a positive number of seconds, process_pool >= 0")
+        if not self.loop_block_warn > 0 or self.process_pool < 0 or not self.cancel_grace >= 0:
+            raise ConfigError("loop_block_warn must be a positive number of seconds, process_pool and "
+                              "cancel_grace >= 0")
 
     def _check_access(self) -> None:
         if self.private and not self.api_token:

@@ -7,7 +7,9 @@ is stuck for good must still be detected, so the thread stops beating once the l
 gone without a tick for longer than the longest timeout among the tasks the worker
 holds plus the lease (:attr:`LoopWatch.stuck_after`); the reaper then recovers them
 one lease later, as it would a dead worker's. The beat itself is unchanged: server time
-in the ``workers`` set, the worker's info hash, and the loop-block counts it carries.
+in the ``workers`` set, the worker's info hash, and the loop-block counts it carries. Its
+reply carries the cancel requests of the tasks the worker holds: a cancel reaches the
+worker within one beat even when the pub/sub message that makes it sooner was missed.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from redis import Redis as SyncRedis
 from reliq.connection import connect_sync
 from reliq.loopwatch import LoopWatch
 from reliq.outage import NEVER, Outage
-from reliq.queue import heartbeat_call
+from reliq.queue import beat_of, heartbeat_call
 from reliq.scripts import SyncScripts
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ class Heartbeat:
     """Stamps one worker alive in each of its queues every ``interval`` seconds, from a thread."""
 
     def __init__(self, redis_url: str, queues: Sequence[str], worker_id: str, interval: float, lease: float,
-                 status: Callable[[], dict[str, Any]], watch: LoopWatch | None = None) -> None:
+                 status: Callable[[], dict[str, Any]], watch: LoopWatch | None = None,
+                 on_cancels: Callable[[tuple[str, ...]], None] | None = None) -> None:
         self.redis_url = redis_url
         self.queues = list(queues)
         self.worker_id = worker_id
@@ -55,6 +58,9 @@ class Heartbeat:
         self.lease = lease
         self.status = status
         self.watch = watch
+        #: Called (from the heartbeat's thread) with the tasks this worker was asked to cancel
+        #: and still holds: the beat's reply carries them (docs/cancel.md).
+        self.on_cancels = on_cancels
         self.beats = 0
         self.failures = 0  # beats that failed (Redis unreachable or refusing)
         self.static = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": int(time.time() * 1000)}
@@ -77,13 +83,15 @@ class Heartbeat:
         for i, queue in enumerate(self.queues):
             counts = self.watch.take_counts(queue, first=i == 0) if self.watch else {}
             try:
-                _, known = self._scripts("heartbeat", *heartbeat_call(queue, self.worker_id, info, self.lease * 2,
-                                                                       counts))
+                beat = beat_of(self._scripts("heartbeat", *heartbeat_call(queue, self.worker_id, info,
+                                                                           self.lease * 2, counts)))
             except BaseException:
                 if self.watch and counts:
                     self.watch.put_back(queue, counts)
                 raise
-            alive = alive and (known == 1 or self.beats == 0)
+            alive = alive and (beat.known or self.beats == 0)
+            if beat.cancels and self.on_cancels is not None:
+                self.on_cancels(beat.cancels)
         self.beats += 1
         if not alive:
             log.warning(

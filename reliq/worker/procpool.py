@@ -17,6 +17,11 @@ serialise), runs here:
   attempt is settled, so its retry can only start once it is gone; a fresh child
   replaces it. A child that dies by itself (a segfault, ``os._exit``, the OOM killer)
   fails the attempt with an error saying how it died; the worker lives on.
+- Cancel and progress: the worker sends a cancel over the pipe; a reader thread in the
+  child turns ``ctx.cancelled`` true at once, and the worker kills the child once its
+  ``--cancel-grace`` has passed (reliq/worker/cancels.py). ``ctx.progress`` in the child
+  sends the latest value to the worker from a thread, at most every :data:`REPORT_S`,
+  never after the answer.
 - Children ignore SIGINT and SIGTERM (the worker decides when they stop: a Ctrl-C to
   the process group must not kill tasks the drain would let finish) and, on Linux, get
   SIGKILL when their parent dies, so a SIGKILLed worker leaves no orphan behind.
@@ -32,10 +37,12 @@ import inspect
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import threading
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -54,6 +61,10 @@ _PR_SET_PDEATHSIG = 1
 #: How long a new child may take to import the handlers' modules and say it is ready, seconds.
 READY_S = 60.0
 _READY = b"ready"
+#: The worker's message that the running task's cancel was asked for.
+_CANCEL = b"cancel"
+#: How often a child sends the progress its handler reported, seconds (the worker writes it once a second).
+REPORT_S = 0.2
 
 
 def _context() -> Any:
@@ -90,9 +101,11 @@ class Child:
         """Whether the child can take another task."""
         return not self.conn.closed and self.proc.is_alive()
 
-    async def call(self, request: bytes, what: str) -> dict[str, str]:
+    async def call(self, request: bytes, what: str,
+                   on_progress: Callable[[float, str], None] | None = None) -> dict[str, str]:
         """Send one request and wait for the answer; kill the child if cancelled meanwhile.
 
+        What the handler reports with ``ctx.progress`` on the way goes to ``on_progress``.
         Raises HandlerFailed when the child dies before answering.
         """
         loop = asyncio.get_running_loop()
@@ -105,25 +118,40 @@ class Child:
 
         loop.add_reader(fd, ready)
         try:
-            self.conn.send_bytes(request)
-            await readable
+            with contextlib.suppress(OSError):  # the child is gone: the recv below says how
+                self.conn.send_bytes(request)
+            while True:
+                await readable
+                answer = self._receive()
+                if "progress" not in answer:
+                    return answer
+                readable = loop.create_future()
+                if on_progress is not None:
+                    done, message = answer["progress"]
+                    on_progress(float(done), str(message))
         except asyncio.CancelledError:
-            # A timeout or the shutdown: the child must be gone before the attempt is
-            # settled, or its retry could start beside it.
-            log.warning("killing child process %d running %s: cancelled (timeout or shutdown)", self.pid, what)
+            # A timeout, a cancel past its grace, or the shutdown: the child must be gone
+            # before the attempt is settled, or its retry could start beside it.
+            log.warning("killing child process %d running %s: cancelled (timeout, cancel or shutdown)",
+                        self.pid, what)
             self.kill()
             raise
-        except OSError:
-            pass  # the child is gone: the recv below says how
         finally:
             loop.remove_reader(fd)
+
+    def _receive(self) -> dict[str, Any]:
         try:
-            answer: dict[str, str] = orjson.loads(self.conn.recv_bytes())
+            answer: dict[str, Any] = orjson.loads(self.conn.recv_bytes())
             return answer
         except (EOFError, OSError):
             self.kill()
             raise HandlerFailed(f"the child process {self.pid} running the task died ({self.death()}); "
                                 "the worker replaced it") from None
+
+    def cancel(self) -> None:
+        """Tell the child that its task's cancel was asked for: ``ctx.cancelled`` turns true there."""
+        with contextlib.suppress(OSError):
+            self.conn.send_bytes(_CANCEL)
 
     def kill(self) -> None:
         """SIGKILL the child and reap it (a killed process goes within milliseconds)."""
@@ -251,13 +279,76 @@ def child_main(conn: Connection, lifeline: Connection, apps: tuple[str, ...]) ->
     for name in ("reliq.builtins", *apps):
         with contextlib.suppress(ImportError):  # the worker itself imported them: it said so if one failed
             importlib.import_module(name)
+    inbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+    cancel = threading.Event()
+    threading.Thread(target=_read, args=(conn, inbox, cancel), name="reliq-inbox", daemon=True).start()
+    outbox = _Outbox(conn)
     conn.send_bytes(_READY)
+    while (raw := inbox.get()) is not None:
+        cancel.clear()  # a cancel read before this request was for the previous task
+        outbox.begin()
+        outbox.answer(orjson.dumps(_serve(orjson.loads(raw), cancel, outbox.report)))
+
+
+def _read(conn: Connection, inbox: queue.SimpleQueue[bytes | None], cancel: threading.Event) -> None:
+    """The child's one reader of the pipe: requests go to ``inbox``, a cancel sets ``cancel``.
+
+    A thread, so that a cancel reaches ``ctx.cancelled`` while the handler runs. The
+    worker sends a task's cancel only before that task's answer reaches it, and the pipe
+    keeps order, so a cancel is always read before the next request.
+    """
     while True:
         try:
-            request = orjson.loads(conn.recv_bytes())
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
+            inbox.put(None)
             return
-        conn.send_bytes(orjson.dumps(_serve(request)))
+        if raw == _CANCEL:
+            cancel.set()
+        else:
+            inbox.put(raw)
+
+
+class _Outbox:
+    """What the child sends: the progress its handler reports (from a thread, the latest every
+    :data:`REPORT_S`) and the answer; never a report after the answer."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.running = False
+        self.latest: tuple[float, str] | None = None
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def begin(self) -> None:
+        with self.lock:
+            self.running, self.latest = True, None
+
+    def report(self, done: float, message: str) -> None:
+        with self.lock:
+            if self.running:
+                self.latest = (done, message)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._send, name="reliq-progress", daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def answer(self, raw: bytes) -> None:
+        with self.lock:
+            self.running, self.latest = False, None
+            self.conn.send_bytes(raw)
+
+    def _send(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            with self.lock:
+                if self.latest is not None:
+                    with contextlib.suppress(OSError):
+                        self.conn.send_bytes(orjson.dumps({"progress": self.latest}))
+                    self.latest = None
+            time.sleep(REPORT_S)
 
 
 def _die_with_worker(lifeline: Connection) -> None:
@@ -266,7 +357,7 @@ def _die_with_worker(lifeline: Connection) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _serve(request: dict[str, Any]) -> dict[str, str]:
+def _serve(request: dict[str, Any], cancel: threading.Event, report: Callable[[float, str], None]) -> dict[str, str]:
     from reliq.registry import REGISTRY, Context, Handler
 
     handler: Handler | None = None
@@ -279,7 +370,8 @@ def _serve(request: dict[str, Any]) -> dict[str, str]:
             payload = orjson.loads(request["p"])
         except orjson.JSONDecodeError as exc:
             return {"permanent": f"payload is not valid JSON: {exc}"}
-        result = handler.call(payload, Context(*request["c"]) if request["c"] else None)
+        ctx = Context(*request["c"], cancel=cancel, report=report) if request["c"] else None
+        result = handler.call(payload, ctx)
         if inspect.iscoroutine(result):
             result = asyncio.run(result)
         return {"ok": "" if result is None else orjson.dumps(result, default=str).decode()}

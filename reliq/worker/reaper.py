@@ -55,8 +55,8 @@ class Reaper:
             recovered += result[0]
             quarantined += result[1]
             log.warning(
-                "worker %s was silent for over %.0fs: requeued %d task(s), quarantined %d",
-                worker_id, self.lease, result[0], result[1],
+                "worker %s was silent for over %.0fs: requeued %d task(s), quarantined %d, ended %d cancelled "
+                "(asked for while it ran them)", worker_id, self.lease, *result,
             )
         return recovered, quarantined
 

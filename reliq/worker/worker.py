@@ -45,11 +45,13 @@ from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.schedules import Declared
 from reliq.settings import Settings
 from reliq.worker import procpool
+from reliq.worker.cancels import CancelListener, Cancels
 from reliq.worker.dead_trimmer import DeadTrimmer
 from reliq.worker.fetcher import Fetcher
 from reliq.worker.heartbeat import Heartbeat, landing_time
 from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 from reliq.worker.procpool import ProcessPool
+from reliq.worker.progress import ProgressWriter
 from reliq.worker.promoter import Promoter
 from reliq.worker.reaper import Reaper
 from reliq.worker.succeeded_trimmer import SucceededTrimmer
@@ -59,7 +61,7 @@ log = logging.getLogger(__name__)
 #: The outcomes, bound once: they are used a task, and on Python 3.11 a member looked up on
 #: its enum costs ~0.25 us (timeit), ten times a module global.
 OK, ERROR, TIMEOUT, SNOOZE = RunOutcome.OK, RunOutcome.ERROR, RunOutcome.TIMEOUT, RunOutcome.SNOOZE
-PERMANENT, UNKNOWN_TYPE = RunOutcome.PERMANENT, RunOutcome.UNKNOWN_TYPE
+PERMANENT, UNKNOWN_TYPE, CANCELLED = RunOutcome.PERMANENT, RunOutcome.UNKNOWN_TYPE, RunOutcome.CANCELLED
 
 #: How long one BLMOVE waits before the fetcher looks around again (stop, burst end).
 BLOCK_S = 1.0
@@ -108,9 +110,14 @@ class Worker:
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetch_task: asyncio.Task[None] | None = None
         self._orphan_check = 0.0  # when the fetcher next looks for orphans in its list (monotonic)
+        self._listener: CancelListener | None = None
         self._traced = False  # spans an attempt (OpenTelemetry set up): see reliq.tracing
         self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
         self.watch = LoopWatch(settings.loop_block_warn, self._culprit)
+        #: Cancel requests of held tasks, and how to stop each running one (reliq/worker/cancels.py).
+        self.cancels = Cancels(registry, self.held, self._running, settings.cancel_grace)
+        #: What handlers report with ctx.progress, written once a second (reliq/worker/progress.py).
+        self.progress = ProgressWriter(self.queues, self.id)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -126,8 +133,14 @@ class Worker:
 
     async def _run(self, stop: asyncio.Event, hard_stop: asyncio.Event) -> bool:
         s = self.settings
+        loop = asyncio.get_running_loop()
+
+        def beat_cancels(ids: tuple[str, ...]) -> None:  # from the heartbeat's thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: the worker is gone
+                loop.call_soon_threadsafe(self._ask_cancels, ids)
+
         heartbeat = Heartbeat(s.redis_url, list(self.queues), self.id, s.heartbeat_interval, s.lease, self.status,
-                              self.watch)
+                              self.watch, beat_cancels)
         # The first heartbeat comes last: a stop while an earlier step waits for Redis then
         # leaves nothing registered behind it (no worker entry for the reapers to time out).
         if not (await self._until_redis(self._declare_limits, stop)
@@ -147,7 +160,9 @@ class Worker:
         if any(h.isolation == "process" for h in map(self.registry.get, self.registry.names()) if h):
             self._procs = ProcessPool(s.process_pool or os.cpu_count() or 1, s.apps)
             await self._procs.start()  # before the first claim: no task waits for a child to start
-        background = [asyncio.create_task(self.watch.run(self.stuck_after), name="loopwatch")]
+        background = [asyncio.create_task(self.watch.run(self.stuck_after), name="loopwatch"),
+                      asyncio.create_task(self.progress.run(), name="progress"),
+                      asyncio.create_task(self.listener.run(), name="cancel-listener")]
         for queue in self.queues.values():
             with logs.fields(queue=queue.name):  # the tasks created here log their queue
                 background += [
@@ -264,6 +279,17 @@ class Worker:
         for name, declared in by_queue.items():
             queue = self.queues.get(name) or Queue(first.redis, self.settings, name)
             await PeriodicEnqueuer(queue, declared).declare()
+
+    @property
+    def listener(self) -> CancelListener:
+        """The pub/sub connection cancels of this worker's tasks arrive on (one for all its queues)."""
+        if self._listener is None:
+            self._listener = CancelListener(list(self.queues.values()), self.id, self.cancels.ask)
+        return self._listener
+
+    def _ask_cancels(self, ids: tuple[str, ...]) -> None:
+        for task_id in ids:
+            self.cancels.ask(task_id)
 
     def _unqueue(self) -> None:
         """Take back the claimed tasks no runner has started: the release hands them back."""
@@ -413,24 +439,39 @@ class Worker:
         handler = self.registry.get(task.type)
         if handler is None:
             return Outcome(task, UNKNOWN_TYPE, f"no handler is registered for type {task.type!r}", 0)
+        if task.id in self.cancels.asked:  # claimed ahead, and cancelled before a runner took it
+            return Outcome(task, CANCELLED, "", 0)
         try:
             result = await self._call(handler, task, runner)
             text = "" if result is None else orjson.dumps(result, default=str).decode()
-            return Outcome(task, OK, text, _ms_since(start))
-        except Snooze as exc:  # again later, this attempt not spent
-            return Outcome(task, SNOOZE, str(exc), _ms_since(start),
-                           int(min(exc.seconds, MAX_DELAY_S) * 1000))
-        except PermanentError as exc:
+            outcome = Outcome(task, OK, text, _ms_since(start))
+        except asyncio.CancelledError:
+            if not self.cancels.take_back(runner):
+                raise  # the shutdown's: that one stands
+            outcome = Outcome(task, CANCELLED, "", _ms_since(start))
+        except Exception as exc:
+            outcome = self._raised(handler, task, exc, start)
+        finally:
+            self.cancels.ended(task.id, runner)
+        if self.cancels.asked and outcome.outcome != CANCELLED and self.cancels.passed(task, handler):
+            # the handler saw the request (a thread or child returning after ctx.cancelled): cancelled, as asked
+            outcome = Outcome(task, CANCELLED, outcome.text, outcome.run_ms)
+        return outcome
+
+    def _raised(self, handler: Handler, task: Claimed, exc: Exception, start: float) -> Outcome:
+        """The outcome of an attempt whose handler raised ``exc``."""
+        if isinstance(exc, Snooze):  # again later, this attempt not spent
+            return Outcome(task, SNOOZE, str(exc), _ms_since(start), int(min(exc.seconds, MAX_DELAY_S) * 1000))
+        if isinstance(exc, PermanentError):
             return Outcome(task, PERMANENT, describe_error(exc), _ms_since(start))
-        except HandlerFailed as exc:  # in a child process: its error as it was, or how the child died
+        if isinstance(exc, HandlerFailed):  # in a child process: its error as it was, or how the child died
             if not exc.retried:  # the child applied the type's policy, knowing the exception's class
                 return Outcome(task, PERMANENT, str(exc), _ms_since(start))
             return self._failed(handler, task, ERROR, str(exc), exc, start, routed=True)
-        except TimeoutError as exc:
-            return self._failed(handler, task, TIMEOUT, f"timed out after {self._timeout(handler, task):g}s",
-                                exc, start)
-        except Exception as exc:
-            return self._failed(handler, task, ERROR, describe_error(exc), exc, start)
+        if isinstance(exc, TimeoutError):
+            return self._failed(handler, task, TIMEOUT, f"timed out after {self._timeout(handler, task):g}s", exc,
+                                start)
+        return self._failed(handler, task, ERROR, describe_error(exc), exc, start)
 
     def _failed(self, handler: Handler, task: Claimed, kind: RunOutcome, text: str, exc: BaseException, start: float,
                 routed: bool = False) -> Outcome:
@@ -453,7 +494,7 @@ class Worker:
             payload = orjson.loads(task.payload)
         except orjson.JSONDecodeError as exc:
             raise PermanentError(f"payload is not valid JSON: {exc}") from None
-        ctx = Context(task.id, task.type, task.attempts) if handler.wants_context else None
+        ctx = self._context(task) if handler.wants_context else None
         timeout = self._started(handler, task)
         if handler.is_async:
             return await self._watchdog.within(handler.call(payload, ctx), timeout, runner)
@@ -466,6 +507,11 @@ class Worker:
         except TimeoutError:
             await self._hold(task, thread, timeout)
             raise
+
+    def _context(self, task: Claimed) -> Context:
+        """A handler's ``ctx``: its task, its cancel flag, its progress going to the writer."""
+        return Context(task.id, task.type, task.attempts, cancel=self.cancels.context_flag(task.id),
+                       report=functools.partial(self.progress.report, task.queue, task.id))
 
     async def _hold(self, task: Claimed, thread: Future[Any], timeout: float) -> None:
         """Keep a timed-out task (and its runner's slot) until its thread returns.
@@ -503,10 +549,12 @@ class Worker:
             self._procs = ProcessPool(self.settings.process_pool or os.cpu_count() or 1, self.settings.apps)
         ctx = (task.id, task.type, task.attempts) if handler.wants_context else None
         request = procpool.request(handler.fn.__module__, task.type, task.payload, ctx)
+        report = functools.partial(self.progress.report, task.queue, task.id) if ctx else None
         async with self._procs.child() as child:
+            self.cancels.child_taken(task.id, child)
             timeout = self._started(handler, task)
-            answer = await self._watchdog.within(child.call(request, f"task {task.type} {task.id}"), timeout,
-                                                 runner)
+            answer = await self._watchdog.within(child.call(request, f"task {task.type} {task.id}", report),
+                                                 timeout, runner)
         return procpool.result(answer)
 
     # -- settling -----------------------------------------------------------------------------
@@ -545,6 +593,10 @@ class Worker:
                                 "was taken for dead", stale)
                 for o in batch:
                     self.held.pop(o.task.id, None)
+                if self.cancels.asked or self.progress.pending:
+                    for o in batch:
+                        self.cancels.settled(o.task.id)
+                        self.progress.forget(o.task.id)
                 self.processed += len(batch)
                 self._changed.set()
 
