@@ -22,7 +22,7 @@ from aiohttp import web
 from reliq import limits, memory, pausing, schedules
 from reliq.errors import ConfigError, InvalidTask, TaskNotFound
 from reliq.loops import cancel_all
-from reliq.monitor import autoscale, browse, deadletter, metrics
+from reliq.monitor import autoscale, browse, deadletter, metrics, tasks
 from reliq.monitor.deadletter import DeadFilter, Replays
 from reliq.monitor.sampler import RATE_WINDOW_S, Sampler
 from reliq.queue import Queue
@@ -471,6 +471,7 @@ def create_app(queue: Queue, settings: Settings) -> web.Application:
     r.add_delete("/limits/{type}", limits_delete)
     r.add_get("/schedules", schedules_list)
     browse.add_routes(r, lambda request: watched(request).queue)
+    tasks.add_routes(r, lambda request: watched(request).queue)
     r.add_get("/jobs", jobs)
     r.add_get("/jobs/{id}", job)
     r.add_delete("/jobs/{id}", job_cancel)

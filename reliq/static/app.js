@@ -360,11 +360,11 @@ function addPoint(p) {
   depthChart.update(pts);
 }
 
-const TOTALS = ["enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled"];
+const TOTALS = ["enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled", "cancelled_running"];
 function renderTotals(st) {
   const dl = $("#totals");
   if (!dl.children.length) {
-    for (const k of TOTALS) dl.append(h("div", {}, h("dt", {}, k), h("dd", { "data-total": k }, "–")));
+    for (const k of TOTALS) dl.append(h("div", {}, h("dt", {}, k.replace("_", " ")), h("dd", { "data-total": k }, "–")));
   }
   for (const k of TOTALS) $(`[data-total="${k}"]`, dl).textContent = fmtInt(st[k]);
 }

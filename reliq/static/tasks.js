@@ -1,6 +1,7 @@
 // reliq monitor page, the tasks panel: every pending, scheduled, retrying, running and dead
-// task, a page at a time (GET /tasks, by cursor), filtered by type and key, with run now
-// and requeue on each row.
+// task, a page at a time (GET /tasks, by cursor), filtered by type and key, with run now,
+// cancel and requeue on each row, and each task's own view (#task=<id>: its record, its
+// progress while it runs, cancel).
 // The view is in the address (#tasks=pending&type=T&key=K), so it can be linked and reloaded.
 // Uses the helpers of app.js ($, h, api, toast, confirmDialog, state, ...), loaded before it.
 "use strict";
@@ -111,6 +112,7 @@ function taskButton(label, onclick, danger = false) {
 function rowActions(t) {
   const out = [];
   if (tasks.view === "scheduled" || tasks.view === "retrying") out.push(taskButton("Run now", () => runTaskNow(t.task_id)));
+  if (tasks.view !== "dead") out.push(taskButton("Cancel", () => cancelListedTask(t.task_id), true));
   if (tasks.view === "dead") out.push(taskButton("Requeue", () => requeueTask(t.task_id)));
   return out;
 }
@@ -125,9 +127,9 @@ function renderTasks(page) {
   $("#tasks-clear").hidden = !tasks.type && !tasks.key;
   const rows = page.items.map((t) => {
     const at = when(t);
-    // A dead task opens the dead-letter detail (payload, error, edits).
-    return h("tr", { "data-id": t.task_id, class: tasks.view === "dead" ? "open" : "",
-      onclick: () => { if (tasks.view === "dead") showDetail(t.task_id); } },
+    // A dead task opens the dead-letter detail (payload, error, edits); any other its own view.
+    return h("tr", { "data-id": t.task_id, class: "open",
+      onclick: () => { if (tasks.view === "dead") showDetail(t.task_id); else openTask(t.task_id); } },
       h("td", { class: "mono", title: t.task_id }, t.task_id),
       h("td", { class: "mono" }, t.type),
       h("td", { class: "mono wide" }, t.key || "–"),
@@ -183,9 +185,94 @@ async function runTaskNow(id) {
   await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/run`), () => "Task pending now: the next free worker runs it");
 }
 
+async function cancelListedTask(id) {
+  if (!await confirmDialog({ title: "Cancel this task?", body: `Task ${id} will not run (a running one: its worker is asked to stop it).`, ok: "Cancel task", danger: true })) return;
+  await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/cancel`),
+    (r) => r.status === "cancelling" ? "Its worker was asked to stop it" : `Task cancelled (it was ${r.previous_state})`);
+}
+
 async function requeueTask(id) {
   if (!await confirmDialog({ title: "Requeue this task?", body: `Task ${id} goes back to pending with a fresh retry budget.`, ok: "Requeue" })) return;
   await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/requeue`), () => "Task requeued");
+}
+
+// -- one task: its record, its progress while it runs, cancel (#task=<id>) ------------------------
+
+/** States a task can still be cancelled in (a running one: its worker is asked to stop it). */
+const CANCELLABLE = new Set(["pending", "scheduled", "retrying", "processing"]);
+const ENDED = new Set(["succeeded", "dead", "cancelled"]);
+let taskTimer = null;
+
+function renderTask(t) {
+  const dlg = $("#task");
+  $('[data-slot="id"]', dlg).textContent = t.task_id;
+  $('[data-slot="state"]', dlg).textContent = t.state;
+  const bar = $('[data-slot="progress"]', dlg);
+  bar.hidden = t.progress === null || t.progress === undefined;
+  if (!bar.hidden) {
+    $(".bar i", bar).style.width = (100 * t.progress).toFixed(1) + "%";
+    $('[data-slot="progress-text"]', bar).textContent = `${(100 * t.progress).toFixed(0)}%` +
+      (t.progress_message ? ` · ${t.progress_message}` : "") + (t.progress_at ? ` · ${ago(new Date(t.progress_at))}` : "");
+  }
+  const asked = t.cancel_requested_at && !ENDED.has(t.state);
+  const note = $('[data-slot="cancelling"]', dlg);
+  note.hidden = !asked;
+  note.textContent = asked ? `Cancel asked for ${ago(new Date(t.cancel_requested_at))}: its worker is stopping it.` : "";
+  const kv = [["type", t.type], ["attempts", `${t.attempts}` + (t.max_retries === null ? "" : ` (max retries ${t.max_retries})`)],
+    ["failures", t.failures], ["crashes", t.crashes], ["worker", t.worker], ["enqueued", t.enqueued_at],
+    ["started", t.started_at], ["finished", t.finished_at], ["reason", t.reason]];
+  $('[data-slot="fields"]', dlg).replaceChildren(...kv.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "–")]));
+  $('[data-slot="error"]', dlg).textContent = t.last_error || "–";
+  $('[data-slot="payload"]', dlg).textContent = t.payload === null ? "–" : JSON.stringify(t.payload, null, 2);
+  $('[data-slot="cancel"]', dlg).hidden = !CANCELLABLE.has(t.state) || Boolean(asked);
+}
+
+/** Open one task; while it has not ended, read it again every second (its progress moves). */
+async function showTask(id) {
+  let t;
+  try { t = await api("GET", `task/${encodeURIComponent(id)}`); } catch (e) { toast(`Cannot open ${id}: ${e.message}`, true); return; }
+  const dlg = $("#task");
+  renderTask(t);
+  clearInterval(taskTimer);
+  taskTimer = setInterval(async () => {
+    if (!dlg.open) { clearInterval(taskTimer); return; }
+    try { renderTask(await api("GET", `task/${encodeURIComponent(id)}`)); } catch (e) {
+      if (e.status === 404) { clearInterval(taskTimer); $('[data-slot="state"]', dlg).textContent = "gone"; }
+    }
+  }, 1000);
+  $('[data-slot="cancel"]', dlg).onclick = () => cancelTask(id);
+  if (!dlg.open) {
+    dlg.addEventListener("close", () => {  // the address no longer names it
+      if (linkedTask() === id) history.replaceState(null, "", tasksHash());
+    }, { once: true });
+    dlg.showModal();
+  }
+}
+
+async function cancelTask(id) {
+  const dlg = $("#task");
+  try {
+    const r = await api("POST", `task/${encodeURIComponent(id)}/cancel`);
+    toast(r.status === "cancelling" ? "Its worker was asked to stop it" : `Task cancelled (it was ${r.previous_state})`);
+  } catch (e) {
+    toast(`Cannot cancel: ${e.message}`, true);
+  }
+  if (dlg.open) {
+    try { renderTask(await api("GET", `task/${encodeURIComponent(id)}`)); } catch { /* gone: the timer says so */ }
+  }
+}
+
+/** Open a task's own view; the address names it (#task=<id>), so it can be linked. */
+function openTask(id) {
+  if (!id) return;
+  history.replaceState(null, "", "#task=" + encodeURIComponent(id));
+  showTask(id);
+}
+
+/** The task the address names (#task=<id>), if any. */
+function linkedTask() {
+  const m = location.hash.match(/^#task=(.+)$/);
+  return m ? decodeURIComponent(m[1]) : "";
 }
 
 function initTasks() {
@@ -205,8 +292,11 @@ function initTasks() {
     tasks.cursor = tasks.back.pop(); history.replaceState(null, "", tasksHash()); loadTasks();
   });
   $("#tasks-first").addEventListener("click", () => { tasks.cursor = ""; tasks.back = []; history.replaceState(null, "", tasksHash()); loadTasks(); });
-  window.addEventListener("hashchange", () => { if (readTasksHash()) loadTasks(); });
+  $("#tasks-open").addEventListener("click", () => openTask($("#tasks-find").value.trim()));
+  $("#tasks-find").addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); openTask(e.target.value.trim()); } });
+  window.addEventListener("hashchange", () => { if (readTasksHash()) loadTasks(); else if (linkedTask()) showTask(linkedTask()); });
   if (readTasksHash()) $("#tasks-panel").scrollIntoView();
+  if (linkedTask()) showTask(linkedTask());
   loadTasks();
   setInterval(() => {
     renderTaskCounts();
