@@ -112,6 +112,8 @@ def _worker_options(fn: F) -> F:
         _setting("--loop-block-warn", "Warn when a handler holds the event loop this many seconds", type=positive),
         _setting("--process-pool", "Child processes for isolation='process' handlers", zero="one per core",
                  type=click.IntRange(0)),
+        _setting("--cancel-grace", "Seconds a cancelled isolation='process' handler has to stop before its child "
+                 "is killed", type=click.FloatRange(min=0)),
     ]
     for decorator in reversed(decorators):
         fn = decorator(fn)
@@ -299,13 +301,41 @@ def enqueue(type_: str, payload: str | None, redis_url: str | None, queue: str |
     _exit(reliq.shell.enqueue(settings, type_, payload, _limit(wait), wait is not None, **options))
 
 
-@main.command()
+class _TaskGroup(click.Group):
+    """``reliq task ID`` shows a task (``show`` is implied); ``reliq task cancel ID`` cancels it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_TaskGroup)
+def task() -> None:
+    """One task: `reliq task ID` prints its record, `reliq task cancel ID` cancels it."""
+
+
+@task.command(name="show")
 @click.argument("task_id", metavar="ID")
 @_one_queue
 @_wait_option("print its record")
-def task(task_id: str, redis_url: str | None, queue: str | None, wait: float | None) -> None:
-    """Print a task's record as JSON (exit 1 if there is none)."""
+def task_show(task_id: str, redis_url: str | None, queue: str | None, wait: float | None) -> None:
+    """Print a task's record as JSON, progress included (exit 1 if there is none)."""
     _exit(reliq.shell.task(_admin_settings(redis_url, queue), task_id, _limit(wait), wait is not None))
+
+
+@task.command(name="cancel")
+@click.argument("task_id", metavar="ID")
+@_one_queue
+@click.option("--delete", "forget", is_flag=True, help="Delete its record too, as DELETE /task/{id} does")
+@_wait_option("print its record (exit 0 if it ended cancelled)")
+def task_cancel(task_id: str, redis_url: str | None, queue: str | None, forget: bool, wait: float | None) -> None:
+    """Cancel a task; a running one is stopped by its worker within about a second.
+
+    Exit 0 when cancelled (or, running, its worker was asked); 1 when there is no such task, it
+    has already ended, or (with --wait) it ended otherwise; 124 when --wait runs out.
+    """
+    _exit(reliq.shell.cancel(_admin_settings(redis_url, queue), task_id, forget, _limit(wait), wait is not None))
 
 
 def _dead_filter(fn: F) -> F:

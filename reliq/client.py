@@ -128,7 +128,12 @@ class AsyncClient(_Producer[Queue]):
         return await self._queue(queue).get(task_id)
 
     async def cancel(self, task_id: str, queue: str | None = None) -> str:
-        """Cancel a pending or scheduled task; return the state it was in (raises CancelRefused)."""
+        """Cancel a task; return the state it was in (raises CancelRefused once it has ended).
+
+        ``"processing"``: it runs, and its worker was asked to stop it; it ends ``cancelled``
+        within about a second (``wait`` for it), or ``succeeded`` had it finished first
+        (docs/cancel.md).
+        """
         return await self._queue(queue).cancel(task_id)
 
     async def ping(self) -> None:

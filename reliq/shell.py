@@ -1,9 +1,12 @@
-"""``reliq enqueue`` and ``reliq task``: produce and inspect tasks from a terminal or a script.
+"""``reliq enqueue``, ``reliq task`` and ``reliq task cancel``: produce, inspect and cancel tasks from a shell.
 
 Exit codes (documented in README.md, "From the shell"):
 
-- 0: enqueued (without ``--wait``), or the task succeeded; ``reliq task``: found
-- 1: the task ended dead or cancelled; ``reliq task``: no such task
+- 0: enqueued (without ``--wait``), or the task succeeded; ``reliq task``: found;
+  ``reliq task cancel``: cancelled, or (running) its worker asked to stop it, and with
+  ``--wait`` it ended cancelled
+- 1: the task ended dead or cancelled; ``reliq task``: no such task; ``reliq task
+  cancel``: no such task, it had ended already, or it ended otherwise (it succeeded first)
 - 2: bad input (payload not JSON, bad type, bad ``--run-at``...): nothing was written
 - 3: Redis unreachable
 - 124: ``--wait`` ran out before the task ended (the exit code of ``timeout(1)``)
@@ -17,7 +20,7 @@ import orjson
 from rich.console import Console
 
 from reliq.connection import UNAVAILABLE, connect
-from reliq.errors import InvalidTask, QueueFull, TaskNotFound
+from reliq.errors import CancelRefused, InvalidTask, QueueFull, TaskNotFound
 from reliq.eventloop import run
 from reliq.formats import TaskState
 from reliq.queue import END_STATES, Queue, TaskInfo, make_spec
@@ -119,5 +122,42 @@ def task(settings: Settings, task_id: str, wait: float | None, waiting: bool) ->
             return FAILED
         _print_json(info)
         return TIMED_OUT if waiting and info["state"] not in END_STATES else SUCCEEDED
+
+    return _with_queue(settings, go)
+
+
+def cancel(settings: Settings, task_id: str, forget: bool, wait: float | None, waiting: bool) -> int:
+    """``reliq task cancel ID``: cancel the task, print what the API would answer (with ``waiting``: its end).
+
+    A running task ends once its worker has stopped it; ``waiting`` waits for that and
+    prints the final record (none with ``forget``: it is gone).
+    """
+
+    async def go(queue: Queue) -> int:
+        try:
+            previous = await queue.cancel(task_id, forget)
+        except TaskNotFound:
+            err.print(f"reliq: no task {task_id!r} in queue {queue.name!r}", markup=False)
+            return FAILED
+        except CancelRefused as exc:
+            err.print(f"reliq: task {task_id} is {exc.state}: it has ended already, nothing to cancel", markup=False)
+            return FAILED
+        if previous != "processing":
+            _print_json({"status": "deleted" if forget else "cancelled", "task_id": task_id,
+                         "previous_state": previous})
+            return SUCCEEDED
+        if not waiting:
+            _print_json({"status": "cancelling", "task_id": task_id, "previous_state": previous})
+            return SUCCEEDED
+        err.print(f"reliq: task {task_id} is running: its worker was asked to stop it; waiting", markup=False)
+        try:
+            info = await _waited(queue, task_id, wait)
+        except TaskNotFound:  # --delete: the record went with the cancel
+            _print_json({"status": "deleted", "task_id": task_id, "previous_state": previous})
+            return SUCCEEDED
+        _print_json(info)
+        if info["state"] not in END_STATES:
+            return TIMED_OUT
+        return SUCCEEDED if info["state"] == "cancelled" else FAILED
 
     return _with_queue(settings, go)
