@@ -178,7 +178,7 @@ async def test_reap_puts_tasks_back_at_the_front_of_their_priority(queue: Queue,
     [got], _ = await queue.claim("dead-worker", 1)
     assert got.id == first
     await redis.zadd(queue.keys.workers, {"dead-worker": 0})  # silent since 1970
-    assert await queue.reap("dead-worker", 1.0) == (1, 0)
+    assert await queue.reap("dead-worker", 1.0) == (1, 0, 0)
     assert await ids_in(redis, queue.keys.priority_list(7)) == [second, first]  # first goes first again
     assert await ids_in(redis, queue.keys.pending) == [deflt]
     await redis.hset(queue.keys.task(first), "crashes", 0)  # not a suspect: it may run beside others
@@ -245,7 +245,7 @@ async def test_a_late_success_of_a_requeued_priority_task_counts_once_and_leaves
     a = await queue.enqueue("t", None, priority=9)
     [task], _ = await queue.claim("slow-worker", 1)
     await redis.zadd(queue.keys.workers, {"slow-worker": 0})  # silent since 1970
-    assert await queue.reap("slow-worker", 1.0) == (1, 0)
+    assert await queue.reap("slow-worker", 1.0) == (1, 0, 0)
     assert await queue.settle("slow-worker", [Outcome(task, "ok", "", 0)]) == (1, 0)
     assert await redis.exists(queue.keys.priority_list(9)) == 0
     done = await queue.get(a)
