@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypedDict, cast
@@ -547,11 +547,14 @@ class Queue:
         return out
 
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome],
-                     retention: Mapping[str, Retention] | None = None) -> tuple[int, int]:
+                     retention: Mapping[str, Retention] | None = None,
+                     progressed: Collection[str] = ()) -> tuple[int, int]:
         """Record a batch of outcomes; return (applied, stale).
 
         ``retention``: the task types that keep their succeeded records otherwise than
-        the queue (``settings.result_ttl`` and ``settings.keep_succeeded``).
+        the queue (``settings.result_ttl`` and ``settings.keep_succeeded``). ``progressed``:
+        tasks that reported progress (``ctx.progress``), whose compact succeeded record
+        drops those fields too.
         """
         k = self.keys
         own: dict[str, tuple[int, int]] = {}
@@ -574,7 +577,7 @@ class Queue:
             if retention and t.type in retention and t.type not in own:
                 own[t.type] = retention[t.type].limits(self.settings)
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
-                self.settings.keep_succeeded, orjson.dumps(own)]
+                self.settings.keep_succeeded, orjson.dumps(own), orjson.dumps(list(progressed))]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
                 k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix, k.cancels(worker_id),
                 k.idem_prefix]

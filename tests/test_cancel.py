@@ -10,7 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from reliq.errors import CancelRefused
-from reliq.queue import Queue, beat_of, heartbeat_call, text
+from reliq.queue import Claimed, Queue, beat_of, heartbeat_call, text
 from tests.keyspace import keyspace
 from tests.test_scripts import W, claim_all, enqueue, outcome
 
@@ -63,17 +63,15 @@ async def test_the_worker_stopping_it_ends_it_cancelled_counted_never_retried(qu
     assert await beat_cancels(queue) == ()
 
 
-async def _settle(queue: Queue, outcomes: dict[str, str]) -> None:
+async def _settle(queue: Queue, outcomes: dict[str, str], progressed: tuple[str, ...] = ()) -> None:
     """Settle W's tasks by id with the given outcome kinds (each task as claimed)."""
-    from reliq.queue import Claimed
-
     records = await queue.records(list(outcomes))
     batch = []
     for (task_id, kind), f in zip(outcomes.items(), records, strict=True):
         task = Claimed(task_id, f["type"], b"null", int(f["attempts"]), int(f["failures"]), int(f["max_retries"]),
                        int(f["crashes"]), None, 0, 0, queue.name)
         batch.append(outcome(task, kind, "boom" if kind in ("error", "timeout", "permanent") else ""))
-    assert await queue.settle(W, batch) == (len(batch), 0)
+    assert await queue.settle(W, batch, progressed=progressed) == (len(batch), 0)
 
 
 @pytest.mark.parametrize("kind", ["error", "timeout", "permanent"])
@@ -164,7 +162,7 @@ async def test_progress_is_written_while_the_task_runs_on_its_worker_only(queue:
     assert (info["progress"], info["progress_message"]) == (0.42, "42 of 100 rows") and info["progress_at"]
     assert (await queue.get(b))["progress"] == pytest.approx(1 / 3, abs=1e-5)
     assert await queue.progress("another-worker", [(a, 0.5, "")]) == 0  # reclaimed from it: not its task
-    await _settle(queue, {a: "error"})  # waits for a retry: the next attempt reports anew
+    await _settle(queue, {a: "error"}, progressed=(a,))  # waits for a retry: the next attempt reports anew
     retrying = await queue.get(a)
     assert retrying["progress"] is retrying["progress_message"] is retrying["progress_at"] is None
     assert await queue.progress(W, [(a, 0.9, "late")]) == 0  # a late report after the end writes nothing
@@ -179,3 +177,15 @@ async def test_the_cancel_message_reaches_only_the_worker_holding_the_task(queue
     await queue.cancel(a)
     assert await other.get_message(ignore_subscribe_messages=True, timeout=0.2) is None
     await other.aclose()
+
+
+async def test_a_success_named_as_progressed_keeps_a_compact_record(queue: Queue, redis: Redis) -> None:
+    """Only the tasks the worker says reported progress pay for dropping it (settle's ARGV)."""
+    [a, b] = await running(queue, 2)
+    await queue.progress(W, [(a, 0.5, "half"), (b, 0.5, "half")])
+    claimed = [Claimed(i, "noop", b"null", 1, 0, 3, 0, None, 0, 0, queue.name) for i in (a, b)]
+    assert await queue.settle(W, [outcome(t) for t in claimed], progressed=[a, b]) == (2, 0)
+    space = await keyspace(redis, queue.name)
+    for task_id in (a, b):
+        assert not {"progress", "progress_message", "progress_at"} & set(space[f"task:{task_id}"])
+        assert space[f"task:{task_id}"]["state"] == "succeeded"

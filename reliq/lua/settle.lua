@@ -35,6 +35,9 @@
 -- ARGV[5] own         the retention of the batch's types that have their own, as JSON
 --                     {type: [age (ms), count]} ('{}' = none): their ids go to the list
 --                     SUCCEEDED_OF .. type.
+-- ARGV[6] progressed  JSON array of the batch's ids whose handlers reported progress
+--                     (ctx.progress; '[]' or absent = none): a success or a retry drops those
+--                     fields too. Named, so that every other task pays nothing for them.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending (its priority's list)
@@ -55,8 +58,7 @@
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority'}
-local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason',
-                 'progress', 'progress_message', 'progress_at'}
+local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
 --- @format SETTLE_FIELDS
 --- @format METRIC
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -65,6 +67,11 @@ local CANCELS, IDEM = KEYS[13], KEYS[14]
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
+local progressed = false  -- id -> true: its record holds progress fields (false: none does)
+if ARGV[6] and ARGV[6] ~= '[]' then
+  progressed = {}
+  for _, id in ipairs(cjson.decode(ARGV[6])) do progressed[id] = true end
+end
 local now = now_ms()
 local now_s = tostring(now)
 local finished = {}  -- succeeded list -> {age, count, new ids}
@@ -153,7 +160,7 @@ for _, t in ipairs(batch) do
     observe(ttype, outcome, t[WAIT_MS], t[RUN_MS], t[WAIT_BUCKET], t[RUN_BUCKET], -1)
   else
     applied = applied + 1
-    local cancel = cancel_request(CANCELS, cancels, key, id)
+    local cancel = cancels and cancel_request(CANCELS, cancels, key, id)  -- no call a task when none is asked
     if outcome == 'cancelled' or (cancel and outcome ~= 'ok') then
       end_cancelled(key, IDEM, id, cancel or redis.call('HGET', key, 'cancel') or 'keep', now_s, keep_age)
       add(counts, 'cancelled', 1)
@@ -167,6 +174,7 @@ for _, t in ipairs(batch) do
       -- costs ~23,000 instructions a task more than the HDEL, the check ~1,500).
       if redis.call('OBJECT', 'ENCODING', key) == 'listpack' then
         redis.call('HDEL', key, unpack(DROPPED))
+        if progressed and progressed[id] then clear_progress(key) end
         redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
       else
         local f = redis.call('HMGET', key, unpack(KEPT))
@@ -191,7 +199,7 @@ for _, t in ipairs(batch) do
       local failures = redis.call('HINCRBY', key, 'failures', 1)
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
-        clear_progress(key)
+        if progressed and progressed[id] then clear_progress(key) end
         redis.call('ZADD', DELAYED, now + t[RETRY_DELAY_MS], id)
         add(counts, 'retried', 1)
       else

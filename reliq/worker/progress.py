@@ -36,22 +36,26 @@ class ProgressWriter:
         self.writes = 0  # records written, for tests and curiosity
         self._lock = threading.Lock()
         self._latest: dict[str, tuple[str, float, str]] = {}  # task id -> (queue, progress, message)
+        #: Tasks that reported progress at all, until they end: their succeeded record drops it.
+        self.reported: set[str] = set()
 
     def report(self, queue: str, task_id: str, done: float, message: str) -> None:
         """Note a task's progress (thread-safe; ``done`` and ``message`` are checked by ``Context.progress``)."""
         with self._lock:
             self._latest[task_id] = (queue, done, message)
+            self.reported.add(task_id)
 
     @property
     def pending(self) -> bool:
-        """Whether reports wait to be written."""
-        return bool(self._latest)
+        """Whether a running task reported progress."""
+        return bool(self.reported)
 
     def forget(self, task_id: str) -> None:
         """Drop what a task that just ended reported and was not written yet."""
-        if self._latest:
+        if self.reported:
             with self._lock:
                 self._latest.pop(task_id, None)
+                self.reported.discard(task_id)
 
     async def run_once(self) -> int:
         """Write what was reported since the last call; return how many records were written.

@@ -7,6 +7,9 @@
   for them.
 - Runners execute handlers: async ones on the loop, plain ones in a thread pool.
 - The settler acknowledges finished tasks in batches, one script call per batch.
+- A cancel listener (one pub/sub connection) and the heartbeat's reply bring the cancels
+  of running tasks, which the runners stop (reliq/worker/cancels.py); what handlers report
+  with ``ctx.progress`` is written once a second (reliq/worker/progress.py).
 - Promoter and reaper loops run beside them, and a loop watch (reliq/loopwatch.py); the
   heartbeat runs in a thread of its own, so a handler that blocks the loop cannot
   silence it (reliq/worker/heartbeat.py).
@@ -565,7 +568,9 @@ class Worker:
         for name, queue in self.queues.items():
             mine = [o for o in batch if o.task.queue == name]
             if mine:
-                stale += (await queue.settle(self.id, mine, self._retentions))[1]
+                reported = self.progress.reported
+                progressed = [o.task.id for o in mine if o.task.id in reported] if reported else []
+                stale += (await queue.settle(self.id, mine, self._retentions, progressed))[1]
         return stale
 
     async def _settler(self) -> None:
