@@ -122,12 +122,12 @@ class Cluster:
             time.sleep(0.05)
         return proc
 
-    def start_api(self, wait: float = 15.0) -> Proc:
+    def start_api(self, wait: float = 60.0) -> Proc:
         """Start the producer API and wait until it listens."""
         self.api = self._spawn("api", ["serve", "--port", str(self.api_port)])
         return self._listening(self.api, self.api_port, wait)
 
-    def start_monitor(self, wait: float = 15.0) -> Proc:
+    def start_monitor(self, wait: float = 60.0) -> Proc:
         """Start the monitor and wait until it listens."""
         self.monitor = self._spawn("monitor", ["monitor", "--port", str(self.monitor_port)])
         return self._listening(self.monitor, self.monitor_port, wait)
