@@ -15,7 +15,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from reliq import priorities
 from reliq.errors import RedisFull, script_error
-from reliq.formats import Code
+from reliq.formats import Code, Enqueued
 from reliq.keys import QueueKeys
 from reliq.memory import REFUSED_MEMORY
 from reliq.settings import Settings
@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 def enqueue_keys(k: QueueKeys) -> list[str]:
     """KEYS of enqueue.lua (the types hash: the types' defaults, reliq/type_defaults.py)."""
-    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types, k.priority_prefix, k.priorities]
+    return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types, k.priority_prefix, k.priorities,
+            k.unique_prefix]
 
 
 def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
@@ -38,10 +39,19 @@ def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
     return orjson.dumps([
         (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
          str(s.timeout_ms or ""), str(s.delay_ms),
-         s.idempotency_key, str(s.run_at_ms), s.trace)
+         s.idempotency_key, str(s.run_at_ms), s.trace, _unique(s))
         + (() if s.priority == priorities.DEFAULT else (str(s.priority),))
         for s in specs
     ])
+
+
+def _unique(spec: TaskSpec) -> str:
+    """How enqueue.lua takes a task's uniqueness: '' the type's default, '-' no, '#' the default key, '=key'."""
+    if spec.unique_key:
+        return "=" + spec.unique_key
+    if spec.unique is None:
+        return ""
+    return "#" if spec.unique else "-"
 
 
 def enqueue_args(settings: Settings, batch: bytes) -> list[Any]:
@@ -49,11 +59,14 @@ def enqueue_args(settings: Settings, batch: bytes) -> list[Any]:
     return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending, settings.max_retries]
 
 
-def enqueued(raw: Sequence[Any], queue: str, settings: Settings) -> list[tuple[str, bool]]:
-    """enqueue.lua's reply as (task id, created now) for each task; raise QueueFull when it refused."""
+def enqueued(raw: Sequence[Any], queue: str, settings: Settings) -> list[tuple[str, Enqueued]]:
+    """enqueue.lua's reply as (the task id that stands for it, what became of it) for each task.
+
+    Raises QueueFull when the script refused the call.
+    """
     if raw[0] != Code.OK:
         raise script_error(raw[0], queue=queue, pending=int(raw[1]), limit=settings.max_pending)
-    return [(text(raw[i]), raw[i + 1] == 1) for i in range(1, len(raw), 2)]
+    return [(text(raw[i]), Enqueued(raw[i + 1])) for i in range(1, len(raw), 2)]
 
 
 def refused(exc: ResponseError, queue: str) -> RedisFull | None:
@@ -74,7 +87,7 @@ def cancel_keys(k: QueueKeys) -> list[str]:
     """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held prefix: paused types;
     the workers' cancel-request sets and channels: a running task's worker is asked to stop it)."""
     return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix, k.held_prefix,
-            k.priority_prefix, k.cancels_prefix, k.cancel_channel_prefix]
+            k.priority_prefix, k.cancels_prefix, k.cancel_channel_prefix, k.unique_prefix]
 
 
 def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:

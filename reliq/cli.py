@@ -290,6 +290,10 @@ def _limit(wait: float | None) -> float | None:
 @click.option("--run-at", help="Run it at this RFC 3339 time, e.g. 2030-01-02T03:04:05Z (wins over --delay)")
 @click.option("--idempotency-key", help="Enqueue once per key: a repeat prints the first task's id")
 @_setting("--max-retries", "Retries before dead-lettering", type=int)
+@click.option("--unique/--not-unique", default=None,
+              help="While a task of the type with the same payload (or --unique-key) is alive, print its id "
+                   "instead of enqueuing a new one [its type's]")
+@click.option("--unique-key", help="The key of a unique task (implies --unique) [a hash of the payload]")
 @click.option("--timeout", type=float,
               help=f"The task's timeout, seconds [its type's, else {_default('task_timeout')}]")
 @click.option("--priority", type=int, help="0 (lowest) to 9 (highest): higher runs first [5]")

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypedDict, TypeVar, Unpack
 from reliq import tracing
 from reliq.coalescer import Coalescer
 from reliq.connection import connect
+from reliq.formats import Enqueued
 from reliq.queue import Queue, TaskInfo, TaskSpec, make_spec
 from reliq.settings import DEFAULT_REDIS_URL, Settings, check_queue_name
 from reliq.syncqueue import SyncQueue
@@ -44,6 +45,11 @@ class EnqueueOptions(TypedDict, total=False):
     timeout: float | None
     #: The same key returns the first task's id and enqueues nothing new (for 24 h).
     idempotency_key: str | None
+    #: While a task of the same type and payload (or ``unique_key``) is pending, scheduled,
+    #: retrying or running, return its id instead of enqueuing (default: the type's; docs/retries.md).
+    unique: bool | None
+    #: The key of a unique task, instead of a hash of its payload; given, it makes the task unique.
+    unique_key: str | None
     #: 0 (lowest) to 9 (highest), default 5: higher runs first, FIFO within a priority,
     #: with aging (docs/priorities.md).
     priority: int | None
@@ -92,7 +98,7 @@ class AsyncClient(_Producer[Queue]):
     def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
                  settings: Settings | None = None) -> None:
         self.redis = connect(redis_url)
-        self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, bool]]] = {}
+        self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, Enqueued]]] = {}
         self._setup(redis_url, queue, settings)
         self._waiters = Waiters(redis_url, self.settings.max_waiters)
 
@@ -100,7 +106,8 @@ class AsyncClient(_Producer[Queue]):
         return Queue(self.redis, self.settings, name)
 
     async def enqueue(self, type: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> str:
-        """Enqueue one task; return its id (an earlier one's for a repeated idempotency key).
+        """Enqueue one task; return its id (an earlier one's for a repeated idempotency key, or the
+        live one's of the same type and unique key).
 
         See :class:`EnqueueOptions` for the options: ``queue`` defaults to the client's;
         ``delay`` and ``timeout`` are seconds; ``run_at`` wins over ``delay``.

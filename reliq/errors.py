@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from reliq.formats import Code
 
 
@@ -66,7 +68,7 @@ class RedisFull(ReliqError):
 class NotReplicated(ReliqError):
     """The tasks are on the primary, but fewer replicas than asked confirmed them in time."""
 
-    def __init__(self, results: list[tuple[str, bool]], acked: int, wanted: int) -> None:
+    def __init__(self, results: Sequence[tuple[str, int]], acked: int, wanted: int) -> None:
         super().__init__(f"enqueued on the primary, but {acked} of {wanted} replica(s) confirmed it in time")
         self.results = results
         self.acked = acked

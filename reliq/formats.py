@@ -26,7 +26,7 @@ from enum import Enum, IntEnum, StrEnum
 #: these fields of the task's hash, read with one HMGET. The whole reply is
 #: ``{code, now_ms, id, <CLAIM_FIELDS>, id, <CLAIM_FIELDS>, ...}``.
 CLAIM_FIELDS = ("type", "payload", "attempts", "failures", "max_retries", "crashes", "timeout_ms", "queued_at",
-                "trace")
+                "trace", "unique")
 #: Values a claimed task takes in claim.lua's reply: its id, then :data:`CLAIM_FIELDS`.
 CLAIM_WIDTH = 1 + len(CLAIM_FIELDS)
 
@@ -106,16 +106,31 @@ class Code(IntEnum):
     NOT_CANCELLABLE = -3
 
 
+class Enqueued(IntEnum):
+    """What enqueue.lua did with each task of a call (its reply's value after the task's id).
+
+    The id is the task's that stands for it either way. Lua names them ``ENQUEUED_CREATED``
+    and so on (``--- @format ENQUEUED``).
+    """
+
+    #: An earlier request with the same idempotency key created it.
+    REPEATED = 0
+    #: Created now.
+    CREATED = 1
+    #: A live task of the same type and unique key stands for it (pending, scheduled, retrying, running).
+    EXISTING = 2
+
+
 #: A task as enqueue.lua takes it, one JSON array of these a task in its ARGV[2]
 #: (reliq/calls.py: enqueue_batch), every value a string. The last, ``priority``, is left
 #: out of the array for a task of the default priority (the script reads nil).
 ENQUEUE_FIELDS = ("id", "type", "payload", "max_retries", "timeout_ms", "delay_ms", "idempotency_key", "run_at_ms",
-                  "trace", "priority")
+                  "trace", "unique", "priority")
 
 #: A task's outcome as settle.lua takes it, one JSON array of these a task in its ARGV[2]
 #: (reliq/queue.py: Queue.settle).
 SETTLE_FIELDS = ("id", "type", "max_retries", "outcome", "text", "retry_delay_ms", "wait_ms", "run_ms", "wait_bucket",
-                 "run_bucket")
+                 "run_bucket", "unique")
 
 #: What snapshot.lua returns first, in this order; field, value pairs of the stats hash
 #: follow. Times are ms on the Redis clock; an oldest time is -1 when there is none;
@@ -185,6 +200,7 @@ LUA: dict[str, tuple[str, ...] | type[Enum]] = {
     "SNAPSHOT_FIELDS": SNAPSHOT_FIELDS,
     "METRIC": Metric,
     "CODE": Code,
+    "ENQUEUED": Enqueued,
 }
 
 

@@ -145,6 +145,15 @@ class QueueKeys:
         return self.base + "paused"
 
     @property
+    def unique_prefix(self) -> str:
+        """Prefix of unique locks (STRING -> the id of the live task holding it).
+
+        ``enqueue.lua`` appends the lock's name, ``<len(type)>:<type>:<key>``, and stores
+        it in the task's record (field ``unique``); the scripts that end the task free it.
+        """
+        return self.base + "unique:"
+
+    @property
     def types(self) -> str:
         """HASH task type -> JSON of the defaults its enqueues take (reliq/type_defaults.py).
 

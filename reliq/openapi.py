@@ -14,7 +14,15 @@ from typing import Any
 
 from reliq import __version__, priorities, schedules
 from reliq.formats import CANCELLABLE, TaskState
-from reliq.queue import MAX_DELAY_S, MAX_RETRIES_LIMIT, MAX_TIMEOUT_S, MAX_TYPE_LEN, RFC3339, STATES
+from reliq.queue import (
+    MAX_DELAY_S,
+    MAX_RETRIES_LIMIT,
+    MAX_TIMEOUT_S,
+    MAX_TYPE_LEN,
+    MAX_UNIQUE_KEY,
+    RFC3339,
+    STATES,
+)
 from reliq.settings import QUEUE_PATTERN, WHITESPACE
 from reliq.waiting import MAX_WAIT_S
 
@@ -52,11 +60,20 @@ _TASK_FIELDS: dict[str, Any] = {
     "priority": _or_null({"type": "integer", "minimum": priorities.LOWEST, "maximum": priorities.HIGHEST,
                           "description": f"Higher runs first, FIFO within a priority, with aging "
                                          f"(docs/priorities.md); default {priorities.DEFAULT}"}),
+    "unique": _or_null({"type": "boolean", "description": "While a task of this type and unique key is pending, "
+                        "scheduled, retrying or running, answer 200 with its id instead of enqueuing; default: "
+                        "the type's (@reliq.task(unique=True))"}),
+    "unique_key": _or_null({"type": "string", "minLength": 1, "maxLength": MAX_UNIQUE_KEY,
+                            "description": "The key of a unique task (default: a hash of its payload); "
+                                           "makes the task unique"}),
     "queue": _or_null({"type": "string", "pattern": QUEUE_PATTERN, "description": "Default: the server's queue"}),
 }
+#: A unique_key makes a task unique: it cannot come with "unique": false.
+_KEY_NOT_WITH_UNIQUE_FALSE = {"not": {"required": ["unique", "unique_key"],
+                                      "properties": {"unique": {"const": False}, "unique_key": {"type": "string"}}}}
 #: A task inside a batch: the batch names its queue once, beside "tasks", so a task may not.
 _BATCH_TASK: dict[str, Any] = {
-    "type": "object", "required": ["type"],
+    "type": "object", "required": ["type"], **_KEY_NOT_WITH_UNIQUE_FALSE,
     "properties": {**{k: v for k, v in _TASK_FIELDS.items() if k != "queue"},
                    "queue": {"not": {}, "description": "Not here: a batch goes to one queue, named beside tasks"}},
 }
@@ -65,6 +82,7 @@ _SCHEMAS: dict[str, Any] = {
     "NewTask": {
         "type": "object",
         "required": ["type"],
+        **_KEY_NOT_WITH_UNIQUE_FALSE,
         "properties": {**_TASK_FIELDS, "durability": {"enum": ["memory", "replicated"]}},
     },
     "NewTasks": {
@@ -82,6 +100,9 @@ _SCHEMAS: dict[str, Any] = {
         "required": ["status", "task_id", "queue", "state", "durability"],
         "properties": {
             "status": {"enum": ["queued", "duplicate"]},
+            "duplicate": {"enum": ["idempotency_key", "unique"],
+                          "description": "Only with status duplicate: the earlier task with this Idempotency-Key, "
+                                         "or the live one with this type and unique key, stands for it"},
             "task_id": {"type": "string"},
             "queue": {"type": "string"},
             "state": {"enum": [TaskState.PENDING, TaskState.SCHEDULED]},
@@ -338,7 +359,8 @@ def spec(auth: bool = True) -> dict[str, Any]:
                                 "schema": {"type": "string", "minLength": 1, "maxLength": 200}}],
                 "requestBody": {"required": True, "content": {JSON: {"schema": _ref("NewTask")}}},
                 "responses": {"202": _accepted("Enqueued"),
-                              "200": _accepted("Already enqueued under this Idempotency-Key"),
+                              "200": _accepted("Already enqueued under this Idempotency-Key, or a task of "
+                                               "this type and unique key is alive: its id"),
                               **_BAD_BODY, **common},
             }},
             "/tasks": {"post": {

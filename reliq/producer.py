@@ -50,8 +50,9 @@ class TaskFunction(Generic[T, P, R]):
         """Enqueue a task of this type through the default :class:`~reliq.Client`; return its id.
 
         The options are :meth:`reliq.Client.enqueue`'s: ``queue``, ``max_retries``,
-        ``delay``, ``run_at``, ``timeout``, ``idempotency_key``, ``priority``; the type's
-        defaults (``@reliq.task(max_retries=...)``) fill in those left out.
+        ``delay``, ``run_at``, ``timeout``, ``idempotency_key``, ``priority``, ``unique``,
+        ``unique_key``; the type's defaults (``@reliq.task(max_retries=..., unique=...)``)
+        fill in those left out.
         """
         return default_client().enqueue(self.name, payload, **self._with_defaults(options))
 

@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from reliq import calls, pausing, priorities, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
-from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Metric, RunOutcome, TaskState
+from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Enqueued, Metric, RunOutcome, TaskState
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
 from reliq.ids import new_id
@@ -44,6 +44,7 @@ MAX_TYPE_LEN = 200
 MAX_RETRIES_LIMIT = 100
 MAX_DELAY_S = 366 * 24 * 3600.0
 MAX_TIMEOUT_S = 24 * 3600.0
+MAX_UNIQUE_KEY = 200
 
 #: States a task record can be in (the ``state`` field of GET /task/{id}).
 STATES = tuple(TaskState)
@@ -56,7 +57,7 @@ STATES = tuple(TaskState)
 #: cancelled_running: those of them that were running (stopped by their worker, docs/cancel.md).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
             "cancelled_running", "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory",
-            "trimmed", "expired", "snoozed", "schedule_enqueued", "schedule_skipped")
+            "trimmed", "expired", "snoozed", "schedule_enqueued", "schedule_skipped", "unique_hits")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -76,6 +77,10 @@ class TaskSpec:
     run_at_ms: int = 0
     #: W3C traceparent of where it was enqueued ("" = none): the worker's spans are its children.
     trace: str = ""
+    #: Unique while alive: True, False, or None for the type's default (reliq/type_defaults.py).
+    unique: bool | None = None
+    #: The key of a unique task ("" = a hash of its payload); given, it makes the task unique.
+    unique_key: str = ""
     #: 0 (lowest) to 9 (highest); see reliq/priorities.py.
     priority: int = priorities.DEFAULT
 
@@ -90,13 +95,17 @@ def make_spec(
     run_at: Any = None,
     idempotency_key: Any = None,
     priority: Any = None,
+    unique: Any = None,
+    unique_key: Any = None,
     trace: str = "",
 ) -> TaskSpec:
     """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong.
 
     ``max_retries`` left out (None) is resolved by the enqueue script: the type's default
     if a worker registered one, else the queue's ``settings.max_retries``. ``trace`` is
-    the W3C traceparent to store with it (see :mod:`reliq.tracing`).
+    the W3C traceparent to store with it (see :mod:`reliq.tracing`). ``unique`` (or a
+    ``unique_key``): while a task of the same type and key is pending, scheduled,
+    retrying or running, enqueuing returns that task's id instead (docs/retries.md).
     """
     if not isinstance(type, str) or not type.strip(WHITESPACE):
         raise InvalidTask("'type' must be a non-empty string")
@@ -111,6 +120,7 @@ def make_spec(
     timeout_s = _number("timeout_s", timeout, 0.001, MAX_TIMEOUT_S)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200):
         raise InvalidTask("'idempotency_key' must be a string of 1 to 200 characters")
+    _check_unique(unique, unique_key)
     try:
         body = orjson.dumps(payload)
     except TypeError as exc:
@@ -126,7 +136,18 @@ def make_spec(
         run_at_ms=_run_at_ms(run_at),
         trace=trace,
         priority=priorities.check(priority),
+        unique=unique,
+        unique_key=unique_key or "",
     )
+
+
+def _check_unique(unique: Any, key: Any) -> None:
+    if unique is not None and not isinstance(unique, bool):
+        raise InvalidTask("'unique' must be true or false")
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY):
+        raise InvalidTask(f"'unique_key' must be a string of 1 to {MAX_UNIQUE_KEY} characters")
+    if key is not None and unique is False:
+        raise InvalidTask("'unique_key' makes a task unique: leave 'unique' out or make it true")
 
 
 #: An RFC 3339 date-time (section 5.6), field by field: the OpenAPI schema states the
@@ -199,6 +220,7 @@ class Claimed:
     started_at: int
     queue: str
     trace: str = ""  # traceparent stored at enqueue ("" = none)
+    unique: str = ""  # the name of its unique lock ("" = none), freed by the settle that ends it
 
 
 @dataclass(slots=True)
@@ -272,6 +294,8 @@ class Snapshot(TypedDict):
     trimmed: int
     expired: int
     snoozed: int
+    #: Enqueues answered with the id of a live task of the same type and unique key.
+    unique_hits: int
     schedule_enqueued: int
     schedule_skipped: int
     #: Pending tasks of paused types set aside in their held lists (counted in ``pending`` too).
@@ -347,8 +371,11 @@ class Queue:
 
     # -- producing ---------------------------------------------------------------
 
-    async def enqueue_specs(self, specs: Sequence[TaskSpec], replicas: int = 0) -> list[tuple[str, bool]]:
-        """Enqueue all ``specs`` atomically; return (task id, created now) for each.
+    async def enqueue_specs(self, specs: Sequence[TaskSpec], replicas: int = 0) -> list[tuple[str, Enqueued]]:
+        """Enqueue all ``specs`` atomically; return (task id, what became of it) for each.
+
+        The id is an earlier task's when a repeated idempotency key or a live task of the
+        same type and unique key stands for the task (``Enqueued.REPEATED``, ``EXISTING``).
 
         Raises QueueFull past ``settings.max_pending`` and RedisFull when Redis is past
         ``settings.max_memory_ratio`` of its maxmemory, or at it (nothing written). With
@@ -467,8 +494,8 @@ class Queue:
         # Positional and in one comprehension: this parse was a tenth of a worker's CPU. The
         # names unpacked are formats.CLAIM_FIELDS, in order (tests/test_formats.py checks).
         tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
-                         int(q or now), now, self.name, tr.decode() if tr else "")
-                 for i, t, p, a, f, m, c, to, q, tr in zip(*[rows] * CLAIM_WIDTH, strict=True)]
+                         int(q or now), now, self.name, tr.decode() if tr else "", u.decode() if u else "")
+                 for i, t, p, a, f, m, c, to, q, tr, u in zip(*[rows] * CLAIM_WIDTH, strict=True)]
         return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED)
 
     async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:
@@ -570,7 +597,7 @@ class Queue:
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
             batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
-                          wait_ms, o.run_ms, wait_b, run_b))
+                          wait_ms, o.run_ms, wait_b, run_b, t.unique))
             sums.update((f"{runs}|{t.type}|{o.outcome!s}", f"{wait}|{t.type}|{wait_b}", f"{run}|{t.type}|{run_b}"))
             sums[f"{wait_sum}|{t.type}"] += wait_ms
             sums[f"{run_sum}|{t.type}"] += o.run_ms
@@ -580,7 +607,7 @@ class Queue:
                 self.settings.keep_succeeded, orjson.dumps(own), orjson.dumps(list(progressed))]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
                 k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix, k.cancels(worker_id),
-                k.idem_prefix]
+                k.idem_prefix, k.unique_prefix]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 
@@ -662,7 +689,8 @@ class Queue:
         """
         k = self.keys
         keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix,
-                k.waiters, k.wake_prefix, k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix]
+                k.waiters, k.wake_prefix, k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix,
+                k.unique_prefix]
         args = [worker_id, int(lease_s * 1000), self.settings.crash_limit, int(self.settings.result_ttl * 1000)]
         code, recovered, quarantined, cancelled = await self._scripts("reap", keys, args)
         return None if code == Code.ALIVE else (int(recovered), int(quarantined), int(cancelled))
@@ -674,7 +702,8 @@ class Queue:
         """
         k = self.keys
         keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix,
-                k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix, k.stats, k.waiters, k.wake_prefix]
+                k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix, k.stats, k.waiters, k.wake_prefix,
+                k.unique_prefix]
         handed, _ = await self._scripts("release", keys, [worker_id, int(self.settings.result_ttl * 1000)])
         return int(handed)
 
@@ -721,7 +750,7 @@ class Queue:
         """Requeue the given dead ids, or the ``oldest`` n; return how many went back."""
         k = self.keys
         args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
-        keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities]
+        keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities, k.unique_prefix]
         return int(await self._scripts("dead_requeue", keys, args))
 
     async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:

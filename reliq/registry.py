@@ -104,7 +104,7 @@ class Handler:
     limits: Layer | None = None
     #: Which failures are retried, and after how long (reliq/retry.py).
     retry: RetryPolicy = DEFAULT
-    #: What every enqueue of this type defaults to: max_retries (reliq/type_defaults.py).
+    #: What every enqueue of this type defaults to: max_retries, unique (reliq/type_defaults.py).
     defaults: TypeDefaults = NONE
 
     def call(self, payload: Any, ctx: Context | None) -> Any:
@@ -178,7 +178,7 @@ def task(name: str, *, timeout: float | None = None, isolation: str | None = Non
          rate_limit: str | None = None, key_concurrency: int | None = None, ordered: bool = False,
          max_retries: int | None = None, backoff: Backoff = "exponential", retry_base: float | None = None,
          retry_cap: float | None = None, jitter: bool = True, retry_on: Errors | type[BaseException] | None = None,
-         give_up_on: Errors | type[BaseException] = (),
+         give_up_on: Errors | type[BaseException] = (), unique: bool = False,
          ) -> Callable[[Callable[Concatenate[T, P], R]], TaskFunction[T, P, R]]:
     """Register the decorated function as the handler of task type ``name``.
 
@@ -211,7 +211,9 @@ def task(name: str, *, timeout: float | None = None, isolation: str | None = Non
     ``jitter=False``; only exceptions in ``retry_on`` (when given) and none in
     ``give_up_on`` are retried, the others dead-letter the task at once (reason
     ``permanent``). Raise ``reliq.Snooze(seconds)`` to run again later without spending
-    an attempt. Invalid options raise at once.
+    an attempt. ``unique=True``: enqueuing a task of this type while one with the same
+    payload is pending, scheduled, retrying or running returns that task's id instead
+    (an enqueue's own ``unique``/``unique_key`` wins). Invalid options raise at once.
 
     The decorated name stays callable as the function, and becomes a producer:
     ``fn.enqueue(payload, **options)`` and ``await fn.aenqueue(...)`` (see
@@ -222,7 +224,7 @@ def task(name: str, *, timeout: float | None = None, isolation: str | None = Non
     policy = RetryPolicy(backoff=backoff, base=retry_base, cap=retry_cap, jitter=jitter,
                          retry_on=retry_on if retry_on is None or isinstance(retry_on, tuple) else (retry_on,),
                          give_up_on=give_up_on if isinstance(give_up_on, tuple) else (give_up_on,))
-    defaults = TypeDefaults(max_retries=max_retries)
+    defaults = TypeDefaults(max_retries=max_retries, unique=unique)
 
     def register(fn: Callable[Concatenate[T, P], R]) -> TaskFunction[T, P, R]:
         REGISTRY.add(name, fn, timeout=timeout, isolation=isolation,

@@ -22,7 +22,7 @@ from rich.console import Console
 from reliq.connection import UNAVAILABLE, connect
 from reliq.errors import CancelRefused, InvalidTask, QueueFull, TaskNotFound
 from reliq.eventloop import run
-from reliq.formats import TaskState
+from reliq.formats import Enqueued, TaskState
 from reliq.queue import END_STATES, Queue, TaskInfo, make_spec
 from reliq.settings import Settings
 from reliq.waiting import Waiters
@@ -97,10 +97,12 @@ def enqueue(settings: Settings, type: str, payload: str | None, wait: float | No
 
     async def go(queue: Queue) -> int:
         try:
-            [(task_id, _)] = await queue.enqueue_specs([spec])
+            [(task_id, fate)] = await queue.enqueue_specs([spec])
         except QueueFull as exc:
             err.print(f"reliq: {exc}", markup=False)
             return FAILED
+        if fate == Enqueued.EXISTING:
+            err.print(f"reliq: a live task of the same type and unique key stands for it: {task_id}", markup=False)
         if not waiting:
             out.print(task_id, markup=False)
             return SUCCEEDED

@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from reliq import calls
 from reliq.errors import RedisFull
+from reliq.formats import Enqueued
 from reliq.keys import QueueKeys
 from reliq.queue import TaskInfo, TaskSpec, record_of
 from reliq.settings import Settings
@@ -29,7 +30,7 @@ class SyncQueue:
         self.keys = QueueKeys(self.name)
         self._enqueue_keys = calls.enqueue_keys(self.keys)
 
-    def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, bool]]:
+    def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, Enqueued]]:
         """Enqueue all ``specs`` atomically; (task id, created now) for each.
 
         Raises QueueFull past ``max_pending``, RedisFull when Redis is at its maxmemory

@@ -1,6 +1,6 @@
-"""What a task type asks of every enqueue: its default ``max_retries``.
+"""What a task type asks of every enqueue: its default ``max_retries``, and whether its tasks are unique.
 
-``@reliq.task("x", max_retries=10)`` declares it. They must reach
+``@reliq.task("x", max_retries=10, unique=True)`` declares them. They must reach
 producers that never import the handler (the HTTP API, ``Client.enqueue("x")``, ``reliq
 enqueue``), so each worker writes the defaults of the types it serves into its queues'
 ``types`` hash when it starts (:func:`register`), and ``enqueue.lua`` applies them to a
@@ -10,7 +10,7 @@ A worker that serves a type without defaults takes the type's entry out, so drop
 one from the code takes effect at the next worker start. The hash exists
 only while some type has defaults: a queue without any pays one EXISTS an enqueue call.
 
-The entry's format, JSON ``{"max_retries": int}`` with only the fields set, is written
+The entry's format, JSON ``{"max_retries": int, "unique": true}`` with only the fields set, is written
 here and read only by ``enqueue.lua``.
 """
 
@@ -34,14 +34,19 @@ class TypeDefaults:
     """The enqueue-side defaults of one task type (None/False: the queue's)."""
 
     max_retries: int | None = None
+    #: Every task of the type is unique while alive, keyed by its payload (an enqueue may say otherwise).
+    unique: bool = False
 
     def __post_init__(self) -> None:
         r = self.max_retries
         if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= MAX_RETRIES_LIMIT):
             raise ValueError(f"max_retries must be an integer from 0 to {MAX_RETRIES_LIMIT}, not {r!r}")
+        if not isinstance(self.unique, bool):
+            raise TypeError(f"unique must be True or False on a task type, not {self.unique!r} (a key of its "
+                            "own is given at enqueue: unique_key=...)")
 
     def __bool__(self) -> bool:
-        return self.max_retries is not None
+        return self.max_retries is not None or self.unique
 
     def entry(self) -> bytes:
         """The value of this type's field in the ``types`` hash (see the module docstring)."""
@@ -52,6 +57,8 @@ class TypeDefaults:
         out: dict[str, Any] = {}
         if self.max_retries is not None:
             out["max_retries"] = self.max_retries
+        if self.unique:
+            out["unique"] = True
         return out
 
 

@@ -31,7 +31,7 @@ async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, r
     # Each field holds a value no other does, so a field read into the wrong place shows.
     [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1}, max_retries=7, timeout=11)])
     distinct = {"attempts": "2", "failures": "4", "crashes": "5", "queued_at": "1234567",
-                "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+                "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "unique": "5:typed:k"}
     await redis.hset(queue.keys.task(task_id), mapping=distinct)
     [task], _ = await queue.claim("w1", 10)
     record = {k.decode(): v for k, v in (await redis.hgetall(queue.keys.task(task_id))).items()}
@@ -46,10 +46,13 @@ async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, r
 def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> None:
     spec = make_spec("typed", {"p": 1}, max_retries=7, timeout=11, delay=5, idempotency_key="k",
                      run_at="2030-01-02T03:04:05Z", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-                     priority=7)
+                     priority=7, unique_key="uk")
     [row, plain] = orjson.loads(calls.enqueue_batch([spec, make_spec("typed")]))
     assert len(row) == len(ENQUEUE_FIELDS)
     for name, value in zip(ENQUEUE_FIELDS, row, strict=True):
+        if name == "unique":  # unique and unique_key in one field: '' (the type's), '-', '#' or '=' + the key
+            assert value == "=uk"
+            continue
         expected = getattr(spec, name)
         assert value == (expected.decode() if isinstance(expected, bytes) else str(expected)), name
     assert len(plain) == len(ENQUEUE_FIELDS) - 1  # the default priority is not sent
@@ -69,7 +72,7 @@ async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Q
     [row] = orjson.loads(sent[0][1])
     expected = {"id": "id1", "type": "typed", "max_retries": 7, "outcome": "error", "text": "boom",
                 "retry_delay_ms": 4_000, "wait_ms": 250, "run_ms": 900, "wait_bucket": bucket(250),
-                "run_bucket": bucket(900)}
+                "run_bucket": bucket(900), "unique": ""}
     assert dict(zip(SETTLE_FIELDS, row, strict=True)) == expected
 
 

@@ -30,7 +30,8 @@ from tests.util import api_client, eventually
 PAYLOAD = "x" * 200
 #: The scripts that empty a queue: they must run on a Redis at its maxmemory.
 DRAINING = ("claim", "settle", "reap_scan", "reap", "heartbeat", "release", "promote", "cancel", "count", "trim",
-            "resume")  # resume: a paused type's held tasks must be able to go back and drain
+            "resume",  # resume: a paused type's held tasks must be able to go back and drain
+            "types")  # a worker declares its types' enqueue defaults before its first claim
 
 
 @pytest.fixture

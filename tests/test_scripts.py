@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from reliq.formats import Enqueued
 from reliq.queue import Claimed, Outcome, Queue, make_spec
 from reliq.settings import Settings
 from tests.keyspace import keyspace
@@ -61,7 +62,7 @@ async def test_enqueue_with_delay_schedules_in_delayed_set(queue: Queue, redis: 
 async def test_enqueue_same_idempotency_key_creates_one_task(queue: Queue, redis: Redis) -> None:
     first = await queue.enqueue_specs([make_spec("noop", 1, idempotency_key="k")])
     second = await queue.enqueue_specs([make_spec("noop", 2, idempotency_key="k")])
-    assert second == [(first[0][0], False)] and first[0][1] is True
+    assert second == [(first[0][0], Enqueued.REPEATED)] and first[0][1] == Enqueued.CREATED
     space = await keyspace(redis, queue.name)
     assert space["pending"] == [first[0][0]] and space["idem:k"] == first[0][0]
     assert space["stats"] == {"enqueued": "1"}

@@ -23,6 +23,45 @@ local function snooze(delayed_key, key, id, due)
   redis.call('ZADD', delayed_key, due, id)
 end
 
+-- Unique tasks (docs/retries.md). A lock, the unique prefix .. '<#type>:<type>:<key>',
+-- holds the id of the task that stands for its type and key while that task lives; the
+-- task's record keeps the lock's name (field 'unique') to free it when it ends. Not a
+-- TTL: a lock goes when its task ends. A lock left behind whatever the reason (an end
+-- that did not free it, a record trimmed or deleted) never blocks: an enqueue that finds
+-- its holder ended or gone takes the lock over.
+local ENDED = {succeeded = true, dead = true, cancelled = true}
+
+-- The name of a task's lock (after the unique prefix), or nil when the task is not
+-- unique. ``spec``: '' (the type's default, ``type_unique``), '-' (not unique), '#' (the
+-- default key: a SHA1 of the payload as stored), '=' .. a key of the producer's own.
+local function unique_lock(ttype, payload, spec, type_unique)
+  if spec == '' then
+    if not type_unique then return nil end
+    spec = '#'
+  end
+  if spec == '-' then return nil end
+  local key = spec == '#' and redis.sha1hex(payload) or string.sub(spec, 2)
+  return #ttype .. ':' .. ttype .. ':' .. key
+end
+
+-- The id of the live task holding lock ``lock`` (a full key), or false when it is free:
+-- never taken, freed, or left behind by a task that has ended or whose record is gone.
+local function unique_holder(lock, task_prefix)
+  local holder = redis.call('GET', lock)
+  if not holder then return false end
+  local state = redis.call('HGET', task_prefix .. holder, 'state')
+  if state and not ENDED[state] then return holder end
+  return false
+end
+
+-- Task ``id`` ended: free its lock (``lock``: its name, from the record or the worker's
+-- batch; nil or '' when it has none) if the lock is still its own.
+local function unique_release(unique_prefix, lock, id)
+  if lock and lock ~= '' and redis.call('GET', unique_prefix .. lock) == id then
+    redis.call('DEL', unique_prefix .. lock)
+  end
+end
+
 -- Priorities (reliq/priorities.py). A pending id of the default priority waits in the
 -- queue's pending list, one of another priority p in the list prio_prefix .. p; the flag
 -- key (keys.priorities) is set whenever such a list is created, so that a claim that
@@ -52,11 +91,17 @@ end
 
 -- Send tasks just taken out of the dead list back to pending (the list of their priority)
 -- with a fresh retry budget; ids whose record is gone are skipped. Returns how many went back.
-local function requeue_dead(pending_key, prio_prefix, flag_key, stats_key, task_prefix, ids, now)
+-- A unique task takes its lock back unless another live task holds it meanwhile (it then
+-- runs all the same: someone asked for it by its id).
+local function requeue_dead(pending_key, prio_prefix, flag_key, stats_key, task_prefix, unique_prefix, ids, now)
   local n = 0
   for _, id in ipairs(ids) do
     local key = task_prefix .. id
     if redis.call('EXISTS', key) == 1 then
+      local lock = redis.call('HGET', key, 'unique')
+      if lock and not unique_holder(unique_prefix .. lock, task_prefix) then
+        redis.call('SET', unique_prefix .. lock, id)
+      end
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'attempts', 0,
                  'failures', 0, 'crashes', 0, 'reason', '')
       push_ready(pending_key, prio_prefix, flag_key, id, redis.call('HGET', key, 'priority'), 'LPUSH')
@@ -156,7 +201,9 @@ end
 -- Cancelling (docs/cancel.md). A task ends cancelled: its record stays (state cancelled,
 -- kept ttl ms) or, with mode 'forget' (HTTP DELETE), goes at once with its idempotency
 -- key, so that a repeat of the request enqueues anew. Callers count it and wake waiters.
-local function end_cancelled(key, idem_prefix, id, mode, now, ttl)
+-- A unique task frees its lock (unique_prefix: the locks' prefix).
+local function end_cancelled(key, idem_prefix, unique_prefix, id, mode, now, ttl)
+  unique_release(unique_prefix, redis.call('HGET', key, 'unique'), id)
   if mode == 'forget' then
     local idem = redis.call('HGET', key, 'idem')
     if idem and redis.call('GET', idem_prefix .. idem) == id then redis.call('DEL', idem_prefix .. idem) end
@@ -179,10 +226,11 @@ end
 -- When W dies (reap.lua) or stops (release.lua) still holding a task it was asked to
 -- cancel, the task ends cancelled instead of going back to pending; whoever waits is
 -- woken. Returns whether it did; count_cancelled_running() counts them once a call.
-local function end_held_cancel(requests, asked, key, id, idem_prefix, now, ttl, waiters, wake_prefix)
+local function end_held_cancel(requests, asked, key, id, idem_prefix, unique_prefix, now, ttl, waiters,
+                                wake_prefix)
   local cancel = cancel_request(requests, asked, key, id)
   if not cancel then return false end
-  end_cancelled(key, idem_prefix, id, cancel, now, ttl)
+  end_cancelled(key, idem_prefix, unique_prefix, id, cancel, now, ttl)
   if redis.call('EXISTS', waiters) == 1 then wake(waiters, wake_prefix, {id}) end
   return true
 end

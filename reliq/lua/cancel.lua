@@ -12,6 +12,7 @@
 -- KEYS[9] PRIO     prefix of the other priorities' pending lists (+ priority)
 -- KEYS[10] CANCELS prefix of the workers' cancel-request sets (+ worker id)
 -- KEYS[11] NUDGE   prefix of the workers' cancel channels (pub/sub, + worker id)
+-- KEYS[12] UNIQUE_LOCKS  unique lock prefix: a cancelled (or deleted) unique task frees its lock
 -- ARGV[1] id       task id
 -- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
 -- ARGV[3] mode     'keep' or 'forget'
@@ -26,7 +27,7 @@
 --- @format CODE
 local PENDING, DELAYED, STATS, TASK, WAITERS, WAKE, IDEM, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                                  KEYS[6], KEYS[7], KEYS[8]
-local PRIO, CANCELS, NUDGE = KEYS[9], KEYS[10], KEYS[11]
+local PRIO, CANCELS, NUDGE, UNIQUE_LOCKS = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local key = TASK .. id
 local state = redis.call('HGET', key, 'state')
@@ -57,5 +58,5 @@ else
 end
 redis.call('HINCRBY', STATS, 'cancelled', 1)
 if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
-end_cancelled(key, IDEM, id, mode, now_ms(), ttl_ms)
+end_cancelled(key, IDEM, UNIQUE_LOCKS, id, mode, now_ms(), ttl_ms)
 return {CODE_OK, state}

@@ -7,6 +7,7 @@
 -- KEYS[6] TYPES    types hash: each type's enqueue defaults, as JSON (reliq/type_defaults.py)
 -- KEYS[7] PRIO     prefix of the other priorities' pending lists (+ priority)
 -- KEYS[8] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
+-- KEYS[9] UNIQUE_LOCKS  unique lock prefix (_lib.lua: unique_lock)
 -- ARGV[1] idem_ttl idempotency TTL (ms)
 -- ARGV[2] tasks    the tasks as one JSON array of ENQUEUE_FIELDS (reliq/formats.py): id,
 --                  type, payload, max_retries ('' = the type's default, else
@@ -14,22 +15,27 @@
 --                  now), idempotency_key ('' = none), run_at_ms (0 = none; else the due time
 --                  on the epoch, which wins over delay_ms), trace (the traceparent, '' =
 --                  none), priority (left out for the default: such a task is written as
---                  before priorities existed); numbers as strings: one argument instead of
---                  ten per task, because encoding arguments was most of the API's cost of
---                  a batch.
+--                  before priorities existed), unique ('' = the type's default, '-' = no,
+--                  '#' = the default key, '=' .. key = this key); numbers as strings: one
+--                  argument instead of eleven per task, because encoding arguments was
+--                  most of the API's cost of a batch.
 -- ARGV[3] limit    admission limit: refuse when pending (all priorities) holds this many
 --                  tasks already (0 = none)
 -- ARGV[4] default_retries  the queue's max_retries, for tasks whose type has no default
--- Returns {CODE_OK, then for each task the id that stands for it and 1 if it was created
--- now, 0 if an earlier request with the same idempotency key created it}; or
+-- Returns {CODE_OK, then for each task the id that stands for it and ENQUEUED_CREATED if it
+-- was created now, ENQUEUED_REPEATED if an earlier request with the same idempotency key
+-- created it, ENQUEUED_EXISTING if a live task (pending, scheduled, retrying, running)
+-- holds its unique lock: that task's id}; or
 -- {CODE_QUEUE_FULL, pending} when the limit is reached: then nothing was written.
--- (Codes: reliq/formats.py.)
+-- (Codes: reliq/formats.py.) A unique task takes its lock when created (SET, no TTL); the
+-- scripts that end tasks free it. An idempotency key is recorded only for a task created.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command (callgrind: a third of this script).
 --- @format ENQUEUE_FIELDS
 --- @format CODE
+--- @format ENQUEUED
 local PENDING, DELAYED, STATS, TASK, IDEM, TYPES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local PRIO, PRIORITIES = KEYS[7], KEYS[8]
+local PRIO, PRIORITIES, UNIQUE_LOCKS = KEYS[7], KEYS[8], KEYS[9]
 local idem_ttl, tasks, limit, default_retries = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 local now_s = tostring(now)
@@ -41,16 +47,21 @@ end
 local type_defaults = type_defaults_reader(TYPES)
 local out = {CODE_OK}
 local ready = {}  -- ids for pending, pushed together (in order) at the end
-local created = 0
+local created, unique_hits = 0, 0
 for _, t in ipairs(cjson.decode(tasks)) do
   local id, idem = t[ID], t[IDEMPOTENCY_KEY]
-  local existing = false
+  local existing, code, lock = false, ENQUEUED_REPEATED, nil
   if idem ~= '' then
     existing = redis.call('GET', IDEM .. idem)
   end
+  if not existing then
+    lock = unique_lock(t[TYPE], t[PAYLOAD], t[UNIQUE], type_defaults(t[TYPE]).unique)
+    existing = lock and unique_holder(UNIQUE_LOCKS .. lock, TASK)
+    if existing then code, unique_hits = ENQUEUED_EXISTING, unique_hits + 1 end
+  end
   if existing then
     out[#out + 1] = existing
-    out[#out + 1] = 0
+    out[#out + 1] = code
   else
     if idem ~= '' then
       redis.call('SET', IDEM .. idem, id, 'PX', idem_ttl)
@@ -78,6 +89,11 @@ for _, t in ipairs(cjson.decode(tasks)) do
       fields[#fields + 1] = 'priority'
       fields[#fields + 1] = priority
     end
+    if lock then  -- so that the scripts ending the task free its lock
+      redis.call('SET', UNIQUE_LOCKS .. lock, id)
+      fields[#fields + 1] = 'unique'
+      fields[#fields + 1] = lock
+    end
     if due > now then
       redis.call('HSET', TASK .. id, 'state', 'scheduled', unpack(fields))
       redis.call('ZADD', DELAYED, due, id)
@@ -87,7 +103,7 @@ for _, t in ipairs(cjson.decode(tasks)) do
     end
     created = created + 1
     out[#out + 1] = id
-    out[#out + 1] = 1
+    out[#out + 1] = ENQUEUED_CREATED
   end
 end
 for i = 1, #ready, 1000 do  -- in slices: unpack has a stack limit
@@ -95,5 +111,8 @@ for i = 1, #ready, 1000 do  -- in slices: unpack has a stack limit
 end
 if created > 0 then
   redis.call('HINCRBY', STATS, 'enqueued', created)
+end
+if unique_hits > 0 then
+  redis.call('HINCRBY', STATS, 'unique_hits', unique_hits)
 end
 return out

@@ -13,6 +13,7 @@
 -- KEYS[11] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
 -- KEYS[12] CANCELS    W's cancel-request set
 -- KEYS[13] IDEM       idempotency key prefix
+-- KEYS[14] UNIQUE_LOCKS  unique lock prefix (a quarantined or cancelled unique task frees its lock)
 -- ARGV[1] worker      W
 -- ARGV[2] lease_ms    lease (ms)
 -- ARGV[3] limit       crash limit
@@ -28,7 +29,7 @@
 --- @format CODE
 local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local INFO, TASK, WAITERS, WAKE, PRIO, PRIORITIES = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local CANCELS, IDEM = KEYS[12], KEYS[13]
+local CANCELS, IDEM, UNIQUE_LOCKS = KEYS[12], KEYS[13], KEYS[14]
 local worker, lease_ms, limit, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = now_ms()
 local beat = redis.call('ZSCORE', WORKERS, worker)
@@ -44,7 +45,8 @@ for _, id in ipairs(ids) do
   local crashes, priority, state = unpack(redis.call('HMGET', key, 'crashes', 'priority', 'state'))
   -- anything else (cancelled meanwhile, record expired) is just dropped from the list;
   -- an id BLMOVE moved but W never claimed ('pending') did not run: no crash to count
-  if state == 'processing' and end_held_cancel(CANCELS, asked, key, id, IDEM, now, ttl_ms, WAITERS, WAKE) then
+  if state == 'processing'
+      and end_held_cancel(CANCELS, asked, key, id, IDEM, UNIQUE_LOCKS, now, ttl_ms, WAITERS, WAKE) then
     cancelled = cancelled + 1
   elseif state == 'processing' or state == 'pending' then
     crashes = tonumber(crashes)
@@ -53,6 +55,7 @@ for _, id in ipairs(ids) do
       dead_letter(DEAD, STATS, TASK, id, 'crashed',
                   'its worker died ' .. crashes .. ' times while running it', now)
       quarantined = quarantined + 1
+      unique_release(UNIQUE_LOCKS, redis.call('HGET', key, 'unique'), id)
       if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)

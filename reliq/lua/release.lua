@@ -12,6 +12,7 @@
 -- KEYS[10] STATS      stats hash
 -- KEYS[11] WAITERS    waiters hash
 -- KEYS[12] WAKE       wake-up list prefix (a cancelled task wakes its waiters)
+-- KEYS[13] UNIQUE_LOCKS  unique lock prefix (a cancelled unique task frees its lock)
 -- ARGV[1] worker      W
 -- ARGV[2] ttl_ms      TTL of a cancelled record (ms)
 -- Returns {handed back, cancelled}. They were never finished, so the attempt does not
@@ -20,6 +21,7 @@
 -- drain) ends cancelled instead.
 local PROCESSING, PENDING, WORKERS, INFO, TASK, PRIO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PRIORITIES, CANCELS, IDEM, STATS, WAITERS, WAKE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local UNIQUE_LOCKS = KEYS[13]
 local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
@@ -28,7 +30,8 @@ local asked = redis.call('EXISTS', CANCELS) == 1
 for _, id in ipairs(ids) do
   local key = TASK .. id
   local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
-  if state == 'processing' and end_held_cancel(CANCELS, asked, key, id, IDEM, now, ttl_ms, WAITERS, WAKE) then
+  if state == 'processing'
+      and end_held_cancel(CANCELS, asked, key, id, IDEM, UNIQUE_LOCKS, now, ttl_ms, WAITERS, WAKE) then
     cancelled = cancelled + 1
   elseif state == 'processing' or state == 'pending' then
     if state == 'processing' then redis.call('HINCRBY', key, 'attempts', -1) end

@@ -17,9 +17,12 @@
 -- KEYS[12] PRIO       prefix of the other priorities' pending lists (+ priority)
 -- KEYS[13] CANCELS    W's cancel-request set: see "Cancelled" below
 -- KEYS[14] IDEM       idempotency key prefix (a cancelled 'forget' record goes with its key)
+-- KEYS[15] UNIQUE_LOCKS  unique lock prefix: a unique task that ends frees its lock (its
+--                     name is in the batch, read by the claim: a task without one costs no
+--                     read here)
 -- ARGV[1] keep_age    retention of succeeded records: age (ms)
 -- ARGV[2] batch       the batch as one JSON array of SETTLE_FIELDS (reliq/formats.py) a
---                     task: one argument instead of ten per task, because encoding
+--                     task: one argument instead of eleven per task, because encoding
 --                     arguments is most of the worker's cost of a settle. outcome: ok (text
 --                     = JSON result or ''; the record becomes compact, see KEPT), error |
 --                     timeout (retried while failures <= max_retries, else dead), permanent
@@ -63,7 +66,7 @@ local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 
 --- @format METRIC
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE, PRIO = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
-local CANCELS, IDEM = KEYS[13], KEYS[14]
+local CANCELS, IDEM, UNIQUE_LOCKS = KEYS[13], KEYS[14], KEYS[15]
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
@@ -78,7 +81,8 @@ local finished = {}  -- succeeded list -> {age, count, new ids}
 local applied, stale = 0, 0
 local waited = redis.call('EXISTS', WAITERS) == 1
 local ended_ids = {}  -- tasks that ended, when someone waits on this queue
-local function ended(id)
+local function ended(id, lock)  -- lock: the name of its unique lock ('' or nil: none, or freed already)
+  unique_release(UNIQUE_LOCKS, lock, id)
   if waited then ended_ids[#ended_ids + 1] = id end
 end
 local counts = {}  -- stats field -> amount
@@ -162,10 +166,11 @@ for _, t in ipairs(batch) do
     applied = applied + 1
     local cancel = cancels and cancel_request(CANCELS, cancels, key, id)  -- no call a task when none is asked
     if outcome == 'cancelled' or (cancel and outcome ~= 'ok') then
-      end_cancelled(key, IDEM, id, cancel or redis.call('HGET', key, 'cancel') or 'keep', now_s, keep_age)
+      end_cancelled(key, IDEM, UNIQUE_LOCKS, id, cancel or redis.call('HGET', key, 'cancel') or 'keep', now_s,
+                    keep_age)
       add(counts, 'cancelled', 1)
       add(counts, 'cancelled_running', 1)
-      ended(id)
+      ended(id, nil)
     elseif outcome == 'ok' then
       if cancel then redis.call('HDEL', key, 'cancel', 'cancel_requested_at') end  -- too late: it succeeded
       -- The compact record (see KEPT), so that a success frees memory (also on a Redis
@@ -174,6 +179,7 @@ for _, t in ipairs(batch) do
       -- costs ~23,000 instructions a task more than the HDEL, the check ~1,500).
       if redis.call('OBJECT', 'ENCODING', key) == 'listpack' then
         redis.call('HDEL', key, unpack(DROPPED))
+        if t[UNIQUE] ~= '' then redis.call('HDEL', key, 'unique') end  -- freed below; only such tasks pay it
         if progressed and progressed[id] then clear_progress(key) end
         redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
       else
@@ -186,14 +192,14 @@ for _, t in ipairs(batch) do
       end
       keep(key, id, ttype)
       add(counts, 'succeeded', 1)
-      ended(id)
+      ended(id, t[UNIQUE])
     elseif outcome == 'snooze' then
       snooze(DELAYED, key, id, now + t[RETRY_DELAY_MS])
       add(counts, 'snoozed', 1)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
       dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
-      ended(id)
+      ended(id, t[UNIQUE])
     else
       add(counts, 'failed', 1)
       local failures = redis.call('HINCRBY', key, 'failures', 1)
@@ -204,7 +210,7 @@ for _, t in ipairs(batch) do
         add(counts, 'retried', 1)
       else
         dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
-        ended(id)
+        ended(id, t[UNIQUE])
       end
     end
   end

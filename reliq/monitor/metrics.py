@@ -37,6 +37,7 @@ COUNTER_HELP = {
     "cancelled": "Tasks that ended cancelled, before they started or while they ran.",
     "cancelled_running": "Tasks cancelled while they ran: stopped by their worker (also in cancelled).",
     "snoozed": "Runs that raised reliq.Snooze: run again later, their attempt not spent.",
+    "unique_hits": "Enqueues answered with the id of a live task of the same type and unique key.",
     "refused_memory": "Tasks refused (507) because Redis was out of memory or past --max-memory-ratio.",
     "trimmed": "Succeeded records deleted past their queue's (or type's) keep_succeeded count.",
     "expired": "Succeeded records deleted once older than their queue's (or type's) result_ttl.",
