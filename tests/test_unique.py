@@ -25,6 +25,7 @@ from reliq.settings import Settings
 from reliq.type_defaults import TypeDefaults
 from reliq.worker import Worker
 from tests.keyspace import keyspace
+from tests.test_metrics import families, scrape, value
 from tests.test_shell import cli
 from tests.util import api_client, eventually
 
@@ -292,3 +293,13 @@ def test_reliq_enqueue_unique_prints_the_live_tasks_id(redis_url: str, queue_nam
     assert "a live task of the same type and unique key stands for it" in again.stderr
     keyed = cli("enqueue", "--queue", queue_name, "noop", "--unique-key", "x", redis_url=redis_url)
     assert keyed.returncode == 0 and keyed.stdout != first.stdout
+
+
+async def test_unique_hits_and_snoozes_are_counted_in_metrics(queue: Queue, settings: Settings,
+                                                             redis: Redis) -> None:
+    for _ in range(3):
+        await enqueue(queue, "noop", 1, unique=True)
+    await redis.hset(queue.keys.stats, "snoozed", 2)
+    fam = families(await scrape(queue, settings))
+    assert value(fam["reliq_tasks_unique_hits"], "reliq_tasks_unique_hits_total") == 2
+    assert value(fam["reliq_tasks_snoozed"], "reliq_tasks_snoozed_total") == 2
