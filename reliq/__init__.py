@@ -22,6 +22,7 @@ _EXPORTS = {
     "InvalidTask": "reliq.errors",
     "PermanentError": "reliq.errors",
     "QueueFull": "reliq.errors",
+    "RateLimited": "reliq.errors",
     "RedisFull": "reliq.errors",
     "ReliqError": "reliq.errors",
     "Snooze": "reliq.errors",
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         InvalidTask,
         PermanentError,
         QueueFull,
+        RateLimited,
         RedisFull,
         ReliqError,
         Snooze,
@@ -54,8 +56,8 @@ if TYPE_CHECKING:
 
 __all__ = [  # the names of _EXPORTS (a test holds them equal)
     "AsyncClient", "CancelRefused", "Client", "Context", "InvalidSchedule", "InvalidTask", "PermanentError",
-    "QueueFull", "RedisFull", "ReliqError", "Settings", "Snooze", "TaskFunction", "TaskNotFound", "configure",
-    "periodic", "task",
+    "QueueFull", "RateLimited", "RedisFull", "ReliqError", "Settings", "Snooze", "TaskFunction", "TaskNotFound",
+    "configure", "periodic", "task",
 ]
 
 

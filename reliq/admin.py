@@ -26,7 +26,7 @@ from reliq.limits import Layer, LimitView
 from reliq.monitor import deadletter, dlq_io
 from reliq.monitor.deadletter import DeadFilter, Replay
 from reliq.monitor.metrics import read_workers
-from reliq.queue import COUNTERS, Queue
+from reliq.queue import COUNTERS, Queue, Snapshot
 from reliq.schedules import Schedule, ScheduleInfo, read, trigger
 from reliq.settings import Settings
 
@@ -73,9 +73,8 @@ def stats(settings: Settings, as_json: bool = False) -> int:
         for name in ("pending", "processing", "delayed", "dead_letter", "workers"):
             table.add_row(name, f"{snap[name]:,}")
         table.add_row("lag", f"{snap['lag_s']:.3f} s")
-        by_priority = {p: n for p, n in snap["pending_by_priority"].items() if n}
-        if set(by_priority) - {str(priorities.DEFAULT)}:
-            table.add_row("pending by priority", ", ".join(f"{p}: {n:,}" for p, n in by_priority.items()))
+        for row in _pending_rows(snap):
+            table.add_row(*row)
         paused = snap["paused"]
         if paused["queue"]:
             table.add_row("paused", f"{paused['queue']['paused_s']:.0f} s, by {paused['queue']['by']}")
@@ -90,6 +89,19 @@ def stats(settings: Settings, as_json: bool = False) -> int:
         return 0
 
     return _with_queue(settings, body)
+
+
+def _pending_rows(snap: Snapshot) -> list[tuple[str, str]]:
+    """How pending splits, where it says more than the total: by priority, set aside, in keys' lists."""
+    rows = []
+    by_priority = {p: n for p, n in snap["pending_by_priority"].items() if n}
+    if set(by_priority) - {str(priorities.DEFAULT)}:
+        rows.append(("pending by priority", ", ".join(f"{p}: {n:,}" for p, n in by_priority.items())))
+    if snap["limited"]:
+        rows.append(("  of pending: set aside for a token", f"{snap['limited']:,}"))
+    if snap["keyed"]:
+        rows.append(("  of pending: in keys' lists", f"{snap['keyed']:,}"))
+    return rows
 
 
 def dlq_list(settings: Settings, flt: DeadFilter, page: int, per_page: int, as_json: bool = False) -> int:

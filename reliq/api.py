@@ -132,6 +132,7 @@ def _spec(item: Any, idempotency_key: str | None, trace: str) -> TaskSpec:
         unique=item.get("unique"),
         unique_key=item.get("unique_key"),
         priority=item.get("priority"),
+        key=item.get("key"),
         trace=trace,
     )
 

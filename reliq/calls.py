@@ -24,10 +24,16 @@ if TYPE_CHECKING:
     from reliq.queue import TaskSpec
 
 
+def group_keys(k: QueueKeys) -> list[str]:
+    """The keys of keyed tasks a script that moves them takes, in this order (_lib.lua: G)."""
+    return [k.groups, k.group_prefix, k.ring, k.key_holds]
+
+
 def enqueue_keys(k: QueueKeys) -> list[str]:
-    """KEYS of enqueue.lua (the types hash: the types' defaults, reliq/type_defaults.py)."""
+    """KEYS of enqueue.lua (the types hash: the types' defaults, reliq/type_defaults.py; then priorities, unique
+    locks, keys)."""
     return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types, k.priority_prefix, k.priorities,
-            k.unique_prefix]
+            k.unique_prefix, *group_keys(k)]
 
 
 def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
@@ -39,7 +45,7 @@ def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
     return orjson.dumps([
         (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
          str(s.timeout_ms or ""), str(s.delay_ms),
-         s.idempotency_key, str(s.run_at_ms), s.trace, _unique(s))
+         s.idempotency_key, str(s.run_at_ms), s.trace, _unique(s), s.key)
         + (() if s.priority == priorities.DEFAULT else (str(s.priority),))
         for s in specs
     ])
@@ -84,10 +90,12 @@ def count_refused(k: QueueKeys, n: int) -> tuple[list[str], list[Any]]:
 
 
 def cancel_keys(k: QueueKeys) -> list[str]:
-    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held prefix: paused types;
-    the workers' cancel-request sets and channels: a running task's worker is asked to stop it)."""
+    """KEYS of cancel.lua (waiters and wake-ups: to wake whoever waits; held, priorities, limited, keys: where a
+    pending task may wait; the workers' cancel-request sets and channels: a running task's worker is asked to
+    stop it)."""
     return [k.pending, k.delayed, k.stats, k.task_prefix, k.waiters, k.wake_prefix, k.idem_prefix, k.held_prefix,
-            k.priority_prefix, k.cancels_prefix, k.cancel_channel_prefix, k.unique_prefix]
+            k.priority_prefix, k.cancels_prefix, k.cancel_channel_prefix, k.unique_prefix, k.limited_prefix,
+            *group_keys(k)]
 
 
 def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:

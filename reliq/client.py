@@ -53,6 +53,8 @@ class EnqueueOptions(TypedDict, total=False):
     #: 0 (lowest) to 9 (highest), default 5: higher runs first, FIFO within a priority,
     #: with aging (docs/priorities.md).
     priority: int | None
+    #: The task's key (a customer, an endpoint): its type's key concurrency and fair turns apply.
+    key: str | None
 
 
 class _Producer(Generic[Q]):

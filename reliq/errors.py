@@ -78,6 +78,26 @@ class PermanentError(ReliqError):
     """Raise from a handler to dead-letter the task at once, without retries."""
 
 
+class RateLimited(ReliqError):
+    """Raise from a handler when the downstream refused for now (an HTTP 429, a quota).
+
+    The task goes back without spending an attempt, and its type (or, for a task with a
+    key, only its key) is held for ``retry_after`` seconds across the fleet (default 1,
+    at most :data:`MAX_RETRY_AFTER_S`; see docs/flow-control.md).
+    """
+
+    def __init__(self, retry_after: float | None = None, message: str = "") -> None:
+        after = 1.0 if retry_after is None else float(retry_after)
+        if not after >= 0:  # NaN too
+            after = 1.0
+        self.retry_after = min(after, MAX_RETRY_AFTER_S)
+        super().__init__(message or f"rate limited: retry after {self.retry_after:g}s")
+
+
+#: The longest hold a RateLimited may ask for: a day.
+MAX_RETRY_AFTER_S = 86_400.0
+
+
 class HandlerFailed(ReliqError):
     """A handler failed outside the worker's process (``isolation="process"``).
 

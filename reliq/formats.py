@@ -24,9 +24,12 @@ from enum import Enum, IntEnum, StrEnum
 
 #: What claim.lua returns for each task it claims, after the task's id and in this order:
 #: these fields of the task's hash, read with one HMGET. The whole reply is
-#: ``{code, now_ms, id, <CLAIM_FIELDS>, id, <CLAIM_FIELDS>, ...}``.
+#: ``{code, now_ms, wait_ms, id, <CLAIM_FIELDS>, id, <CLAIM_FIELDS>, ...}`` (:data:`CLAIM_HEAD`
+#: values, then the tasks).
 CLAIM_FIELDS = ("type", "payload", "attempts", "failures", "max_retries", "crashes", "timeout_ms", "queued_at",
-                "trace", "unique")
+                "trace", "unique", "key")
+#: Values before the first task in claim.lua's reply: code, now_ms, wait_ms.
+CLAIM_HEAD = 3
 #: Values a claimed task takes in claim.lua's reply: its id, then :data:`CLAIM_FIELDS`.
 CLAIM_WIDTH = 1 + len(CLAIM_FIELDS)
 
@@ -67,6 +70,9 @@ class RunOutcome(StrEnum):
     CANCELLED = "cancelled"
     #: The handler raised reliq.Snooze: scheduled again, no failure counted.
     SNOOZE = "snooze"
+    #: The handler raised reliq.RateLimited: back to pending, no failure counted, its type
+    #: or key held (docs/flow-control.md).
+    RATE_LIMITED = "rate_limited"
 
 
 class DeadReason(StrEnum):
@@ -123,22 +129,25 @@ class Enqueued(IntEnum):
 
 #: A task as enqueue.lua takes it, one JSON array of these a task in its ARGV[2]
 #: (reliq/calls.py: enqueue_batch), every value a string. The last, ``priority``, is left
-#: out of the array for a task of the default priority (the script reads nil).
+#: out of the array for a task of the default priority (the script reads nil); ``key`` is ''
+#: for a task without one.
 ENQUEUE_FIELDS = ("id", "type", "payload", "max_retries", "timeout_ms", "delay_ms", "idempotency_key", "run_at_ms",
-                  "trace", "unique", "priority")
+                  "trace", "unique", "key", "priority")
 
 #: A task's outcome as settle.lua takes it, one JSON array of these a task in its ARGV[2]
 #: (reliq/queue.py: Queue.settle).
 SETTLE_FIELDS = ("id", "type", "max_retries", "outcome", "text", "retry_delay_ms", "wait_ms", "run_ms", "wait_bucket",
-                 "run_bucket", "unique")
+                 "run_bucket", "unique", "key")
 
 #: What snapshot.lua returns first, in this order; field, value pairs of the stats hash
 #: follow. Times are ms on the Redis clock; an oldest time is -1 when there is none;
 #: ``pauses`` is {field, value, held, ...} of the paused hash (reliq/pausing.py);
-#: ``pending_by_priority`` the pending tasks of each priority, 9 first (reliq/priorities.py).
+#: ``pending_by_priority`` the pending tasks of each priority, 9 first (reliq/priorities.py);
+#: ``limited_count`` those set aside for a token, ``keyed_count`` those in keys' lists
+#: (docs/flow-control.md; both counted in ``pending_count`` too).
 SNAPSHOT_FIELDS = ("now_ms", "pending_count", "delayed_count", "dead_count", "worker_count", "processing_count",
                    "oldest_queued_ms", "oldest_dead_ms", "archive_count", "held_count", "pauses",
-                   "pending_by_priority")
+                   "pending_by_priority", "limited_count", "keyed_count")
 
 
 class Metric(StrEnum):

@@ -39,13 +39,23 @@ _UNITS = {"s": 1000, "sec": 1000, "second": 1000, "m": 60_000, "min": 60_000, "m
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+?)s?\s*(?:burst\s+(\d+))?\s*$")
 
 
+#: What a rate without a burst lets start at once after a quiet spell: this many ms of it (at
+#: least one task). So a claim a little late (a worker waking a few ms after the token was
+#: due) does not lose the token, and a fleet keeps the rate over time; ``burst 1`` spaces
+#: tasks strictly instead. Kept in claim.lua too (DEFAULT_TOLERANCE_MS).
+DEFAULT_TOLERANCE_MS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class Rate:
-    """``count`` tasks every ``period_ms``, spread evenly, with up to ``burst`` at once after a quiet spell."""
+    """``count`` tasks every ``period_ms``, spread evenly, with up to ``burst`` at once after a quiet spell.
+
+    ``burst`` 0: the default, :data:`DEFAULT_TOLERANCE_MS` worth of the rate.
+    """
 
     count: int
     period_ms: int
-    burst: int = 1
+    burst: int = 0
 
     @classmethod
     def parse(cls, text: Any) -> Rate:
@@ -54,13 +64,14 @@ class Rate:
         if not m or m.group(3) not in _UNITS:
             raise InvalidTask(f"a rate is like '100/s', '6/m', '1000/h' or '5/10s', optionally with ' burst 20', "
                               f"not {text!r}")
-        count, every, unit, burst = int(m.group(1)), int(m.group(2) or 1), m.group(3), int(m.group(4) or 1)
+        count, every, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3)
+        burst = int(m.group(4)) if m.group(4) is not None else 0
         period = every * _UNITS[unit]
         if not 1 <= count <= MAX_COUNT:
             raise InvalidTask(f"a rate allows 1 to {MAX_COUNT:,} tasks a period, not {count}")
         if not 0 < period <= MAX_PERIOD_MS:
             raise InvalidTask(f"a rate's period is 1 s to a day, not {text!r}")
-        if not 1 <= burst <= MAX_BURST:
+        if m.group(4) is not None and not 1 <= burst <= MAX_BURST:
             raise InvalidTask(f"a burst is 1 to {MAX_BURST:,} tasks, not {burst}")
         return cls(count, period, burst)
 
@@ -70,7 +81,7 @@ class Rate:
                         if self.period_ms % ms == 0)
         every = self.period_ms // ms
         out = f"{self.count}/{'' if every == 1 else every}{unit}"
-        return out + (f" burst {self.burst}" if self.burst > 1 else "")
+        return out + (f" burst {self.burst}" if self.burst else "")
 
     def per_s(self) -> float:
         """The steady rate, tasks a second."""

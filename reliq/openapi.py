@@ -14,6 +14,7 @@ from typing import Any
 
 from reliq import __version__, priorities, schedules
 from reliq.formats import CANCELLABLE, TaskState
+from reliq.limits import MAX_KEY_LEN
 from reliq.queue import (
     MAX_DELAY_S,
     MAX_RETRIES_LIMIT,
@@ -66,6 +67,9 @@ _TASK_FIELDS: dict[str, Any] = {
     "unique_key": _or_null({"type": "string", "minLength": 1, "maxLength": MAX_UNIQUE_KEY,
                             "description": "The key of a unique task (default: a hash of its payload); "
                                            "makes the task unique"}),
+    "key": _or_null({"type": "string", "minLength": 1, "maxLength": MAX_KEY_LEN, "pattern": "^[^\\x00-\\x1f]*$",
+                     "description": "A customer, a merchant, an endpoint: its type's key concurrency applies, "
+                                    "and keys take turns (docs/flow-control.md)"}),
     "queue": _or_null({"type": "string", "pattern": QUEUE_PATTERN, "description": "Default: the server's queue"}),
 }
 #: A unique_key makes a task unique: it cannot come with "unique": false.
@@ -140,6 +144,8 @@ _SCHEMAS: dict[str, Any] = {
                        "description": "Why it died: error, timeout, crashed, unknown_type, permanent"},
             "worker": {"type": ["string", "null"]},
             "priority": {"type": "integer", "minimum": priorities.LOWEST, "maximum": priorities.HIGHEST},
+            "key": {"type": ["string", "null"], "description": "The task's key; null without one, and once a "
+                                                                "succeeded record is compact"},
             "enqueued_at": {"type": ["string", "null"], "format": "date-time"},
             "started_at": {"type": ["string", "null"], "format": "date-time"},
             "finished_at": {"type": ["string", "null"], "format": "date-time"},

@@ -24,12 +24,12 @@ from redis.exceptions import ResponseError
 from reliq import calls, pausing, priorities, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
-from reliq.formats import CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Enqueued, Metric, RunOutcome, TaskState
+from reliq.formats import CLAIM_HEAD, CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Enqueued, Metric, RunOutcome, TaskState
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
 from reliq.ids import new_id
 from reliq.keys import QueueKeys, group_id
-from reliq.limits import Layer, LimitView, check_ordered, merged
+from reliq.limits import Layer, LimitView, check_key, check_ordered, merged
 from reliq.limits import view as limit_view
 from reliq.memory import TASK_BYTES, guard
 from reliq.pausing import PauseView
@@ -52,12 +52,13 @@ STATES = tuple(TaskState)
 #: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
 #: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
 #: snoozed: runs that raised reliq.Snooze (not failures; their attempt is given back).
+#: rate_limited: runs that raised reliq.RateLimited: back to pending, attempt given back (settle.lua).
 #: schedule_enqueued / schedule_skipped: periodic slots enqueued, and missed ones skipped (reliq/schedules.py).
 #: cancelled: tasks that ended cancelled, before they started or while they ran;
 #: cancelled_running: those of them that were running (stopped by their worker, docs/cancel.md).
 COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
             "cancelled_running", "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory",
-            "trimmed", "expired", "snoozed", "schedule_enqueued", "schedule_skipped", "unique_hits")
+            "trimmed", "expired", "snoozed", "schedule_enqueued", "schedule_skipped", "unique_hits", "rate_limited")
 #: Payload edits a dead task's record keeps (each with the payload it replaced).
 EDITS_KEPT = 10
 
@@ -83,6 +84,8 @@ class TaskSpec:
     unique_key: str = ""
     #: 0 (lowest) to 9 (highest); see reliq/priorities.py.
     priority: int = priorities.DEFAULT
+    #: The task's key ("" = none): its type's key concurrency and turns apply (docs/flow-control.md).
+    key: str = ""
 
 
 def make_spec(
@@ -97,6 +100,7 @@ def make_spec(
     priority: Any = None,
     unique: Any = None,
     unique_key: Any = None,
+    key: Any = None,
     trace: str = "",
 ) -> TaskSpec:
     """Check one task's fields and encode its payload; raise InvalidTask saying what is wrong.
@@ -138,6 +142,7 @@ def make_spec(
         priority=priorities.check(priority),
         unique=unique,
         unique_key=unique_key or "",
+        key="" if key is None else check_key(key),
     )
 
 
@@ -221,6 +226,7 @@ class Claimed:
     queue: str
     trace: str = ""  # traceparent stored at enqueue ("" = none)
     unique: str = ""  # the name of its unique lock ("" = none), freed by the settle that ends it
+    key: str = ""  # the task's key ("" = none): see docs/flow-control.md
 
 
 @dataclass(slots=True)
@@ -252,6 +258,8 @@ class TaskInfo(TypedDict):
     worker: str | None
     #: 0 (lowest) to 9 (highest), 5 when the task named none.
     priority: int
+    #: The task's key (docs/flow-control.md); None without one, and once a succeeded record is compact.
+    key: str | None
     enqueued_at: str | None
     started_at: str | None
     finished_at: str | None
@@ -298,8 +306,13 @@ class Snapshot(TypedDict):
     unique_hits: int
     schedule_enqueued: int
     schedule_skipped: int
+    rate_limited: int
     #: Pending tasks of paused types set aside in their held lists (counted in ``pending`` too).
     held: int
+    #: Pending tasks set aside until their type's next token, or a hold's end (counted in ``pending`` too).
+    limited: int
+    #: Pending tasks with a key, waiting in their keys' lists (counted in ``pending`` too).
+    keyed: int
     #: What is paused: the whole queue and/or task types (reliq/pausing.py).
     paused: PauseView
     #: Pending tasks of each priority, "9" to "0" (reliq/priorities.py); held ones are in ``held`` only.
@@ -315,6 +328,8 @@ class Take:
     blocked: bool = False
     #: The whole queue is paused: nothing was claimed.
     paused: bool = False
+    #: Tasks set aside (a rate limit's, a hold's) are due in this many seconds (0: none).
+    wait_s: float = 0.0
 
 
 class ArchivedTask(TypedDict):
@@ -482,21 +497,27 @@ class Queue:
         return take.tasks, take.blocked
 
     async def take(self, worker_id: str, limit: int, moved: str = "", elsewhere: int = 0) -> Take:
-        """:meth:`claim`, also telling whether the whole queue is paused (then nothing is claimed)."""
-        k = self.keys
-        raw = await self._scripts(
-            "claim", [k.pending, k.processing(worker_id), k.task_prefix, k.workers, k.paused, k.held_prefix,
-                      k.priority_prefix, k.priorities],
-            [limit, worker_id, moved, elsewhere, self._priority_step],
-        )
+        """:meth:`claim`, also telling whether the whole queue is paused (then nothing is claimed).
+
+        And when set-aside tasks (docs/flow-control.md) are due, if this claim could have
+        taken more than it got.
+        """
+        raw = await self._scripts("claim", self._claim_keys(worker_id),
+                                  [limit, worker_id, moved, elsewhere, self._priority_step])
         now = int(raw[1])
-        rows = iter(raw[2:])
+        rows = iter(raw[CLAIM_HEAD:])
         # Positional and in one comprehension: this parse was a tenth of a worker's CPU. The
         # names unpacked are formats.CLAIM_FIELDS, in order (tests/test_formats.py checks).
         tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), int(to) if to else None,
-                         int(q or now), now, self.name, tr.decode() if tr else "", u.decode() if u else "")
-                 for i, t, p, a, f, m, c, to, q, tr, u in zip(*[rows] * CLAIM_WIDTH, strict=True)]
-        return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED)
+                         int(q or now), now, self.name, tr.decode() if tr else "", u.decode() if u else "",
+                         k.decode() if k else "")
+                 for i, t, p, a, f, m, c, to, q, tr, u, k in zip(*[rows] * CLAIM_WIDTH, strict=True)]
+        return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED, int(raw[2]) / 1000)
+
+    def _claim_keys(self, worker_id: str) -> list[str]:
+        k = self.keys
+        return [k.pending, k.processing(worker_id), k.task_prefix, k.workers, k.paused, k.held_prefix,
+                k.priority_prefix, k.priorities, k.limits, k.tat, k.limited_prefix, k.limited_due, *calls.group_keys(k)]
 
     async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:
         """Pause the whole queue (``task_type`` None) or one type; return (paused now, since ms).
@@ -514,7 +535,8 @@ class Queue:
         """
         name = pausing.field(task_type)
         k = self.keys
-        keys = [k.paused, k.pending, k.held(name), k.task_prefix, k.priority_prefix, k.priorities]
+        keys = [k.paused, k.pending, k.held(name), k.task_prefix, k.priority_prefix, k.priorities,
+                *calls.group_keys(k)]
         was, total, first = False, 0, "1"
         while True:
             paused, moved, left = await self._scripts("resume", keys, [name, pausing.RESUME_CHUNK, first])
@@ -597,7 +619,7 @@ class Queue:
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
             batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
-                          wait_ms, o.run_ms, wait_b, run_b, t.unique))
+                          wait_ms, o.run_ms, wait_b, run_b, t.unique, t.key))
             sums.update((f"{runs}|{t.type}|{o.outcome!s}", f"{wait}|{t.type}|{wait_b}", f"{run}|{t.type}|{run_b}"))
             sums[f"{wait_sum}|{t.type}"] += wait_ms
             sums[f"{run_sum}|{t.type}"] += o.run_ms
@@ -607,7 +629,7 @@ class Queue:
                 self.settings.keep_succeeded, orjson.dumps(own), orjson.dumps(list(progressed))]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
                 k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix, k.cancels(worker_id),
-                k.idem_prefix, k.unique_prefix]
+                k.idem_prefix, k.unique_prefix, k.limits, k.limited_prefix, k.limited_due, *calls.group_keys(k)]
         applied, stale = await self._scripts("settle", keys, args)
         return int(applied), int(stale)
 
@@ -636,7 +658,8 @@ class Queue:
         k = self.keys
         total = 0
         while True:
-            keys = [k.delayed, k.pending, k.task_prefix, k.priority_prefix, k.priorities]
+            keys = [k.delayed, k.pending, k.task_prefix, k.priority_prefix, k.priorities,
+                    *calls.group_keys(k)]
             n = int(await self._scripts("promote", keys, [limit]))
             total += n
             if n < limit:
@@ -690,7 +713,7 @@ class Queue:
         k = self.keys
         keys = [k.workers, k.processing(worker_id), k.pending, k.dead, k.stats, k.worker_info(worker_id), k.task_prefix,
                 k.waiters, k.wake_prefix, k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix,
-                k.unique_prefix]
+                k.unique_prefix, *calls.group_keys(k)]
         args = [worker_id, int(lease_s * 1000), self.settings.crash_limit, int(self.settings.result_ttl * 1000)]
         code, recovered, quarantined, cancelled = await self._scripts("reap", keys, args)
         return None if code == Code.ALIVE else (int(recovered), int(quarantined), int(cancelled))
@@ -703,7 +726,7 @@ class Queue:
         k = self.keys
         keys = [k.processing(worker_id), k.pending, k.workers, k.worker_info(worker_id), k.task_prefix,
                 k.priority_prefix, k.priorities, k.cancels(worker_id), k.idem_prefix, k.stats, k.waiters, k.wake_prefix,
-                k.unique_prefix]
+                k.unique_prefix, *calls.group_keys(k)]
         handed, _ = await self._scripts("release", keys, [worker_id, int(self.settings.result_ttl * 1000)])
         return int(handed)
 
@@ -750,7 +773,8 @@ class Queue:
         """Requeue the given dead ids, or the ``oldest`` n; return how many went back."""
         k = self.keys
         args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
-        keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities, k.unique_prefix]
+        keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities, k.unique_prefix,
+                *calls.group_keys(k)]
         return int(await self._scripts("dead_requeue", keys, args))
 
     async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
@@ -934,14 +958,31 @@ class Queue:
         """(pending, delayed): how many tasks wait to be claimed, and how many for their time, in one round trip.
 
         Pending counts every priority's list, and a wake mark (reliq/priorities.py) as one:
-        the claim it leads to drops it.
+        the claim it leads to drops it; and, roughly, what waits in keys' lists or is set
+        aside for a token (docs/flow-control.md): not zero while any of it waits.
         """
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.delayed)
             for priority in priorities.LEVELS:
                 pipe.llen(self.keys.priority_list(priority))
-            delayed, *pending = await pipe.execute()
-        return sum(int(n) for n in pending), int(delayed)
+            pipe.hget(self.keys.groups, "ready")  # tasks in keys' lists
+            pipe.zcard(self.keys.limited_due)  # types with tasks set aside
+            delayed, *pending, keyed, limited = await pipe.execute()
+        return sum(int(n) for n in pending) + int(keyed or 0) + int(limited), int(delayed)
+
+    async def flow_state(self) -> dict[str, int]:
+        """The keys' state, for audits (docs/flow-control.md): ``slots`` taken, keys with a marker
+        (``markers``), the ``ring``'s length, and the counts ``ready`` and ``aside`` (markers set aside: in
+        limited or held lists)."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.groups)
+            pipe.llen(k.ring)
+            raw, ring = await pipe.execute()
+        groups = {text(f): int(v) for f, v in raw.items()}
+        return {"slots": sum(v for f, v in groups.items() if f.startswith("a:")),
+                "markers": sum(1 for f in groups if f.startswith("q:")), "ring": int(ring),
+                "ready": groups.get("ready", 0), "aside": groups.get("aside", 0) + groups.get("paused", 0)}
 
     async def worker_ids(self) -> list[str]:
         """The registered workers (those whose heartbeat the reaper has not yet found silent)."""
@@ -968,7 +1009,8 @@ class Queue:
         """Depths, lag and counters of the queue, read in one script."""
         k = self.keys
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
-                k.dead_archive, k.paused, k.held_prefix, k.priority_prefix]
+                k.dead_archive, k.paused, k.held_prefix, k.priority_prefix,
+                k.limited_due, k.limited_prefix, k.groups]
         raw = await self._scripts("snapshot", keys, [])
         r = dict(zip(SNAPSHOT_FIELDS, raw, strict=False))
         now, oldest, oldest_dead = int(r["now_ms"]), int(r["oldest_queued_ms"]), int(r["oldest_dead_ms"])
@@ -986,6 +1028,8 @@ class Queue:
             "paused": pausing.parse(r["pauses"], now),
             "pending_by_priority": priorities.by_priority(
                 dict(zip(reversed(priorities.LEVELS), map(int, r["pending_by_priority"]), strict=True))),
+            "limited": int(r["limited_count"]),
+            "keyed": int(r["keyed_count"]),
         }
         snap.update(dict.fromkeys(COUNTERS, 0))
         for i in range(len(SNAPSHOT_FIELDS), len(raw), 2):
@@ -1057,6 +1101,7 @@ def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
         reason=_text(f.get("reason")),
         worker=_text(f.get("worker")),
         priority=int(f["priority"]) if f.get("priority") else priorities.DEFAULT,
+        key=_text(f.get("key")),
         enqueued_at=_iso(f.get("enqueued_at")),
         started_at=_iso(f.get("started_at")),
         finished_at=_iso(f.get("finished_at")),

@@ -29,7 +29,8 @@ from reliq.queue import Claimed, Outcome, Queue, make_spec
 
 async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, redis: Redis) -> None:
     # Each field holds a value no other does, so a field read into the wrong place shows.
-    [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1}, max_retries=7, timeout=11)])
+    [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1}, max_retries=7, timeout=11,
+                                                          key="customer-42")])
     distinct = {"attempts": "2", "failures": "4", "crashes": "5", "queued_at": "1234567",
                 "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "unique": "5:typed:k"}
     await redis.hset(queue.keys.task(task_id), mapping=distinct)
@@ -44,7 +45,7 @@ async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, r
 
 
 def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> None:
-    spec = make_spec("typed", {"p": 1}, max_retries=7, timeout=11, delay=5, idempotency_key="k",
+    spec = make_spec("typed", {"p": 1}, max_retries=7, timeout=11, delay=5, idempotency_key="k", key="customer-42",
                      run_at="2030-01-02T03:04:05Z", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                      priority=7, unique_key="uk")
     [row, plain] = orjson.loads(calls.enqueue_batch([spec, make_spec("typed")]))
@@ -60,7 +61,7 @@ def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> 
 
 async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Queue) -> None:
     task = Claimed("id1", "typed", b"null", attempts=1, failures=0, max_retries=7, crashes=0, timeout_ms=None,
-                   queued_at=1_000, started_at=1_250, queue=queue.name)
+                   queued_at=1_000, started_at=1_250, queue=queue.name, key="customer-42")
     sent: list[Any] = []
 
     async def script(name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
@@ -72,7 +73,7 @@ async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Q
     [row] = orjson.loads(sent[0][1])
     expected = {"id": "id1", "type": "typed", "max_retries": 7, "outcome": "error", "text": "boom",
                 "retry_delay_ms": 4_000, "wait_ms": 250, "run_ms": 900, "wait_bucket": bucket(250),
-                "run_bucket": bucket(900), "unique": ""}
+                "run_bucket": bucket(900), "unique": "", "key": "customer-42"}
     assert dict(zip(SETTLE_FIELDS, row, strict=True)) == expected
 
 
@@ -80,7 +81,7 @@ def test_a_format_line_becomes_the_lua_locals_the_script_reads() -> None:
     claim = scripts.source("claim")
     assert "--- @format" not in claim
     assert formats.lua_locals("CLAIM_FIELDS", {"CLAIM_FIELDS"}) in claim  # the list, for its HMGET
-    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT = 1, 3, 6, 8\n" in claim  # and the positions it reads, alone
+    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT, KEY = 1, 3, 6, 8, 11\n" in claim  # the positions it reads, alone
 
 
 def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:
@@ -130,7 +131,7 @@ def test_the_outcomes_settle_lua_tells_apart_are_run_outcomes_and_each_death_has
     assert set(re.findall(r"outcome == '(\w+)'", settle)) <= set(RunOutcome)
     # settle.lua dead-letters with the outcome as the reason (what neither succeeds, snoozes
     # nor ends cancelled); reap.lua with its own literal
-    assert {o.value for o in RunOutcome} - {"ok", "snooze", "cancelled"} <= set(DeadReason)
+    assert {o.value for o in RunOutcome} - {"ok", "snooze", "cancelled", "rate_limited"} <= set(DeadReason)
     assert set(re.findall(r"dead_letter\([^)]*?'(\w+)'", _lua_code())) <= set(DeadReason)
 
 

@@ -5,6 +5,7 @@ What the limits do to claims is tested in tests/test_flow.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -12,13 +13,23 @@ from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 from redis.asyncio import Redis
 
+import reliq
+import reliq.producer
+from reliq import priorities
 from reliq.cli import main
+from reliq.client import AsyncClient, Client
 from reliq.errors import InvalidTask
 from reliq.limits import Rate, declared, layer
 from reliq.monitor import app as monitor
 from reliq.queue import Queue
 from reliq.registry import Registry
 from reliq.settings import Settings
+from tests.util import api_client
+
+
+@reliq.task("webhook")
+def webhook(payload: int) -> None:
+    """A handler whose TaskFunction enqueues with a key."""
 
 
 @pytest.fixture
@@ -29,6 +40,7 @@ async def client(queue: Queue, settings: Settings) -> AsyncIterator[TestClient]:
 
 @pytest.mark.parametrize(("text", "rate", "shown"), [
     ("100/s", Rate(100, 1000), "100/s"),
+    ("100/s burst 1", Rate(100, 1000, 1), "100/s burst 1"),
     ("6/m", Rate(6, 60_000), "6/m"),
     ("6/min", Rate(6, 60_000), "6/m"),
     ("1000/h", Rate(1000, 3_600_000), "1000/h"),
@@ -52,7 +64,7 @@ def test_bad_rates_say_what_a_rate_is(text: object) -> None:
 
 
 def test_layers_check_their_fields() -> None:
-    assert layer({"rate": "10/s"}) == {"rate": [10, 1000, 1]}
+    assert layer({"rate": "10/s"}) == {"rate": [10, 1000, 0]}
     assert layer({"rate": None, "key_concurrency": None}) == {"rate": None, "key_concurrency": None}
     assert layer({"key_concurrency": 1, "ordered": True}) == {"key_concurrency": 1, "ordered": True}
     for bad in ({}, [], {"rat": "1/s"}, {"key_concurrency": 0}, {"key_concurrency": True},
@@ -63,7 +75,7 @@ def test_layers_check_their_fields() -> None:
 
 def test_the_decorator_refuses_impossible_limits_at_import() -> None:
     assert declared(None, None, False) is None
-    assert declared("50/s", 2, False) == {"rate": [50, 1000, 1], "key_concurrency": 2}
+    assert declared("50/s", 2, False) == {"rate": [50, 1000, 0], "key_concurrency": 2}
     with pytest.raises(ValueError, match="ordered"):
         declared(None, 2, True)
     with pytest.raises(ValueError, match="rate"):
@@ -86,7 +98,7 @@ async def test_put_get_delete_limits_over_http_with_the_declared_layer_beneath(
     email = body["types"]["send-email"]
     assert (email["rate"], email["key_concurrency"], email["ordered"]) == ("50/s", 2, False)
     assert email["declared"] == {"rate": "50/s", "key_concurrency": 2} and email["set"] == {}
-    assert await redis.hget(queue.keys.limits, "send-email") == b"50|1000|1|2|0"
+    assert await redis.hget(queue.keys.limits, "send-email") == b"50|1000|0|2|0"
 
     # An operator raises the rate: the key concurrency stays as declared.
     resp = await client.put("/limits/send-email", json={"rate": "100/s burst 10"})
@@ -112,7 +124,7 @@ async def test_put_get_delete_limits_over_http_with_the_declared_layer_beneath(
     assert resp.status == 200
     view = (await resp.json())["limits"]
     assert (view["rate"], view["key_concurrency"], view["ordered"], view["set"]) == ("50/s", 2, False, {})
-    assert await redis.hget(queue.keys.limits, "send-email") == b"50|1000|1|2|0"
+    assert await redis.hget(queue.keys.limits, "send-email") == b"50|1000|0|2|0"
 
     # New code without the declaration clears it, and with it the last limit: no hash is left.
     registry.add("send-email", lambda p: None)
@@ -162,3 +174,33 @@ def test_reliq_limit_set_show_clear(settings: Settings, redis_url: str) -> None:
     assert result.exit_code == 0 and "cleared" in result.output
     result = runner.invoke(main, ["limit", "show", *base])
     assert "no task type" in result.output
+
+
+async def test_every_producer_gives_a_task_its_key_and_a_bad_key_is_a_400_that_writes_nothing(
+    queue: Queue, settings: Settings, redis_url: str, redis: Redis
+) -> None:
+    async with api_client(queue, settings) as http:
+        resp = await http.post("/task", json={"type": "webhook", "payload": 1, "key": "customer-42"})
+        assert resp.status == 202, await resp.text()
+        by_api = (await resp.json())["task_id"]
+        for bad in ("", "a\nb", "x" * 201, 42):
+            resp = await http.post("/task", json={"type": "webhook", "key": bad})
+            assert resp.status == 400, bad
+            assert "'key'" in (await resp.json())["error"]
+    with Client(redis_url, queue.name) as sync:
+        by_client = sync.enqueue("webhook", 2, key="customer-42")
+    by_async = await AsyncClient(redis_url, queue.name).enqueue("webhook", 3, key="customer-7")
+    reliq.configure(redis_url, queue.name)
+    try:
+        by_function = await asyncio.to_thread(webhook.enqueue, 4, key="customer-7")
+    finally:
+        reliq.producer.close()
+    for task_id, key in ((by_api, "customer-42"), (by_client, "customer-42"), (by_async, "customer-7"),
+                         (by_function, "customer-7")):
+        record = await queue.get(task_id)
+        assert (record["key"], record["state"]) == (key, "pending")
+    snap = await queue.snapshot()
+    assert (snap["pending"], snap["keyed"]) == (4, 4)
+    assert await redis.lrange(queue.keys.pending, 0, -1) == [priorities.WAKE.encode()]  # keyed: in keys' lists
+    # (and the first woke the workers blocked on pending with a token, not counted in pending)
+    assert await redis.llen(queue.keys.group("webhook", "customer-42")) == 2

@@ -8,6 +8,7 @@ made-up inputs without running a cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 from collections import Counter
@@ -72,6 +73,9 @@ class RedisState:
     workers: list[str]
     counters: dict[str, int]
     metrics: dict[str, int]
+    #: The keys' state (docs/flow-control.md): slots taken, markers, ring length, and the
+    #: counts ready and aside (Queue.flow_state).
+    flow: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 async def collect(queue: Queue) -> RedisState:
@@ -89,6 +93,7 @@ async def collect(queue: Queue) -> RedisState:
         workers=await queue.worker_ids(),
         counters={c: int(snap[c]) for c in COUNTERS},  # type: ignore[literal-required]
         metrics=await queue.metric_counts(),
+        flow=await queue.flow_state(),
     )
 
 
@@ -270,6 +275,19 @@ def _counters(state: RedisState) -> list[dict[str, Any]]:
         _check("records not final == 0", 0, sum(n for s, n in states.items() if s not in CHAOS_END_STATES),
                "the queue drained"),
         _check("cancelled == 0", 0, c["cancelled"], "the run cancels nothing"),
+        *_flow(state.flow),
+    ]
+
+
+def _flow(flow: Mapping[str, int]) -> list[dict[str, Any]]:
+    """No slot of a key leaked, whatever was killed: every count back to nothing once the queue drained."""
+    if not flow:
+        return []
+    return [
+        _check("key slots taken == 0", 0, flow["slots"], "every keyed task gave its slot back: settled or reaped"),
+        _check("keys with a marker == 0", 0, flow["markers"] + flow["ring"], "no key waits for a turn"),
+        _check("keyed tasks ready == 0", 0, flow["ready"], "the keys' lists drained"),
+        _check("markers set aside == 0", 0, flow["aside"], "nothing paused or limited in a chaos run"),
     ]
 
 

@@ -54,12 +54,15 @@ class Load:
         self._session: aiohttp.ClientSession | None = None
 
     def _next(self) -> dict[str, Any]:
-        """The next task of the mix: mostly quick ones, some slow, some failing."""
+        """The next task of the mix: mostly quick ones, some slow (some of them keyed), some failing."""
         r = self.rng.random()
         if r < 0.4:
             return {"type": t.NOOP, "payload": {"n": self.sent}}
-        if r < 0.7:
+        if r < 0.6:
             return {"type": t.SLEEP, "payload": {"s": round(self.rng.uniform(0.01, 0.4), 3)}}
+        if r < 0.7:  # with one of 8 keys, two of a key at once: slots a kill must give back
+            return {"type": t.KEYED, "payload": {"s": round(self.rng.uniform(0.01, 0.4), 3)},
+                    "key": f"k{self.rng.randrange(8)}"}
         if r < 0.9:
             return {"type": t.FLAKY, "payload": {"fails": self.rng.randint(1, 2)}}
         return {"type": t.FAIL, "payload": {"n": self.sent}, "max_retries": FAIL_RETRIES}

@@ -25,7 +25,9 @@ LOG_ENV = "RELIQ_CHAOS_LOG"
 #: Task types of the load (the poison pill is injected as a fault).
 NOOP, SLEEP, FLAKY, FAIL, POISON = "chaos.noop", "chaos.sleep", "chaos.flaky", "chaos.fail", "chaos.poison"
 BLOCK = "chaos.block"
-TYPES = (NOOP, SLEEP, FLAKY, FAIL, POISON, BLOCK)
+#: Tasks with a key (docs/flow-control.md): two of a key at once, so kills leave slots to give back.
+KEYED = "chaos.keyed"
+TYPES = (NOOP, SLEEP, FLAKY, FAIL, POISON, BLOCK, KEYED)
 
 _fd: int | None = None
 
@@ -64,6 +66,14 @@ async def noop(payload: Any, ctx: Context) -> None:
 @task(SLEEP)
 async def sleep(payload: Any, ctx: Context) -> None:
     """Sleep ``payload["s"]`` seconds."""
+    started(ctx)
+    await asyncio.sleep(float(payload["s"]))
+    ended(ctx, "ok")
+
+
+@task(KEYED, key_concurrency=2)
+async def keyed(payload: Any, ctx: Context) -> None:
+    """Sleep ``payload["s"]`` seconds, at most two of a key at once across the fleet."""
     started(ctx)
     await asyncio.sleep(float(payload["s"]))
     ended(ctx, "ok")

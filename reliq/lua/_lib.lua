@@ -89,28 +89,6 @@ local function push_ready(pending_key, prio_prefix, flag_key, id, priority, push
   end
 end
 
--- Send tasks just taken out of the dead list back to pending (the list of their priority)
--- with a fresh retry budget; ids whose record is gone are skipped. Returns how many went back.
--- A unique task takes its lock back unless another live task holds it meanwhile (it then
--- runs all the same: someone asked for it by its id).
-local function requeue_dead(pending_key, prio_prefix, flag_key, stats_key, task_prefix, unique_prefix, ids, now)
-  local n = 0
-  for _, id in ipairs(ids) do
-    local key = task_prefix .. id
-    if redis.call('EXISTS', key) == 1 then
-      local lock = redis.call('HGET', key, 'unique')
-      if lock and not unique_holder(unique_prefix .. lock, task_prefix) then
-        redis.call('SET', unique_prefix .. lock, id)
-      end
-      redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'attempts', 0,
-                 'failures', 0, 'crashes', 0, 'reason', '')
-      push_ready(pending_key, prio_prefix, flag_key, id, redis.call('HGET', key, 'priority'), 'LPUSH')
-      n = n + 1
-    end
-  end
-  if n > 0 then redis.call('HINCRBY', stats_key, 'requeued', n) end
-  return n
-end
 
 -- How long an unread wake-up list lives (ms): a hub that is gone leaves nothing behind.
 local WAKE_TTL_MS = '60000'
@@ -246,4 +224,100 @@ end
 -- is retried or requeued.
 local function clear_progress(key)
   redis.call('HDEL', key, 'progress', 'progress_message', 'progress_at')
+end
+
+-- Keys of tasks (docs/flow-control.md). A group is one key of one task type; its id, the
+-- gid, is '<#type>:<type>:<key>' (reliq/keys.py: group_id). Its pending ids wait in the list
+-- G.group .. gid; G.groups holds its slots taken ('a:' .. gid), whether it has a marker
+-- ('q:' .. gid: on the ring, or set aside in a held or limited list as '@' .. gid) and the
+-- end of a hold ('h:' .. gid); and the queue's counts 'ready' (ids in keys' lists), 'aside'
+-- (markers in limited lists) and 'paused' (markers in held lists).
+-- G = {groups = hash, group = list prefix, ring = list, key_holds = zset, pending = list,
+--      prio = the other priorities' list prefix, flag = the priorities flag}: the keys the
+-- scripts that move keyed tasks take (reliq/calls.py: group_keys, after PENDING, PRIO and
+-- PRIORITIES of their own). A keyed id is never in a ready list of a priority; a key with
+-- tasks and a free slot has its marker somewhere.
+
+local function gid_of(ttype, key)
+  return #ttype .. ':' .. ttype .. ':' .. key
+end
+
+local function gid_type(gid)
+  local n = string.match(gid, '^(%d+):')
+  return string.sub(gid, #n + 2, #n + 1 + tonumber(n))
+end
+
+-- Put key gid's marker on the far end of the ring; a worker blocked on an empty pending is
+-- woken with the wake mark (as for a task of another priority).
+local function ring_push(G, gid)
+  if redis.call('LPUSH', G.ring, gid) == 1 and redis.call('LLEN', G.pending) == 0 then
+    redis.call('LPUSH', G.pending, WAKE_MARK)
+  end
+end
+
+-- Give key gid a marker on the ring, unless it has one, is held (then it waits in the
+-- key-holds zset) or has no task. now: ms, a number.
+local function group_wake(G, gid, now)
+  local g = redis.call('HMGET', G.groups, 'q:' .. gid, 'h:' .. gid)
+  if g[1] then return end
+  if g[2] then
+    if tonumber(g[2]) > now then
+      redis.call('ZADD', G.key_holds, g[2], gid)
+      return
+    end
+    redis.call('HDEL', G.groups, 'h:' .. gid)
+  end
+  if redis.call('LLEN', G.group .. gid) == 0 then return end
+  redis.call('HSET', G.groups, 'q:' .. gid, '1')
+  ring_push(G, gid)
+end
+
+-- A task of key gid becomes ready: onto its key's list, at the taking end (head = true: it
+-- runs next, e.g. given back by a dead worker) or the far end.
+local function group_push(G, gid, id, head, now)
+  local n = redis.call(head and 'RPUSH' or 'LPUSH', G.group .. gid, id)
+  redis.call('HINCRBY', G.groups, 'ready', 1)
+  if n == 1 then group_wake(G, gid, now) end
+end
+
+-- A task of key gid gave its slot back (settled, reaped, released, cancelled while it kept one).
+local function group_release(G, gid, now)
+  if redis.call('HINCRBY', G.groups, 'a:' .. gid, -1) <= 0 then redis.call('HDEL', G.groups, 'a:' .. gid) end
+  group_wake(G, gid, now)
+end
+
+-- A pending task becomes ready again (given back, requeued): with a key onto its key's list,
+-- else onto the list of its priority; at the taking end with head. A keyed task the worker
+-- had claimed (claimed = true) gives its key's slot back too.
+local function make_ready(G, id, key, ttype, priority, head, claimed, now)
+  if key then
+    local gid = gid_of(ttype, key)
+    group_push(G, gid, id, head, now)
+    if claimed then group_release(G, gid, now) end
+  else
+    push_ready(G.pending, G.prio, G.flag, id, priority, head and 'RPUSH' or 'LPUSH')
+  end
+end
+
+-- Send tasks just taken out of the dead list back to pending (the list of their priority, or
+-- of their key) with a fresh retry budget; ids whose record is gone are skipped. Returns how
+-- many went back. A unique task takes its lock back unless another live task holds it
+-- meanwhile (it then runs all the same: someone asked for it by its id).
+local function requeue_dead(G, stats_key, task_prefix, unique_prefix, ids, now)
+  local n = 0
+  for _, id in ipairs(ids) do
+    local key = task_prefix .. id
+    local f = redis.call('HMGET', key, 'type', 'key', 'priority', 'unique')
+    if f[1] then
+      if f[4] and not unique_holder(unique_prefix .. f[4], task_prefix) then
+        redis.call('SET', unique_prefix .. f[4], id)
+      end
+      redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'attempts', 0,
+                 'failures', 0, 'crashes', 0, 'reason', '')
+      make_ready(G, id, f[2], f[1], f[3], false, false, now)
+      n = n + 1
+    end
+  end
+  if n > 0 then redis.call('HINCRBY', stats_key, 'requeued', n) end
+  return n
 end

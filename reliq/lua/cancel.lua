@@ -13,6 +13,9 @@
 -- KEYS[10] CANCELS prefix of the workers' cancel-request sets (+ worker id)
 -- KEYS[11] NUDGE   prefix of the workers' cancel channels (pub/sub, + worker id)
 -- KEYS[12] UNIQUE_LOCKS  unique lock prefix: a cancelled (or deleted) unique task frees its lock
+-- KEYS[13] LIMITED limited list prefix: or in its type's limited list (set aside for a token)
+-- KEYS[14..17]     the keys of tasks (_lib.lua: G): a keyed task waits in its key's list, and
+--                  an ordered key's retry holds its key's slot ('slot' on its record)
 -- ARGV[1] id       task id
 -- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
 -- ARGV[3] mode     'keep' or 'forget'
@@ -28,9 +31,11 @@
 local PENDING, DELAYED, STATS, TASK, WAITERS, WAKE, IDEM, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
                                                                  KEYS[6], KEYS[7], KEYS[8]
 local PRIO, CANCELS, NUDGE, UNIQUE_LOCKS = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local LIMITED = KEYS[13]
+local G = {groups = KEYS[14], group = KEYS[15], ring = KEYS[16], key_holds = KEYS[17], pending = PENDING, prio = PRIO}
 local id, ttl_ms, mode = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local key = TASK .. id
-local state = redis.call('HGET', key, 'state')
+local ttype, priority, tkey, slot, state = unpack(redis.call('HMGET', key, 'type', 'priority', 'key', 'slot', 'state'))
 if not state then return {CODE_NO_TASK, ''} end
 if state == 'processing' then
   -- A DELETE after a POST cancel still deletes; a POST after a DELETE does not undo it.
@@ -47,12 +52,17 @@ if state == 'processing' then
   return {CODE_CANCELLING, state}
 end
 if state == 'pending' then
-  local ttype, priority = unpack(redis.call('HMGET', key, 'type', 'priority'))
-  if redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 0 then
-    redis.call('LREM', HELD .. ttype, 1, id)
+  if tkey then  -- its key's marker may stay behind: a claim drops it if the list is empty
+    if redis.call('LREM', G.group .. gid_of(ttype, tkey), 1, id) == 1 then
+      redis.call('HINCRBY', G.groups, 'ready', -1)
+    end
+  elseif redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 0
+      and redis.call('LREM', HELD .. ttype, 1, id) == 0 then
+    redis.call('LREM', LIMITED .. ttype, 1, id)
   end
 elseif state == 'scheduled' or state == 'retrying' then
   redis.call('ZREM', DELAYED, id)
+  if slot then group_release(G, gid_of(ttype, tkey), now_ms()) end
 else
   return {CODE_NOT_CANCELLABLE, state}
 end

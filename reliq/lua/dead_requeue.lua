@@ -7,10 +7,13 @@
 -- KEYS[6] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
 --                  back to the list of its priority
 -- KEYS[7] UNIQUE_LOCKS  unique lock prefix: a unique task takes its lock back when it is free
+-- KEYS[8..11]      the keys of tasks (_lib.lua: G): a keyed task goes back to its key's list
 -- ARGV[1] by       'ids' followed by task ids, or 'oldest' followed by a count
 -- Returns the number requeued (ids not in the dead list are ignored).
 local DEAD, PENDING, STATS, TASK, PRIO, PRIORITIES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local UNIQUE_LOCKS = KEYS[7]
+local G = {groups = KEYS[8], group = KEYS[9], ring = KEYS[10], key_holds = KEYS[11], pending = PENDING, prio = PRIO,
+           flag = PRIORITIES}
 local by = ARGV[1]
 local ids = {}
 if by == 'oldest' then
@@ -24,4 +27,4 @@ else
     if redis.call('LREM', DEAD, 1, ARGV[i]) == 1 then ids[#ids + 1] = ARGV[i] end
   end
 end
-return requeue_dead(PENDING, PRIO, PRIORITIES, STATS, TASK, UNIQUE_LOCKS, ids, now_ms())
+return requeue_dead(G, STATS, TASK, UNIQUE_LOCKS, ids, now_ms())

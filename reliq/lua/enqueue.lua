@@ -8,6 +8,8 @@
 -- KEYS[7] PRIO     prefix of the other priorities' pending lists (+ priority)
 -- KEYS[8] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
 -- KEYS[9] UNIQUE_LOCKS  unique lock prefix (_lib.lua: unique_lock)
+-- KEYS[10..13]     the keys of tasks (_lib.lua: G): a task with a key goes onto its key's
+--                  list, not pending (docs/flow-control.md)
 -- ARGV[1] idem_ttl idempotency TTL (ms)
 -- ARGV[2] tasks    the tasks as one JSON array of ENQUEUE_FIELDS (reliq/formats.py): id,
 --                  type, payload, max_retries ('' = the type's default, else
@@ -15,12 +17,12 @@
 --                  now), idempotency_key ('' = none), run_at_ms (0 = none; else the due time
 --                  on the epoch, which wins over delay_ms), trace (the traceparent, '' =
 --                  none), priority (left out for the default: such a task is written as
---                  before priorities existed), unique ('' = the type's default, '-' = no,
+--                  before priorities existed), key ('' = none), unique ('' = the type's default, '-' = no,
 --                  '#' = the default key, '=' .. key = this key); numbers as strings: one
---                  argument instead of eleven per task, because encoding arguments was
+--                  argument instead of twelve per task, because encoding arguments was
 --                  most of the API's cost of a batch.
--- ARGV[3] limit    admission limit: refuse when pending (all priorities) holds this many
---                  tasks already (0 = none)
+-- ARGV[3] limit    admission limit: refuse when pending (all priorities, and the keys'
+--                  lists) holds this many tasks already (0 = none)
 -- ARGV[4] default_retries  the queue's max_retries, for tasks whose type has no default
 -- Returns {CODE_OK, then for each task the id that stands for it and ENQUEUED_CREATED if it
 -- was created now, ENQUEUED_REPEATED if an earlier request with the same idempotency key
@@ -36,11 +38,13 @@
 --- @format ENQUEUED
 local PENDING, DELAYED, STATS, TASK, IDEM, TYPES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PRIO, PRIORITIES, UNIQUE_LOCKS = KEYS[7], KEYS[8], KEYS[9]
+local G = {groups = KEYS[10], group = KEYS[11], ring = KEYS[12], key_holds = KEYS[13], pending = PENDING, prio = PRIO,
+           flag = PRIORITIES}
 local idem_ttl, tasks, limit, default_retries = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local now = now_ms()
 local now_s = tostring(now)
 if limit > 0 then
-  local pending = redis.call('LLEN', PENDING)
+  local pending = redis.call('LLEN', PENDING) + tonumber(redis.call('HGET', G.groups, 'ready') or 0)
   for _, p in ipairs(OTHER_PRIORITIES) do pending = pending + redis.call('LLEN', PRIO .. p) end
   if pending >= limit then return {CODE_QUEUE_FULL, pending} end
 end
@@ -94,12 +98,23 @@ for _, t in ipairs(cjson.decode(tasks)) do
       fields[#fields + 1] = 'unique'
       fields[#fields + 1] = lock
     end
+    local tkey = t[KEY] ~= '' and t[KEY]
+    if tkey then
+      fields[#fields + 1] = 'key'
+      fields[#fields + 1] = tkey
+    end
     if due > now then
       redis.call('HSET', TASK .. id, 'state', 'scheduled', unpack(fields))
       redis.call('ZADD', DELAYED, due, id)
     else
       redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s, unpack(fields))
-      if priority then push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'LPUSH') else ready[#ready + 1] = id end
+      if tkey then
+        group_push(G, gid_of(t[TYPE], tkey), id, false, now)
+      elseif priority then
+        push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'LPUSH')
+      else
+        ready[#ready + 1] = id
+      end
     end
     created = created + 1
     out[#out + 1] = id

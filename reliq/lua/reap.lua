@@ -14,6 +14,9 @@
 -- KEYS[12] CANCELS    W's cancel-request set
 -- KEYS[13] IDEM       idempotency key prefix
 -- KEYS[14] UNIQUE_LOCKS  unique lock prefix (a quarantined or cancelled unique task frees its lock)
+-- KEYS[15..18]        the keys of tasks (_lib.lua: G): a keyed task goes back at the head of
+--                     its key's list, and the slot it held is given back (dead-lettered or
+--                     cancelled too)
 -- ARGV[1] worker      W
 -- ARGV[2] lease_ms    lease (ms)
 -- ARGV[3] limit       crash limit
@@ -31,23 +34,31 @@ local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEY
 local INFO, TASK, WAITERS, WAKE, PRIO, PRIORITIES = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local CANCELS, IDEM, UNIQUE_LOCKS = KEYS[12], KEYS[13], KEYS[14]
 local worker, lease_ms, limit, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local G = {groups = KEYS[15], group = KEYS[16], ring = KEYS[17], key_holds = KEYS[18], pending = PENDING, prio = PRIO,
+           flag = PRIORITIES}
 local now = now_ms()
 local beat = redis.call('ZSCORE', WORKERS, worker)
 if beat and tonumber(beat) > now - lease_ms then
   return {CODE_ALIVE, 0, 0, 0}
 end
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
-local solo = #ids == 1
+local marks = 0  -- a wake mark a BLMOVE moved in is no task: W did not run it beside another
+for _, id in ipairs(ids) do
+  if id == WAKE_MARK then marks = marks + 1 end
+end
+local solo = #ids - marks == 1
 local recovered, quarantined, cancelled = 0, 0, 0
 local asked = redis.call('EXISTS', CANCELS) == 1
 for _, id in ipairs(ids) do
   local key = TASK .. id
-  local crashes, priority, state = unpack(redis.call('HMGET', key, 'crashes', 'priority', 'state'))
+  local crashes, priority, tkey, ttype, state = unpack(redis.call('HMGET', key, 'crashes', 'priority', 'key', 'type',
+                                                                   'state'))
   -- anything else (cancelled meanwhile, record expired) is just dropped from the list;
   -- an id BLMOVE moved but W never claimed ('pending') did not run: no crash to count
   if state == 'processing'
       and end_held_cancel(CANCELS, asked, key, id, IDEM, UNIQUE_LOCKS, now, ttl_ms, WAITERS, WAKE) then
     cancelled = cancelled + 1
+    if tkey then group_release(G, gid_of(ttype, tkey), now) end
   elseif state == 'processing' or state == 'pending' then
     crashes = tonumber(crashes)
     if state == 'processing' then crashes = redis.call('HINCRBY', key, 'crashes', 1) end
@@ -57,10 +68,11 @@ for _, id in ipairs(ids) do
       quarantined = quarantined + 1
       unique_release(UNIQUE_LOCKS, redis.call('HGET', key, 'unique'), id)
       if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
+      if tkey and state == 'processing' then group_release(G, gid_of(ttype, tkey), now) end
     else
       redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
       clear_progress(key)
-      push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
+      make_ready(G, id, tkey, ttype, priority, true, state == 'processing', now)
       recovered = recovered + 1
     end
   end

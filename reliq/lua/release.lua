@@ -13,6 +13,8 @@
 -- KEYS[11] WAITERS    waiters hash
 -- KEYS[12] WAKE       wake-up list prefix (a cancelled task wakes its waiters)
 -- KEYS[13] UNIQUE_LOCKS  unique lock prefix (a cancelled unique task frees its lock)
+-- KEYS[14..17]       the keys of tasks (_lib.lua: G): a keyed task goes back at the head of
+--                     its key's list, its slot given back (a cancelled one gives it back too)
 -- ARGV[1] worker      W
 -- ARGV[2] ttl_ms      TTL of a cancelled record (ms)
 -- Returns {handed back, cancelled}. They were never finished, so the attempt does not
@@ -23,21 +25,24 @@ local PROCESSING, PENDING, WORKERS, INFO, TASK, PRIO = KEYS[1], KEYS[2], KEYS[3]
 local PRIORITIES, CANCELS, IDEM, STATS, WAITERS, WAKE = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local UNIQUE_LOCKS = KEYS[13]
 local worker, ttl_ms = ARGV[1], tonumber(ARGV[2])
+local G = {groups = KEYS[14], group = KEYS[15], ring = KEYS[16], key_holds = KEYS[17], pending = PENDING, prio = PRIO,
+           flag = PRIORITIES}
 local now = now_ms()
 local ids = redis.call('LRANGE', PROCESSING, 0, -1)
 local n, cancelled = 0, 0
 local asked = redis.call('EXISTS', CANCELS) == 1
 for _, id in ipairs(ids) do
   local key = TASK .. id
-  local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
+  local priority, tkey, ttype, state = unpack(redis.call('HMGET', key, 'priority', 'key', 'type', 'state'))
   if state == 'processing'
       and end_held_cancel(CANCELS, asked, key, id, IDEM, UNIQUE_LOCKS, now, ttl_ms, WAITERS, WAKE) then
     cancelled = cancelled + 1
+    if tkey then group_release(G, gid_of(ttype, tkey), now) end
   elseif state == 'processing' or state == 'pending' then
     if state == 'processing' then redis.call('HINCRBY', key, 'attempts', -1) end
     redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
     clear_progress(key)
-    push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
+    make_ready(G, id, tkey, ttype, priority, true, state == 'processing', now)
     n = n + 1
   end
 end

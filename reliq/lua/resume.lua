@@ -8,6 +8,8 @@
 -- KEYS[4] TASK     task key prefix
 -- KEYS[5] PRIO     prefix of the other priorities' pending lists (+ priority)
 -- KEYS[6] PRIORITIES flag: a list of another priority may hold ids (set as one is created)
+-- KEYS[7..10]      the keys of tasks (_lib.lua: G): a key's marker in the held list goes
+--                  back on the ring
 -- ARGV[1] field    '*' or the task type
 -- ARGV[2] most     N, the most ids moved this call
 -- ARGV[3] first    '1' on the first call of a resume, '' on the calls that go on with it
@@ -17,6 +19,8 @@
 -- the field lives until the held list is empty, so a resume cut short (a crash) shows in the
 -- pause state and is finished by resuming again. Its ids are pending all along.
 local PAUSED, PENDING, HELD, TASK, PRIO, PRIORITIES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local G = {groups = KEYS[7], group = KEYS[8], ring = KEYS[9], key_holds = KEYS[10], pending = PENDING, prio = PRIO,
+           flag = PRIORITIES}
 local field, most, first = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local current = redis.call('HGET', PAUSED, field)
 if not current then return {0, 0, 0} end
@@ -28,13 +32,19 @@ if string.sub(current, 1, 7) == 'paused|' then
   if first ~= '1' then return {1, 0, -1} end
   redis.call('HSET', PAUSED, field, 'resuming|' .. string.sub(current, 8))
 end
-local moved = 0
+local moved, markers = 0, 0
 for _ = 1, most do
   local id = redis.call('LPOP', HELD)
   if not id then break end
-  push_ready(PENDING, PRIO, PRIORITIES, id, redis.call('HGET', TASK .. id, 'priority'), 'RPUSH')
-  moved = moved + 1
+  if string.byte(id, 1) == 64 then  -- '@': a key's marker (its tasks wait in their key's list)
+    ring_push(G, string.sub(id, 2))
+    markers = markers + 1
+  else
+    push_ready(PENDING, PRIO, PRIORITIES, id, redis.call('HGET', TASK .. id, 'priority'), 'RPUSH')
+    moved = moved + 1
+  end
 end
+if markers > 0 then redis.call('HINCRBY', G.groups, 'paused', -markers) end
 local left = redis.call('LLEN', HELD)
 if left == 0 then redis.call('HDEL', PAUSED, field) end
 return {1, moved, left}

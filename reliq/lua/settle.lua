@@ -20,6 +20,11 @@
 -- KEYS[15] UNIQUE_LOCKS  unique lock prefix: a unique task that ends frees its lock (its
 --                     name is in the batch, read by the claim: a task without one costs no
 --                     read here)
+-- KEYS[16] LIMITS     limits hash (an ordered key's retry keeps its slot)
+-- KEYS[17] LIMITED    limited list prefix (+ task type)
+-- KEYS[18] LIMITED_DUE  zset type -> when its set-aside tasks are due
+-- KEYS[19..22]        the keys of tasks (_lib.lua: G): groups hash, key list prefix, ring,
+--                     key holds
 -- ARGV[1] keep_age    retention of succeeded records: age (ms)
 -- ARGV[2] batch       the batch as one JSON array of SETTLE_FIELDS (reliq/formats.py) a
 --                     task: one argument instead of eleven per task, because encoding
@@ -41,6 +46,11 @@
 -- ARGV[6] progressed  JSON array of the batch's ids whose handlers reported progress
 --                     (ctx.progress; '[]' or absent = none): a success or a retry drops those
 --                     fields too. Named, so that every other task pays nothing for them.
+-- A keyed task gives its key's slot back (group_release), except the retry (or snooze) of
+-- an ordered key, which keeps it until promote.lua puts it back at the head of its key.
+-- outcome rate_limited (reliq.RateLimited): the task goes back pending with its attempt
+-- undone, at the taking end of its key's list (the key held retry_delay_ms) or of its
+-- type's limited list (the type held that long); counted rate_limited, not failed.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending (its priority's list)
@@ -62,11 +72,14 @@
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority'}
 local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
+local DROPPED_KEYED = {'key', unpack(DROPPED)}  -- (a field a record lacks costs HDEL a scan)
 --- @format SETTLE_FIELDS
 --- @format METRIC
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE, PRIO = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local CANCELS, IDEM, UNIQUE_LOCKS = KEYS[13], KEYS[14], KEYS[15]
+local LIMITS, LIMITED, LIMITED_DUE = KEYS[16], KEYS[17], KEYS[18]
+local G = {groups = KEYS[19], group = KEYS[20], ring = KEYS[21], key_holds = KEYS[22], pending = PENDING, prio = PRIO}
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
@@ -90,6 +103,36 @@ local cancels = redis.call('EXISTS', CANCELS) == 1
 
 local function add(tbl, field, n)
   tbl[field] = (tbl[field] or 0) + n
+end
+
+local ordered = {}  -- type -> whether its keys run in order: read once a type, for keyed retries only
+local function is_ordered(ttype)
+  if ordered[ttype] == nil then
+    ordered[ttype] = string.sub(redis.call('HGET', LIMITS, ttype) or '', -2) == '|1'
+  end
+  return ordered[ttype]
+end
+
+-- A keyed task going to the delayed set (a retry, a snooze) keeps its key's slot when the
+-- key is ordered, so that no later task of its key overtakes it (promote.lua gives it back).
+local function keeps_slot(key, ttype, gid)
+  if not (gid and is_ordered(ttype)) then return false end
+  redis.call('HSET', key, 'slot', '1')
+  return true
+end
+
+-- RateLimited: back to pending with the attempt undone, first in line once the hold ends.
+local function held_back(id, ttype, gid, until_ms)
+  redis.call('HINCRBY', TASK .. id, 'attempts', -1)
+  redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s)
+  if gid then
+    local h = redis.call('HGET', G.groups, 'h:' .. gid)
+    if not h or tonumber(h) < until_ms then redis.call('HSET', G.groups, 'h:' .. gid, until_ms) end
+    group_push(G, gid, id, true, now)
+  else
+    redis.call('RPUSH', LIMITED .. ttype, id)
+    redis.call('ZADD', LIMITED_DUE, 'GT', until_ms, ttype)
+  end
 end
 
 -- The metrics fields of one task, as W sums them (reliq/queue.py: Queue.settle; the kinds
@@ -155,9 +198,13 @@ for _, t in ipairs(batch) do
   local id, ttype, max_retries, outcome, text = t[ID], t[TYPE], t[MAX_RETRIES], t[OUTCOME], t[TEXT]
   local key = TASK .. id
   local mine = take(id)
-  if not mine and outcome == 'ok' then
+  local gid = t[KEY] ~= '' and gid_of(ttype, t[KEY])
+  local slot = mine  -- the task holds its key's slot (if it has a key)
+  if not mine and outcome == 'ok' then  -- the reaper that requeued it gave the slot back
     local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
-    mine = state == 'pending' and redis.call('LREM', ready_list(PENDING, PRIO, priority), 1, id) == 1
+    local from = gid and G.group .. gid or ready_list(PENDING, PRIO, priority)
+    mine = state == 'pending' and redis.call('LREM', from, 1, id) == 1
+    if mine and gid then redis.call('HINCRBY', G.groups, 'ready', -1) end
   end
   if not mine then
     stale = stale + 1
@@ -171,6 +218,9 @@ for _, t in ipairs(batch) do
       add(counts, 'cancelled', 1)
       add(counts, 'cancelled_running', 1)
       ended(id, nil)
+    elseif outcome == 'rate_limited' then
+      held_back(id, ttype, gid, now + t[RETRY_DELAY_MS])
+      add(counts, 'rate_limited', 1)
     elseif outcome == 'ok' then
       if cancel then redis.call('HDEL', key, 'cancel', 'cancel_requested_at') end  -- too late: it succeeded
       -- The compact record (see KEPT), so that a success frees memory (also on a Redis
@@ -178,7 +228,7 @@ for _, t in ipairs(batch) do
       -- fields it no longer needs; a hash table is written anew (callgrind: the rewrite
       -- costs ~23,000 instructions a task more than the HDEL, the check ~1,500).
       if redis.call('OBJECT', 'ENCODING', key) == 'listpack' then
-        redis.call('HDEL', key, unpack(DROPPED))
+        redis.call('HDEL', key, unpack(gid and DROPPED_KEYED or DROPPED))
         if t[UNIQUE] ~= '' then redis.call('HDEL', key, 'unique') end  -- freed below; only such tasks pay it
         if progressed and progressed[id] then clear_progress(key) end
         redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
@@ -196,6 +246,7 @@ for _, t in ipairs(batch) do
     elseif outcome == 'snooze' then
       snooze(DELAYED, key, id, now + t[RETRY_DELAY_MS])
       add(counts, 'snoozed', 1)
+      slot = slot and not keeps_slot(key, ttype, gid)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
       dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
@@ -208,11 +259,13 @@ for _, t in ipairs(batch) do
         if progressed and progressed[id] then clear_progress(key) end
         redis.call('ZADD', DELAYED, now + t[RETRY_DELAY_MS], id)
         add(counts, 'retried', 1)
+        slot = slot and not keeps_slot(key, ttype, gid)
       else
         dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
         ended(id, t[UNIQUE])
       end
     end
+    if gid and slot then group_release(G, gid, now) end
   end
 end
 if taken > 0 then

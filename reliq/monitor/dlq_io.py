@@ -105,8 +105,9 @@ def _parse_line(line: Any, default_queue: str | None) -> tuple[str, str, list[st
     if not isinstance(line, dict) or not isinstance(line.get("record"), dict):
         raise InvalidTask("not a reliq export line: expected an object with 'task_id' and 'record'")
     task_id, record = line.get("task_id"), line["record"]
-    if not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_ID_LEN or any(c.isspace() for c in task_id):
-        raise InvalidTask(f"'task_id' must be 1 to {MAX_ID_LEN} characters without spaces")
+    if (not isinstance(task_id, str) or not 0 < len(task_id) <= MAX_ID_LEN or any(c.isspace() for c in task_id)
+            or task_id.startswith("@")):  # '@...' stands for keys in the scripts' lists (docs/flow-control.md)
+        raise InvalidTask(f"'task_id' must be 1 to {MAX_ID_LEN} characters without spaces, not starting with '@'")
     queue = check_queue_name(default_queue or line.get("queue"))
     if not isinstance(record.get("type"), str) or not record["type"]:
         raise InvalidTask("'record.type' must be a non-empty string")

@@ -38,6 +38,7 @@ COUNTER_HELP = {
     "cancelled_running": "Tasks cancelled while they ran: stopped by their worker (also in cancelled).",
     "snoozed": "Runs that raised reliq.Snooze: run again later, their attempt not spent.",
     "unique_hits": "Enqueues answered with the id of a live task of the same type and unique key.",
+    "rate_limited": "Runs that raised reliq.RateLimited: back to pending, attempt not spent, type or key held.",
     "refused_memory": "Tasks refused (507) because Redis was out of memory or past --max-memory-ratio.",
     "trimmed": "Succeeded records deleted past their queue's (or type's) keep_succeeded count.",
     "expired": "Succeeded records deleted once older than their queue's (or type's) result_ttl.",
@@ -278,8 +279,14 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                                    "How long the queue (type=\"*\") or a task type of it has been paused (0: not).",
                                    labels=["queue", "type"])
     yield from _schedule_families(readings)
+    waiting = GaugeMetricFamily("reliq_queue_flow_waiting",
+                                "Pending tasks waiting on flow control (counted in pending too): set aside for a rate "
+                                "limit's token or a hold (limited), in their keys' lists (keyed).",
+                                labels=["queue", "where"])
     for r in readings:
         q, snap = r.snapshot["queue"], r.snapshot
+        waiting.add_metric([q, "limited"], snap["limited"])
+        waiting.add_metric([q, "keyed"], snap["keyed"])
         whole = snap["paused"]["queue"]
         paused.add_metric([q, QUEUE_FIELD], 1 if whole else 0)
         paused_for.add_metric([q, QUEUE_FIELD], whole["paused_s"] if whole else 0.0)
@@ -304,8 +311,8 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
                 tasks.add_metric([q, ttype, outcome], n)
         for name, family in counters.items():
             family.add_metric([q], snap[name])  # type: ignore[literal-required]
-    yield from (depth, lag, by_priority, paused, paused_for, dead_age, archived, workers, in_flight, slots, mem_used,
-                mem_max, tasks, *counters.values())
+    yield from (depth, lag, by_priority, waiting, paused, paused_for, dead_age, archived, workers, in_flight, slots,
+                mem_used, mem_max, tasks, *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
     yield _histogram("reliq_task_run_seconds", "Time a handler ran.", readings, "run")
     yield _loop_histogram(readings)

@@ -11,6 +11,10 @@ spell rather than cancelled, so waking up never loses a moved id.
 A queue whose claim answers "paused" (reliq/pausing.py) is left alone, neither claimed
 from nor waited on with a BLMOVE, for :data:`~reliq.pausing.RECHECK_S`; then a claim asks
 again. An id a BLMOVE moved in as the pause landed is handed back by that claim.
+
+A claim that could have taken more also says when tasks it set aside (for a rate limit's
+next token, or a hold; docs/flow-control.md) are due: an idle wait then ends by that time,
+so the next claim takes them as they come due, without spinning in between.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Fetcher:
         self.strict = strict
         self._waiters: dict[str, asyncio.Task[str | None]] = {}
         self._paused: dict[str, float] = {}  # queue name -> when to ask again (monotonic)
+        self._due: dict[str, float] = {}  # queue name -> when its set-aside tasks are due (monotonic)
 
     def order(self) -> list[Queue]:
         """The order to visit the queues in this time."""
@@ -78,19 +83,25 @@ class Fetcher:
             self._paused[queue.name] = time.monotonic() + RECHECK_S
         else:
             self._paused.pop(queue.name, None)
+        if take.wait_s:
+            self._due[queue.name] = time.monotonic() + take.wait_s
+        else:
+            self._due.pop(queue.name, None)
         return take
 
     async def wait(self, block_s: float, free: int, held: int) -> list[Claimed]:
         """Block up to ``block_s`` until a task arrives in any queue that is not paused, then claim it.
 
-        With every queue paused, sleep until the first is due to be asked again.
+        With every queue paused, sleep until the first is due to be asked again. Return by
+        the time set-aside tasks of a queue are due, too.
         """
         for queue in self.queues:
             if queue.name not in self._waiters and not self.is_paused(queue):
                 self._waiters[queue.name] = asyncio.create_task(queue.wait_for_task(self.worker_id, block_s))
         timeout = block_s + 1
-        if self._paused:  # ask a paused queue again in time, even while waiting on the others
-            timeout = min(timeout, max(0.0, min(self._paused.values()) - time.monotonic()))
+        wake_at = [*self._paused.values(), *self._due.values()]
+        if wake_at:  # ask a paused queue again in time, even while waiting on the others; take what comes due
+            timeout = min(timeout, max(0.0, min(wake_at) - time.monotonic()))
         if self._waiters:
             await asyncio.wait(self._waiters.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         else:
@@ -126,7 +137,7 @@ class Fetcher:
         return tasks
 
     async def empty(self) -> bool:
-        """Whether every queue has nothing pending (of any priority) and nothing delayed (for burst mode).
+        """Whether every queue has nothing pending (any priority, keyed, set aside) and nothing delayed (burst mode).
 
         A wake mark (reliq/priorities.py) counts as pending: the claim it causes drops it.
         """

@@ -49,7 +49,7 @@ from typing import Any
 
 import orjson
 
-from reliq.errors import HandlerFailed, PermanentError, Snooze, describe_error
+from reliq.errors import HandlerFailed, PermanentError, RateLimited, Snooze, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def request(module: str, name: str, payload: bytes, ctx: Sequence[Any] | None) -
 def result(answer: dict[str, str]) -> Any:
     """A child's answer as the handler's result (an ``orjson.Fragment``: stored unparsed), or its error raised.
 
-    Raises PermanentError, Snooze or HandlerFailed as the handler did in the child.
+    Raises PermanentError, Snooze, RateLimited or HandlerFailed as the handler did in the child.
     """
     if "ok" in answer:
         return orjson.Fragment(answer["ok"]) if answer["ok"] else None
@@ -257,6 +257,8 @@ def result(answer: dict[str, str]) -> Any:
         raise Snooze(float(answer["snooze"]))
     if "not_retried" in answer:
         raise HandlerFailed(answer["not_retried"], retried=False)
+    if "rate_limited" in answer:
+        raise RateLimited(float(answer["rate_limited"]), answer["error"])
     raise HandlerFailed(answer["error"])
 
 
@@ -379,6 +381,8 @@ def _serve(request: dict[str, Any], cancel: threading.Event, report: Callable[[f
         return {"permanent": str(exc)}
     except Snooze as exc:
         return {"snooze": repr(exc.seconds)}
+    except RateLimited as exc:
+        return {"rate_limited": repr(exc.retry_after), "error": str(exc)}
     except Exception as exc:
         # the type's retry policy is applied here, where the exception's class is known
         retried = handler is None or handler.retry.retries(exc)

@@ -38,7 +38,7 @@ import orjson
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
 from reliq import logs, tracing, type_defaults
 from reliq.connection import UNAVAILABLE
-from reliq.errors import GaveUp, HandlerFailed, PermanentError, Snooze, describe_error
+from reliq.errors import GaveUp, HandlerFailed, PermanentError, RateLimited, Snooze, describe_error
 from reliq.formats import RunOutcome
 from reliq.loops import cancel_all
 from reliq.loopwatch import Culprit, LoopWatch
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 #: its enum costs ~0.25 us (timeit), ten times a module global.
 OK, ERROR, TIMEOUT, SNOOZE = RunOutcome.OK, RunOutcome.ERROR, RunOutcome.TIMEOUT, RunOutcome.SNOOZE
 PERMANENT, UNKNOWN_TYPE, CANCELLED = RunOutcome.PERMANENT, RunOutcome.UNKNOWN_TYPE, RunOutcome.CANCELLED
+RATE_LIMITED = RunOutcome.RATE_LIMITED
 
 #: How long one BLMOVE waits before the fetcher looks around again (stop, burst end).
 BLOCK_S = 1.0
@@ -467,6 +468,8 @@ class Worker:
             return Outcome(task, SNOOZE, str(exc), _ms_since(start), int(min(exc.seconds, MAX_DELAY_S) * 1000))
         if isinstance(exc, PermanentError):
             return Outcome(task, PERMANENT, describe_error(exc), _ms_since(start))
+        if isinstance(exc, RateLimited):  # back without spending an attempt; its type or key held (settle.lua)
+            return Outcome(task, RATE_LIMITED, describe_error(exc), _ms_since(start), round(exc.retry_after * 1000))
         if isinstance(exc, HandlerFailed):  # in a child process: its error as it was, or how the child died
             if not exc.retried:  # the child applied the type's policy, knowing the exception's class
                 return Outcome(task, PERMANENT, str(exc), _ms_since(start))
