@@ -41,8 +41,9 @@ _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([a-z]+?)s?\s*(?:burst\s+(\d+))?\s*
 
 #: What a rate without a burst lets start at once after a quiet spell: this many ms of it (at
 #: least one task). So a claim a little late (a worker waking a few ms after the token was
-#: due) does not lose the token, and a fleet keeps the rate over time; ``burst 1`` spaces
-#: tasks strictly instead. Kept in claim.lua too (DEFAULT_TOLERANCE_MS).
+#: due) does not lose the token; and while tasks of the type wait set aside, tokens up to a
+#: second late are kept (claim.lua: CATCHUP_MS), so a fleet keeps the rate over time.
+#: ``burst 1`` spaces tasks strictly instead. Kept in claim.lua too (DEFAULT_TOLERANCE_MS).
 DEFAULT_TOLERANCE_MS = 100
 
 

@@ -193,3 +193,19 @@ async def test_a_running_keyed_task_cancelled_gives_its_slot_back_settled_or_rea
     g = await groups(redis, queue)
     assert not [f for f in g if f.startswith("a:")] and g["ready"] == "1"
     assert [t.id for t in (await queue.take("w2", 10)).tasks] == [a[2]]
+
+
+async def test_a_late_claim_still_gets_the_tokens_its_backlog_was_due_but_not_after_a_hold(queue: Queue) -> None:
+    await queue.set_limits("rated", {"rate": [50, 1000, 0]})  # one every 20 ms, 100 ms of it at once
+    await enqueue(queue, "rated", 80)
+    assert len((await queue.take("w1", 100)).tasks) == 6  # the default burst: 0, 20, ..., 100 ms
+    await asyncio.sleep(0.5)  # the workers were late (a busy host): the tokens waited for them
+    late = await queue.take("w1", 100)
+    assert 20 <= len(late.tasks) <= 27  # 25 for the 500 ms, the rate kept over time
+    # A type held by RateLimited starts again at its rate when the hold ends, with no catching up.
+    await queue.settle("w1", [Outcome(late.tasks[0], "rate_limited", "429", 1, retry_delay_ms=300)])
+    hold_end = (await queue.task_fields([late.tasks[0].id], ["queued_at"]))[0][0]
+    await asyncio.sleep(0.45)
+    after = (await queue.take("w1", 100)).tasks
+    since_ms = after[0].started_at - (int(hold_end or 0) + 300)
+    assert len(after) <= since_ms / 20 + 6 + 1  # its rate from the hold's end (and its burst), not before

@@ -75,6 +75,8 @@ local moved = {}  -- the ids claimed, in order: pushed onto W's list at the end
 local counts = {ready = 0, aside = 0, paused = 0}  -- changes of the keys' counts, written once
 -- A rate without a burst lets this many ms of it start at once (reliq/limits.py: DEFAULT_TOLERANCE_MS).
 local DEFAULT_TOLERANCE_MS = 100
+-- And, while tasks of it wait set aside, tokens up to this many ms late are not lost (token()).
+local CATCHUP_MS = 1000
 
 -- f: the task's fields as fields() read them; its key, set by serve_key, goes in the reply too.
 local function claim(id, f)
@@ -146,6 +148,7 @@ if flowing then
     if tonumber(c) > 0 then
       l.interval = tonumber(p) / tonumber(c)
       l.tolerance = b == '0' and DEFAULT_TOLERANCE_MS or (tonumber(b) - 1) * l.interval
+      l.catchup = b == '0' and CATCHUP_MS or 0
       rated[#rated + 1] = raw[i]
     end
     limits[raw[i]] = l
@@ -160,10 +163,14 @@ end
 
 -- GCRA: the type's TAT after one more task now, or false when its next token is not due
 -- yet; true for a type without a rate.
-local function token(ttype)
+-- since: the type has tasks set aside, due since then, so each token since was wanted: one a
+-- late claim (a worker that woke late on a busy host) did not take is still there, up to
+-- CATCHUP_MS of them (for a rate without a burst), and the rate holds over time. Not from
+-- before they were due: after a hold (RateLimited) the type starts again at its rate.
+local function token(ttype, since)
   local l = limits[ttype]
   if not (l and l.interval) then return true end
-  local t = math.max(tat[ttype], clock)
+  local t = math.max(tat[ttype], since and math.max(clock - l.catchup, since) or clock)
   if t - clock > l.tolerance then return false end
   return t + l.interval
 end
@@ -271,7 +278,7 @@ local function take_due()
     if at <= clock and taken < max and not (paused_types and paused_types[ttype]) then
       local list, halt = LIMITED .. ttype, false
       while taken < max do
-        local t = token(ttype)
+        local t = token(ttype, at)
         local item = t and redis.call('RPOP', list)
         if not item then break end
         if string.byte(item, 1) == 64 then  -- '@': a key's marker
@@ -303,7 +310,7 @@ local function take_due()
       if redis.call('LLEN', list) == 0 then
         redis.call('ZREM', LIMITED_DUE, ttype)
         due[ttype] = nil
-      elseif not token(ttype) then
+      elseif not token(ttype, at) then
         local l = limits[ttype]
         due[ttype] = math.max(tat[ttype], clock) - l.tolerance
         redis.call('ZADD', LIMITED_DUE, due[ttype], ttype)
