@@ -47,10 +47,13 @@ def terminate(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> No
 
 
 class RedisServer:
-    """A redis-server we start, own and stop; AOF on unless ``aof=False``."""
+    """A redis-server we start, own and stop; AOF on unless ``aof=False``.
+
+    ``wrap``: a command it runs under (``valgrind --tool=callgrind ...``, for benchmarks).
+    """
 
     def __init__(self, data_dir: str | Path, port: int | None = None, *, aof: bool = True,
-                 fsync: str = "everysec", extra: tuple[str, ...] = ()) -> None:
+                 fsync: str = "everysec", extra: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise ConfigError(INSTALL_HINT)
@@ -63,6 +66,7 @@ class RedisServer:
         self.aof = aof
         self.fsync = fsync
         self.extra = extra
+        self.wrap = wrap
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,8 +76,8 @@ class RedisServer:
 
     def command(self) -> list[str]:
         """The redis-server command line."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                "--save", "", "--daemonize", "no", "--maxmemory-policy", "noeviction",
+        args = [*self.wrap, self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--dir", str(self.data_dir), "--save", "", "--daemonize", "no", "--maxmemory-policy", "noeviction",
                 "--logfile", str(self.data_dir / "redis.log")]
         if self.aof:
             args += ["--appendonly", "yes", "--appendfsync", self.fsync]

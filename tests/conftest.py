@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from reliq.connection import connect
 from reliq.queue import Queue
+from reliq.redis_cluster import LocalCluster
 from reliq.redis_server import RedisServer
 from reliq.settings import Settings
 from tests.flaky import Flaky
@@ -41,6 +42,32 @@ def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis", aof=True, fsync="always").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A private three-primary Redis Cluster shared by a module's tests (AOF off: not for kills)."""
+    nodes = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield nodes
+    nodes.stop()
+
+
+def _own_cluster(tmp_path: Path, replicas: int) -> Iterator[LocalCluster]:
+    nodes = LocalCluster(tmp_path / "cluster", replicas=replicas, aof=True, fsync="always").start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest.fixture
+def aof_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three primaries of this test alone, AOF on with fsync always: kill and restart them at will."""
+    yield from _own_cluster(tmp_path, replicas=0)
+
+
+@pytest.fixture
+def replica_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three primaries with one replica each, AOF on, of this test alone: fail a primary over at will."""
+    yield from _own_cluster(tmp_path, replicas=1)
 
 
 @pytest.fixture

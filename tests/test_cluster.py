@@ -1,12 +1,16 @@
-"""reliq on a real three-primary Redis Cluster: each queue on one shard, queues spread out."""
+"""reliq on a real three-primary Redis Cluster: each queue on one shard, queues spread out.
+
+The clusters come from tests/conftest.py (reliq/redis_cluster.py starts them).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,59 +27,20 @@ from reliq.client import AsyncClient, Client
 from reliq.connection import UNAVAILABLE, connect, parse_multi_host
 from reliq.errors import ConfigError
 from reliq.keys import QueueKeys
+from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue
-from reliq.redis_server import RedisServer, free_port
+from reliq.redis_cluster import LocalCluster
 from reliq.registry import REGISTRY
 from reliq.settings import Settings
 from reliq.worker import Worker
 from tests import procs
-from tests.util import eventually, wait_until
-
-
-def start_cluster(base: Path, primaries: int = 3) -> list[RedisServer]:
-    """``primaries`` cluster-enabled redis-servers joined with ``redis-cli --cluster create``.
-
-    Each node's bus port is set explicitly (``cluster-port``) to another free port,
-    because the default (port + 10000) may be taken, or past 65535.
-    """
-    nodes = []
-    for i in range(primaries):
-        node_dir = base / f"node{i}"
-        extra = ("--cluster-enabled", "yes", "--cluster-config-file", str(node_dir / "nodes.conf"),
-                 "--cluster-port", str(free_port()), "--cluster-node-timeout", "2000")
-        nodes.append(RedisServer(node_dir, aof=False, extra=extra))
-    try:
-        for node in nodes:
-            node.start()
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
-                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
-        for node in nodes:  # every node must have learnt the whole slot map
-            wait_until(lambda n=node: b"cluster_state:ok" in _cli(n.port, "CLUSTER", "INFO"), timeout=20,
-                       what=f"cluster state ok on port {node.port}")
-    except BaseException:
-        for node in nodes:
-            node.stop()
-        raise
-    return nodes
-
-
-def _cli(port: int, *command: str) -> bytes:
-    return subprocess.run(["redis-cli", "-p", str(port), *command], capture_output=True, timeout=10).stdout
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
-    """A private three-primary cluster for this module's tests."""
-    nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
-    yield nodes
-    for node in nodes:
-        node.stop()
+from tests.util import eventually
 
 
 @pytest.fixture
-def cluster_url(cluster: list[RedisServer]) -> str:
-    """The reliq URL of the cluster (two of the three nodes as seeds)."""
-    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster[:2])
+def cluster_url(cluster: LocalCluster) -> str:
+    """The reliq URL of the cluster (two of the three nodes as seeds: the client learns the third)."""
+    return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster.nodes[:2])
 
 
 @pytest.fixture
@@ -240,3 +205,46 @@ def test_cluster_outages_count_as_redis_unavailable() -> None:
     for exc in (ClusterDownError("CLUSTERDOWN"), MasterDownError("MASTERDOWN"), TryAgainError("TRYAGAIN"),
                 RedisClusterException("Redis Cluster cannot be connected")):
         assert isinstance(exc, UNAVAILABLE)
+
+
+async def _enqueue_riding_outages(queue: Queue, count: int) -> list[str]:
+    """``count`` sleep tasks, each enqueue retried through a Redis outage by the outage rules."""
+    outage = Outage("test producer", logging.getLogger(__name__), give_up=GiveUp(after_s=30))
+    return [await outage.call(lambda: queue.enqueue("sleep", 0.02)) for _ in range(count)]
+
+
+async def test_a_primary_killed_on_a_cluster_with_replicas_fails_over_and_every_task_completes(
+    replica_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """SIGKILL the primary of a busy queue: its replica takes over, the worker and the producer ride
+    the failover out (outage rules), the old primary comes back on its AOF as a replica, and every
+    task enqueued before the kill (replicated) or after it (through the outage) succeeds."""
+    cluster = replica_cluster
+    name = "f-" + uuid.uuid4().hex[:10]
+    victim = cluster.owner(QueueKeys(name).pending)
+    client = connect(cluster.url, max_connections=32)
+    queue = Queue(client, short(cluster.url, name))
+    worker = procs.worker(cluster.url, name, tmp_path / "worker.log", "--concurrency", "8")
+    try:
+        before = await _enqueue_riding_outages(queue, 300)
+        cluster.wait_replicated(victim)  # what the replica has when the primary dies is all there is
+        await eventually(lambda: _succeeded(queue, 60), timeout=20, what="the worker under way")
+        victim.kill()
+        after = await _enqueue_riding_outages(queue, 100)  # first through the failover, then on the new primary
+        assert victim not in cluster.primaries()
+        await asyncio.to_thread(cluster.restart, victim)  # on its AOF: it rejoins as the new primary's replica
+        assert victim in cluster.replicas() and cluster.owner(QueueKeys(name).pending) is not victim
+
+        async def all_done() -> bool:
+            return await queue.states(before + after) == ["succeeded"] * len(before + after)
+
+        await eventually(all_done, timeout=30, interval=0.2, what="every task succeeded")
+        assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+        assert "Traceback" not in (tmp_path / "worker.log").read_text()
+    finally:
+        procs.stop(worker)
+        await client.aclose()
+
+
+async def _succeeded(queue: Queue, at_least: int) -> bool:
+    return (await queue.snapshot())["succeeded"] >= at_least
