@@ -22,6 +22,7 @@ from reliq import priorities
 from reliq.connection import UNAVAILABLE, connect, describe
 from reliq.errors import InvalidTask, ScheduleNotFound, TaskNotFound
 from reliq.eventloop import run
+from reliq.formats import ScheduleSource
 from reliq.limits import Layer, LimitView
 from reliq.monitor import deadletter, dlq_io
 from reliq.monitor.deadletter import DeadFilter, Replay
@@ -373,7 +374,7 @@ def schedule_add(settings: Settings, schedule: Schedule) -> int:
     """``reliq schedule add NAME``: define it at run time."""
 
     async def body(queue: Queue) -> int:
-        outcome = await queue.schedule_put(schedule, "api")
+        outcome = await queue.schedule_put(schedule, ScheduleSource.API)
         [view] = await read(queue, schedule.name)
         out.print(f"schedule {schedule.name!r} of queue {queue.name!r} {outcome}: {_when(view)}, next run "
                   f"{view['next_run'] or '(paused)'}", markup=False)
@@ -388,16 +389,16 @@ def schedule_act(settings: Settings, name: str, action: str) -> int:
     async def body(queue: Queue) -> int:
         what = f"schedule {name!r} of queue {queue.name!r}"
         done: bool | None
-        if action == "trigger":
-            try:
+        try:
+            if action == "trigger":
                 out.print(await trigger(queue, name), markup=False)
                 return 0
-            except ScheduleNotFound:
-                done = None
-        elif action == "remove":
-            done = await queue.schedule_remove(name) or None
-        else:
-            done = await queue.schedule_pause(name, action == "pause", editor())
+            if action == "remove":
+                done = await queue.schedule_remove(name) or None
+            else:
+                done = await queue.schedule_pause(name, action == "pause", editor())
+        except ScheduleNotFound:
+            done = None
         if done is None:
             err.print(f"reliq: no {what}", markup=False)
             return 1

@@ -11,6 +11,7 @@ from aiohttp import web
 from reliq import schedules
 from reliq.api import PRODUCER, json_body, known_query
 from reliq.errors import ScheduleNotFound
+from reliq.formats import Put, ScheduleSource
 from reliq.queue import Queue
 from reliq.web import error, json_response
 
@@ -55,9 +56,9 @@ async def put_schedule(request: web.Request) -> web.Response:
     """
     queue, name = _target(request)
     schedule = schedules.from_definition(name, await json_body(request))
-    outcome = await queue.schedule_put(schedule, "api")
+    outcome = await queue.schedule_put(schedule, ScheduleSource.API)
     return json_response({"status": outcome, "schedule": await schedules.read_one(queue, name)},
-                         201 if outcome == "created" else 200)
+                         201 if outcome == Put.CREATED else 200)
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
@@ -80,8 +81,9 @@ async def trigger_schedule(request: web.Request) -> web.Response:
 
 async def _pause(request: web.Request, pause: bool) -> web.Response:
     queue, name = _target(request)
-    changed = await queue.schedule_pause(name, pause, f"api ({request.remote or '?'})")
-    if changed is None:
+    try:
+        changed = await queue.schedule_pause(name, pause, f"api ({request.remote or '?'})")
+    except ScheduleNotFound:
         return _not_found(queue, name)
     status = ("paused" if changed else "already paused") if pause else ("resumed" if changed else "not paused")
     return json_response({"status": status, "schedule": await schedules.read_one(queue, name)})

@@ -120,12 +120,13 @@ class GaveUp(ReliqError):
 
 
 def script_error(code: int, *, queue: str = "", task_id: str = "", state: str = "", pending: int = 0,
-                 limit: int = 0) -> ReliqError:
+                 limit: int = 0, name: str = "") -> ReliqError:
     """The exception a script's refusal ``code`` (a negative :class:`reliq.formats.Code`) stands for.
 
     The keywords are what the caller knows of the call, for the message: the queue and the
     admission ``limit`` (QUEUE_FULL, with the ``pending`` count the script replied), the
-    ``task_id`` (NO_TASK), the ``state`` the script replied (NOT_CANCELLABLE).
+    ``task_id`` (NO_TASK), the ``state`` the script replied (NOT_CANCELLABLE), the schedule's
+    ``name`` (NO_SCHEDULE).
     """
     match code:
         case Code.QUEUE_FULL:
@@ -134,6 +135,8 @@ def script_error(code: int, *, queue: str = "", task_id: str = "", state: str = 
             return TaskNotFound(task_id)
         case Code.NOT_CANCELLABLE:
             return CancelRefused(state)
+        case Code.NO_SCHEDULE:
+            return ScheduleNotFound(name)
     raise ValueError(f"script code {code!r} is not a refusal")
 
 

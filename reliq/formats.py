@@ -103,6 +103,10 @@ class Code(IntEnum):
     ALIVE = 3
     #: cancel.lua: the task runs; its worker was asked to stop it (docs/cancel.md).
     CANCELLING = 4
+    #: pause.lua, schedule_pause.lua, resume.lua: it was so already (paused, or not
+    #: paused); nothing changed. resume.lua answers PAUSED when the type was paused again
+    #: while its held tasks went back (those left stay held).
+    ALREADY = 5
     #: enqueue.lua: pending holds the admission limit already (the reply's next value says
     #: how many); nothing was written. QueueFull.
     QUEUE_FULL = -1
@@ -110,6 +114,8 @@ class Code(IntEnum):
     NO_TASK = -2
     #: cancel.lua: the task has ended (its state follows). CancelRefused.
     NOT_CANCELLABLE = -3
+    #: schedule_pause.lua: there is no such schedule. ScheduleNotFound.
+    NO_SCHEDULE = -4
 
 
 class Enqueued(IntEnum):
@@ -150,6 +156,117 @@ SNAPSHOT_FIELDS = ("now_ms", "pending_count", "delayed_count", "dead_count", "wo
                    "pending_by_priority", "limited_count", "keyed_count")
 
 
+#: What joins the parts of a compound value: a metrics-hash field, a limits-hash value, a
+#: pause, a schedule's pause (Lua: ``SEP``). Not a magic character of Lua patterns, so a
+#: pattern may spell it as itself (:data:`LIMIT_PATTERN`).
+SEP = "|"
+
+#: A type's value in the limits hash (limit.lua writes it, claim.lua and settle.lua read it):
+#: these integers joined by :data:`SEP`, 0 for none; ``ordered`` 1 or 0. The sources it is
+#: merged from are JSON in the limit sources hash (reliq/limits.py).
+LIMIT_FIELDS = ("rate_count", "rate_period_ms", "rate_burst", "key_concurrency", "ordered")
+#: What limit.lua formats a value with, and the Lua pattern claim.lua and settle.lua match it with.
+LIMIT_FORMAT = SEP.join(["%d"] * len(LIMIT_FIELDS))
+LIMIT_PATTERN = "^" + SEP.join(["(%d+)"] * len(LIMIT_FIELDS))
+
+
+class PauseState(StrEnum):
+    """The first part of a value of the paused hash: ``state|since_ms|by`` (reliq/pausing.py).
+
+    pause.lua writes PAUSED; resume.lua RESUMING while a type's held tasks go back, during
+    which claims take the type as usual. claim.lua tells them apart by their first letter.
+    """
+
+    PAUSED = "paused"
+    RESUMING = "resuming"
+
+
+#: The paused hash's field of the whole queue (any other names a task type).
+WHOLE_QUEUE = "*"
+#: What pause.lua and resume.lua look for at the start of a paused hash value.
+PAUSED_MARK = PauseState.PAUSED.value + SEP
+RESUMING_MARK = PauseState.RESUMING.value + SEP
+
+#: What a script pushes to an empty ``pending`` to wake a blocked worker for a task of
+#: another priority or key (reliq/priorities.py): no task id looks like it (ids are 26
+#: Crockford base32 characters); a claim drops it like any id without a record.
+WAKE_MARK = "~wake"
+
+
+class Unique(StrEnum):
+    """How enqueue.lua takes a task's uniqueness (its ENQUEUE_FIELDS ``unique``; reliq/calls.py)."""
+
+    #: The type's default (``type_unique``).
+    TYPE_DEFAULT = ""
+    #: Not unique.
+    NO = "-"
+    #: Unique by the default key: a SHA1 of the payload as stored.
+    PAYLOAD = "#"
+    #: Followed by the producer's own key.
+    KEY = "="
+
+
+class GroupField(StrEnum):
+    """The fields of a queue's groups hash (keys of tasks, docs/flow-control.md; _lib.lua).
+
+    The first three are prefixes of a key's gid; the last three counts of the whole queue.
+    Python reads them for the keys' view (``Queue.group_counts``); tests/test_formats.py
+    checks the scripts spell no other.
+    """
+
+    #: ``a:<gid>``: the key's slots taken.
+    SLOTS = "a:"
+    #: ``q:<gid>``: the key has a marker (on the ring, or set aside as ``@<gid>``).
+    MARKER = "q:"
+    #: ``h:<gid>``: when the key's hold ends (ms).
+    HOLD = "h:"
+    #: Ids waiting in keys' lists.
+    READY = "ready"
+    #: Markers set aside in limited lists, waiting for a token.
+    ASIDE = "aside"
+    #: Markers in held lists (their type is paused).
+    PAUSED = "paused"
+
+
+class ScheduleSource(StrEnum):
+    """Who defined a periodic schedule (its hash's ``source``; schedule_put.lua)."""
+
+    #: At run time (PUT /schedules, reliq schedule add): always written, and wins over code.
+    API = "api"
+    #: A worker's --app modules: written unless a run-time definition holds the name.
+    CODE = "code"
+
+
+class Put(StrEnum):
+    """What schedule_put.lua did with a definition (Lua: ``PUT_CREATED`` and so on)."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+    #: Code met a run-time definition that differs from it, and left it as it is.
+    KEPT = "kept"
+
+
+class Fire(StrEnum):
+    """What schedule_fire.lua did with a decision (Lua: ``FIRE_OK`` and so on).
+
+    OK: recorded. Any other: nothing written.
+    """
+
+    OK = "ok"
+    #: No such schedule.
+    GONE = "gone"
+    PAUSED = "paused"
+    #: Defined again since the read.
+    CHANGED = "changed"
+    #: An earlier decision's tasks are not all in yet.
+    BUSY = "busy"
+    #: Another worker decided from this cursor first.
+    RACED = "raced"
+    #: A slot or the new cursor lies beyond the Redis clock, or at or before the cursor.
+    EARLY = "early"
+
+
 class Metric(StrEnum):
     """The kinds of field in a queue's metrics hash: a field is the kind and its parts, joined by ``|``.
 
@@ -174,8 +291,6 @@ class Metric(StrEnum):
     BLOCKED_SUM = "lbs"
 
 
-#: What joins the parts of a metrics-hash field.
-SEP = "|"
 #: Kinds whose field is the kind and a task type; kinds with no task type.
 _TYPE_ONLY = (Metric.WAIT_SUM, Metric.RUN_SUM)
 _NO_TYPE = (Metric.BLOCKS, Metric.BLOCKED_SUM)
@@ -201,8 +316,9 @@ def split_metric(field: str) -> tuple[str, str, str]:
 
 
 #: Every format a script can take with ``--- @format NAME``: positions (a tuple of field
-#: names) or constants (an enum, whose members become ``NAME_MEMBER``).
-LUA: dict[str, tuple[str, ...] | type[Enum]] = {
+#: names), constants (an enum, whose members become ``NAME_MEMBER``) or one string (a
+#: local ``NAME``).
+LUA: dict[str, tuple[str, ...] | type[Enum] | str] = {
     "CLAIM_FIELDS": CLAIM_FIELDS,
     "ENQUEUE_FIELDS": ENQUEUE_FIELDS,
     "SETTLE_FIELDS": SETTLE_FIELDS,
@@ -210,6 +326,18 @@ LUA: dict[str, tuple[str, ...] | type[Enum]] = {
     "METRIC": Metric,
     "CODE": Code,
     "ENQUEUED": Enqueued,
+    "SEP": SEP,
+    "LIMIT_FIELDS": LIMIT_FIELDS,
+    "LIMIT_FORMAT": LIMIT_FORMAT,
+    "LIMIT_PATTERN": LIMIT_PATTERN,
+    "WHOLE_QUEUE": WHOLE_QUEUE,
+    "PAUSED_MARK": PAUSED_MARK,
+    "RESUMING_MARK": RESUMING_MARK,
+    "WAKE_MARK": WAKE_MARK,
+    "UNIQUE": Unique,
+    "SOURCE": ScheduleSource,
+    "PUT": Put,
+    "FIRE": Fire,
 }
 
 
@@ -217,17 +345,27 @@ def lua_locals(name: str, wanted: Container[str] | None = None) -> str:
     """The Lua locals that stand for format ``name``, those in ``wanted`` alone if given.
 
     For positions: the list, named ``name``, and each field's position; for constants:
-    ``name_MEMBER`` and its value.
+    ``name_MEMBER`` and its value; for a string, ``name`` and it.
     """
     spec = LUA[name]
+    if isinstance(spec, str):
+        return f"local {name} = {_lua_string(spec)}\n" if wanted is None or name in wanted else ""
     if isinstance(spec, tuple):
         pairs = [(f.upper(), str(i)) for i, f in enumerate(spec, start=1)]
         listed = wanted is None or name in wanted
         head = f"local {name} = {{{', '.join(repr(f) for f in spec)}}}\n" if listed else ""
     else:
-        pairs = [(f"{name}_{m.name}", repr(m.value)) for m in spec]
+        pairs = [(f"{name}_{m.name}", _lua_string(m.value) if isinstance(m.value, str) else repr(m.value))
+                 for m in spec]
         head = ""
     pairs = [(n, v) for n, v in pairs if wanted is None or n in wanted]
     if not pairs:
         return head
     return f"{head}local {', '.join(n for n, _ in pairs)} = {', '.join(v for _, v in pairs)}\n"
+
+
+def _lua_string(value: str) -> str:
+    """``value`` as a Lua string literal (formats spell no quote, backslash or line break)."""
+    if any(c in value for c in "'\\\n"):
+        raise ValueError(f"{value!r} cannot be written into Lua as it is")
+    return f"'{value}'"

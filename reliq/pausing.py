@@ -22,9 +22,10 @@ from typing import Any, TypedDict
 
 from reliq.calls import text
 from reliq.errors import InvalidTask
+from reliq.formats import SEP, WHOLE_QUEUE, PauseState
 
 #: The paused hash's field that pauses the whole queue.
-QUEUE_FIELD = "*"
+QUEUE_FIELD = WHOLE_QUEUE
 #: Held ids one resume script call moves back to pending (bounded work a call).
 RESUME_CHUNK = 1000
 #: How often a worker asks again whether a paused queue was resumed, seconds.
@@ -79,11 +80,11 @@ def parse(triplets: list[Any], now_ms: int) -> PauseView:
     view = PauseView(queue=None, types={})
     for i in range(0, len(triplets), 3):
         name, value, held = text(triplets[i]), text(triplets[i + 1]), int(triplets[i + 2])
-        state, _, rest = value.partition("|")
-        since, _, by = rest.partition("|")
+        state, _, rest = value.partition(SEP)
+        since, _, by = rest.partition(SEP)
         since_ms = int(since or 0)
         pause = Pause(since_ms=since_ms, paused_s=max(0.0, (now_ms - since_ms) / 1000), by=by, held=held,
-                      resuming=state == "resuming")
+                      resuming=state == PauseState.RESUMING)
         if name == QUEUE_FIELD:
             view["queue"] = pause
         else:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from reliq.errors import InvalidTask
+from reliq.formats import WAKE_MARK
 
 LOWEST = 0
 HIGHEST = 9
@@ -39,8 +40,8 @@ LEVELS = tuple(range(LOWEST, HIGHEST + 1))
 #: The priorities with lists of their own (all but the default).
 OTHERS = tuple(p for p in LEVELS if p != DEFAULT)
 #: What a script pushes to an empty ``pending`` to wake a blocked worker for a task of
-#: another priority: no task id looks like it (ids are 26 Crockford base32 characters).
-WAKE = "~wake"
+#: another priority (defined with the other formats the scripts share).
+WAKE = WAKE_MARK
 #: The step when aging is off: one priority outweighs any wait (about 300 years in ms).
 STRICT_STEP_MS = 10**13
 

@@ -23,8 +23,22 @@ from redis.exceptions import ResponseError
 
 from reliq import calls, pausing, priorities, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
-from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound
-from reliq.formats import CLAIM_HEAD, CLAIM_WIDTH, SNAPSHOT_FIELDS, Code, Enqueued, Metric, RunOutcome, TaskState
+from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound, script_error
+from reliq.formats import (
+    CLAIM_HEAD,
+    CLAIM_WIDTH,
+    SEP,
+    SNAPSHOT_FIELDS,
+    Code,
+    Enqueued,
+    Fire,
+    GroupField,
+    Metric,
+    Put,
+    RunOutcome,
+    ScheduleSource,
+    TaskState,
+)
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
 from reliq.ids import new_id
@@ -524,8 +538,8 @@ class Queue:
 
         False when it was paused already (the first pause's time and author stay).
         """
-        now, since = await self._scripts("pause", [self.keys.paused], [pausing.field(task_type), by])
-        return int(now) == 1, int(since)
+        code, since = await self._scripts("pause", [self.keys.paused], [pausing.field(task_type), by])
+        return code == Code.OK, int(since)
 
     async def resume(self, task_type: str | None) -> tuple[bool, int]:
         """Resume the queue or one type; return (whether it was paused, held tasks moved back to pending).
@@ -539,9 +553,9 @@ class Queue:
                 *calls.group_keys(k)]
         was, total, first = False, 0, "1"
         while True:
-            paused, moved, left = await self._scripts("resume", keys, [name, pausing.RESUME_CHUNK, first])
-            was, total, first = was or paused == 1, total + int(moved), ""
-            if int(left) <= 0:
+            code, moved, left = await self._scripts("resume", keys, [name, pausing.RESUME_CHUNK, first])
+            was, total, first = was or code != Code.ALREADY, total + int(moved), ""
+            if code == Code.PAUSED or int(left) == 0:  # paused again: what is left stays held
                 return was, total
 
     async def paused(self) -> PauseView:
@@ -612,17 +626,19 @@ class Queue:
         # Each field as formats.metric() writes it, spelled out: this loop runs a task. Plain
         # strs, and the outcome (a StrEnum) formatted with !s: formatting an enum member
         # costs ~0.3 us more a field (timeit).
-        runs, wait, wait_sum = Metric.RUNS.value, Metric.WAIT.value, Metric.WAIT_SUM.value
-        run, run_sum = Metric.RUN.value, Metric.RUN_SUM.value
+        s = SEP
+        runs, wait, wait_sum, run, run_sum = (m.value + s for m in (Metric.RUNS, Metric.WAIT, Metric.WAIT_SUM,
+                                                                    Metric.RUN, Metric.RUN_SUM))
         for o in outcomes:
             t = o.task
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
             batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
                           wait_ms, o.run_ms, wait_b, run_b, t.unique, t.key))
-            sums.update((f"{runs}|{t.type}|{o.outcome!s}", f"{wait}|{t.type}|{wait_b}", f"{run}|{t.type}|{run_b}"))
-            sums[f"{wait_sum}|{t.type}"] += wait_ms
-            sums[f"{run_sum}|{t.type}"] += o.run_ms
+            ty = t.type
+            sums.update((f"{runs}{ty}{s}{o.outcome!s}", f"{wait}{ty}{s}{wait_b}", f"{run}{ty}{s}{run_b}"))
+            sums[wait_sum + ty] += wait_ms
+            sums[run_sum + ty] += o.run_ms
             if retention and t.type in retention and t.type not in own:
                 own[t.type] = retention[t.type].limits(self.settings)
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
@@ -738,30 +754,32 @@ class Queue:
         return cast(list[Any], await self._scripts("schedules", [k.schedules, k.schedule_prefix, k.task_prefix],
                                                    [name]))
 
-    async def schedule_put(self, schedule: Schedule, source: str) -> str:
-        """Write a definition (``source`` 'code' or 'api'); 'created', 'updated', 'unchanged' or 'kept'."""
+    async def schedule_put(self, schedule: Schedule, source: ScheduleSource) -> Put:
+        """Write a definition (``source`` code or api); what schedule_put.lua did with it."""
         k = self.keys
         outcome, _ = await self._scripts("schedule_put", [k.schedules, k.schedule(schedule.name)],
                                          [schedule.name, schedule.to_json(), schedule.version, schedule.when, source])
-        return text(outcome)
+        return Put(text(outcome))
 
     async def schedule_remove(self, name: str) -> bool:
         """Remove a schedule; False when there was none."""
         k = self.keys
         return int(await self._scripts("schedule_remove", [k.schedules, k.schedule(name)], [name])) == 1
 
-    async def schedule_pause(self, name: str, pause: bool, by: str) -> bool | None:
-        """Pause or resume a schedule: whether this changed it; None when there is no such schedule."""
-        done = int(await self._scripts("schedule_pause", [self.keys.schedule(name)],
+    async def schedule_pause(self, name: str, pause: bool, by: str) -> bool:
+        """Pause or resume a schedule: whether this changed it; ScheduleNotFound when there is no such schedule."""
+        code = int(await self._scripts("schedule_pause", [self.keys.schedule(name)],
                                        ["pause" if pause else "resume", by]))
-        return None if done < 0 else done == 1
+        if code < 0:
+            raise script_error(code, name=name)
+        return code == Code.OK
 
-    async def schedule_fire(self, name: str, version: str, upto: str, plan: Plan, slots: bytes) -> str:
-        """Record a decision made from cursor ``upto`` (as read); 'ok', or why it was not (schedule_fire.lua)."""
+    async def schedule_fire(self, name: str, version: str, upto: str, plan: Plan, slots: bytes) -> Fire:
+        """Record a decision made from cursor ``upto`` (as read); Fire.OK, or why it was not (schedule_fire.lua)."""
         k = self.keys
         args = [version, upto, plan.upto, plan.skipped, slots, plan.run[-1] if plan.run else ""]
         outcome, _ = await self._scripts("schedule_fire", [k.schedule(name), k.stats], args)
-        return text(outcome)
+        return Fire(text(outcome))
 
     async def schedule_enqueued(self, name: str, firing: bytes, task_id: str) -> bool:
         """Note that a decision's tasks (``firing`` as recorded; b'' for a trigger) are in, the newest ``task_id``."""
@@ -980,9 +998,10 @@ class Queue:
             pipe.llen(k.ring)
             raw, ring = await pipe.execute()
         groups = {text(f): int(v) for f, v in raw.items()}
-        return {"slots": sum(v for f, v in groups.items() if f.startswith("a:")),
-                "markers": sum(1 for f in groups if f.startswith("q:")), "ring": int(ring),
-                "ready": groups.get("ready", 0), "aside": groups.get("aside", 0) + groups.get("paused", 0)}
+        g = GroupField
+        return {"slots": sum(v for f, v in groups.items() if f.startswith(g.SLOTS)),
+                "markers": sum(1 for f in groups if f.startswith(g.MARKER)), "ring": int(ring),
+                "ready": groups.get(g.READY, 0), "aside": groups.get(g.ASIDE, 0) + groups.get(g.PAUSED, 0)}
 
     async def worker_ids(self) -> list[str]:
         """The registered workers (those whose heartbeat the reaper has not yet found silent)."""

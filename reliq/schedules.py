@@ -45,6 +45,7 @@ import orjson
 from croniter import CroniterBadDateError, CroniterError, croniter
 
 from reliq.errors import InvalidSchedule, InvalidTask, ScheduleNotFound
+from reliq.formats import SEP, ScheduleSource
 from reliq.ids import new_id
 from reliq.queue import TaskSpec, make_spec, text
 from reliq.slots import MACROS, Cron, Interval, Timing, between, next_after
@@ -73,7 +74,7 @@ SCAN = 2_000
 #: On-time slots one decision may hold: the grace over the shortest interval, and one.
 _ON_TIME = int(GRACE_MS / 1000 / MIN_EVERY_S) + 1
 #: Where a definition came from.
-SOURCES = ("code", "api")
+SOURCES = tuple(ScheduleSource)
 #: Fields a definition may have (``PUT /schedules/{name}``, the stored JSON).
 FIELDS = ("type", "payload", "cron", "every", "tz", "missed", "catch_up", "max_retries", "timeout_s")
 
@@ -331,13 +332,13 @@ def view(queue: str, name: str, f: Mapping[str, str], task_state: str, now_ms: i
             next_ms = next_after(schedule.timing, _int(f.get("upto")) or now_ms)
     except InvalidSchedule as exc:
         error = str(exc)
-    since, _, by = (paused or "").partition("|")
+    since, _, by = (paused or "").partition(SEP)
     firing = f.get("firing")
     return ScheduleInfo(
         name=name, queue=queue, type=definition["type"], payload=definition["payload"], cron=definition["cron"],
         every=definition["every"], tz=definition["tz"], missed=definition["missed"],
         catch_up=definition["catch_up"] or None, max_retries=definition["max_retries"],
-        timeout_s=definition["timeout_s"], source=f.get("source", "api"), paused=bool(paused),
+        timeout_s=definition["timeout_s"], source=f.get("source", ScheduleSource.API), paused=bool(paused),
         paused_by=by or None, paused_since=iso(_int(since)), next_run=iso(next_ms), next_run_ms=next_ms,
         last_slot=iso(_int(f.get("last_slot"))), last_task_id=f.get("last_task") or None,
         last_task_state=task_state or None, last_enqueued_at=iso(_int(f.get("last_at"))),

@@ -10,7 +10,8 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from reliq import calls, errors, formats, scripts
+from reliq import calls, errors, formats, priorities, scripts
+from reliq import queue as queue_module
 from reliq.formats import (
     CLAIM_FIELDS,
     ENQUEUE_FIELDS,
@@ -142,3 +143,77 @@ def test_each_refusal_code_is_an_exception_and_nothing_else_is(code: Code) -> No
     else:
         with pytest.raises(ValueError, match="not a refusal"):
             errors.script_error(code)
+
+
+def _top_level_returns() -> dict[str, list[str]]:
+    """What each script's own body returns (its lines at column 0, comments left out), by script."""
+    lua = resources.files("reliq") / "lua"
+    out: dict[str, list[str]] = {}
+    for f in lua.iterdir():
+        if f.name.endswith(".lua") and f.name != "_lib.lua":
+            code = re.sub(r"--.*$", "", f.read_text(), flags=re.MULTILINE)
+            out[f.name] = re.findall(r"^(?:if .* then )?return (.*?)(?: end)?$", code, flags=re.MULTILINE)
+    return out
+
+
+def test_no_script_answers_with_a_word_or_a_negative_number_of_its_own() -> None:
+    # An outcome is a member of a formats enum (CODE_*, FIRE_*, PUT_*...), generated into the
+    # script; a refusal a negative Code, an exception of reliq/errors.py. A word or a -1 in a
+    # reply would be a format spelled on one side only.
+    returns = _top_level_returns()
+    assert returns["schedule_fire.lua"] and returns["schedule_pause.lua"]
+    spelled = {name: [r for r in rs if re.search(r"'\w+'|(?<![\w\]])-\d", re.sub(r"redis\.call\(.*\)", "", r))]
+               for name, rs in returns.items()}
+    assert {name: rs for name, rs in spelled.items() if rs} == {}
+
+
+@pytest.mark.parametrize(("script", "enum"), [("schedule_fire", formats.Fire), ("schedule_put", formats.Put)])
+def test_the_schedule_scripts_answer_every_outcome_of_their_enum_and_no_other(script: str, enum: type[Any]) -> None:
+    body = (resources.files("reliq") / "lua" / f"{script}.lua").read_text()
+    prefix = "FIRE" if enum is formats.Fire else "PUT"
+    answered = set(re.findall(rf"\b{prefix}_(\w+)", re.sub(r"--.*$", "", body, flags=re.MULTILINE)))
+    assert answered == {m.name for m in enum}
+
+
+async def test_a_limits_value_is_the_limit_fields_joined_by_the_separator(queue: Queue, redis: Redis) -> None:
+    await queue.write_limits("set", {"typed": {"rate": [50, 1000, 3], "key_concurrency": 1, "ordered": True}})
+    raw = (await redis.hget(queue.keys.limits, "typed")).decode()
+    assert dict(zip(formats.LIMIT_FIELDS, map(int, raw.split(formats.SEP)), strict=True)) == {
+        "rate_count": 50, "rate_period_ms": 1000, "rate_burst": 3, "key_concurrency": 1, "ordered": 1}
+    assert re.match(formats.LIMIT_PATTERN.replace("%d", r"\d"), raw)  # the pattern the claim matches it with
+
+
+def test_the_separator_and_the_marks_need_no_escaping_in_a_lua_pattern() -> None:
+    magic = "^$()%.[]*+-?"
+    assert formats.SEP not in magic and not set(formats.PAUSED_MARK) & set(magic)
+    assert formats.PAUSED_MARK[0] != formats.RESUMING_MARK[0]
+
+
+def test_the_groups_fields_the_scripts_spell_are_group_fields() -> None:
+    spelled = set(re.findall(r"G\.groups, '([^']*)'", _lua_code()))
+    assert spelled and spelled <= {f.value for f in formats.GroupField}
+
+
+def test_every_counter_a_script_increments_is_a_stats_counter() -> None:
+    code = _lua_code()
+    counted = set(re.findall(r"'HINCRBY', (?:STATS|stats|stats_key), '(\w+)'", code))
+    counted |= set(re.findall(r"add\(counts, '(\w+)'", scripts.source("settle")))
+    assert len(counted) > 10 and counted <= set(queue_module.COUNTERS)
+
+
+def test_the_priorities_the_scripts_know_are_those_of_priorities_py() -> None:
+    lib = (resources.files("reliq") / "lua" / "_lib.lua").read_text()
+    assert f"local DEFAULT_PRIORITY = '{priorities.DEFAULT}'" in lib
+    others = re.search(r"local OTHER_PRIORITIES = \{(.*)\}", lib)
+    assert others
+    assert [int(p.strip(" '")) for p in others.group(1).split(",")] == sorted(priorities.OTHERS, reverse=True)
+    assert f"(p - {priorities.DEFAULT}) * step" in scripts.source("claim")
+
+
+async def test_a_pause_reads_back_as_the_scripts_wrote_it(queue: Queue) -> None:
+    now, since = await queue.pause("typed", "ops")
+    assert now and not (await queue.pause("typed", "someone else"))[0]
+    pause = (await queue.paused())["types"]["typed"]
+    assert (pause["since_ms"], pause["by"], pause["resuming"]) == (since, "ops", False)
+    assert await queue.resume("typed") == (True, 0)
+    assert await queue.resume("typed") == (False, 0)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from reliq.errors import ScheduleNotFound
 from reliq.queue import Queue
 from reliq.schedules import DECLARED, Declared, Plan, Schedule, make_schedule, periodic, read_one, slot_id, slot_of
 from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
@@ -162,7 +163,8 @@ async def test_a_paused_schedule_runs_nothing_and_resumes_from_now(queue: Queue)
     assert await queue.schedule_pause("tick", False, "ops") is True
     done = await PeriodicEnqueuer(queue).run_once()
     assert done.enqueued == [] and done.skipped == 0  # slots while paused are neither run nor counted
-    assert await queue.schedule_pause("nope", True, "ops") is None
+    with pytest.raises(ScheduleNotFound, match="nope"):
+        await queue.schedule_pause("nope", True, "ops")
 
 
 def test_periodic_declares_directly_or_above_a_task_its_type_defaulting_to_the_handlers() -> None:

@@ -32,15 +32,17 @@ end
 local ENDED = {succeeded = true, dead = true, cancelled = true}
 
 -- The name of a task's lock (after the unique prefix), or nil when the task is not
--- unique. ``spec``: '' (the type's default, ``type_unique``), '-' (not unique), '#' (the
--- default key: a SHA1 of the payload as stored), '=' .. a key of the producer's own.
+-- unique. ``spec`` (reliq/formats.py: Unique): '' (the type's default, ``type_unique``), '-'
+-- (not unique), '#' (the default key: a SHA1 of the payload as stored), '=' .. a key of the
+-- producer's own.
+--- @format UNIQUE
 local function unique_lock(ttype, payload, spec, type_unique)
-  if spec == '' then
+  if spec == UNIQUE_TYPE_DEFAULT then
     if not type_unique then return nil end
-    spec = '#'
+    spec = UNIQUE_PAYLOAD
   end
-  if spec == '-' then return nil end
-  local key = spec == '#' and redis.sha1hex(payload) or string.sub(spec, 2)
+  if spec == UNIQUE_NO then return nil end
+  local key = spec == UNIQUE_PAYLOAD and redis.sha1hex(payload) or string.sub(spec, #UNIQUE_KEY + 1)
   return #ttype .. ':' .. ttype .. ':' .. key
 end
 
@@ -70,7 +72,7 @@ end
 -- there; a claim drops it like any id without a record.
 local DEFAULT_PRIORITY = '5'
 local OTHER_PRIORITIES = {'9', '8', '7', '6', '4', '3', '2', '1', '0'}  -- highest first
-local WAKE_MARK = '~wake'
+--- @format WAKE_MARK
 
 -- The list a pending task of ``priority`` (its record's field: nil for the default) waits in.
 local function ready_list(pending_key, prio_prefix, priority)

@@ -11,7 +11,7 @@
 -- KEYS[6] HELD        held list prefix (+ task type)
 -- KEYS[7] PRIO        prefix of the other priorities' pending lists (+ priority)
 -- KEYS[8] PRIORITIES  flag: a list of another priority may hold ids (set as one is created)
--- KEYS[9] LIMITS      limits hash (reliq/lua/limit.lua): type -> 'count|period|burst|kc|ordered'
+-- KEYS[9] LIMITS      limits hash (reliq/lua/limit.lua): type -> LIMIT_FIELDS joined by SEP
 -- KEYS[10] TAT        tat hash: type -> theoretical arrival time of its next task (GCRA, ms)
 -- KEYS[11] LIMITED    limited list prefix (+ task type): set aside until a token
 -- KEYS[12] LIMITED_DUE  zset type -> when its set-aside tasks are due (ms)
@@ -55,6 +55,9 @@
 -- turns a number into a string with sprintf, which costs as much as a small command.
 --- @format CLAIM_FIELDS
 --- @format CODE
+--- @format LIMIT_PATTERN
+--- @format PAUSED_MARK
+--- @format WHOLE_QUEUE
 local PENDING, PROCESSING, TASK, WORKERS, PAUSED, HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PRIO, PRIORITIES = KEYS[7], KEYS[8]
 local LIMITS, TAT, LIMITED, LIMITED_DUE = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
@@ -104,8 +107,8 @@ local paused_types = false  -- type -> true for each paused type, when any is
 if any_paused then
   local pauses = redis.call('HGETALL', PAUSED)
   for i = 1, #pauses, 2 do
-    if string.sub(pauses[i + 1], 1, 1) == 'p' then  -- 'paused|...'; 'resuming|...' claims as usual
-      if pauses[i] == '*' then
+    if string.sub(pauses[i + 1], 1, #PAUSED_MARK) == PAUSED_MARK then  -- 'resuming|...' claims as usual
+      if pauses[i] == WHOLE_QUEUE then
         local id = moved_id
         if id ~= '' and redis.call('LPOS', PROCESSING, id)
             and redis.call('HGET', TASK .. id, 'state') == 'pending' then
@@ -143,7 +146,7 @@ local due = {}  -- type -> when its set-aside tasks are due (ms), for the types 
 if flowing then
   local raw, rated = redis.call('HGETALL', LIMITS), {}
   for i = 1, #raw, 2 do
-    local c, p, b, kc = string.match(raw[i + 1], '^(%d+)|(%d+)|(%d+)|(%d+)|')
+    local c, p, b, kc = string.match(raw[i + 1], LIMIT_PATTERN)  -- the first four of LIMIT_FIELDS
     local l = {kc = tonumber(kc)}
     if tonumber(c) > 0 then
       l.interval = tonumber(p) / tonumber(c)

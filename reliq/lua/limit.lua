@@ -1,8 +1,8 @@
 #!lua flags=allow-oom
 -- Write one layer of the limits of task types, and the merged limits the claim reads.
--- KEYS[1] LIMITS   limits hash: type -> 'count|period_ms|burst|key_concurrency|ordered'
---                  (0 = none), what claim.lua and settle.lua enforce; a type with no limit
---                  has no field
+-- KEYS[1] LIMITS   limits hash: type -> LIMIT_FIELDS (rate count, period ms, burst, key
+--                  concurrency, ordered; 0 = none) joined by SEP (reliq/formats.py), what
+--                  claim.lua and settle.lua enforce; a type with no limit has no field
 -- KEYS[2] SOURCES  limit sources hash: type -> JSON {"declared": layer, "set": layer}
 --                  (reliq/limits.py)
 -- ARGV[1] which    the layer: 'declared' (a worker's @reliq.task, replaced whole) or 'set'
@@ -14,6 +14,7 @@
 -- Returns the number of types whose merged limits changed.
 -- 'ordered' without a key concurrency of 1 is refused by reliq/limits.py; here it counts only
 -- with 1, so that two operators racing cannot make the claim read it otherwise.
+--- @format LIMIT_FORMAT
 local LIMITS, SOURCES = KEYS[1], KEYS[2]
 local which, layers = ARGV[1], cjson.decode(ARGV[2])
 local changed = 0
@@ -47,7 +48,7 @@ for ttype, new in pairs(layers) do
   local eff = false
   if rate or kc then
     kc = kc or 0
-    eff = string.format('%d|%d|%d|%d|%d', rate and rate[1] or 0, rate and rate[2] or 0, rate and rate[3] or 0,
+    eff = string.format(LIMIT_FORMAT, rate and rate[1] or 0, rate and rate[2] or 0, rate and rate[3] or 0,
                         kc, (ordered and kc == 1) and 1 or 0)
   end
   if eff ~= (redis.call('HGET', LIMITS, ttype) or false) then

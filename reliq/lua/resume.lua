@@ -13,24 +13,29 @@
 -- ARGV[1] field    '*' or the task type
 -- ARGV[2] most     N, the most ids moved this call
 -- ARGV[3] first    '1' on the first call of a resume, '' on the calls that go on with it
--- Returns {was paused (1/0), moved, left}; left = -1 when the type was paused again meanwhile
--- (then its remaining held ids stay held).
--- While ids are left the field reads 'resuming|...': claims then take the type as usual, and
--- the field lives until the held list is empty, so a resume cut short (a crash) shows in the
+-- Returns {code, moved, left}: CODE_OK when it was paused (or resuming), CODE_ALREADY when it
+-- was not (nothing moved), CODE_PAUSED when the type was paused again meanwhile (then its
+-- remaining held ids stay held).
+-- While ids are left the field reads RESUMING_MARK .. (what followed PAUSED_MARK): claims
+-- then take the type as usual, and the field lives until the held list is empty, so a resume cut short (a crash) shows in the
 -- pause state and is finished by resuming again. Its ids are pending all along.
 local PAUSED, PENDING, HELD, TASK, PRIO, PRIORITIES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local G = {groups = KEYS[7], group = KEYS[8], ring = KEYS[9], key_holds = KEYS[10], pending = PENDING, prio = PRIO,
            flag = PRIORITIES}
 local field, most, first = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+--- @format CODE
+--- @format PAUSED_MARK
+--- @format RESUMING_MARK
+--- @format WHOLE_QUEUE
 local current = redis.call('HGET', PAUSED, field)
-if not current then return {0, 0, 0} end
-if field == '*' then
-  redis.call('HDEL', PAUSED, '*')
-  return {1, 0, 0}
+if not current then return {CODE_ALREADY, 0, 0} end
+if field == WHOLE_QUEUE then
+  redis.call('HDEL', PAUSED, WHOLE_QUEUE)
+  return {CODE_OK, 0, 0}
 end
-if string.sub(current, 1, 7) == 'paused|' then
-  if first ~= '1' then return {1, 0, -1} end
-  redis.call('HSET', PAUSED, field, 'resuming|' .. string.sub(current, 8))
+if string.sub(current, 1, #PAUSED_MARK) == PAUSED_MARK then
+  if first ~= '1' then return {CODE_PAUSED, 0, 0} end
+  redis.call('HSET', PAUSED, field, RESUMING_MARK .. string.sub(current, #PAUSED_MARK + 1))
 end
 local moved, markers = 0, 0
 for _ = 1, most do
@@ -47,4 +52,4 @@ end
 if markers > 0 then redis.call('HINCRBY', G.groups, 'paused', -markers) end
 local left = redis.call('LLEN', HELD)
 if left == 0 then redis.call('HDEL', PAUSED, field) end
-return {1, moved, left}
+return {CODE_OK, moved, left}

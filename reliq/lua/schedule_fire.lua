@@ -9,28 +9,29 @@
 -- ARGV[4] skipped   slots skipped (missed, by the schedule's policy)
 -- ARGV[5] slots     the slots to enqueue, a JSON array of ms, oldest first ('[]' = none)
 -- ARGV[6] newest    the newest of them ('' = none)
--- Returns {outcome, now_ms}: 'ok' when recorded (the slots wait in the hash's 'firing' until
--- their tasks are in, schedule_enqueued.lua); or, with nothing written: 'gone' (no such
--- schedule), 'paused', 'changed' (defined again since the read), 'busy' (an earlier
--- decision's tasks are not all in yet), 'raced' (another worker decided from this cursor
--- first), 'early' (a slot or the new cursor lies beyond the Redis clock, or at or before
--- the cursor).
+-- Returns {outcome, now_ms} (reliq/formats.py: Fire): FIRE_OK when recorded (the slots wait
+-- in the hash's 'firing' until their tasks are in, schedule_enqueued.lua); or, with nothing
+-- written: FIRE_GONE (no such schedule), FIRE_PAUSED, FIRE_CHANGED (defined again since the
+-- read), FIRE_BUSY (an earlier decision's tasks are not all in yet), FIRE_RACED (another
+-- worker decided from this cursor first), FIRE_EARLY (a slot or the new cursor lies beyond
+-- the Redis clock, or at or before the cursor).
+--- @format FIRE
 local SCHEDULE, STATS = KEYS[1], KEYS[2]
 local version, upto, new_upto_s, skipped = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local new_upto = tonumber(new_upto_s)
 local slots_json, newest = ARGV[5], ARGV[6]
 local now = now_ms()
 local cur = redis.call('HMGET', SCHEDULE, 'version', 'upto', 'paused', 'firing', 'def')
-if not cur[1] then return {'gone', now} end
-if cur[3] then return {'paused', now} end
-if cur[1] ~= version then return {'changed', now} end
-if cur[4] then return {'busy', now} end
-if cur[2] ~= upto then return {'raced', now} end
+if not cur[1] then return {FIRE_GONE, now} end
+if cur[3] then return {FIRE_PAUSED, now} end
+if cur[1] ~= version then return {FIRE_CHANGED, now} end
+if cur[4] then return {FIRE_BUSY, now} end
+if cur[2] ~= upto then return {FIRE_RACED, now} end
 local from = tonumber(upto)
 local slots = cjson.decode(slots_json)
-if new_upto > now or new_upto <= from then return {'early', now} end
+if new_upto > now or new_upto <= from then return {FIRE_EARLY, now} end
 for _, slot in ipairs(slots) do
-  if slot > new_upto or slot <= from then return {'early', now} end
+  if slot > new_upto or slot <= from then return {FIRE_EARLY, now} end
 end
 redis.call('HSET', SCHEDULE, 'upto', new_upto_s)  -- as sent: no number formatted
 if #slots > 0 then
@@ -42,4 +43,4 @@ if skipped > 0 then
   redis.call('HINCRBY', SCHEDULE, 'skipped', skipped)
   redis.call('HINCRBY', STATS, 'schedule_skipped', skipped)
 end
-return {'ok', now}
+return {FIRE_OK, now}

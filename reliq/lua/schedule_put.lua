@@ -8,13 +8,16 @@
 -- ARGV[2] def        its definition, JSON
 -- ARGV[3] version    the definition's digest
 -- ARGV[4] timing     its timing alone ('every 30', 'cron 0 9 * * * Europe/Paris')
--- ARGV[5] source     'api' (defined at run time: always written) or 'code' (declared by a
---                    worker's --app modules: written unless a run-time definition holds the name)
--- Returns {outcome, now_ms}: outcome 'created', 'updated', 'unchanged', or 'kept' (code met
--- a run-time definition that differs from it, and left it as it is).
+-- ARGV[5] source     SOURCE_API (defined at run time: always written) or SOURCE_CODE (declared
+--                    by a worker's --app modules: written unless a run-time definition holds
+--                    the name); reliq/formats.py: ScheduleSource
+-- Returns {outcome, now_ms} (reliq/formats.py: Put): PUT_CREATED, PUT_UPDATED, PUT_UNCHANGED,
+-- or PUT_KEPT (code met a run-time definition that differs from it, and left it as it is).
 -- A new schedule's cursor starts at now: its first slot is the first after its creation. A
 -- definition whose timing changed moves the cursor to now (when later), so no slot of the
 -- old timing runs late under the new one; other changes keep the cursor. A pause stays.
+--- @format PUT
+--- @format SOURCE
 local SCHEDULES, SCHEDULE = KEYS[1], KEYS[2]
 local name, def, version, timing, source = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
@@ -23,12 +26,14 @@ if not cur[1] then
   redis.call('HSET', SCHEDULE, 'def', def, 'version', version, 'when', timing, 'source', source, 'upto', now,
              'created_at', now, 'updated_at', now)
   redis.call('SADD', SCHEDULES, name)
-  return {'created', now}
+  return {PUT_CREATED, now}
 end
-if source == 'code' and cur[3] == 'api' then return {cur[1] == version and 'unchanged' or 'kept', now} end
-if cur[1] == version and cur[3] == source then return {'unchanged', now} end
+if source == SOURCE_CODE and cur[3] == SOURCE_API then
+  return {cur[1] == version and PUT_UNCHANGED or PUT_KEPT, now}
+end
+if cur[1] == version and cur[3] == source then return {PUT_UNCHANGED, now} end
 redis.call('HSET', SCHEDULE, 'def', def, 'version', version, 'when', timing, 'source', source, 'updated_at', now)
 if cur[2] ~= timing and tonumber(cur[4]) < now then
   redis.call('HSET', SCHEDULE, 'upto', now)
 end
-return {'updated', now}
+return {PUT_UPDATED, now}

@@ -75,6 +75,9 @@ local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 
 local DROPPED_KEYED = {'key', unpack(DROPPED)}  -- (a field a record lacks costs HDEL a scan)
 --- @format SETTLE_FIELDS
 --- @format METRIC
+--- @format SEP
+--- @format LIMIT_FIELDS
+--- @format LIMIT_PATTERN
 local PROCESSING, PENDING, DELAYED, DEAD, STATS, METRICS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local TASK, SUCCEEDED, SUCCEEDED_OF, WAITERS, WAKE, PRIO = KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local CANCELS, IDEM, UNIQUE_LOCKS = KEYS[13], KEYS[14], KEYS[15]
@@ -108,7 +111,7 @@ end
 local ordered = {}  -- type -> whether its keys run in order: read once a type, for keyed retries only
 local function is_ordered(ttype)
   if ordered[ttype] == nil then
-    ordered[ttype] = string.sub(redis.call('HGET', LIMITS, ttype) or '', -2) == '|1'
+    ordered[ttype] = select(ORDERED, string.match(redis.call('HGET', LIMITS, ttype) or '', LIMIT_PATTERN)) == '1'
   end
   return ordered[ttype]
 end
@@ -138,11 +141,11 @@ end
 -- The metrics fields of one task, as W sums them (reliq/queue.py: Queue.settle; the kinds
 -- are reliq/formats.py's Metric).
 local function observe(ttype, outcome, wait_ms, run_ms, wait_b, run_b, sign)
-  add(sums, METRIC_RUNS .. '|' .. ttype .. '|' .. outcome, sign)
-  add(sums, METRIC_WAIT .. '|' .. ttype .. '|' .. wait_b, sign)
-  add(sums, METRIC_WAIT_SUM .. '|' .. ttype, sign * wait_ms)
-  add(sums, METRIC_RUN .. '|' .. ttype .. '|' .. run_b, sign)
-  add(sums, METRIC_RUN_SUM .. '|' .. ttype, sign * run_ms)
+  add(sums, METRIC_RUNS .. SEP .. ttype .. SEP .. outcome, sign)
+  add(sums, METRIC_WAIT .. SEP .. ttype .. SEP .. wait_b, sign)
+  add(sums, METRIC_WAIT_SUM .. SEP .. ttype, sign * wait_ms)
+  add(sums, METRIC_RUN .. SEP .. ttype .. SEP .. run_b, sign)
+  add(sums, METRIC_RUN_SUM .. SEP .. ttype, sign * run_ms)
 end
 
 -- Taking an id out of W's list: one LREM each (from the tail, -1: W pushes claimed ids

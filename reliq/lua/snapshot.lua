@@ -25,6 +25,7 @@
 -- At most one waits, and only ids pushed to the taking end since it came can be behind it,
 -- so it is looked for among the last 1,000 (past them, pending would read one too many).
 --- @format SNAPSHOT_FIELDS
+--- @format WHOLE_QUEUE
 local PENDING, DELAYED, DEAD, WORKERS, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local PROCESSING, TASK, ARCHIVE, PAUSED, HELD, PRIO = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
 local LIMITED_DUE, LIMITED, GROUPS = KEYS[12], KEYS[13], KEYS[14]
@@ -61,7 +62,7 @@ end
 local pauses, held = {}, 0
 local paused = redis.call('HGETALL', PAUSED)
 for i = 1, #paused, 2 do
-  local n = paused[i] == '*' and 0 or redis.call('LLEN', HELD .. paused[i])
+  local n = paused[i] == WHOLE_QUEUE and 0 or redis.call('LLEN', HELD .. paused[i])
   held = held + n
   pauses[#pauses + 1] = paused[i]
   pauses[#pauses + 1] = paused[i + 1]

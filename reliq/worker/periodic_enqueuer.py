@@ -23,6 +23,7 @@ import orjson
 from redis.exceptions import OutOfMemoryError
 
 from reliq.errors import InvalidSchedule, QueueFull, RedisFull
+from reliq.formats import Fire, Put, ScheduleSource
 from reliq.loops import every
 from reliq.queue import Queue
 from reliq.schedules import Declared, Schedule, decode_rows, from_json, plan
@@ -44,7 +45,7 @@ class Round:
     #: Seconds until the earliest next slot of any running schedule (at most the poll interval).
     wait_s: float = POLL_S
     #: What schedule_fire.lua answered, by schedule (only those with a decision to record).
-    outcomes: dict[str, str] = field(default_factory=dict)
+    outcomes: dict[str, Fire] = field(default_factory=dict)
 
 
 class PeriodicEnqueuer:
@@ -63,17 +64,17 @@ class PeriodicEnqueuer:
         names = set()
         for d in self.declared:
             names.add(d.schedule.name)
-            outcome = await self.queue.schedule_put(d.schedule, "code")
-            if outcome == "kept":
+            outcome = await self.queue.schedule_put(d.schedule, ScheduleSource.CODE)
+            if outcome == Put.KEPT:
                 log.warning("schedule %r of queue %r: its run-time definition (PUT /schedules, reliq schedule add) "
                             "differs from the code's and wins; remove it to go back to the code's",
                             d.schedule.name, self.queue.name)
-            elif outcome != "unchanged":
+            elif outcome != Put.UNCHANGED:
                 log.info("schedule %r of queue %r %s from code (%s)", d.schedule.name, self.queue.name, outcome,
                          d.schedule.when)
         _, rows = decode_rows(await self.queue.schedule_rows())
         for name, fields, _ in rows:
-            if fields.get("source") == "code" and name not in names:
+            if fields.get("source") == ScheduleSource.CODE and name not in names:
                 log.warning("schedule %r of queue %r comes from code this worker does not declare; if it is gone "
                             "from the code, remove it: reliq schedule remove %s", name, self.queue.name, name)
 
@@ -108,9 +109,9 @@ class PeriodicEnqueuer:
         slots = orjson.dumps(decision.run)
         outcome = await self.queue.schedule_fire(schedule.name, version, upto, decision, slots)
         result.outcomes[schedule.name] = outcome
-        if outcome in ("raced", "changed"):
+        if outcome in (Fire.RACED, Fire.CHANGED):
             return now  # another worker decided, or the schedule changed: look again at once
-        if outcome != "ok":
+        if outcome != Fire.OK:
             return now + int(self.poll_s * 1000)  # busy (its last slots wait to be enqueued), paused, gone
         if decision.skipped:
             result.skipped += decision.skipped
