@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reliq import priorities
-from reliq.connection import UNAVAILABLE, connect, describe
+from reliq.connection import UNAVAILABLE, connect, describe_outage
 from reliq.errors import InvalidTask, ScheduleNotFound, TaskNotFound
 from reliq.eventloop import run
 from reliq.formats import ScheduleSource
@@ -44,7 +44,7 @@ def _with_queue(settings: Settings, body: Callable[[Queue], Awaitable[int]]) -> 
         try:
             return await body(Queue(redis, settings))
         except UNAVAILABLE as exc:
-            err.print(f"reliq: Redis at {settings.redis_url}: {describe(exc)}")
+            err.print(f"reliq: Redis at {settings.redis_url}: {describe_outage(exc)}")
             return 1
         except TaskNotFound as exc:
             err.print(f"reliq: no task {exc} in the dead-letter queue of {settings.queue!r}")

@@ -123,7 +123,7 @@ class BenchReport(TypedDict):
     unfinished: int
 
 
-def percentiles(values: Sequence[float]) -> SamplePercentiles:
+def sample_percentiles(values: Sequence[float]) -> SamplePercentiles:
     """Nearest-rank p50/p95/p99 and the max of ``values`` (all 0 when empty)."""
     if not values:
         return SamplePercentiles(p50=0.0, p95=0.0, p99=0.0, max=0.0)
@@ -343,10 +343,10 @@ class Bench:
             sent=self.tally.sent, accepted=accepted, rejected=dict(self.tally.rejected),
             enqueue_s=round(enqueue_s, 3),
             enqueue_rate=round(accepted / enqueue_s, 1) if enqueue_s > 0 else 0.0,
-            request_ms=percentiles(self.tally.request_ms),
+            request_ms=sample_percentiles(self.tally.request_ms),
             process_s=round(process_s, 3),
             process_rate=round(len(to_finish) / process_s, 1) if process_s > 0 else 0.0,
-            enqueue_to_start_ms=percentiles(to_start), enqueue_to_finish_ms=percentiles(to_finish),
+            enqueue_to_start_ms=sample_percentiles(to_start), enqueue_to_finish_ms=sample_percentiles(to_finish),
             states=dict(states), unfinished=unfinished,
         )
 

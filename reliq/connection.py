@@ -69,7 +69,7 @@ UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError
                OutOfMemoryError, RedisBusy, NoScriptError)
 
 
-def describe(exc: BaseException) -> str:
+def describe_outage(exc: BaseException) -> str:
     """What an UNAVAILABLE error means for an operator, and what to do, in one phrase."""
     if isinstance(exc, OutOfMemoryError):
         return ("Redis is out of memory (maxmemory reached, noeviction): raise maxmemory or let the "

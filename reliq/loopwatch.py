@@ -41,11 +41,11 @@ Culprit = tuple[str, str]
 class LoopWatch:
     """Measures how long the event loop goes without running anything else."""
 
-    def __init__(self, threshold: float, describe: Callable[[asyncio.Task[Any] | None], Culprit],
+    def __init__(self, threshold: float, culprit_of: Callable[[asyncio.Task[Any] | None], Culprit],
                  tick: float = TICK_S) -> None:
         self.threshold = threshold
         self.tick = tick
-        self.describe = describe
+        self.culprit_of = culprit_of
         self.last = time.monotonic()  # the loop's last tick (written by the loop only)
         #: Seconds without a tick after which the worker is stuck for good (see Worker.stuck_after).
         self.stuck_after = math.inf
@@ -94,7 +94,7 @@ class LoopWatch:
         if self._culprit is None:
             # current_task(loop) only reads a dict: safe from another thread, and the task
             # it names cannot change while the loop is held.
-            self._culprit = self.describe(asyncio.current_task(self._loop))
+            self._culprit = self.culprit_of(asyncio.current_task(self._loop))
         return self._culprit
 
     def take_counts(self, queue: str, first: bool) -> dict[str, int]:

@@ -47,7 +47,7 @@ class MemoryView(TypedDict):
 
 
 @dataclass(frozen=True, slots=True)
-class Reading:
+class MemoryReading:
     """``used_memory`` and ``maxmemory`` (0 = no limit) of the Redis server."""
 
     used: int
@@ -65,11 +65,11 @@ class Reading:
                           ratio=None if ratio is None else round(ratio, 4))
 
 
-async def read(redis: Redis) -> Reading:
+async def read(redis: Redis) -> MemoryReading:
     """Read INFO memory (on a cluster, the fullest node's)."""
     info: dict[str, Any] = await redis.info("memory")
     nodes = [v for v in info.values() if isinstance(v, dict)] or [info]  # the cluster client answers per node
-    readings = [Reading(int(n.get("used_memory", 0)), int(n.get("maxmemory", 0))) for n in nodes]
+    readings = [MemoryReading(int(n.get("used_memory", 0)), int(n.get("maxmemory", 0))) for n in nodes]
     return max(readings, key=lambda r: r.ratio or 0.0)
 
 
@@ -79,7 +79,7 @@ class MemoryGuard:
     def __init__(self, redis: Redis, ratio: float) -> None:
         self.redis = redis
         self.ratio = ratio
-        self.reading: Reading | None = None
+        self.reading: MemoryReading | None = None
         self._at = -SAMPLE_S  # monotonic time of the last reading
         self._sampling: asyncio.Task[None] | None = None
         self._broken = False

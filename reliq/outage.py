@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from reliq.connection import UNAVAILABLE, describe
+from reliq.connection import UNAVAILABLE, describe_outage
 from reliq.errors import GaveUp
 
 T = TypeVar("T")
@@ -138,7 +138,8 @@ class Outage:
     def failed(self, exc: BaseException, note: str = "retrying with backoff") -> float:
         """Note a failed try (warning once an outage); return how long to wait before the next."""
         if self.down is None:
-            said = describe(exc) if isinstance(exc, UNAVAILABLE) else f"Redis error ({type(exc).__name__}: {exc})"
+            said = (describe_outage(exc) if isinstance(exc, UNAVAILABLE)
+                    else f"Redis error ({type(exc).__name__}: {exc})")
             self.log.warning("%s: %s; %s", self.name, said, note)
         self.down = exc
         return self.backoff.next()

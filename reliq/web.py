@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from redis.exceptions import OutOfMemoryError
 
-from reliq.connection import UNAVAILABLE, describe
+from reliq.connection import UNAVAILABLE, describe_outage
 from reliq.errors import CancelRefused, TaskNotFound
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
         return error(exc.status, exc.reason, allow)
     except OutOfMemoryError as exc:  # a write Redis refused at its maxmemory (enqueue answers 507 itself)
-        log.warning("%s %s: %s", request.method, request.path, describe(exc))
+        log.warning("%s %s: %s", request.method, request.path, describe_outage(exc))
         return error(507, "Redis is out of memory (maxmemory reached); retry once workers have drained it",
                      {"Retry-After": "5"})
     except UNAVAILABLE as exc:

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from reliq.api import create_app
-from reliq.bench import Bench, BenchConfig, BenchReport, percentiles
+from reliq.bench import Bench, BenchConfig, BenchReport, sample_percentiles
 from reliq.connection import connect
 from reliq.errors import ConfigError
 from reliq.queue import Queue
@@ -125,8 +125,8 @@ def test_only_this_machine_is_ever_a_target(url: str) -> None:
 
 
 def test_percentiles_are_nearest_rank() -> None:
-    assert percentiles(list(range(1, 101))) == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0}
-    assert percentiles([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    assert sample_percentiles(list(range(1, 101))) == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0}
+    assert sample_percentiles([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
 
 
 def test_cli_prints_a_json_report(settings: Settings) -> None:

@@ -95,7 +95,7 @@ async def test_handler_blocking_past_its_timeout_plus_lease_gets_its_worker_reap
 
 
 async def test_a_short_block_under_the_threshold_is_not_reported() -> None:
-    watch = LoopWatch(threshold=0.3, describe=lambda task: ("", "test"), tick=0.02)
+    watch = LoopWatch(threshold=0.3, culprit_of=lambda task: ("", "test"), tick=0.02)
     ticker = asyncio.create_task(watch.run(lambda: 99.0))
     await asyncio.sleep(0.05)
     time.sleep(0.1)  # noqa: ASYNC251

@@ -148,7 +148,7 @@ class BucketPercentiles(TypedDict):
     count: int
 
 
-def percentiles(counts: Sequence[int]) -> BucketPercentiles:
+def bucket_percentiles(counts: Sequence[int]) -> BucketPercentiles:
     """p50, p95 and p99 of per-bucket counts."""
     return BucketPercentiles(p50=quantile(counts, 0.5), p95=quantile(counts, 0.95), p99=quantile(counts, 0.99),
                        count=sum(counts))
@@ -201,7 +201,7 @@ class QueueReading:
     types: dict[str, TypeMetrics]
     in_flight: int
     slots: int
-    memory: memory.Reading
+    memory: memory.MemoryReading
     loop_blocks: LoopBlocks = field(default_factory=LoopBlocks)
     schedules: list[ScheduleInfo] = field(default_factory=list)
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from reliq import memory
-from reliq.connection import UNAVAILABLE, describe
+from reliq.connection import UNAVAILABLE, describe_outage
 from reliq.formats import RunOutcome
 from reliq.monitor.metrics import (
     N_BUCKETS,
     BucketPercentiles,
     TypeMetrics,
     WorkerView,
+    bucket_percentiles,
     merge_buckets,
     parse_metrics,
-    percentiles,
     read_workers,
 )
 from reliq.queue import Queue, Snapshot
@@ -60,7 +60,7 @@ class Sample:
     #: Sum of every run's duration so far, ms (with ``run``, the mean run time for autoscaling).
     run_ms: int = 0
     #: Redis's used memory and maxmemory at this reading.
-    memory: memory.Reading | None = None
+    memory: memory.MemoryReading | None = None
 
 
 class TypeView(TypedDict):
@@ -88,9 +88,9 @@ def _type_view(name: str, new: TypeMetrics, old: TypeMetrics, seconds: float) ->
         succeeded_s=round(ok / seconds, 3) if seconds > 0 else 0.0,
         failed_s=round(failed / seconds, 3) if seconds > 0 else 0.0,
         failure_ratio=round(failed / runs, 4) if runs else None,
-        run=percentiles(_minus(new.run, old.run)),
-        wait=percentiles(_minus(new.wait, old.wait)),
-        run_all=percentiles(new.run),
+        run=bucket_percentiles(_minus(new.run, old.run)),
+        wait=bucket_percentiles(_minus(new.wait, old.wait)),
+        run_all=bucket_percentiles(new.run),
         runs_total=total,
         failed_total=total - new.outcomes.get(RunOutcome.OK, 0) - new.outcomes.get(RunOutcome.SNOOZE, 0),
     )
@@ -147,7 +147,7 @@ class Sampler:
             self.error = None
         except UNAVAILABLE as exc:
             if self.error is None:
-                log.warning("monitor cannot read Redis: %s", describe(exc))
+                log.warning("monitor cannot read Redis: %s", describe_outage(exc))
             self.error = f"Redis is unavailable: {exc}"
         async with self._tick:
             self.seq += 1
@@ -199,15 +199,16 @@ class Sampler:
     def latency(self, window: float = LATENCY_WINDOW_S) -> dict[str, Any]:
         """Wait and run p50/p95/p99 over the last ``window`` seconds and since counting began."""
         if not self.samples:
-            empty = percentiles([0] * N_BUCKETS)
+            empty = bucket_percentiles([0] * N_BUCKETS)
             return {"window_s": window, "wait": empty, "run": empty, "wait_all": empty, "run_all": empty}
         new = self.samples[-1]
         old = self._ago(window) or new
         recent: dict[str, BucketPercentiles] = {
-            "wait": percentiles(_minus(new.wait, old.wait)),
-            "run": percentiles(_minus(new.run, old.run)),
+            "wait": bucket_percentiles(_minus(new.wait, old.wait)),
+            "run": bucket_percentiles(_minus(new.run, old.run)),
         }
-        return {"window_s": window, **recent, "wait_all": percentiles(new.wait), "run_all": percentiles(new.run)}
+        return {"window_s": window, **recent, "wait_all": bucket_percentiles(new.wait),
+                "run_all": bucket_percentiles(new.run)}
 
     def types(self, window: float = LATENCY_WINDOW_S) -> list[TypeView]:
         """The busiest task types over the last ``window`` seconds (then the most run ever)."""

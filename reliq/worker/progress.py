@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Mapping
 
-from reliq.connection import UNAVAILABLE, describe
+from reliq.connection import UNAVAILABLE, describe_outage
 from reliq.loops import every
 from reliq.queue import Queue
 
@@ -76,7 +76,7 @@ class ProgressWriter:
                 written += await self.queues[name].progress(self.worker_id, reports)
                 del by_queue[name]
         except UNAVAILABLE as exc:
-            log.debug("progress: %s; %d report(s) kept for the next write", describe(exc), len(batch))
+            log.debug("progress: %s; %d report(s) kept for the next write", describe_outage(exc), len(batch))
             with self._lock:
                 for name, reports in by_queue.items():
                     for task_id, done, message in reports:
