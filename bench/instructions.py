@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import callgrind  # noqa: E402
 from report import machine, write_section  # noqa: E402
 
 from reliq.connection import connect  # noqa: E402
@@ -56,8 +57,7 @@ async def workload(url: str, pid: int, tasks: int, batch: int, waited: str = "no
     """Enqueue, claim and settle, dumping callgrind's counters after each phase."""
 
     def dump(phase: str) -> None:
-        subprocess.run(["callgrind_control", "-d", phase, str(pid)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        callgrind.dump(pid, phase)
 
     redis = connect(url)
     settings = Settings(redis_url=url, queue="instructions")
@@ -92,7 +92,7 @@ def count(tasks: int, batch: int, waited: str = "none", mix: bool = False,
     work = Path(tempfile.mkdtemp(prefix="reliq-callgrind-"))
     port = free_port()
     out = work / "callgrind.out"
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "redis-server",
+    proc = subprocess.Popen([*callgrind.command(out), "redis-server",
                              "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(work)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -105,12 +105,7 @@ def count(tasks: int, batch: int, waited: str = "none", mix: bool = False,
     finally:
         proc.terminate()
         proc.wait(60)
-    result = {}
-    for i, phase in enumerate(PHASES, start=2):
-        for line in Path(f"{out}.{i}").read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                result[phase] = int(line.split()[1]) / tasks
-                break
+    result = {phase: callgrind.instructions(out, i) / tasks for i, phase in enumerate(PHASES, start=2)}
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -124,8 +119,7 @@ def main() -> None:
     parser.add_argument("--priority-aging", type=float)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    if not shutil.which("valgrind"):
-        sys.exit("needs valgrind: apt-get install valgrind")
+    callgrind.require()
     r = count(args.tasks, args.batch, args.waited, args.priority_mix, args.priority_aging)
     rows = [f"| {phase} | {r[phase]:,.0f} |" for phase in PHASES]
     rows.append(f"| claim + settle | {r['claim'] + r['settle']:,.0f} |")

@@ -263,10 +263,16 @@ def bench(redis_url: str | None, queue: str | None, type_: str, payload: str, ba
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
               help="Keep Redis data, logs and the execution log here [a temporary directory]")
+@click.option("--redis-cluster", type=click.IntRange(3), default=None,
+              help="Run on a private Redis Cluster of this many primaries (the Redis faults hit one primary) "
+                   "[one redis-server]")
+@click.option("--partitions", type=click.IntRange(1), default=1, show_default=True,
+              help="Partitions of the run's queue")
 def chaos(**flags: Any) -> None:
     """Inject faults under load into a private cluster and prove no accepted task is lost."""
     from reliq.chaos.run import ChaosOptions, run_chaos
 
+    flags["redis_cluster"] = flags["redis_cluster"] or 0
     _exit(run_chaos(ChaosOptions(**flags)))
 
 

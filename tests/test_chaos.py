@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from reliq.chaos.audit import Execution, RedisState, audit, read_executions, worker_pid
-from reliq.chaos.faults import KINDS, Event, FaultLog
+from reliq.chaos.faults import KINDS, NOT_ON_A_CLUSTER, Event, FaultLog, plan
 from reliq.chaos.load import Accepted
 from reliq.chaos.tasks import FAIL, NOOP, POISON
 from reliq.cli import main
@@ -231,6 +232,15 @@ def test_bad_flags_get_a_clear_cli_error() -> None:
     assert result.exit_code == 2 and "--duration" in result.output
     result = CliRunner().invoke(main, ["chaos", "--workers", "zero"])
     assert result.exit_code == 2 and "--workers" in result.output
+    result = CliRunner().invoke(main, ["chaos", "--redis-cluster", "2"])  # Redis Cluster needs 3 primaries
+    assert result.exit_code == 2 and "--redis-cluster" in result.output
+
+
+def test_a_run_on_a_redis_cluster_plans_every_fault_but_the_one_node_proxy() -> None:
+    """The manual cluster run (docs/chaos.md): `reliq chaos --redis-cluster 3 --partitions 3`."""
+    kinds = plan(60, random.Random(1), NOT_ON_A_CLUSTER)
+    assert "partition" not in kinds and set(kinds) == set(KINDS) - {"worker-kill", "partition"}
+    assert "partition" in plan(60, random.Random(1))
 
 
 async def test_a_blmove_that_failed_as_the_worker_stopped_prints_no_traceback(

@@ -1,8 +1,12 @@
-"""The processes of a chaos run: a private redis-server, one API, one monitor and N workers.
+"""The processes of a chaos run: a private Redis, one API, one monitor and N workers.
 
 Everything runs on 127.0.0.1 as child processes of ``reliq chaos``, each with its log
 in the run's directory. The cluster keeps track of which processes it meant to stop,
 so that a worker that died on its own (the poison pill) is noticed and replaced.
+
+The Redis is one redis-server, or with ``redis_cluster`` a Redis Cluster of that many
+primaries (reliq/redis_cluster.py), each with AOF and ``appendfsync always``; then the
+Redis faults hit one primary at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ from pathlib import Path
 from typing import IO
 
 from reliq.chaos.tasks import LOG_ENV
+from reliq.redis_cluster import LocalCluster
 from reliq.redis_server import RedisServer, answers, free_port
+
+#: A chaos cluster's node timeout: longer than its Redis stalls (lease + 1 s), as a
+#: production cluster's (15 s by default) is, so a stall is not taken for a node failure.
+CHAOS_NODE_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -34,6 +43,10 @@ class ClusterOptions:
     retry_base: float = 0.05
     retry_cap: float = 0.5
     max_retries: int = 3
+    #: Primaries of a Redis Cluster to run on (0: one plain redis-server).
+    redis_cluster: int = 0
+    #: Partitions of the queue (issue 17 §1), passed to every role.
+    partitions: int = 1
 
 
 @dataclass
@@ -65,7 +78,10 @@ class Cluster:
         self.queue = queue
         self.options = options
         self.exec_log = workdir / "executions.log"
-        self.redis = RedisServer(workdir / "redis", fsync="always")
+        self.redis: RedisServer | LocalCluster = (
+            LocalCluster(workdir / "redis", options.redis_cluster, aof=True, fsync="always",
+                         node_timeout_ms=CHAOS_NODE_TIMEOUT_MS)
+            if options.redis_cluster else RedisServer(workdir / "redis", fsync="always"))
         self.api_port = free_port()
         self.api: Proc | None = None
         self.monitor_port = free_port()
@@ -87,12 +103,24 @@ class Cluster:
                     "RELIQ_PROMOTE_INTERVAL": "0.05", "RELIQ_RETRY_CAP": str(o.retry_cap)})
         return env
 
+    def redis_servers(self) -> list[RedisServer]:
+        """The Redis processes a Redis fault may hit: the server, or the cluster's primaries now."""
+        return self.redis.primaries() if isinstance(self.redis, LocalCluster) else [self.redis]
+
+    def restart_redis(self, server: RedisServer) -> None:
+        """Start a killed Redis again on its AOF (on a cluster: and wait until it serves its slots)."""
+        if isinstance(self.redis, LocalCluster):
+            self.redis.restart(server)
+        else:
+            server.start()
+
     def _spawn(self, role: str, args: list[str], redis_url: str | None = None) -> Proc:
         self._count += 1
         self._logs.mkdir(parents=True, exist_ok=True)
         log = (self._logs / f"{self._count:03d}-{role}.log").open("wb")
+        partitions = ["--partitions", str(self.options.partitions)] if self.options.partitions > 1 else []
         cmd = [sys.executable, "-m", "reliq", *args, "--redis-url", redis_url or self.redis.url, "--queue", self.queue,
-               "--log-level", "INFO"]
+               *partitions, "--log-level", "INFO"]
         popen = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
                                  stdin=subprocess.DEVNULL)
         return Proc(role, popen, log)
@@ -191,7 +219,8 @@ class Cluster:
 
     def resume_all(self) -> None:
         """SIGCONT everything we may have stopped (Redis and workers)."""
-        self.redis.signal(signal.SIGCONT)
+        for server in self.redis.nodes if isinstance(self.redis, LocalCluster) else [self.redis]:
+            server.signal(signal.SIGCONT)
         for w in self.workers:
             if w.state == "stopped":
                 w.send(signal.SIGCONT)

@@ -23,6 +23,7 @@ from reliq.chaos.cluster import Cluster, Proc
 from reliq.chaos.proxy import Proxy
 from reliq.chaos.tasks import BLOCK, FAIL, POISON
 from reliq.connection import UNAVAILABLE, connect
+from reliq.redis_server import RedisServer
 
 #: Fault kinds, in report order.
 KINDS = ("worker-kill", "rolling-restart", "redis-kill", "redis-stall", "worker-stall", "partition", "poison",
@@ -66,9 +67,14 @@ class FaultLog:
         return {"faults": [asdict(f) for f in self.faults], "events": [asdict(e) for e in self.events]}
 
 
-def plan(duration: float, rng: random.Random) -> list[str]:
+#: Faults a run on a Redis Cluster leaves out: the proxy fronts one node, and a cluster
+#: client follows the cluster's redirects to the nodes' own addresses, past it.
+NOT_ON_A_CLUSTER = ("partition",)
+
+
+def plan(duration: float, rng: random.Random, skip: tuple[str, ...] = ()) -> list[str]:
     """The sequential faults of a run: every kind once (poison first), more rounds when time allows."""
-    others = [k for k in KINDS if k not in ("worker-kill", "poison")]
+    others = [k for k in KINDS if k not in ("worker-kill", "poison", *skip)]
     rounds = max(1, int(duration // 30))
     kinds: list[str] = []
     for _ in range(rounds):
@@ -135,31 +141,37 @@ class Injector:
             return pids, f"exit codes {codes}"
         await self._fault("rolling-restart", act)
 
+    async def _redis_victim(self) -> tuple[RedisServer, str]:
+        """The Redis process a fault hits: the server, or a random primary of the cluster; and its name."""
+        servers = await asyncio.to_thread(self.cluster.redis_servers)
+        server = self.rng.choice(servers)
+        return server, f"primary :{server.port}, " if len(servers) > 1 else ""
+
     async def kill_redis(self) -> None:
-        """SIGKILL redis-server and restart it on its AOF a second later."""
+        """SIGKILL redis-server (one primary, on a cluster) and restart it on its AOF a second later."""
         async def act() -> tuple[list[int], str]:
-            redis = self.cluster.redis
+            redis, which = await self._redis_victim()
             pid = redis.proc.pid if redis.proc else 0
             self.log.event("redis", pid, "kill")
             redis.kill()
             await asyncio.sleep(1.0)
-            await asyncio.to_thread(redis.start)
+            await asyncio.to_thread(self.cluster.restart_redis, redis)
             self.log.event("redis", redis.proc.pid if redis.proc else 0, "start")
-            return [pid], "down 1.0s, restarted on its AOF"
+            return [pid], f"{which}down 1.0s, restarted on its AOF"
         await self._fault("redis-kill", act)
 
     async def stall_redis(self) -> None:
-        """SIGSTOP redis-server for longer than the lease, then SIGCONT it."""
+        """SIGSTOP redis-server (one primary, on a cluster) for longer than the lease, then SIGCONT it."""
         seconds = self.lease + 1.0
         async def act() -> tuple[list[int], str]:
-            redis = self.cluster.redis
+            redis, which = await self._redis_victim()
             pid = redis.proc.pid if redis.proc else 0
             self.log.event("redis", pid, "stop")
             redis.signal(signal.SIGSTOP)
             await asyncio.sleep(seconds)
             redis.signal(signal.SIGCONT)
             self.log.event("redis", pid, "cont")
-            return [pid], f"stopped {seconds:g}s"
+            return [pid], f"{which}stopped {seconds:g}s"
         await self._fault("redis-stall", act)
 
     async def stall_worker(self) -> None:
@@ -190,7 +202,8 @@ class Injector:
         seconds = self.lease + 1.5
         async def act() -> tuple[list[int], str]:
             if self.proxy is None:
-                self.proxy = await Proxy(self.cluster.redis.port).start()
+                [server] = self.cluster.redis_servers()  # one server: never on a cluster (NOT_ON_A_CLUSTER)
+                self.proxy = await Proxy(server.port).start()
             victim = self._start_worker(self.proxy.url)
             await asyncio.sleep(3.0)  # registered and holding work, or the partition proves nothing
             if victim.popen.poll() is not None or victim.state != "running":
@@ -238,13 +251,14 @@ class Injector:
         await self._fault("loop-block", act)
 
     async def fill_redis(self, seconds: float = 3.0) -> None:
-        """Lower Redis's maxmemory to what it uses now, under load, then lift it again.
+        """Lower Redis's maxmemory (one primary's, on a cluster) to what it uses now, under load, then lift it.
 
         Producers must get 507 (not promised, so not lost); workers must keep draining,
         since the scripts that empty a queue run at the limit.
         """
         async def act() -> tuple[list[int], str]:
-            redis = connect(self.cluster.redis.url)
+            server, which = await self._redis_victim()
+            redis = connect(server.url)
             try:
                 used = int((await redis.info("memory"))["used_memory"])
                 await redis.config_set("maxmemory", used + 64 * 1024)
@@ -254,7 +268,7 @@ class Injector:
                 return [], f"interrupted: {exc}"
             finally:
                 await redis.aclose()
-            return [], f"maxmemory {used + 64 * 1024} bytes (used + 64 KiB) for {seconds:g}s"
+            return [], f"{which}maxmemory {used + 64 * 1024} bytes (used + 64 KiB) for {seconds:g}s"
         await self._fault("redis-full", act)
 
     async def kill_api(self) -> None:

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from reliq.chaos.audit import CHAOS_END_STATES, RedisState, audit, collect, read_executions, worker_pid
 from reliq.chaos.cluster import Cluster, ClusterOptions
-from reliq.chaos.faults import FaultLog, Injector, plan
+from reliq.chaos.faults import NOT_ON_A_CLUSTER, FaultLog, Injector, plan
 from reliq.chaos.load import Load
 from reliq.chaos.report import render
 from reliq.connection import UNAVAILABLE, connect
@@ -38,6 +38,10 @@ class ChaosOptions:
     settle_timeout: float = 90.0
     json_path: Path | None = None
     workdir: Path | None = None
+    #: Primaries of a private Redis Cluster to run on (0: one redis-server).
+    redis_cluster: int = 0
+    #: Partitions of the run's queue.
+    partitions: int = 1
 
 
 def run_chaos(options: ChaosOptions, console: Console | None = None) -> int:
@@ -59,11 +63,13 @@ def run_chaos(options: ChaosOptions, console: Console | None = None) -> int:
 
 
 async def _run(options: ChaosOptions, seed: int, workdir: Path, console: Console) -> dict[str, Any]:
-    cluster = Cluster(workdir, f"chaos-{seed}", ClusterOptions(workers=options.workers,
-                                                               concurrency=options.concurrency))
+    cluster = Cluster(workdir, f"chaos-{seed}", ClusterOptions(
+        workers=options.workers, concurrency=options.concurrency, redis_cluster=options.redis_cluster,
+        partitions=options.partitions))
     faults = FaultLog()
+    redis = f"a Redis Cluster of {options.redis_cluster} primaries" if options.redis_cluster else "one redis-server"
     console.print(f"[bold]reliq chaos[/] seed {seed}: {options.duration:g}s, {options.workers} workers, "
-                  f"{options.rate:g} tasks/s, run directory {workdir}")
+                  f"{options.rate:g} tasks/s, {redis}, {options.partitions} partition(s), run directory {workdir}")
     await asyncio.to_thread(cluster.start)
     load = Load(cluster.api_url, random.Random(f"{seed}-load"), options.rate, workdir / "accepted.jsonl")
     injector = Injector(cluster, faults, random.Random(f"{seed}-faults"), load.submit_fault)
@@ -76,12 +82,12 @@ async def _run(options: ChaosOptions, seed: int, workdir: Path, console: Console
         await _inject(options, seed, load, injector, console)
         elapsed = time.monotonic() - started
         cluster.resume_all()
-        redis = connect(cluster.redis.url)
+        client = connect(cluster.redis.url)
         try:
-            queue = Queue(redis, Settings(redis_url=cluster.redis.url, queue=cluster.queue))
+            queue = Queue(client, Settings(redis_url=cluster.redis.url, queue=cluster.queue))
             drained, drain_s, state = await _drain(queue, load, cluster, options.settle_timeout, console)
         finally:
-            await redis.aclose()
+            await client.aclose()
         live = cluster.live_pids()
     finally:
         await cancel_all([supervisor])
@@ -99,6 +105,7 @@ async def _run(options: ChaosOptions, seed: int, workdir: Path, console: Console
     report.update({
         "seed": seed, "duration_s": options.duration, "load_s": round(elapsed, 1), "drain_s": round(drain_s, 1),
         "rate": options.rate, "workers": options.workers, "concurrency": options.concurrency,
+        "redis_cluster": options.redis_cluster, "partitions": options.partitions,
         "requests": {"sent": load.sent, "accepted": len(load.accepted), "refused": dict(load.refused)},
         "fault_log": faults.to_json()["faults"], "workdir": str(workdir),
     })
@@ -109,7 +116,8 @@ async def _inject(options: ChaosOptions, seed: int, load: Load, injector: Inject
     """Drive the load while both fault streams run; stop it once both are done and time is up."""
     until = time.monotonic() + options.duration
     load_task = asyncio.create_task(load.run())
-    streams = [asyncio.create_task(injector.sequence(plan(options.duration, random.Random(seed)), until)),
+    skip = NOT_ON_A_CLUSTER if options.redis_cluster else ()
+    streams = [asyncio.create_task(injector.sequence(plan(options.duration, random.Random(seed), skip), until)),
                asyncio.create_task(injector.kill_stream(until))]
     shown = 0
     try:
