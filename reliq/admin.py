@@ -11,7 +11,7 @@ import contextlib
 import getpass
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Sized
 from typing import Any, BinaryIO
 
 import orjson
@@ -311,15 +311,11 @@ def limit_show(settings: Settings, as_json: bool = False) -> int:
 
     async def body(queue: Queue) -> int:
         views = await queue.limits()
-        if as_json:
-            _json({"queue": queue.name, "types": views})
+        table = _listing(views, as_json, {"queue": queue.name, "types": views},
+                         f"no task type of {queue.name!r} has limits", f"limits of queue {queue.name!r}",
+                         ("type", "rate", "key concurrency", "ordered", "set aside", "from"))
+        if table is None:
             return 0
-        if not views:
-            out.print(f"no task type of {queue.name!r} has limits", markup=False)
-            return 0
-        table = Table(title=f"limits of queue {queue.name!r}", title_justify="left")
-        for column in ("type", "rate", "key concurrency", "ordered", "set aside", "from"):
-            table.add_column(column, overflow="fold")
         for name, v in views.items():
             source = " + ".join(n for n in ("declared", "set") if v[n])
             due = f" (due in {v['due_in_s']:.1f} s)" if v["due_in_s"] is not None else ""
@@ -329,6 +325,28 @@ def limit_show(settings: Settings, as_json: bool = False) -> int:
         return 0
 
     return _with_queue(settings, body)
+
+
+def _listing(views: Sized, as_json: bool, document: Mapping[str, Any], empty: str, title: str,
+             columns: Sequence[str], whole_first: bool = False) -> Table | None:
+    """The empty table a listing command fills with ``views``; None when it printed them already.
+
+    With ``as_json`` it printed ``document``; without views, ``empty``. Long cells fold,
+    but for the first column's with ``whole_first``.
+    """
+    if as_json:
+        _json(document)
+        return None
+    if not views:
+        out.print(empty, markup=False)
+        return None
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        if i == 0 and whole_first:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, overflow="fold")
+    return table
 
 
 def _limits_text(v: LimitView) -> str:
@@ -344,16 +362,11 @@ def schedule_list(settings: Settings, as_json: bool = False) -> int:
 
     async def body(queue: Queue) -> int:
         views = await read(queue)
-        if as_json:
-            _json({"queue": queue.name, "schedules": views})
+        table = _listing(views, as_json, {"queue": queue.name, "schedules": views},
+                         f"no schedule in queue {queue.name!r}", f"schedules of queue {queue.name!r}",
+                         ("name", "when", "type", "next run", "last run", "enqueued", "skipped"), whole_first=True)
+        if table is None:
             return 0
-        if not views:
-            out.print(f"no schedule in queue {queue.name!r}", markup=False)
-            return 0
-        table = Table(title=f"schedules of queue {queue.name!r}", title_justify="left")
-        table.add_column("name", no_wrap=True)
-        for column in ("when", "type", "next run", "last run", "enqueued", "skipped"):
-            table.add_column(column, overflow="fold")
         for v in views:
             last = f"{v['last_enqueued_at']} {v['last_task_state'] or 'gone'}" if v["last_task_id"] else "-"
             table.add_row(v["name"], _when(v), v["type"] or "-", "paused" if v["paused"] else v["next_run"] or "-",

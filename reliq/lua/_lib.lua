@@ -301,6 +301,23 @@ local function make_ready(G, id, key, ttype, priority, head, claimed, now)
   end
 end
 
+-- A task W held goes back to pending (reap.lua, release.lua), at the taking end to run next;
+-- what it reported of its progress goes with the attempt. claimed: W had claimed it (it
+-- gives its key's slot back).
+local function hand_back(G, key, id, tkey, ttype, priority, claimed, now)
+  redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
+  clear_progress(key)
+  make_ready(G, id, tkey, ttype, priority, true, claimed, now)
+end
+
+-- W is gone (reaped, released): its lists and its registration go, and the running tasks
+-- whose cancels it ended are counted.
+local function drop_worker(stats, workers, worker, processing, info, cancels, cancelled)
+  count_cancelled_running(stats, cancelled)
+  redis.call('DEL', processing, info, cancels)
+  redis.call('ZREM', workers, worker)
+end
+
 -- Send tasks just taken out of the dead list back to pending (the list of their priority, or
 -- of their key) with a fresh retry budget; ids whose record is gone are skipped. Returns how
 -- many went back. A unique task takes its lock back unless another live task holds it

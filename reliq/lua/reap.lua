@@ -70,15 +70,11 @@ for _, id in ipairs(ids) do
       if redis.call('EXISTS', WAITERS) == 1 then wake(WAITERS, WAKE, {id}) end
       if tkey and state == 'processing' then group_release(G, gid_of(ttype, tkey), now) end
     else
-      redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
-      clear_progress(key)
-      make_ready(G, id, tkey, ttype, priority, true, state == 'processing', now)
+      hand_back(G, key, id, tkey, ttype, priority, state == 'processing', now)
       recovered = recovered + 1
     end
   end
 end
 if recovered > 0 then redis.call('HINCRBY', STATS, 'recovered', recovered) end
-count_cancelled_running(STATS, cancelled)
-redis.call('DEL', PROCESSING, INFO, CANCELS)
-redis.call('ZREM', WORKERS, worker)
+drop_worker(STATS, WORKERS, worker, PROCESSING, INFO, CANCELS, cancelled)
 return {CODE_OK, recovered, quarantined, cancelled}

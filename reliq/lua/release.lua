@@ -40,13 +40,9 @@ for _, id in ipairs(ids) do
     if tkey then group_release(G, gid_of(ttype, tkey), now) end
   elseif state == 'processing' or state == 'pending' then
     if state == 'processing' then redis.call('HINCRBY', key, 'attempts', -1) end
-    redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
-    clear_progress(key)
-    make_ready(G, id, tkey, ttype, priority, true, state == 'processing', now)
+    hand_back(G, key, id, tkey, ttype, priority, state == 'processing', now)
     n = n + 1
   end
 end
-count_cancelled_running(STATS, cancelled)
-redis.call('DEL', PROCESSING, INFO, CANCELS)
-redis.call('ZREM', WORKERS, worker)
+drop_worker(STATS, WORKERS, worker, PROCESSING, INFO, CANCELS, cancelled)
 return {n, cancelled}
