@@ -48,9 +48,9 @@ def worker(redis_url: str, queue: str | None, log: Path, *extra: str,
                   *extra], log, wrap)
 
 
-def api(redis_url: str, queue: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+def api(redis_url: str, queue: str, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A ``reliq serve`` process, returned once it listens."""
-    proc = reliq(["serve", "--redis-url", redis_url, "--queue", queue, "--port", str(port)], log)
+    proc = reliq(["serve", "--redis-url", redis_url, "--queue", queue, "--port", str(port), *extra], log)
     wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, what="API listening")
     assert proc.poll() is None, log.read_text()
     return proc
