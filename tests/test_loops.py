@@ -1,5 +1,6 @@
 """The worker's background loops as units: one round through ``run_once()`` against real
-Redis, and each loop riding out a Redis outage injected in-process (tests/flaky.py).
+Redis, and each loop riding out a Redis outage injected in-process (tests/flaky.py): the
+promoter, reaper, heartbeat, fetcher, settler, periodic enqueuer and succeeded trimmer.
 
 The reaper's rounds, the lock and the grace after a real Redis stall are in
 tests/test_reaper.py; here its loop meets an outage.
@@ -20,10 +21,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from reliq.keys import QueueKeys
 from reliq.loops import cancel_all
 from reliq.queue import Queue, text
+from reliq.schedules import Declared, make_schedule, slot_id, slot_of
 from reliq.settings import Settings
 from reliq.worker.heartbeat import Heartbeat
+from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 from reliq.worker.promoter import Promoter
 from reliq.worker.reaper import Reaper
+from reliq.worker.succeeded_trimmer import SucceededTrimmer
 from reliq.worker.worker import Worker
 from tests.flaky import Flaky
 from tests.util import eventually, held_by
@@ -210,3 +214,67 @@ async def test_the_fetcher_and_the_settler_ride_out_an_outage_and_every_task_run
     assert [level for level, _ in lines] == ["WARNING", "INFO"], lines
     assert lines[0][1].startswith(f"{loop}: Redis unreachable: flaky: injected outage; ")
     assert lines[1][1] == f"{loop}: Redis is back"
+
+
+# -- periodic enqueuer, trimmers ---------------------------------------------------------
+
+
+async def test_the_periodic_enqueuer_rides_out_an_outage_between_a_decision_and_its_mark_and_enqueues_each_slot_once(
+    flaky: Flaky, queue: Queue, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reliq.loops")
+    enqueuer = PeriodicEnqueuer(Queue(flaky.client, queue.settings),
+                                [Declared(make_schedule("tick", type="noop", every=1), None)], poll_s=0.05)
+    await enqueuer.declare()
+    sec, usec = await queue.redis.time()
+    upto = int(sec) * 1000 + int(usec) // 1000 - 3_500
+    await queue.redis.hset(queue.keys.schedule("tick"), "upto", upto)
+    # the decision is recorded and its tasks enqueued; the mark that frees the schedule fails
+    flaky.fail_next(2, script="schedule_enqueued")
+    loop = asyncio.create_task(enqueuer.run())
+    try:
+        await flaky.until(failed=2)
+        await eventually(lambda: _marked(queue, "tick"), what="the decision marked once Redis is back")
+        await eventually(lambda: _said(caplog, "periodic enqueuer: Redis is back"), what="the round after it ended")
+    finally:
+        await cancel_all([loop])
+    pending = await _pending(queue.redis, queue)
+    first = (upto // 1000 + 1) * 1000
+    due = [slot_id("tick", s) for s in range(first, first + 3_000, 1000)]
+    assert set(due) <= set(pending) and len(pending) == len(set(pending))  # each slot once, the first three at least
+    assert all(slot_of(i) is not None for i in pending)
+    assert _outage_lines(caplog, "reliq.loops") == [
+        ("WARNING", "periodic enqueuer: Redis unreachable: flaky: injected outage; retrying with backoff"),
+        ("INFO", "periodic enqueuer: Redis is back")]
+
+
+def _said(caplog: pytest.LogCaptureFixture, line: str) -> bool:
+    return any(r.getMessage() == line for r in caplog.records)
+
+
+async def _marked(queue: Queue, name: str) -> bool:
+    return not await queue.redis.hexists(queue.keys.schedule(name), "firing")
+
+
+async def test_the_succeeded_trimmer_rides_out_an_outage_and_then_trims_what_aged(
+    flaky: Flaky, redis: Redis, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="reliq.loops")
+    queue = Queue(redis, settings.replace(result_ttl=0.2))
+    ids = [await queue.enqueue("noop", i) for i in range(3)]
+    await Worker(queue, queue.settings, burst=True).run()
+    await asyncio.sleep(0.3)  # past their age, and nothing settles to trim them
+    flaky.fail_next(3)
+    loop = asyncio.create_task(SucceededTrimmer(Queue(flaky.client, queue.settings), {}, 0.02).run())
+    try:
+        await eventually(lambda: _gone(redis, queue, ids), what="the aged records trimmed")
+    finally:
+        await cancel_all([loop])
+    assert flaky.failed == 3 and (await queue.snapshot())["expired"] == 3
+    assert _outage_lines(caplog, "reliq.loops") == [
+        ("WARNING", "succeeded-record trimmer: Redis unreachable: flaky: injected outage; retrying with backoff"),
+        ("INFO", "succeeded-record trimmer: Redis is back")]
+
+
+async def _gone(redis: Redis, queue: Queue, ids: list[str]) -> bool:
+    return not any([await redis.exists(queue.keys.task(i)) for i in ids])
