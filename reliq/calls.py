@@ -15,7 +15,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from reliq import priorities
 from reliq.errors import RedisFull, script_error
-from reliq.formats import Code, Enqueued, Unique
+from reliq.formats import CancelMode, Code, Enqueued, Unique
 from reliq.keys import QueueKeys
 from reliq.memory import REFUSED_MEMORY
 from reliq.settings import Settings
@@ -105,7 +105,7 @@ def cancel_keys(k: QueueKeys) -> list[str]:
 
 def cancel_args(task_id: str, settings: Settings, forget: bool = False) -> list[Any]:
     """ARGV of cancel.lua: the id, how long the cancelled record is kept (ms), or that it goes at once."""
-    return [task_id, int(settings.result_ttl * 1000), "forget" if forget else "keep"]
+    return [task_id, int(settings.result_ttl * 1000), CancelMode.FORGET if forget else CancelMode.KEEP]
 
 
 def cancelled(task_id: str, raw: Sequence[Any]) -> str:

@@ -53,6 +53,15 @@ END_STATES = (TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED)
 CANCELLABLE = (TaskState.PENDING, TaskState.SCHEDULED, TaskState.RETRYING)
 
 
+class CancelMode(StrEnum):
+    """How a cancelled task's record ends (cancel.lua's ARGV, a running task's ``cancel`` field)."""
+
+    #: It stays, state cancelled, for the result TTL (POST /task/{id}/cancel).
+    KEEP = "keep"
+    #: It goes at once with its idempotency key (HTTP DELETE).
+    FORGET = "forget"
+
+
 class RunOutcome(StrEnum):
     """What became of one run of a task, as the worker hands it to settle.lua."""
 
@@ -316,9 +325,9 @@ def split_metric(field: str) -> tuple[str, str, str]:
 
 
 #: Every format a script can take with ``--- @format NAME``: positions (a tuple of field
-#: names), constants (an enum, whose members become ``NAME_MEMBER``) or one string (a
-#: local ``NAME``).
-LUA: dict[str, tuple[str, ...] | type[Enum] | str] = {
+#: names), constants (an enum, whose members become ``NAME_MEMBER``), one string (a local
+#: ``NAME``) or a set of strings (a table ``NAME`` with each as a key, true).
+LUA: dict[str, tuple[str, ...] | type[Enum] | str | frozenset[str]] = {
     "CLAIM_FIELDS": CLAIM_FIELDS,
     "ENQUEUE_FIELDS": ENQUEUE_FIELDS,
     "SETTLE_FIELDS": SETTLE_FIELDS,
@@ -334,6 +343,8 @@ LUA: dict[str, tuple[str, ...] | type[Enum] | str] = {
     "PAUSED_MARK": PAUSED_MARK,
     "RESUMING_MARK": RESUMING_MARK,
     "WAKE_MARK": WAKE_MARK,
+    "END_STATES": frozenset(END_STATES),
+    "CANCEL": CancelMode,
     "UNIQUE": Unique,
     "SOURCE": ScheduleSource,
     "PUT": Put,
@@ -345,11 +356,16 @@ def lua_locals(name: str, wanted: Container[str] | None = None) -> str:
     """The Lua locals that stand for format ``name``, those in ``wanted`` alone if given.
 
     For positions: the list, named ``name``, and each field's position; for constants:
-    ``name_MEMBER`` and its value; for a string, ``name`` and it.
+    ``name_MEMBER`` and its value; for a string, ``name`` and it; for a set, ``name`` the
+    table of its members.
     """
     spec = LUA[name]
-    if isinstance(spec, str):
-        return f"local {name} = {_lua_string(spec)}\n" if wanted is None or name in wanted else ""
+    if isinstance(spec, str | frozenset):
+        if wanted is not None and name not in wanted:
+            return ""
+        if isinstance(spec, str):
+            return f"local {name} = {_lua_string(spec)}\n"
+        return f"local {name} = {{{', '.join(f'[{_lua_string(m)}] = true' for m in sorted(spec))}}}\n"
     if isinstance(spec, tuple):
         pairs = [(f.upper(), str(i)) for i, f in enumerate(spec, start=1)]
         listed = wanted is None or name in wanted

@@ -26,6 +26,7 @@ from reliq.formats import (
 )
 from reliq.histogram import bucket
 from reliq.queue import Claimed, Outcome, Queue, make_spec
+from reliq.settings import Settings
 
 
 async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, redis: Redis) -> None:
@@ -217,3 +218,15 @@ async def test_a_pause_reads_back_as_the_scripts_wrote_it(queue: Queue) -> None:
     assert (pause["since_ms"], pause["by"], pause["resuming"]) == (since, "ops", False)
     assert await queue.resume("typed") == (True, 0)
     assert await queue.resume("typed") == (False, 0)
+
+
+def test_a_set_format_becomes_a_lua_table_of_its_members_and_the_end_states_are_read_from_it() -> None:
+    assert formats.lua_locals("END_STATES") == \
+        "local END_STATES = {['cancelled'] = true, ['dead'] = true, ['succeeded'] = true}\n"
+    code = _lua_code()
+    assert "ENDED" not in code and "'succeeded' or" not in code  # no second list of the end states
+
+
+def test_the_cancel_modes_the_scripts_spell_are_cancel_modes() -> None:
+    assert not re.search(r"'(keep|forget)'", _lua_code())
+    assert calls.cancel_args("t", Settings(), forget=True)[2] == formats.CancelMode.FORGET

@@ -29,7 +29,7 @@ end
 -- TTL: a lock goes when its task ends. A lock left behind whatever the reason (an end
 -- that did not free it, a record trimmed or deleted) never blocks: an enqueue that finds
 -- its holder ended or gone takes the lock over.
-local ENDED = {succeeded = true, dead = true, cancelled = true}
+--- @format END_STATES
 
 -- The name of a task's lock (after the unique prefix), or nil when the task is not
 -- unique. ``spec`` (reliq/formats.py: Unique): '' (the type's default, ``type_unique``), '-'
@@ -52,7 +52,7 @@ local function unique_holder(lock, task_prefix)
   local holder = redis.call('GET', lock)
   if not holder then return false end
   local state = redis.call('HGET', task_prefix .. holder, 'state')
-  if state and not ENDED[state] then return holder end
+  if state and not END_STATES[state] then return holder end
   return false
 end
 
@@ -179,12 +179,13 @@ local function type_defaults_reader(types_key)
 end
 
 -- Cancelling (docs/cancel.md). A task ends cancelled: its record stays (state cancelled,
--- kept ttl ms) or, with mode 'forget' (HTTP DELETE), goes at once with its idempotency
+-- kept ttl ms) or, with mode CANCEL_FORGET (HTTP DELETE), goes at once with its idempotency
 -- key, so that a repeat of the request enqueues anew. Callers count it and wake waiters.
 -- A unique task frees its lock (unique_prefix: the locks' prefix).
+--- @format CANCEL
 local function end_cancelled(key, idem_prefix, unique_prefix, id, mode, now, ttl)
   unique_release(unique_prefix, redis.call('HGET', key, 'unique'), id)
-  if mode == 'forget' then
+  if mode == CANCEL_FORGET then
     local idem = redis.call('HGET', key, 'idem')
     if idem and redis.call('GET', idem_prefix .. idem) == id then redis.call('DEL', idem_prefix .. idem) end
     redis.call('DEL', key)
@@ -194,13 +195,13 @@ local function end_cancelled(key, idem_prefix, unique_prefix, id, mode, now, ttl
   end
 end
 
--- A running task's cancel request: how it ends (its record's 'cancel' field, 'keep' or
--- 'forget'), or false when none was made. requests is the worker's cancel-request set;
+-- A running task's cancel request: how it ends (its record's 'cancel' field, CANCEL_KEEP or
+-- CANCEL_FORGET), or false when none was made. requests is the worker's cancel-request set;
 -- asked tells whether that set exists (one EXISTS a call, so that scripts over many
 -- tasks pay nothing a task when no cancel is outstanding). The id leaves the set.
 local function cancel_request(requests, asked, key, id)
   if not asked or redis.call('SREM', requests, id) == 0 then return false end
-  return redis.call('HGET', key, 'cancel') or 'keep'
+  return redis.call('HGET', key, 'cancel') or CANCEL_KEEP
 end
 
 -- When W dies (reap.lua) or stops (release.lua) still holding a task it was asked to

@@ -18,7 +18,7 @@
 --                  an ordered key's retry holds its key's slot ('slot' on its record)
 -- ARGV[1] id       task id
 -- ARGV[2] ttl_ms   TTL of the cancelled record (ms)
--- ARGV[3] mode     'keep' or 'forget'
+-- ARGV[3] mode     CANCEL_KEEP or CANCEL_FORGET (reliq/formats.py: CancelMode)
 -- Returns {CODE_OK, previous state} when cancelled, {CODE_CANCELLING, 'processing'} when
 -- the task is running and its worker was asked to stop it (it ends cancelled once the
 -- worker has, see settle.lua; reap.lua and release.lua end it so if the worker dies or
@@ -39,7 +39,7 @@ local ttype, priority, tkey, slot, state = unpack(redis.call('HMGET', key, 'type
 if not state then return {CODE_NO_TASK, ''} end
 if state == 'processing' then
   -- A DELETE after a POST cancel still deletes; a POST after a DELETE does not undo it.
-  if mode == 'forget' or redis.call('HGET', key, 'cancel') ~= 'forget' then
+  if mode == CANCEL_FORGET or redis.call('HGET', key, 'cancel') ~= CANCEL_FORGET then
     redis.call('HSET', key, 'cancel', mode)
   end
   redis.call('HSETNX', key, 'cancel_requested_at', now_ms())

@@ -216,7 +216,7 @@ for _, t in ipairs(batch) do
     applied = applied + 1
     local cancel = cancels and cancel_request(CANCELS, cancels, key, id)  -- no call a task when none is asked
     if outcome == 'cancelled' or (cancel and outcome ~= 'ok') then
-      end_cancelled(key, IDEM, UNIQUE_LOCKS, id, cancel or redis.call('HGET', key, 'cancel') or 'keep', now_s,
+      end_cancelled(key, IDEM, UNIQUE_LOCKS, id, cancel or redis.call('HGET', key, 'cancel') or CANCEL_KEEP, now_s,
                     keep_age)
       add(counts, 'cancelled', 1)
       add(counts, 'cancelled_running', 1)

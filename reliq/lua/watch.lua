@@ -12,7 +12,7 @@ local TASK, WAITERS = KEYS[1], KEYS[2]
 local id, hub, ttl_ms = ARGV[1], ARGV[2], ARGV[3]
 local state = redis.call('HGET', TASK, 'state')
 if not state then return '' end
-if state == 'succeeded' or state == 'dead' or state == 'cancelled' then return state end
+if END_STATES[state] then return state end
 local hubs = redis.call('HGET', WAITERS, id)
 if not hubs then
   redis.call('HSET', WAITERS, id, hub)
