@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from importlib import resources
 from typing import Any
@@ -10,7 +11,7 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from reliq import calls, errors, formats, priorities, scripts
+from reliq import calls, errors, formats, priorities, schedules, scripts
 from reliq import queue as queue_module
 from reliq.formats import (
     CLAIM_FIELDS,
@@ -27,6 +28,7 @@ from reliq.formats import (
 from reliq.histogram import bucket
 from reliq.queue import Claimed, Outcome, Queue, make_spec
 from reliq.settings import Settings
+from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 
 
 async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, redis: Redis) -> None:
@@ -230,3 +232,16 @@ def test_a_set_format_becomes_a_lua_table_of_its_members_and_the_end_states_are_
 def test_the_cancel_modes_the_scripts_spell_are_cancel_modes() -> None:
     assert not re.search(r"'(keep|forget)'", _lua_code())
     assert calls.cancel_args("t", Settings(), forget=True)[2] == formats.CancelMode.FORGET
+
+
+def test_every_field_python_reads_of_a_record_or_a_schedule_is_one_a_script_spells() -> None:
+    # Python reads a task's and a schedule's hash by field name: a field renamed in a script
+    # and not here would read as missing, silently. Each name must appear in some script.
+    spelled = set()
+    for name in scripts.NAMES:
+        spelled |= set(re.findall(r"'(\w+)'", re.sub(r"--.*$", "", scripts.source(name), flags=re.MULTILINE)))
+    readers = [queue_module.decode_record, schedules.view, PeriodicEnqueuer.run_once, PeriodicEnqueuer.declare]
+    read = {field for fn in readers
+            for field in re.findall(r"""\b(?:f|fields)(?:\.get\(|\[)"(\w+)\"""", inspect.getsource(fn))}
+    assert len(read) > 25
+    assert sorted(read - spelled) == []
