@@ -39,15 +39,16 @@ def enqueue_keys(k: QueueKeys) -> list[str]:
 def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
     """The tasks as enqueue.lua's one JSON argument (ARGV[2]), numbers as strings.
 
-    The priority is sent only when it is not the default, so a task without one costs
-    what it did before priorities existed.
+    One flat array, :data:`~reliq.formats.ENQUEUE_FIELDS` a task one after another: an
+    array a task cost the script's cjson twice as much (callgrind, ~6,000 instructions a
+    task). The priority is '' when it is the default, so a task without one is written
+    as before priorities existed.
     """
     return orjson.dumps([
-        (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
-         str(s.timeout_ms or ""), str(s.delay_ms),
-         s.idempotency_key, str(s.run_at_ms), s.trace, _unique(s), s.key)
-        + (() if s.priority == priorities.DEFAULT else (str(s.priority),))
-        for s in specs
+        value for s in specs
+        for value in (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
+                      str(s.timeout_ms or ""), str(s.delay_ms), s.idempotency_key, str(s.run_at_ms), s.trace,
+                      _unique(s), s.key, "" if s.priority == priorities.DEFAULT else str(s.priority))
     ])
 
 

@@ -142,17 +142,22 @@ class Enqueued(IntEnum):
     EXISTING = 2
 
 
-#: A task as enqueue.lua takes it, one JSON array of these a task in its ARGV[2]
-#: (reliq/calls.py: enqueue_batch), every value a string. The last, ``priority``, is left
-#: out of the array for a task of the default priority (the script reads nil); ``key`` is ''
-#: for a task without one.
+#: A task as enqueue.lua takes it in its ARGV[2] (reliq/calls.py: enqueue_batch): one flat
+#: JSON array, these values a task one after another, every value a string (an array a
+#: task cost the script's cjson twice as much). ``priority`` is '' for a task of the
+#: default priority, ``key`` '' for a task without one.
 ENQUEUE_FIELDS = ("id", "type", "payload", "max_retries", "timeout_ms", "delay_ms", "idempotency_key", "run_at_ms",
                   "trace", "unique", "key", "priority")
 
-#: A task's outcome as settle.lua takes it, one JSON array of these a task in its ARGV[2]
-#: (reliq/queue.py: Queue.settle).
+#: A task's outcome as settle.lua takes it in its ARGV[2] (reliq/queue.py: Queue.settle):
+#: one flat JSON array, these values a task one after another.
+#: ``small`` is '1' when the worker knows the record is a listpack (every value it has seen
+#: at most :data:`LISTPACK_VALUE` bytes, no failure, crash or progress: see
+#: :func:`reliq.queue.known_small`), '' when only Redis can tell (``OBJECT ENCODING``).
 SETTLE_FIELDS = ("id", "type", "max_retries", "outcome", "text", "retry_delay_ms", "wait_ms", "run_ms", "wait_bucket",
-                 "run_bucket", "unique", "key")
+                 "run_bucket", "unique", "key", "small")
+#: Redis's default hash-max-listpack-value: a hash that ever held a longer value is a hash table.
+LISTPACK_VALUE = 64
 
 #: What snapshot.lua returns first, in this order; field, value pairs of the stats hash
 #: follow. Times are ms on the Redis clock; an oldest time is -1 when there is none;

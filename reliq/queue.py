@@ -27,6 +27,7 @@ from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound, sc
 from reliq.formats import (
     CLAIM_HEAD,
     CLAIM_WIDTH,
+    LISTPACK_VALUE,
     SEP,
     SNAPSHOT_FIELDS,
     Code,
@@ -241,6 +242,19 @@ class Claimed:
     trace: str = ""  # traceparent stored at enqueue ("" = none)
     unique: str = ""  # the name of its unique lock ("" = none), freed by the settle that ends it
     key: str = ""  # the task's key ("" = none): see docs/flow-control.md
+
+
+def known_small(t: Claimed) -> bool:
+    """Whether the record of claimed task ``t`` is a listpack, as far as its claim shows.
+
+    Every value the claim returned is at most LISTPACK_VALUE bytes and no earlier run
+    failed or crashed (whose error, of any length, the record would hold). What the claim
+    does not show (an idempotency key, a dead task's edits or error once it is
+    requeued) may still have made it a hash table: its succeeded record then keeps that
+    encoding (more memory until retention removes it; settle.lua), never a wrong field.
+    """
+    return (not t.failures and not t.crashes and len(t.payload) <= LISTPACK_VALUE and len(t.type) <= LISTPACK_VALUE
+            and len(t.key) <= LISTPACK_VALUE and len(t.unique) <= LISTPACK_VALUE and len(t.trace) <= LISTPACK_VALUE)
 
 
 @dataclass(slots=True)
@@ -621,7 +635,7 @@ class Queue:
         """
         k = self.keys
         own: dict[str, tuple[int, int]] = {}
-        batch = []
+        batch: list[object] = []
         sums: Counter[str] = Counter()  # the metrics fields, summed here: see settle.lua
         # Each field as formats.metric() writes it, spelled out: this loop runs a task. Plain
         # strs, and the outcome (a StrEnum) formatted with !s: formatting an enum member
@@ -633,8 +647,9 @@ class Queue:
             t = o.task
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
-            batch.append((t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
-                          wait_ms, o.run_ms, wait_b, run_b, t.unique, t.key))
+            batch += (t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
+                      wait_ms, o.run_ms, wait_b, run_b, t.unique, t.key,  # flat: formats.SETTLE_FIELDS
+                      "1" if known_small(t) and t.id not in progressed else "")
             ty = t.type
             sums.update((f"{runs}{ty}{s}{o.outcome!s}", f"{wait}{ty}{s}{wait_b}", f"{run}{ty}{s}{run_b}"))
             sums[wait_sum + ty] += wait_ms

@@ -52,15 +52,16 @@ def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> 
     spec = make_spec("typed", {"p": 1}, max_retries=7, timeout=11, delay=5, idempotency_key="k", key="customer-42",
                      run_at="2030-01-02T03:04:05Z", trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                      priority=7, unique_key="uk")
-    [row, plain] = orjson.loads(calls.enqueue_batch([spec, make_spec("typed")]))
-    assert len(row) == len(ENQUEUE_FIELDS)
+    flat = orjson.loads(calls.enqueue_batch([spec, make_spec("typed")]))
+    assert len(flat) == 2 * len(ENQUEUE_FIELDS)
+    row, plain = flat[:len(ENQUEUE_FIELDS)], flat[len(ENQUEUE_FIELDS):]
     for name, value in zip(ENQUEUE_FIELDS, row, strict=True):
         if name == "unique":  # unique and unique_key in one field: '' (the type's), '-', '#' or '=' + the key
             assert value == "=uk"
             continue
         expected = getattr(spec, name)
         assert value == (expected.decode() if isinstance(expected, bytes) else str(expected)), name
-    assert len(plain) == len(ENQUEUE_FIELDS) - 1  # the default priority is not sent
+    assert plain[-1] == ""  # the default priority
 
 
 async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Queue) -> None:
@@ -74,10 +75,10 @@ async def test_settle_sends_each_settle_field_where_the_script_reads_it(queue: Q
 
     queue._scripts = script  # type: ignore[assignment]
     await queue.settle("w1", [Outcome(task, "error", "boom", run_ms=900, retry_delay_ms=4_000)])
-    [row] = orjson.loads(sent[0][1])
+    row = orjson.loads(sent[0][1])
     expected = {"id": "id1", "type": "typed", "max_retries": 7, "outcome": "error", "text": "boom",
                 "retry_delay_ms": 4_000, "wait_ms": 250, "run_ms": 900, "wait_bucket": bucket(250),
-                "run_bucket": bucket(900), "unique": "", "key": "customer-42"}
+                "run_bucket": bucket(900), "unique": "", "key": "customer-42", "small": "1"}
     assert dict(zip(SETTLE_FIELDS, row, strict=True)) == expected
 
 

@@ -73,6 +73,7 @@ local clock = now_ms()
 local now = tostring(clock)
 local out = {CODE_OK, now, 0}
 local taken = 0
+local WIDTH = #CLAIM_FIELDS
 local next_attempt = {}  -- attempts so far -> the next, as strings
 local moved = {}  -- the ids claimed, in order: pushed onto W's list at the end
 local counts = {ready = 0, aside = 0, paused = 0}  -- changes of the keys' counts, written once
@@ -82,8 +83,8 @@ local DEFAULT_TOLERANCE_MS = 100
 local CATCHUP_MS = 1000
 
 -- f: the task's fields as fields() read them; its key, set by serve_key, goes in the reply too.
+local n = #out  -- out's length, kept here: #out a value costs a search of the table
 local function claim(id, f)
-  if not f[KEY] then f[KEY] = false end
   local attempts = next_attempt[f[ATTEMPTS]]
   if not attempts then
     attempts = tostring(tonumber(f[ATTEMPTS]) + 1)
@@ -92,8 +93,9 @@ local function claim(id, f)
   f[ATTEMPTS] = attempts
   redis.call('HSET', TASK .. id, 'state', 'processing', 'started_at', now,
              'attempts', attempts, 'worker', worker)
-  out[#out + 1] = id
-  for j = 1, #CLAIM_FIELDS do out[#out + 1] = f[j] end
+  out[n + 1] = id
+  for j = 1, WIDTH do out[n + 1 + j] = f[j] end
+  n = n + 1 + WIDTH
   taken = taken + 1
 end
 
@@ -127,10 +129,14 @@ end
 -- The key is not read: an id in a ready list or a limited list has none (keyed ids wait in
 -- their keys' lists, and serve_key knows theirs), and a field a record lacks costs the HMGET
 -- a scan.
-local READ = {'state', unpack(CLAIM_FIELDS, 1, KEY - 1)}
+-- The state is read in the key's place (KEY is the last of CLAIM_FIELDS), which the claim
+-- then fills: no table.remove a task.
+local READ = {unpack(CLAIM_FIELDS, 1, KEY - 1)}
+READ[KEY] = 'state'
 local function fields(id)
   local f = redis.call('HMGET', TASK .. id, unpack(READ))
-  local state = table.remove(f, 1)
+  local state = f[KEY]
+  f[KEY] = false
   return state, f
 end
 
