@@ -18,9 +18,9 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from reliq import priorities
+from reliq import partitions, priorities
 from reliq.connection import UNAVAILABLE, connect, describe_outage
-from reliq.errors import InvalidTask, ScheduleNotFound, TaskNotFound
+from reliq.errors import ConfigError, InvalidTask, ScheduleNotFound, TaskNotFound
 from reliq.eventloop import run
 from reliq.formats import ScheduleSource
 from reliq.limits import Layer, LimitView
@@ -418,6 +418,52 @@ def schedule_act(settings: Settings, name: str, action: str) -> int:
         done_text, not_text = {"remove": ("removed", ""), "pause": ("paused", "was paused already"),
                                "resume": ("resumed", "was not paused")}[action]
         out.print(f"{what} {done_text if done else not_text}", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def show_partitions(settings: Settings, as_json: bool = False) -> int:
+    """``reliq partitions show QUEUE``: the partition map, where each partition lives, its depths."""
+
+    async def body(queue: Queue) -> int:
+        pmap = await partitions.read(queue)
+        queue.adopt(pmap)
+        nodes = await partitions.placement(queue.redis, pmap)
+        snaps = [await part.snapshot() for part in queue.parts_now()]
+        rows = partitions.rows(pmap, nodes, snaps)
+        if as_json:
+            _json({"queue": queue.name, "partitions": pmap.n, "version": pmap.version, "map": rows})
+            return 0
+        table = Table(title=f"queue {queue.name}: {pmap.n} partition(s)", title_justify="left")
+        for column in ("partition", "tag", "node", "pending", "processing", "delayed", "dead_letter", "workers"):
+            table.add_column(column, justify="left" if column in ("tag", "node") else "right")
+        for row in rows:
+            table.add_row(*(str(row[c]) if c != "tag" else "{" + str(row[c]) + "}" for c in
+                            ("partition", "tag", "node", "pending", "processing", "delayed", "dead_letter", "workers")))
+        out.print(table)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def set_partitions(settings: Settings, n: int) -> int:
+    """``reliq partitions set QUEUE N``: grow the queue to N partitions (exit 2 when refused)."""
+
+    async def body(queue: Queue) -> int:
+        try:
+            before, after = await partitions.grow(queue, n)
+        except ConfigError as exc:
+            err.print(f"reliq: {exc}", markup=False)
+            return 2
+        if before == after:
+            out.print(f"queue {queue.name!r} has {n} partition(s) already", markup=False)
+            return 0
+        nodes = await partitions.placement(queue.redis, after)
+        where = ", ".join(f"{{{tag}}}" + (f" on {node}" if node else "")
+                          for tag, node in zip(after.tags, nodes, strict=True))
+        out.print(f"queue {queue.name!r}: {before.n} -> {after.n} partitions ({where}); start its workers and "
+                  "producers again (those running read the new map within a few seconds)", markup=False)
         return 0
 
     return _with_queue(settings, body)

@@ -73,8 +73,8 @@ class Producer:
         if name not in self._queues:
             if len(self._queues) >= MAX_QUEUES:
                 oldest = next(k for k in self._queues if k != self.settings.queue)
-                del self._queues[oldest]
-                self._coalescers.pop(oldest, None)  # a batch in flight finishes: its drain holds it
+                for part in self._queues.pop(oldest).parts_now():
+                    self._coalescers.pop(part.name, None)  # a batch in flight finishes: its drain holds it
             self._queues[name] = Queue(self.redis, self.settings, name)
         return self._queues[name]
 
@@ -88,11 +88,13 @@ class Producer:
         return [(task_id, fate, replicas) for task_id, fate in results]
 
     async def submit(self, queue: Queue, spec: TaskSpec, durability: str) -> Result:
-        """Enqueue one task, sharing the round trip with concurrent requests."""
+        """Enqueue one task, sharing the round trip with concurrent requests (of its partition: a
+        coalesced call is one script, on one partition's slot)."""
+        queue, [spec] = await queue.place([spec])
         lanes = self._coalescers.get(queue.name)
         if lanes is None:
-            if queue.name not in self._queues:
-                self.queue(queue.name)  # evicted since the request looked it up: cached again, bounded
+            if queue.of not in self._queues:
+                self.queue(queue.of)  # evicted since the request looked it up: cached again, bounded
             lanes = self._coalescers[queue.name] = {}
         coalescer = lanes.get(durability)
         if coalescer is None:
@@ -205,7 +207,8 @@ async def post_tasks(request: web.Request) -> web.Response:
     durability = _durability(producer.settings, envelope)
     with tracing.sending(queue.name, request.headers.get("traceparent")) as trace:
         specs = [_spec(item, None, trace) for item in items]
-        results = await producer.send(queue, specs, durability)
+        target, placed = await queue.place(specs)  # one partition: all or nothing is one script call
+        results = await producer.send(target, placed, durability)
     answer = {"status": "queued", "task_ids": [r[0] for r in results], "queue": queue.name,
               "tasks": [_accepted(queue, s, r) for s, r in zip(specs, results, strict=True)]}
     if durability == "replicated" and not results[0][2]:

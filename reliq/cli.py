@@ -19,7 +19,7 @@ from reliq import __version__, logs, pausing
 from reliq.errors import ConfigError, InvalidTask
 from reliq.formats import DeadReason
 from reliq.monitor.deadletter import DeadFilter
-from reliq.settings import DURABILITIES, Settings, check_queue_name
+from reliq.settings import DURABILITIES, MAX_PARTITIONS, Settings, check_queue_name
 
 F = Callable[..., Any]
 
@@ -43,6 +43,13 @@ def _redis_url(fn: F) -> F:
 def _queue(fn: F) -> F:
     """``--queue`` for commands that act on one queue."""
     return click.option("--queue", help=f"Queue name [env RELIQ_QUEUE; default {_default('queue')!r}]")(fn)
+
+
+def _partitions(fn: F) -> F:
+    """``--partitions`` for the roles that name a queue (docs/partitions.md)."""
+    return _setting("--partitions", "Partitions of the queue (docs/partitions.md): recorded in Redis when it "
+                    "records none, refused (exit 2) when it records another number [env RELIQ_PARTITIONS]",
+                    zero="what Redis records, 1 when nothing", type=click.IntRange(0, MAX_PARTITIONS))(fn)
 
 
 def _one_queue(fn: F) -> F:
@@ -88,6 +95,7 @@ def _worker_options(fn: F) -> F:
         click.option("--queue", "queues", multiple=True,
                      help="Queue to serve: NAME or NAME=WEIGHT, repeatable (e.g. --queue critical=6 "
                           f"--queue default=3 --queue low=1) [env RELIQ_QUEUES; default {_default('queue')!r}]"),
+        _partitions,
         click.option("--strict", is_flag=True, default=None,
                      help="Serve the queues in strict order of weight instead of weighted random"),
         _setting("--concurrency", "Tasks run at once", type=click.IntRange(1)),
@@ -181,6 +189,7 @@ def _producer_options(fn: F) -> F:
 @main.command()
 @_common
 @_queue
+@_partitions
 @_listen_options
 @_setting("--port", "Port", dest="api_port", type=int)
 @_producer_options
@@ -194,6 +203,7 @@ def serve(log_level: str, log_format: str, **flags: Any) -> None:
 @main.command()
 @_common
 @_queue
+@_partitions
 @_listen_options
 @_setting("--port", "Port", dest="monitor_port", type=int)
 @_setting("--target-lag", "Lag, seconds, that reliq_desired_workers aims to keep the queue under",
@@ -408,6 +418,39 @@ main.command(name="pause", help="Pause QUEUE (or one --type of it) fleet-wide: w
              "running tasks finish; pending tasks stay.")(_pause_command(resume=False))
 main.command(name="resume", help="Resume QUEUE (or one --type of it): workers claim again within a second; "
              "a type's held tasks go back to pending.")(_pause_command(resume=True))
+
+
+@main.group(name="partitions")
+def partitions_() -> None:
+    """Show a queue's partitions, or grow their number (docs/partitions.md)."""
+
+
+@partitions_.command(name="show")
+@click.argument("queue")
+@_redis_url
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def partitions_show(queue: str, redis_url: str | None, as_json: bool) -> None:
+    """Print QUEUE's partitions: tag, primary, depths."""
+    _exit(reliq.admin.show_partitions(_admin_settings(redis_url, _queue_arg(queue)), as_json))
+
+
+@partitions_.command(name="set")
+@click.argument("queue")
+@click.argument("n", type=click.IntRange(1, MAX_PARTITIONS))
+@_redis_url
+def partitions_set(queue: str, n: int, redis_url: str | None) -> None:
+    """Grow QUEUE to N partitions: only up, only while it is quiet (no live worker, no live task).
+
+    Exit 0 when done (or N already), 2 when refused, saying why; nothing is written then.
+    """
+    _exit(reliq.admin.set_partitions(_admin_settings(redis_url, _queue_arg(queue)), n))
+
+
+def _queue_arg(queue: str) -> str:
+    try:
+        return check_queue_name(queue)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="QUEUE") from None
 
 
 @main.group()

@@ -10,11 +10,13 @@ was created or used (gunicorn ``--preload``, uWSGI, ``multiprocessing``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Generic, TypedDict, TypeVar, Unpack
 
-from reliq import tracing
+from reliq import partitions, tracing
 from reliq.coalescer import Coalescer
 from reliq.connection import connect
 from reliq.formats import Enqueued
@@ -63,8 +65,11 @@ class _Producer(Generic[Q]):
     settings: Settings
     queue: Q
 
-    def _setup(self, redis_url: str, queue: str, settings: Settings | None) -> None:
-        self.settings = (settings or Settings()).replace(redis_url=redis_url, queue=check_queue_name(queue))
+    def _setup(self, redis_url: str, queue: str, settings: Settings | None, partitions: int | None) -> None:
+        base = settings or Settings()
+        self.settings = base.replace(redis_url=redis_url, queue=check_queue_name(queue),
+                                     partitions=base.partitions if partitions is None else partitions)
+        self.settings.check()
         self.queue = self._open_queue(None)
         self._queues: dict[str, Q] = {self.queue.name: self.queue}
 
@@ -98,14 +103,24 @@ class AsyncClient(_Producer[Queue]):
     """Enqueue and inspect tasks of one queue from asyncio code."""
 
     def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, partitions: int | None = None) -> None:
+        """``partitions``: the client's queue's (reliq/partitions.py), checked against (or, none
+        recorded, recorded in) Redis at the first call; left out, the client reads them."""
         self.redis = connect(redis_url)
         self._coalescers: dict[str, Coalescer[TaskSpec, tuple[str, Enqueued]]] = {}
-        self._setup(redis_url, queue, settings)
+        self._setup(redis_url, queue, settings, partitions)
+        self._agreed = not self.settings.partitions
         self._waiters = Waiters(redis_url, self.settings.max_waiters)
 
     def _open_queue(self, name: str | None) -> Queue:
         return Queue(self.redis, self.settings, name)
+
+    async def _target(self, name: str | None) -> Queue:
+        """The queue ``name``, its partitions agreed with ``partitions`` on first use."""
+        if not self._agreed:
+            await partitions.resolve(self.queue, self.settings.partitions)
+            self._agreed = True
+        return self._queue(name)
 
     async def enqueue(self, type: str, payload: Any = None, **options: Unpack[EnqueueOptions]) -> str:
         """Enqueue one task; return its id (an earlier one's for a repeated idempotency key, or the
@@ -114,8 +129,8 @@ class AsyncClient(_Producer[Queue]):
         See :class:`EnqueueOptions` for the options: ``queue`` defaults to the client's;
         ``delay`` and ``timeout`` are seconds; ``run_at`` wins over ``delay``.
         """
-        target = self._queue(options.pop("queue", None))
-        spec = self._spec(type, payload, **options)
+        queue = await self._target(options.pop("queue", None))
+        target, [spec] = await queue.place([self._spec(type, payload, **options)])  # one coalescer a partition
         if target.name not in self._coalescers:
             self._coalescers[target.name] = Coalescer(target.enqueue_specs, MAX_SHARED)
         task_id, _ = await self._coalescers[target.name].submit(spec)
@@ -130,11 +145,11 @@ class AsyncClient(_Producer[Queue]):
         specs = self._specs(tasks)
         if not specs:
             return []
-        return [task_id for task_id, _ in await self._queue(queue).enqueue_specs(specs)]
+        return [task_id for task_id, _ in await (await self._target(queue)).enqueue_specs(specs)]
 
     async def get(self, task_id: str, queue: str | None = None) -> TaskInfo:
         """The record of a task (raises reliq.TaskNotFound)."""
-        return await self._queue(queue).get(task_id)
+        return await (await self._target(queue)).get(task_id)
 
     async def cancel(self, task_id: str, queue: str | None = None) -> str:
         """Cancel a task; return the state it was in (raises CancelRefused once it has ended).
@@ -143,7 +158,7 @@ class AsyncClient(_Producer[Queue]):
         within about a second (``wait`` for it), or ``succeeded`` had it finished first
         (docs/cancel.md).
         """
-        return await self._queue(queue).cancel(task_id)
+        return await (await self._target(queue)).cancel(task_id)
 
     async def ping(self) -> None:
         """Check that Redis answers (raises redis.ConnectionError otherwise): for readiness checks."""
@@ -156,7 +171,7 @@ class AsyncClient(_Producer[Queue]):
         No polling: one blocking connection wakes every wait of this client (see
         :mod:`reliq.waiting`). Raises reliq.TaskNotFound for an unknown id.
         """
-        return await self._waiters.wait(self._queue(queue), task_id, timeout)
+        return await self._waiters.wait(await self._target(queue), task_id, timeout)
 
     async def close(self) -> None:
         """Close the Redis connections."""
@@ -178,9 +193,12 @@ class Client(_Producer[SyncQueue]):
     """
 
     def __init__(self, redis_url: str = DEFAULT_REDIS_URL, queue: str = "default",
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, partitions: int | None = None) -> None:
+        """``partitions``: see :class:`AsyncClient`; checked here against Redis at once."""
         self.redis = SyncRedis(redis_url)
-        self._setup(redis_url, queue, settings)
+        self._setup(redis_url, queue, settings, partitions)
+        if self.settings.partitions:
+            agree_blocking(self.settings)
 
     def _open_queue(self, name: str | None) -> SyncQueue:
         return SyncQueue(self.redis, self.settings, name)
@@ -227,3 +245,29 @@ class Client(_Producer[SyncQueue]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def agree_blocking(settings: Settings) -> None:
+    """Agree on the partitions of ``settings.queue`` as :class:`AsyncClient` does, from blocking code
+    (on a thread of its own, with a short-lived asyncio client: creating a map chooses its tags
+    from the cluster's layout, which only the asyncio side reads)."""
+    async def agree() -> None:
+        redis = connect(settings.redis_url, max_connections=2)
+        try:
+            await partitions.resolve(Queue(redis, settings), settings.partitions)
+        finally:
+            await redis.aclose()
+
+    failed: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _run_catching(agree, failed), name="reliq-partitions")
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+
+
+def _run_catching(coro: Callable[[], Coroutine[Any, Any, None]], failed: list[BaseException]) -> None:
+    try:
+        asyncio.run(coro())
+    except BaseException as exc:  # handed to the calling thread
+        failed.append(exc)

@@ -25,6 +25,16 @@ class QueueKeys:
         return f"{PREFIX}:{{{self.queue}}}:"
 
     @property
+    def partitions(self) -> str:
+        """STRING, JSON: the partition map of a partitioned queue (reliq/partitions.py).
+
+        Written once by the first role started with ``--partitions N`` (N > 1), changed only
+        by ``reliq partitions set``; absent for a queue of one partition (the default), which
+        keeps today's keys and pays nothing for the feature but one GET now and then.
+        """
+        return self.base + "partitions"
+
+    @property
     def pending(self) -> str:
         """LIST of ready task ids; producers LPUSH, workers take from the right."""
         return self.base + "pending"

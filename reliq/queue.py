@@ -7,13 +7,14 @@ Redis keys directly, and ``tests/test_layout.py`` keeps it so.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
@@ -21,7 +22,7 @@ from redis.asyncio.client import Pipeline, PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from reliq import calls, pausing, priorities, tracing
+from reliq import calls, partitions, pausing, priorities, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
 from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound, script_error
 from reliq.formats import (
@@ -47,6 +48,7 @@ from reliq.keys import QueueKeys, group_id
 from reliq.limits import Layer, LimitView, check_key, check_ordered, merged
 from reliq.limits import view as limit_view
 from reliq.memory import TASK_BYTES, guard
+from reliq.partitions import PartitionMap
 from reliq.pausing import PauseView
 from reliq.scripts import Scripts
 from reliq.settings import WHITESPACE, Retention, Settings
@@ -345,6 +347,8 @@ class Snapshot(TypedDict):
     paused: PauseView
     #: Pending tasks of each priority, "9" to "0" (reliq/priorities.py); held ones are in ``held`` only.
     pending_by_priority: dict[str, int]
+    #: A partitioned queue's partitions, each its index, tag, primary and depths (reliq/partitions.py).
+    partitions: NotRequired[list[dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -402,15 +406,84 @@ READ_CHUNK = 2000
 
 
 class Queue:
-    """One named queue on one Redis: enqueue, claim, settle, recover, inspect."""
+    """One named queue on one Redis: enqueue, claim, settle, recover, inspect.
 
-    def __init__(self, redis: Redis, settings: Settings, name: str | None = None) -> None:
+    A queue as producers name it (``partition`` None) may be partitioned
+    (reliq/partitions.py): it then reads its partition map now and then, sends each
+    enqueue to one partition and each task id to the partition it names, and reads as
+    the sum of its partitions. A partition is a ``Queue`` too, named by its hash tag,
+    with ``partition`` its index: it is the one place its keys are used, as a queue of
+    one partition is (the default: its own only partition).
+    """
+
+    def __init__(self, redis: Redis, settings: Settings, name: str | None = None,
+                 partition: int | None = None, of: str | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.name = name or settings.queue
         self.keys = QueueKeys(self.name)
+        #: None: the queue as producers name it; else the index of the partition this is.
+        self.partition = partition
+        #: The queue's name as producers give it (a partition's is its queue's).
+        self.of = of or self.name
+        #: How many partitions the queue this is one of has (1: a queue of one partition).
+        self.share = 1
+        self._reading = asyncio.Lock()
         self._scripts = Scripts(redis)
         self._priority_step = priorities.step_ms(settings.priority_aging)
+        #: The queue's partitions, as last read (reliq/partitions.py).
+        self.layout: partitions.Layout[Queue] = partitions.Layout(
+            self, lambda tag, i: Queue(redis, settings, tag, partition=i, of=self.name), fixed=partition is not None)
+
+    # -- partitions (reliq/partitions.py) ------------------------------------------
+
+    def adopt(self, pmap: PartitionMap) -> None:
+        """Use ``pmap`` as this queue's partition map (until it is read again, REFRESH_S later)."""
+        self.layout.adopt(pmap)
+        for part in self.layout.parts:
+            part.share = pmap.n
+
+    @property
+    def pmap(self) -> PartitionMap:
+        """The partition map as last read."""
+        return self.layout.pmap
+
+    def parts_now(self) -> list[Queue]:
+        """The partitions as last read: ``[self]`` for a queue of one partition (or a partition)."""
+        return self.layout.parts
+
+    async def parts(self) -> list[Queue]:
+        """The partitions, the map read again when older than REFRESH_S (one GET)."""
+        if self.layout.stale:
+            async with self._reading:  # concurrent callers share one read
+                if self.layout.stale:
+                    self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
+        return self.layout.parts
+
+    async def place(self, specs: Sequence[TaskSpec]) -> tuple[Queue, Sequence[TaskSpec]]:
+        """The partition a batch goes to, and its specs with ids naming it (InvalidTask: keys of two)."""
+        await self.parts()
+        return self.layout.place(specs)
+
+    async def locate(self, task_id: str) -> Queue:
+        """The partition holding ``task_id``, from the id alone (itself for one partition)."""
+        await self.parts()
+        return self.layout.locate(task_id)
+
+    async def partition_map(self) -> bytes | None:
+        """The partition map as stored (None: none, one partition)."""
+        return cast(bytes | None, await self.redis.get(self.keys.partitions))
+
+    async def write_partition_map(self, expected: bytes, new: bytes) -> tuple[bool, bytes]:
+        """Write the map ``new`` only over ``expected`` (b"" = none); (written, the map now)."""
+        written, current = await self._scripts("partition_map", [self.keys.partitions], [expected, new])
+        return int(written) == 1, current
+
+    async def live_workers(self) -> int:
+        """Workers whose last heartbeat is within the lease (by the Redis clock)."""
+        sec, usec = await self.redis.time()
+        now = sec * 1000 + usec // 1000
+        return int(await self.redis.zcount(self.keys.workers, now - int(self.settings.lease * 1000), "+inf"))
 
     # -- producing ---------------------------------------------------------------
 
@@ -426,6 +499,9 @@ class Queue:
         have the tasks, and raises NotReplicated when they do not answer in time —
         the tasks are enqueued on the primary all the same.
         """
+        target, specs = await self.place(specs)
+        if target is not self:
+            return await target.enqueue_specs(specs, replicas)
         keys = calls.enqueue_keys(self.keys)
         batch = calls.enqueue_batch(specs)
         args = calls.enqueue_args(self.settings, batch)
@@ -471,7 +547,8 @@ class Queue:
 
     async def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""
-        return record_of(task_id, await self.redis.hgetall(self.keys.task(task_id)))
+        where = await self.locate(task_id)
+        return record_of(task_id, await where.redis.hgetall(where.keys.task(task_id)))
 
     async def cancel(self, task_id: str, forget: bool = False) -> str:
         """Cancel a task; return the state it was in.
@@ -481,8 +558,9 @@ class Queue:
         ends so once its worker has stopped it, within about a second (docs/cancel.md).
         Raises TaskNotFound, or CancelRefused when the task has finished.
         """
+        where = await self.locate(task_id)
         args = calls.cancel_args(task_id, self.settings, forget)
-        return calls.cancelled(task_id, await self._scripts("cancel", calls.cancel_keys(self.keys), args))
+        return calls.cancelled(task_id, await where._scripts("cancel", calls.cancel_keys(where.keys), args))
 
     async def watch(self, task_id: str, hub: str, ttl_ms: int) -> str:
         """The task's state ('' if there is no record); unless it has ended, mark it waited for by ``hub``.
@@ -550,8 +628,13 @@ class Queue:
     async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:
         """Pause the whole queue (``task_type`` None) or one type; return (paused now, since ms).
 
-        False when it was paused already (the first pause's time and author stay).
+        False when it was paused already (the first pause's time and author stay). A
+        partitioned queue is paused in every partition (partition 0's answer is the queue's).
         """
+        parts = await self.parts()
+        if parts[0] is not self:
+            answers = [await part.pause(task_type, by) for part in parts]
+            return answers[0]
         code, since = await self._scripts("pause", [self.keys.paused], [pausing.field(task_type), by])
         return code == Code.OK, int(since)
 
@@ -562,6 +645,10 @@ class Queue:
         the type as usual from the first call on.
         """
         name = pausing.field(task_type)
+        parts = await self.parts()
+        if parts[0] is not self:
+            done = [await part.resume(task_type) for part in parts]
+            return any(was for was, _ in done), sum(moved for _, moved in done)
         k = self.keys
         keys = [k.paused, k.pending, k.held(name), k.task_prefix, k.priority_prefix, k.priorities,
                 *calls.group_keys(k)]
@@ -579,12 +666,18 @@ class Queue:
     async def write_limits(self, which: str, layers: Mapping[str, Layer | None]) -> int:
         """Write layer ``which`` ('declared' or 'set') of the limits of each type (None removes it).
 
-        Returns how many types' merged limits changed.
+        Returns how many types' merged limits changed. A partitioned queue's are written to
+        every partition, each enforcing its share of a rate (limit.lua), so that together
+        they never pass it.
         """
         if not layers:
             return 0
+        parts = await self.parts()
+        if parts[0] is not self:
+            changed = [await part.write_limits(which, layers) for part in parts]
+            return changed[0]
         keys = [self.keys.limits, self.keys.limit_sources]
-        return int(await self._scripts("limit", keys, [which, orjson.dumps(dict(layers))]))
+        return int(await self._scripts("limit", keys, [which, orjson.dumps(dict(layers)), self.share]))
 
     async def set_limits(self, task_type: str, layer: Layer) -> LimitView:
         """Set ``layer``'s fields of the type's run-time limits (the rest stay); its view after.
@@ -878,12 +971,14 @@ class Queue:
         return [text(state) if state else "" for state, in await self.task_fields(ids, ["state"])]
 
     async def _per_task(self, ids: Sequence[str], command: Callable[[Pipeline, str], object]) -> list[Any]:
-        """One command a task hash, pipelined: the replies in the order of ``ids``."""
+        """One command a task hash, pipelined: the replies in the order of ``ids`` (each id read in the
+        partition it names)."""
+        await self.parts()
         replies: list[Any] = []
         for start in range(0, len(ids), READ_CHUNK):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for task_id in ids[start : start + READ_CHUNK]:
-                    command(pipe, self.keys.task(task_id))
+                    command(pipe, self.layout.locate(task_id).keys.task(task_id))
                 replies += await pipe.execute()
         return replies
 
@@ -1040,7 +1135,12 @@ class Queue:
         return sec * 1000 + usec // 1000, workers
 
     async def snapshot(self) -> Snapshot:
-        """Depths, lag and counters of the queue, read in one script."""
+        """Depths, lag and counters of the queue, read in one script (one a partition, then merged,
+        with ``partitions``: each partition's own, when the queue has more than one)."""
+        parts = await self.parts()
+        if parts[0] is not self:
+            snaps = await asyncio.gather(*(part.snapshot() for part in parts))
+            return partitions.merge(self.name, self.pmap, snaps, await partitions.placement(self.redis, self.pmap))
         k = self.keys
         keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
                 k.dead_archive, k.paused, k.held_prefix, k.priority_prefix,

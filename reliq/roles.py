@@ -6,21 +6,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from reliq import api, tracing
+from reliq import api, partitions, tracing
 from reliq.connection import UNAVAILABLE, connect
 from reliq.entry import starting
-from reliq.errors import ConfigError, InvalidSchedule
+from reliq.errors import ConfigError, GaveUp, InvalidSchedule
 from reliq.eventloop import run
 from reliq.monitor import app as monitor
+from reliq.outage import GiveUp, Outage
 from reliq.preflight import warn_about_redis
 from reliq.queue import Queue
 from reliq.redis_server import RedisServer, answers
@@ -104,6 +106,9 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
     async with AsyncExitStack() as stack:
         signals = Signals()
         queue = await _open_queue(stack, settings, max_connections=64)
+        named = [queue, *(Queue(queue.redis, settings, n) for n, _ in settings.weighted_queues()[1:])]
+        if not await _agree(named, settings, signals.stop, wait=work or bool(settings.partitions)):
+            return 0
         for factory, port in sites:
             await _start_site(stack, factory(queue, settings), settings.host, port)
             log.info("%s on http://%s:%d", _SITE_NAMES.get(factory, "listening"), settings.host, port)
@@ -115,11 +120,14 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         # however many tasks run at once.
         weighted = settings.weighted_queues()
         first = await _open_queue(stack, settings, max_connections=9 + len(weighted), check=False)
-        queues = [(Queue(first.redis, settings, name), weight) for name, weight in weighted]
+        mine = [Queue(first.redis, settings, q.name) for q in named]
+        if not await _agree(mine, settings, signals.stop, wait=True):
+            return 0
+        queues = _partition_weights(mine, weighted)
         worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict,
                         schedules=list(DECLARED.values()))
         log.info("worker %s serving %s with concurrency %d; task types: %s", worker.id,
-                 ", ".join(f"{n}={w}" for n, w in weighted), settings.concurrency, ", ".join(REGISTRY.names()))
+                 ", ".join(f"{q.name}={w}" for q, w in queues), settings.concurrency, ", ".join(REGISTRY.names()))
         released = await worker.run(signals.stop, signals.hard_stop)
         if worker.threads_left:
             # A timed-out handler's thread is still running and Python would wait for it at
@@ -127,6 +135,37 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
             logging.shutdown()
             os._exit(1)
         return 0 if released else 1
+
+
+async def _agree(queues: Sequence[Queue], settings: Settings, stop: asyncio.Event, wait: bool) -> bool:
+    """Agree with Redis on each queue's partitions (ConfigError, exit 2, on another --partitions).
+
+    ``wait``: until Redis answers (False if stopped first); else, Redis away, each queue
+    reads its map on first use instead.
+    """
+    async def agree() -> None:
+        for queue in queues:
+            await partitions.resolve(queue, settings.partitions)
+
+    if not wait:
+        # Redis away: the warning about it was logged once already; producers read the map when it answers
+        with contextlib.suppress(*UNAVAILABLE):
+            await agree()
+        return True
+    try:
+        await Outage("waiting for Redis", log, give_up=GiveUp(when=stop)).call(
+            agree, note="the role starts once it answers (it reads the queue's partitions first)")
+    except GaveUp:
+        return False
+    return True
+
+
+def _partition_weights(queues: Sequence[Queue], weighted: Sequence[tuple[str, int]]) -> list[tuple[Queue, int]]:
+    """The partitions a worker serves (every partition of every queue), each with its weight in the
+    fetcher: the partitions of a queue together weigh what the queue was given."""
+    parts = [q.parts_now() for q in queues]
+    shares = partitions.partition_weights([len(p) for p in parts], [w for _, w in weighted])
+    return [(part, share) for group, share in zip(parts, shares, strict=True) for part in group]
 
 
 def check_exposure(settings: Settings) -> None:

@@ -66,6 +66,7 @@ NAMES = (
     "types",
     "browse",
     "progress",
+    "partition_map",
 )
 
 

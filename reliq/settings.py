@@ -16,6 +16,8 @@ from typing import Any
 from reliq.errors import ConfigError
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+#: The most partitions a queue may have (reliq/partitions.py).
+MAX_PARTITIONS = 256
 #: What a producer may ask Redis to guarantee before the API answers 202.
 DURABILITIES = ("memory", "replicated")
 
@@ -35,6 +37,10 @@ class Settings:
     queues: tuple[str, ...] = ()
     #: Serve ``queues`` in strict order of weight instead of weighted random.
     strict: bool = False
+    #: Partitions of the queue(s) this process names (reliq/partitions.py): 0 = what Redis
+    #: records (1 when nothing is); N = create them when none are recorded, refuse to
+    #: start when another number is.
+    partitions: int = 0
 
     #: Producer API and monitor listen addresses.
     host: str = "127.0.0.1"
@@ -155,6 +161,8 @@ class Settings:
         """Refuse settings that cannot work, saying what is wrong."""
         for name, _ in self.weighted_queues():
             check_queue_name(name)
+        if not 0 <= self.partitions <= MAX_PARTITIONS:
+            raise ConfigError(f"partitions must be a whole number from 1 to {MAX_PARTITIONS} (0 = what Redis records)")
         if not self.target_lag > 0:
             raise ConfigError("target_lag must be a positive number of seconds")
         self._check_worker()

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 import redis
 from redis.exceptions import ResponseError
 
-from reliq import calls
+from reliq import calls, partitions
 from reliq.errors import RedisFull
 from reliq.formats import Enqueued
 from reliq.keys import QueueKeys
+from reliq.partitions import PartitionMap
 from reliq.queue import TaskInfo, TaskSpec, record_of
 from reliq.settings import Settings
 from reliq.syncredis import SyncRedis
@@ -23,19 +24,41 @@ from reliq.syncredis import SyncRedis
 class SyncQueue:
     """One named queue, as a blocking producer sees it."""
 
-    def __init__(self, redis: SyncRedis, settings: Settings, name: str | None = None) -> None:
+    def __init__(self, redis: SyncRedis, settings: Settings, name: str | None = None,
+                 partition: int | None = None, of: str | None = None) -> None:
         self.redis = redis
         self.settings = settings
         self.name = name or settings.queue
         self.keys = QueueKeys(self.name)
         self._enqueue_keys = calls.enqueue_keys(self.keys)
+        #: See :class:`reliq.queue.Queue`: None for the queue producers name, else a partition's index.
+        self.partition = partition
+        self.of = of or self.name
+        self.layout: partitions.Layout[SyncQueue] = partitions.Layout(
+            self, lambda tag, i: SyncQueue(redis, settings, tag, i, self.name), fixed=partition is not None)
+
+    def parts(self) -> list[SyncQueue]:
+        """See :meth:`reliq.queue.Queue.parts`."""
+        if self.layout.stale:  # read by the script: on this thread's own connection, as every call
+            _, raw = self.redis.script("partition_map", [self.keys.partitions], ["", ""])
+            self.layout.adopt(PartitionMap.decode(self.name, raw))
+        return self.layout.parts
+
+    def locate(self, task_id: str) -> SyncQueue:
+        """See :meth:`reliq.queue.Queue.locate`."""
+        self.parts()
+        return self.layout.locate(task_id)
 
     def enqueue_specs(self, specs: Sequence[TaskSpec]) -> list[tuple[str, Enqueued]]:
-        """Enqueue all ``specs`` atomically; (task id, created now) for each.
+        """Enqueue all ``specs`` atomically (in one partition); (task id, created now) for each.
 
         Raises QueueFull past ``max_pending``, RedisFull when Redis is at its maxmemory
         (unlike the asyncio client, not ahead of it: there is no memory guard here yet).
         """
+        self.parts()
+        target, specs = self.layout.place(specs)
+        if target is not self:
+            return target.enqueue_specs(specs)
         args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs))
         try:
             raw = self.redis.script("enqueue", self._enqueue_keys, args)
@@ -48,7 +71,8 @@ class SyncQueue:
 
     def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""
-        return record_of(task_id, self.redis.client.hgetall(self.keys.task(task_id)))
+        where = self.locate(task_id)
+        return record_of(task_id, self.redis.client.hgetall(where.keys.task(task_id)))
 
     def watch(self, task_id: str, hub: str, ttl_ms: int) -> str:
         """See :meth:`reliq.queue.Queue.watch`."""
@@ -66,5 +90,6 @@ class SyncQueue:
 
     def cancel(self, task_id: str) -> str:
         """Cancel a task that has not started; return the state it was in."""
-        raw = self.redis.script("cancel", calls.cancel_keys(self.keys), calls.cancel_args(task_id, self.settings))
+        where = self.locate(task_id)
+        raw = self.redis.script("cancel", calls.cancel_keys(where.keys), calls.cancel_args(task_id, self.settings))
         return calls.cancelled(task_id, raw)

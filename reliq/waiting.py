@@ -76,7 +76,9 @@ class Waiters:
         """The task's record once it has ended, or after ``timeout`` seconds (None: no limit).
 
         Raises TaskNotFound when there is no such task, TooManyWaiters past ``max_waiters``.
+        The wait is on the task's partition (reliq/partitions.py): its marks and wake-ups.
         """
+        queue = await queue.locate(task_id)
         if timeout is not None and timeout <= 0:
             return await queue.get(task_id)
         if self.waiting >= self.max_waiters:
@@ -175,6 +177,7 @@ def wait_blocking(queue: SyncQueue, task_id: str, timeout: float | None = None) 
     Threads share no dispatcher here: each call is a hub of its own and blocks in BLPOP
     on its own wake-up list, on a connection of the process's blocking client.
     """
+    queue = queue.locate(task_id)
     if timeout is not None and timeout <= 0:
         return queue.get(task_id)
     hub = uuid.uuid4().hex

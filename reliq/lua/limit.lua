@@ -11,12 +11,15 @@
 --                  [count, period_ms, burst] | null, "key_concurrency": n | null, "ordered":
 --                  bool | null}, a field left out not said, null saying "none" (a set null
 --                  switches a declared field off)
+-- ARGV[3] share    the partitions of the queue this one is one of (reliq/partitions.py; 1 for
+--                  a queue of one): the merged rate is the layers' over ``share``, so all of
+--                  them together never pass it (the period longer, the burst shared)
 -- Returns the number of types whose merged limits changed.
 -- 'ordered' without a key concurrency of 1 is refused by reliq/limits.py; here it counts only
 -- with 1, so that two operators racing cannot make the claim read it otherwise.
 --- @format LIMIT_FORMAT
 local LIMITS, SOURCES = KEYS[1], KEYS[2]
-local which, layers = ARGV[1], cjson.decode(ARGV[2])
+local which, layers, share = ARGV[1], cjson.decode(ARGV[2]), tonumber(ARGV[3] or '1') or 1
 local changed = 0
 local function pick(src, name)
   if src.set and src.set[name] ~= nil then return src.set[name] end
@@ -48,8 +51,8 @@ for ttype, new in pairs(layers) do
   local eff = false
   if rate or kc then
     kc = kc or 0
-    eff = string.format(LIMIT_FORMAT, rate and rate[1] or 0, rate and rate[2] or 0, rate and rate[3] or 0,
-                        kc, (ordered and kc == 1) and 1 or 0)
+    eff = string.format(LIMIT_FORMAT, rate and rate[1] or 0, rate and rate[2] * share or 0,
+                        rate and math.ceil(rate[3] / share) or 0, kc, (ordered and kc == 1) and 1 or 0)
   end
   if eff ~= (redis.call('HGET', LIMITS, ttype) or false) then
     changed = changed + 1
