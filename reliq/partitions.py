@@ -404,8 +404,11 @@ def rows(pmap: PartitionMap, nodes: Sequence[str], snaps: Sequence[Snapshot]) ->
             for i, (tag, node, s) in enumerate(zip(pmap.tags, nodes, snaps, strict=True))]
 
 
-def partition_weights(counts: Sequence[int], weights_: Sequence[int]) -> list[int]:
-    """Each partition's weight for the fetcher, so that a queue's partitions together weigh what
-    the queue was given: queue weight * lcm(counts) / its count."""
-    lcm = math.lcm(*counts) if counts else 1
-    return [w * lcm // n for n, w in zip(counts, weights_, strict=True)]
+def expand(weighted: Sequence[tuple[Queue, int]]) -> list[tuple[Queue, int]]:
+    """The partitions a worker serves for ``weighted`` queues (every partition of each, as last
+    read), each with its weight in the fetcher: the partitions of a queue together weigh what
+    the queue was given (queue weight * lcm(counts) / its count)."""
+    groups = [queue.parts_now() for queue, _ in weighted]
+    lcm = math.lcm(*(len(g) for g in groups))
+    return [(part, weight * lcm // len(group)) for group, (_, weight) in zip(groups, weighted, strict=True)
+            for part in group]

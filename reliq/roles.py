@@ -123,11 +123,12 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         mine = [Queue(first.redis, settings, q.name) for q in named]
         if not await _agree(mine, settings, signals.stop, wait=True):
             return 0
-        queues = _partition_weights(mine, weighted)
+        queues = [(queue, weight) for queue, (_, weight) in zip(mine, weighted, strict=True)]
         worker = Worker(queues, settings, REGISTRY, burst=burst, strict=settings.strict,
                         schedules=list(DECLARED.values()))
         log.info("worker %s serving %s with concurrency %d; task types: %s", worker.id,
-                 ", ".join(f"{q.name}={w}" for q, w in queues), settings.concurrency, ", ".join(REGISTRY.names()))
+                 ", ".join(f"{q.name}={w}" + (f" ({len(q.parts_now())} partitions)" if len(q.parts_now()) > 1 else "")
+                           for q, w in queues), settings.concurrency, ", ".join(REGISTRY.names()))
         released = await worker.run(signals.stop, signals.hard_stop)
         if worker.threads_left:
             # A timed-out handler's thread is still running and Python would wait for it at
@@ -158,14 +159,6 @@ async def _agree(queues: Sequence[Queue], settings: Settings, stop: asyncio.Even
     except GaveUp:
         return False
     return True
-
-
-def _partition_weights(queues: Sequence[Queue], weighted: Sequence[tuple[str, int]]) -> list[tuple[Queue, int]]:
-    """The partitions a worker serves (every partition of every queue), each with its weight in the
-    fetcher: the partitions of a queue together weigh what the queue was given."""
-    parts = [q.parts_now() for q in queues]
-    shares = partitions.partition_weights([len(p) for p in parts], [w for _, w in weighted])
-    return [(part, share) for group, share in zip(parts, shares, strict=True) for part in group]
 
 
 def check_exposure(settings: Settings) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs, tracing, type_defaults
+from reliq import logs, partitions, tracing, type_defaults
 from reliq.connection import UNAVAILABLE
 from reliq.errors import GaveUp, HandlerFailed, PermanentError, RateLimited, Snooze, describe_error
 from reliq.formats import RunOutcome
@@ -138,6 +138,8 @@ class Worker:
     async def _run(self, stop: asyncio.Event, hard_stop: asyncio.Event) -> bool:
         s = self.settings
         loop = asyncio.get_running_loop()
+        if not await self._until_redis(self._serve_partitions, stop):
+            return True  # stopped while waiting for Redis: it never claimed anything
 
         def beat_cancels(ids: tuple[str, ...]) -> None:  # from the heartbeat's thread
             with contextlib.suppress(RuntimeError):  # the loop closed: the worker is gone
@@ -263,6 +265,18 @@ class Worker:
         except GaveUp:
             return False
         return True
+
+    async def _serve_partitions(self) -> None:
+        """Serve each partitioned queue as its partitions, each one of this worker's queues (reliq/partitions.py)."""
+        weighted = list(zip(self.fetcher.queues, self.fetcher.weights, strict=True))
+        for queue, _ in weighted:
+            await queue.parts()
+        if all(len(q.parts_now()) == 1 for q, _ in weighted):
+            return
+        weighted = partitions.expand(weighted)
+        self.queues = {q.name: q for q, _ in weighted}
+        self.fetcher = Fetcher(weighted, self.id, strict=self.fetcher.strict)
+        self.progress = ProgressWriter(self.queues, self.id)
 
     async def _declare_limits(self) -> None:
         """Write the flow limits the registered types declare to every queue served (before the first claim)."""
