@@ -877,7 +877,7 @@ class Queue:
     async def schedule_pause(self, name: str, pause: bool, by: str) -> bool:
         """Pause or resume a schedule: whether this changed it; ScheduleNotFound when there is no such schedule."""
         code = int(await self._scripts("schedule_pause", [self.keys.schedule(name)],
-                                       ["pause" if pause else "resume", by]))
+                                       ["1" if pause else "", by]))
         if code < 0:
             raise script_error(code, name=name)
         return code == Code.OK
@@ -898,14 +898,14 @@ class Queue:
     async def dead_requeue(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
         """Requeue the given dead ids, or the ``oldest`` n; return how many went back."""
         k = self.keys
-        args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
+        args: list[Any] = [oldest] if oldest else [0, *ids]
         keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities, k.unique_prefix,
                 *calls.group_keys(k)]
         return int(await self._scripts("dead_requeue", keys, args))
 
     async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
         """Delete the given dead ids, or the ``oldest`` n, with their records."""
-        args: list[Any] = ["oldest", oldest] if oldest else ["ids", *ids]
+        args: list[Any] = [oldest] if oldest else [0, *ids]
         return int(await self._scripts("dead_purge", [self.keys.dead, self.keys.task_prefix], args))
 
     async def dead_trim(self, most: int = 1000) -> tuple[list[str], list[str]]:

@@ -21,12 +21,13 @@ local version, upto, new_upto_s, skipped = ARGV[1], ARGV[2], ARGV[3], tonumber(A
 local new_upto = tonumber(new_upto_s)
 local slots_json, newest = ARGV[5], ARGV[6]
 local now = now_ms()
-local cur = redis.call('HMGET', SCHEDULE, 'version', 'upto', 'paused', 'firing', 'def')
-if not cur[1] then return {FIRE_GONE, now} end
-if cur[3] then return {FIRE_PAUSED, now} end
-if cur[1] ~= version then return {FIRE_CHANGED, now} end
-if cur[4] then return {FIRE_BUSY, now} end
-if cur[2] ~= upto then return {FIRE_RACED, now} end
+local cur_version, cur_upto, paused, firing, def = unpack(redis.call('HMGET', SCHEDULE, 'version', 'upto', 'paused',
+                                                                     'firing', 'def'))
+if not cur_version then return {FIRE_GONE, now} end
+if paused then return {FIRE_PAUSED, now} end
+if cur_version ~= version then return {FIRE_CHANGED, now} end
+if firing then return {FIRE_BUSY, now} end
+if cur_upto ~= upto then return {FIRE_RACED, now} end
 local from = tonumber(upto)
 local slots = cjson.decode(slots_json)
 if new_upto > now or new_upto <= from then return {FIRE_EARLY, now} end
@@ -35,7 +36,7 @@ for _, slot in ipairs(slots) do
 end
 redis.call('HSET', SCHEDULE, 'upto', new_upto_s)  -- as sent: no number formatted
 if #slots > 0 then
-  redis.call('HSET', SCHEDULE, 'firing', slots_json, 'firing_def', cur[5], 'last_slot', newest)
+  redis.call('HSET', SCHEDULE, 'firing', slots_json, 'firing_def', def, 'last_slot', newest)
   redis.call('HINCRBY', SCHEDULE, 'enqueued', #slots)
   redis.call('HINCRBY', STATS, 'schedule_enqueued', #slots)
 end

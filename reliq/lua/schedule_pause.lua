@@ -3,23 +3,23 @@
 -- resuming moves the cursor to now (when later).
 -- allow-oom: one small field; an operator may pause a schedule on a full Redis.
 -- KEYS[1] SCHEDULE  the schedule's hash
--- ARGV[1] action    'pause' or 'resume'
+-- ARGV[1] pause     '1' to pause it, '' to resume it
 -- ARGV[2] by        who paused it (recorded with the time: its 'paused' field is now_ms .. SEP .. by)
 -- Returns CODE_OK when this changed it, CODE_ALREADY when it was paused (or running) already,
 -- CODE_NO_SCHEDULE when there is no such schedule (reliq/formats.py: Code).
 --- @format CODE
 --- @format SEP
 local SCHEDULE = KEYS[1]
-local action, by = ARGV[1], ARGV[2]
-local cur = redis.call('HMGET', SCHEDULE, 'version', 'paused', 'upto')
-if not cur[1] then return CODE_NO_SCHEDULE end
+local pause, by = ARGV[1] == '1', ARGV[2]
+local version, paused, upto = unpack(redis.call('HMGET', SCHEDULE, 'version', 'paused', 'upto'))
+if not version then return CODE_NO_SCHEDULE end
 local now = now_ms()
-if action == 'pause' then
-  if cur[2] then return CODE_ALREADY end
+if pause then
+  if paused then return CODE_ALREADY end
   redis.call('HSET', SCHEDULE, 'paused', now .. SEP .. by)
   return CODE_OK
 end
-if not cur[2] then return CODE_ALREADY end
+if not paused then return CODE_ALREADY end
 redis.call('HDEL', SCHEDULE, 'paused')
-if tonumber(cur[3]) < now then redis.call('HSET', SCHEDULE, 'upto', now) end
+if tonumber(upto) < now then redis.call('HSET', SCHEDULE, 'upto', now) end
 return CODE_OK

@@ -21,19 +21,20 @@
 local SCHEDULES, SCHEDULE = KEYS[1], KEYS[2]
 local name, def, version, timing, source = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local now = now_ms()
-local cur = redis.call('HMGET', SCHEDULE, 'version', 'when', 'source', 'upto')
-if not cur[1] then
+local was_version, was_timing, was_source, upto = unpack(redis.call('HMGET', SCHEDULE, 'version', 'when', 'source',
+                                                                   'upto'))
+if not was_version then
   redis.call('HSET', SCHEDULE, 'def', def, 'version', version, 'when', timing, 'source', source, 'upto', now,
              'created_at', now, 'updated_at', now)
   redis.call('SADD', SCHEDULES, name)
   return {PUT_CREATED, now}
 end
-if source == SOURCE_CODE and cur[3] == SOURCE_API then
-  return {cur[1] == version and PUT_UNCHANGED or PUT_KEPT, now}
+if source == SOURCE_CODE and was_source == SOURCE_API then
+  return {was_version == version and PUT_UNCHANGED or PUT_KEPT, now}
 end
-if cur[1] == version and cur[3] == source then return {PUT_UNCHANGED, now} end
+if was_version == version and was_source == source then return {PUT_UNCHANGED, now} end
 redis.call('HSET', SCHEDULE, 'def', def, 'version', version, 'when', timing, 'source', source, 'updated_at', now)
-if cur[2] ~= timing and tonumber(cur[4]) < now then
+if was_timing ~= timing and tonumber(upto) < now then
   redis.call('HSET', SCHEDULE, 'upto', now)
 end
 return {PUT_UPDATED, now}
