@@ -470,6 +470,19 @@ class Queue:
         await self.parts()
         return self.layout.locate(task_id)
 
+    async def _spread(self) -> list[Queue] | None:
+        """The partitions when this queue has more than one (a method then asks each), else None."""
+        parts = await self.parts()
+        return parts if parts[0] is not self else None
+
+    async def _by_partition(self, ids: Sequence[str]) -> dict[Queue, list[str]]:
+        """``ids`` grouped by the partition each names, in their order."""
+        await self.parts()
+        groups: dict[Queue, list[str]] = {}
+        for task_id in ids:
+            groups.setdefault(self.layout.locate(task_id), []).append(task_id)
+        return groups
+
     async def partition_map(self) -> bytes | None:
         """The partition map as stored (None: none, one partition)."""
         return cast(bytes | None, await self.redis.get(self.keys.partitions))
@@ -896,7 +909,10 @@ class Queue:
     # -- dead letters ----------------------------------------------------------------
 
     async def dead_requeue(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
-        """Requeue the given dead ids, or the ``oldest`` n; return how many went back."""
+        """Requeue the given dead ids, or the ``oldest`` n; return how many went back (each into
+        its own partition; the oldest partition by partition)."""
+        if (parts := await self._spread()) is not None:
+            return await _over_partitions(parts, ids, oldest, await self._by_partition(ids), Queue.dead_requeue)
         k = self.keys
         args: list[Any] = [oldest] if oldest else [0, *ids]
         keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities, k.unique_prefix,
@@ -905,6 +921,8 @@ class Queue:
 
     async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
         """Delete the given dead ids, or the ``oldest`` n, with their records."""
+        if (parts := await self._spread()) is not None:
+            return await _over_partitions(parts, ids, oldest, await self._by_partition(ids), Queue.dead_purge)
         args: list[Any] = [oldest] if oldest else [0, *ids]
         return int(await self._scripts("dead_purge", [self.keys.dead, self.keys.task_prefix], args))
 
@@ -925,10 +943,16 @@ class Queue:
             body = orjson.dumps(payload)
         except TypeError as exc:
             raise InvalidTask(f"'payload' is not JSON-serialisable: {exc}") from None
-        return int(await self._scripts("dead_edit", [self.keys.task(task_id)], [body, by, EDITS_KEPT])) == 1
+        where = await self.locate(task_id)
+        return int(await where._scripts("dead_edit", [where.keys.task(task_id)], [body, by, EDITS_KEPT])) == 1
 
     async def dead_import(self, records: Sequence[tuple[str, list[str]]]) -> list[str]:
-        """Recreate dead tasks (id, [field, value, ...]) whose ids do not exist; return those created."""
+        """Recreate dead tasks (id, [field, value, ...]) whose ids do not exist; return those created
+        (each in the partition its id names)."""
+        if await self._spread() is not None:
+            by_part = await self._by_partition([task_id for task_id, _ in records])
+            fields = dict(records)
+            return [i for part, ids in by_part.items() for i in await part.dead_import([(i, fields[i]) for i in ids])]
         k = self.keys
         raw = await self._scripts("dead_import", [k.dead, k.stats, k.task_prefix], [orjson.dumps(records)])
         return [text(i) for i in raw]
@@ -946,11 +970,25 @@ class Queue:
         return out
 
     async def dead_ids(self, start: int = 0, count: int = 50) -> list[str]:
-        """Dead-lettered ids, newest first."""
+        """Dead-lettered ids, newest first (over every partition, by when each died)."""
+        if (parts := await self._spread()) is not None:
+            heads = [i for part in parts for i in await part.dead_ids(0, start + count)]
+            died = await self.task_fields(heads, ["finished_at"])
+            order = sorted(zip(heads, died, strict=True), key=lambda row: int(row[1][0] or 0), reverse=True)
+            return [task_id for task_id, _ in order[start : start + count]]
         return [text(i) for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
 
     async def dead_kinds(self, start: int = 0, count: int = 1000) -> list[tuple[str, str, str]]:
-        """(id, type, reason) of dead-lettered tasks from ``start``, newest first, in one call."""
+        """(id, type, reason) of dead-lettered tasks from ``start``, newest first, in one call (a
+        partitioned queue's one partition after the other, each newest first)."""
+        if (parts := await self._spread()) is not None:
+            out: list[tuple[str, str, str]] = []
+            for part in parts:
+                length = int(await part.redis.llen(part.keys.dead))
+                if start < length and len(out) < count:
+                    out += await part.dead_kinds(start, count - len(out))
+                start = max(0, start - length)
+            return out
         k = self.keys
         raw = await self._scripts("dead_kinds", [k.dead, k.task_prefix], [start, start + count - 1])
         return [(text(raw[i]), text(raw[i + 1]), text(raw[i + 2])) for i in range(0, len(raw), 3)]
@@ -1075,6 +1113,8 @@ class Queue:
 
     async def run_now(self, task_id: str) -> bool:
         """Make a scheduled or retrying task due now and promote it; False when it is not waiting in delayed."""
+        if (where := await self.locate(task_id)) is not self:
+            return await where.run_now(task_id)
         # Score 0: due, and first of the due ones. XX: a task that left the set meanwhile
         # (promoted, cancelled) is not put back; CH: the reply says whether it was there.
         if not await self.redis.zadd(self.keys.delayed, {task_id: 0}, xx=True, ch=True):
@@ -1087,8 +1127,11 @@ class Queue:
 
         Pending counts every priority's list, and a wake mark (reliq/priorities.py) as one:
         the claim it leads to drops it; and, roughly, what waits in keys' lists or is set
-        aside for a token (docs/flow-control.md): not zero while any of it waits.
+        aside for a token (docs/flow-control.md): not zero while any of it waits. Summed over partitions.
         """
+        if (parts := await self._spread()) is not None:
+            each = [await part.backlog() for part in parts]
+            return sum(p for p, _ in each), sum(d for _, d in each)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.keys.delayed)
             for priority in priorities.LEVELS:
@@ -1115,15 +1158,33 @@ class Queue:
 
     async def worker_ids(self) -> list[str]:
         """The registered workers (those whose heartbeat the reaper has not yet found silent)."""
+        if (parts := await self._spread()) is not None:
+            return sorted({w for part in parts for w in await part.worker_ids()})
         return [text(w) for w in await self.redis.zrange(self.keys.workers, 0, -1)]
 
     async def metric_counts(self) -> dict[str, int]:
-        """The metrics hash written by settle: per-type outcome counts and histogram buckets."""
+        """The metrics hash written by settle: per-type outcome counts and histogram buckets (summed
+        over the partitions)."""
+        if (parts := await self._spread()) is not None:
+            total: Counter[str] = Counter()
+            for part in parts:
+                total.update(await part.metric_counts())
+            return dict(total)
         raw = await self.redis.hgetall(self.keys.metrics)
         return {text(k): int(v) for k, v in raw.items()}
 
     async def workers_info(self) -> tuple[int, list[tuple[str, int, dict[str, str]]]]:
-        """Server time (ms) and each registered worker: id, last heartbeat (ms), info hash."""
+        """Server time (ms) and each registered worker: id, last heartbeat (ms), info hash (each worker
+        once, with its latest beat in any partition)."""
+        if (parts := await self._spread()) is not None:
+            seen: dict[str, tuple[str, int, dict[str, str]]] = {}
+            now = 0
+            for part in parts:
+                now, workers = await part.workers_info()
+                for w in workers:
+                    if w[0] not in seen or w[1] > seen[w[0]][1]:
+                        seen[w[0]] = w
+            return now, sorted(seen.values())
         sec, usec = await self.redis.time()
         beats = cast(list[tuple[bytes, float]], await self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -1169,6 +1230,19 @@ class Queue:
         for i in range(len(SNAPSHOT_FIELDS), len(raw), 2):
             snap[text(raw[i])] = int(raw[i + 1])
         return cast(Snapshot, snap)
+
+
+async def _over_partitions(parts: Sequence[Queue], ids: Sequence[str], oldest: int, by_part: Mapping[Queue, list[str]],
+                           action: Callable[..., Any]) -> int:
+    """A dead-letter ``action`` (requeue, purge) on a partitioned queue: the ids in their partitions,
+    or the ``oldest`` n partition by partition; how many it took."""
+    if ids:
+        return sum([await action(part, ids=part_ids) for part, part_ids in by_part.items()])
+    done = 0
+    for part in parts:
+        if done < oldest:
+            done += await action(part, oldest=oldest - done)
+    return done
 
 
 def heartbeat_call(queue: str, worker_id: str, info: dict[str, Any], ttl_s: float,

@@ -458,6 +458,7 @@ async def trigger(queue: Queue, name: str) -> str:
         raise ScheduleNotFound(name)
     schedule = from_json(name, rows[0][1].get("def", ""))
     spec = schedule.task(f"{name}:manual:{new_id()}")
-    [(task_id, _)] = await queue.enqueue_specs([spec])
+    home = (await queue.parts())[0]  # a schedule's tasks stay beside it, in partition 0 (docs/partitions.md)
+    [(task_id, _)] = await home.enqueue_specs([spec])
     await queue.schedule_enqueued(name, b"", task_id)
     return task_id

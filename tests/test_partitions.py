@@ -11,14 +11,18 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
 from reliq import partitions
 from reliq.client import AsyncClient, Client
 from reliq.errors import ConfigError, InvalidTask
 from reliq.ids import new_id
+from reliq.monitor import app as monitor
+from reliq.monitor import deadletter
 from reliq.partitions import PartitionMap, index_of
 from reliq.queue import Queue, make_spec
+from reliq.schedules import make_schedule, read_one, trigger
 from reliq.settings import Settings
 from tests import procs
 from tests.procs import ROOT
@@ -267,3 +271,53 @@ def test_tags_are_chosen_so_partitions_spread_over_primaries() -> None:
     assert [node_of(t) for t in tags] == ["a", "b", "c"] and tags[0] == "q"
     assert sorted(Counter(node_of(t) for t in partitions.choose_tags("q", 6, ("q",), node_of, primaries))
                   .values()) == [2, 2, 2]
+
+
+async def test_dead_letters_merge_over_partitions_and_go_back_each_to_its_own(
+    queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    await partitioned(queue)
+    dead = [await queue.enqueue("fail", i, max_retries=0) for i in range(9)]
+    assert {index_of(i, 3) for i in dead} == {0, 1, 2}
+    worker = procs.worker(settings.redis_url, queue.name, tmp_path / "w.log", "--burst")
+    assert worker.wait(60) == 0, (tmp_path / "w.log").read_text()
+    assert sorted(await queue.dead_ids(0, 50)) == sorted(dead)
+    assert len(await queue.dead_ids(2, 4)) == 4 and len(await queue.dead_ids(8, 4)) == 1
+    listed = await deadletter.page(queue, limit=50)
+    assert listed["total"] == 9 and sorted(row["task_id"] for row in listed["items"]) == sorted(dead)
+    faceted = await deadletter.page(queue, deadletter.DeadFilter(type="fail"), limit=5)
+    assert faceted["total"] == 9 and len(faceted["items"]) == 5 and faceted["types"] == {"fail": 9}
+    assert await queue.dead_requeue(ids=dead[:2]) == 2
+    assert [(await queue.get(i))["state"] for i in dead[:2]] == ["pending", "pending"]
+    assert sum(await pending_by_partition(queue)) == 2
+    for i in dead[:2]:  # back in the partition the id names
+        assert (await queue.parts_now()[index_of(i, 3)].snapshot())["pending"] >= 1
+    assert await queue.dead_requeue(oldest=5) == 5
+    assert await queue.dead_purge(oldest=10) == 2
+    assert (await queue.snapshot())["dead_letter"] == 0
+
+
+async def test_stats_and_metrics_show_the_queue_as_one_with_each_partition(queue: Queue, settings: Settings) -> None:
+    await partitioned(queue)
+    for i in range(6):
+        await queue.enqueue("noop", i)
+    async with TestClient(TestServer(monitor.create_app(queue, settings))) as http:
+        stats = await (await http.get("/stats")).json()
+        assert stats["pending"] == 6 and [p["pending"] for p in stats["partitions"]] == [2, 2, 2]
+        assert [p["tag"] for p in stats["partitions"]] == [queue.name, f"{queue.name}:1", f"{queue.name}:2"]
+        text = await (await http.get("/metrics")).text()
+    for n in range(3):
+        assert f'reliq_queue_depth{{partition="{n}",queue="{queue.name}",state="pending"}} 2.0' in text
+    assert f'reliq_tasks_enqueued_total{{partition="1",queue="{queue.name}"}} 2.0' in text
+
+
+async def test_a_schedule_of_a_partitioned_queue_lives_and_enqueues_in_partition_0(
+    queue: Queue, settings: Settings
+) -> None:
+    await partitioned(queue)
+    await queue.schedule_put(make_schedule("tick", type="noop", every=60), "api")
+    task_id = await trigger(queue, "tick")
+    assert task_id.startswith("tick:manual:") and index_of(task_id, 3) == 0
+    assert (await queue.get(task_id))["state"] == "pending"
+    assert (await read_one(queue, "tick"))["last_task_state"] == "pending"
+    assert await pending_by_partition(queue) == [1, 0, 0]

@@ -23,6 +23,10 @@ from reliq.pausing import QUEUE_FIELD
 from reliq.queue import Queue, Snapshot
 from reliq.schedules import ScheduleInfo
 
+#: The labels of every per-queue family: the queue, and, once a scrape shows a partitioned queue, its
+#: partition (reliq/partitions.py; "0" for a queue of one, so a sum by queue is its total either way).
+#: Without one the families are what they always were.
+QUEUE_LABELS = ["queue", "partition"]
 #: Buckets per histogram: one per bound, then +Inf.
 N_BUCKETS = len(BOUNDS_S) + 1
 #: Depth states of reliq_queue_depth, with the Snapshot field each comes from.
@@ -204,6 +208,29 @@ class QueueReading:
     memory: memory.MemoryReading
     loop_blocks: LoopBlocks = field(default_factory=LoopBlocks)
     schedules: list[ScheduleInfo] = field(default_factory=list)
+    #: The partition read (reliq/partitions.py; None for a queue of one partition).
+    partition: int | None = None
+
+
+def _queue_labels(readings: Sequence[QueueReading]) -> list[str]:
+    """:data:`QUEUE_LABELS`, or the queue alone while no reading is of a partition."""
+    return QUEUE_LABELS if any(r.partition is not None for r in readings) else QUEUE_LABELS[:1]
+
+
+def _values(r: QueueReading, labels: Sequence[str]) -> list[str]:
+    """A reading's values of ``labels`` (from :func:`_queue_labels`)."""
+    return [r.snapshot["queue"], str(r.partition or 0)][:len(labels)]
+
+
+async def read_all(queue: Queue) -> list[QueueReading]:
+    """One reading a partition of ``queue`` (one for a queue of one partition), each named by the queue."""
+    parts = await queue.parts()
+    if len(parts) == 1:
+        return [await read(queue)]
+    readings = [await read(part) for part in parts]
+    for i, reading in enumerate(readings):
+        reading.snapshot["queue"], reading.partition = queue.name, i
+    return readings
 
 
 async def read(queue: Queue) -> QueueReading:
@@ -217,7 +244,8 @@ async def read(queue: Queue) -> QueueReading:
 
 
 def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc, labels=["queue", "type"])
+    ql = _queue_labels(readings)
+    family = HistogramMetricFamily(name, doc, labels=[*ql, "type"])
     for r in readings:
         for ttype, m in sorted(r.types.items()):
             counts: list[int] = getattr(m, which)
@@ -225,21 +253,22 @@ def _histogram(name: str, doc: str, readings: Sequence[QueueReading], which: str
             for bound, n in zip([*map(_le, BOUNDS_S), "+Inf"], counts, strict=True):
                 cumulative += n
                 buckets.append((bound, cumulative))
-            family.add_metric([r.snapshot["queue"], ttype], buckets, getattr(m, which + "_sum_ms") / 1000)
+            family.add_metric([*_values(r, ql), ttype], buckets, getattr(m, which + "_sum_ms") / 1000)
     return family
 
 
 def _loop_histogram(readings: Sequence[QueueReading]) -> HistogramMetricFamily:
+    ql = _queue_labels(readings)
     family = HistogramMetricFamily(
         "reliq_event_loop_blocked_seconds",
         "Times a handler held a worker's event loop past the warning threshold, and for how long.",
-        labels=["queue"])
+        labels=ql)
     for r in readings:
         cumulative, buckets = 0, []
         for bound, n in zip([*map(_le, BOUNDS_S), "+Inf"], r.loop_blocks.buckets, strict=True):
             cumulative += n
             buckets.append((bound, cumulative))
-        family.add_metric([r.snapshot["queue"]], buckets, r.loop_blocks.sum_ms / 1000)
+        family.add_metric(_values(r, ql), buckets, r.loop_blocks.sum_ms / 1000)
     return family
 
 
@@ -249,68 +278,69 @@ def _le(bound: float) -> str:
 
 def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     """Every metric family of the given queues."""
-    depth = GaugeMetricFamily("reliq_queue_depth", "Tasks in the queue by state.", labels=["queue", "state"])
-    lag = GaugeMetricFamily("reliq_queue_lag_seconds", "Age of the oldest pending task.", labels=["queue"])
+    ql = _queue_labels(readings)
+    depth = GaugeMetricFamily("reliq_queue_depth", "Tasks in the queue by state.", labels=[*ql, "state"])
+    lag = GaugeMetricFamily("reliq_queue_lag_seconds", "Age of the oldest pending task.", labels=ql)
     by_priority = GaugeMetricFamily("reliq_queue_pending_priority",
                                     "Pending tasks by priority (0 lowest, 9 highest; held tasks of paused types "
-                                    "in none).", labels=["queue", "priority"])
-    workers = GaugeMetricFamily("reliq_workers", "Worker processes with a live heartbeat.", labels=["queue"])
-    in_flight = GaugeMetricFamily("reliq_tasks_in_flight", "Tasks running on workers now.", labels=["queue"])
-    slots = GaugeMetricFamily("reliq_worker_slots", "Sum of the workers' concurrency.", labels=["queue"])
+                                    "in none).", labels=[*ql, "priority"])
+    workers = GaugeMetricFamily("reliq_workers", "Worker processes with a live heartbeat.", labels=ql)
+    in_flight = GaugeMetricFamily("reliq_tasks_in_flight", "Tasks running on workers now.", labels=ql)
+    slots = GaugeMetricFamily("reliq_worker_slots", "Sum of the workers' concurrency.", labels=ql)
     mem_used = GaugeMetricFamily("reliq_redis_memory_used_bytes", "used_memory of the Redis holding the queue.",
-                                 labels=["queue"])
+                                 labels=ql)
     mem_max = GaugeMetricFamily("reliq_redis_memory_max_bytes",
-                                "maxmemory of the Redis holding the queue (0 = no limit).", labels=["queue"])
+                                "maxmemory of the Redis holding the queue (0 = no limit).", labels=ql)
     tasks = CounterMetricFamily("reliq_tasks", "Task runs settled, by type and outcome.",
-                                labels=["queue", "type", "outcome"])
-    counters = {name: CounterMetricFamily(f"reliq_tasks_{name}", doc, labels=["queue"])
+                                labels=[*ql, "type", "outcome"])
+    counters = {name: CounterMetricFamily(f"reliq_tasks_{name}", doc, labels=ql)
                 for name, doc in COUNTER_HELP.items()}
-    counters |= {name: CounterMetricFamily(f"reliq_{name}", doc, labels=["queue"])
+    counters |= {name: CounterMetricFamily(f"reliq_{name}", doc, labels=ql)
                  for name, doc in DEAD_COUNTER_HELP.items()}
     dead_age = GaugeMetricFamily("reliq_dead_letter_oldest_age_seconds",
                                  "Seconds since the oldest task in the dead-letter queue died (0 when empty).",
-                                 labels=["queue"])
+                                 labels=ql)
     archived = GaugeMetricFamily("reliq_dead_archived", "Dead tasks held in the archive (evicted past the cap).",
-                                 labels=["queue"])
+                                 labels=ql)
     paused = GaugeMetricFamily("reliq_queue_paused",
                                "1 while the queue (type=\"*\") or a task type of it is paused, else 0.",
-                               labels=["queue", "type"])
+                               labels=[*ql, "type"])
     paused_for = GaugeMetricFamily("reliq_queue_paused_seconds",
                                    "How long the queue (type=\"*\") or a task type of it has been paused (0: not).",
-                                   labels=["queue", "type"])
+                                   labels=[*ql, "type"])
     yield from _schedule_families(readings)
     waiting = GaugeMetricFamily("reliq_queue_flow_waiting",
                                 "Pending tasks waiting on flow control (counted in pending too): set aside for a rate "
                                 "limit's token or a hold (limited), in their keys' lists (keyed).",
-                                labels=["queue", "where"])
+                                labels=[*ql, "where"])
     for r in readings:
-        q, snap = r.snapshot["queue"], r.snapshot
-        waiting.add_metric([q, "limited"], snap["limited"])
-        waiting.add_metric([q, "keyed"], snap["keyed"])
+        q, snap = _values(r, ql), r.snapshot
+        waiting.add_metric([*q, "limited"], snap["limited"])
+        waiting.add_metric([*q, "keyed"], snap["keyed"])
         whole = snap["paused"]["queue"]
-        paused.add_metric([q, QUEUE_FIELD], 1 if whole else 0)
-        paused_for.add_metric([q, QUEUE_FIELD], whole["paused_s"] if whole else 0.0)
+        paused.add_metric([*q, QUEUE_FIELD], 1 if whole else 0)
+        paused_for.add_metric([*q, QUEUE_FIELD], whole["paused_s"] if whole else 0.0)
         for ttype, pause in sorted(snap["paused"]["types"].items()):
             if not pause["resuming"]:
-                paused.add_metric([q, ttype], 1)
-                paused_for.add_metric([q, ttype], pause["paused_s"])
+                paused.add_metric([*q, ttype], 1)
+                paused_for.add_metric([*q, ttype], pause["paused_s"])
         for state, key in DEPTHS.items():
-            depth.add_metric([q, state], snap[key])  # type: ignore[literal-required]
-        lag.add_metric([q], snap["lag_s"])
+            depth.add_metric([*q, state], snap[key])  # type: ignore[literal-required]
+        lag.add_metric(q, snap["lag_s"])
         for priority, n in snap["pending_by_priority"].items():
-            by_priority.add_metric([q, priority], n)
-        dead_age.add_metric([q], snap["dead_oldest_age_s"])
-        archived.add_metric([q], snap["dead_archived"])
-        workers.add_metric([q], snap["workers"])
-        in_flight.add_metric([q], r.in_flight)
-        slots.add_metric([q], r.slots)
-        mem_used.add_metric([q], r.memory.used)
-        mem_max.add_metric([q], r.memory.max)
+            by_priority.add_metric([*q, priority], n)
+        dead_age.add_metric(q, snap["dead_oldest_age_s"])
+        archived.add_metric(q, snap["dead_archived"])
+        workers.add_metric(q, snap["workers"])
+        in_flight.add_metric(q, r.in_flight)
+        slots.add_metric(q, r.slots)
+        mem_used.add_metric(q, r.memory.used)
+        mem_max.add_metric(q, r.memory.max)
         for ttype, m in sorted(r.types.items()):
             for outcome, n in sorted(m.outcomes.items()):
-                tasks.add_metric([q, ttype, outcome], n)
+                tasks.add_metric([*q, ttype, outcome], n)
         for name, family in counters.items():
-            family.add_metric([q], snap[name])  # type: ignore[literal-required]
+            family.add_metric(q, snap[name])  # type: ignore[literal-required]
     yield from (depth, lag, by_priority, waiting, paused, paused_for, dead_age, archived, workers, in_flight, slots,
                 mem_used, mem_max, tasks, *counters.values())
     yield _histogram("reliq_task_wait_seconds", "Time from queued to started.", readings, "wait")
@@ -320,23 +350,24 @@ def families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
 
 def _schedule_families(readings: Sequence[QueueReading]) -> Iterator[Metric]:
     """Periodic schedules: how many (running, paused), each one's next slot, slots enqueued and skipped."""
+    ql = _queue_labels(readings)
     count = GaugeMetricFamily("reliq_schedules", "Periodic schedules of the queue, running or paused.",
-                              labels=["queue", "state"])
+                              labels=[*ql, "state"])
     next_run = GaugeMetricFamily("reliq_schedule_next_run_timestamp_seconds",
                                  "When a running schedule's next slot is due (in the past: no worker enqueues it).",
-                                 labels=["queue", "schedule"])
-    counters = {name: CounterMetricFamily(f"reliq_{name}", doc, labels=["queue"])
+                                 labels=[*ql, "schedule"])
+    counters = {name: CounterMetricFamily(f"reliq_{name}", doc, labels=ql)
                 for name, (_, doc) in SCHEDULE_COUNTER_HELP.items()}
     for r in readings:
-        q = r.snapshot["queue"]
+        q = _values(r, ql)
         paused = sum(1 for v in r.schedules if v["paused"])
-        count.add_metric([q, "running"], len(r.schedules) - paused)
-        count.add_metric([q, "paused"], paused)
+        count.add_metric([*q, "running"], len(r.schedules) - paused)
+        count.add_metric([*q, "paused"], paused)
         for v in r.schedules:
             if v["next_run_ms"] is not None:
-                next_run.add_metric([q, v["name"]], v["next_run_ms"] / 1000)
+                next_run.add_metric([*q, v["name"]], v["next_run_ms"] / 1000)
         for name, (field_, _) in SCHEDULE_COUNTER_HELP.items():
-            counters[name].add_metric([q], r.snapshot[field_])  # type: ignore[literal-required]
+            counters[name].add_metric(q, r.snapshot[field_])  # type: ignore[literal-required]
     yield from (count, next_run, *counters.values())
 
 
@@ -364,5 +395,5 @@ def exposition(*collectors: Collector) -> bytes:
 
 async def render(queues: Sequence[Queue], *more: Collector) -> bytes:
     """Read ``queues`` from Redis; their Prometheus exposition, and ``more`` collectors' families after."""
-    return exposition(QueueCollector([await read(q) for q in queues]), *more)
+    return exposition(QueueCollector([r for q in queues for r in await read_all(q)]), *more)
 

@@ -330,6 +330,7 @@ function render(sample) {
   renderTotals(st);
   if (sample.latency) renderLatency(sample.latency);
   if (sample.workers) renderWorkers(sample.workers);
+  renderPartitions(st.partitions);
   if (sample.types) renderTypes(sample.types);
   if (sample.point) addPoint(sample.point);
   // Refresh the dead-letter table when its size changes (at most every 2 s while tasks
@@ -404,6 +405,25 @@ function renderWorkers(workers) {
   $("#workers-hint").textContent = workers.length ? `${busy} of ${slots} slots busy at the last heartbeats` : "";
   setSub("slots", slots ? `of ${fmtInt(slots)} worker slots` : "no worker running");
 }
+/** A partitioned queue's partitions (docs/partitions.md): where each lives, its depths; hidden for one. */
+function renderPartitions(parts) {
+  $("#partitions-panel").hidden = !parts;
+  if (!parts) return;
+  $("#partitions tbody").replaceChildren(...parts.map((p) => h("tr", { "data-partition": String(p.partition) },
+    h("td", { class: "num" }, String(p.partition)),
+    h("td", { class: "mono" }, `{${p.tag}}`),
+    h("td", { class: "mono" }, p.node || "this server"),
+    h("td", { class: "num" }, fmtInt(p.pending)),
+    h("td", { class: "num" }, fmtInt(p.processing)),
+    h("td", { class: "num" }, fmtInt(p.delayed)),
+    h("td", { class: "num" }, fmtInt(p.dead_letter)),
+    h("td", { class: "num" }, fmtInt(p.workers)),
+    h("td", { class: "num" }, fmtSecs(p.lag_s)),
+    h("td", { class: "num wide" }, fmtInt(p.succeeded)))));
+  const nodes = new Set(parts.map((p) => p.node).filter(Boolean));
+  $("#partitions-hint").textContent = `${parts.length} partitions` + (nodes.size ? ` on ${nodes.size} primaries` : "");
+}
+
 /** When a time (ISO) is from now: "in 5s", "3m ago". */
 function relative(iso) {
   const s = (new Date(iso).getTime() - Date.now()) / 1000;
