@@ -166,6 +166,7 @@ async def test_a_sigkilled_worker_s_tasks_are_recovered_in_every_partition(
         worker.wait()
     finally:
         procs.stop(worker)
+    assert await held_in_every_partition()  # as the kill left them: what must be recovered
     second = procs.worker(settings.redis_url, queue.name, tmp_path / "w2.log", "--concurrency", "30")
     try:
         await eventually(lambda: _all_succeeded(queue, ids), timeout=60, what="every task succeeded")
