@@ -135,6 +135,18 @@ def route_key(spec: TaskSpec, unique_types: frozenset[str] = frozenset()) -> str
     return ""
 
 
+def unique_types(types: dict[Any, Any]) -> frozenset[str]:
+    """The types unique by default, from a queue's types hash (reliq/type_defaults.py: JSON a type)."""
+    out = set()
+    for name, raw in types.items():
+        try:
+            if orjson.loads(raw).get("unique"):
+                out.add(name.decode() if isinstance(name, bytes) else str(name))
+        except (orjson.JSONDecodeError, AttributeError):
+            continue  # a malformed entry is the enqueue script's to judge; here it only routes
+    return frozenset(out)
+
+
 def hashed(key: str, n: int) -> int:
     """The partition of a routing key: CRC-32 of its UTF-8, modulo n (the same in every process)."""
     return zlib.crc32(key.encode()) % n

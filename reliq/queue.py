@@ -12,7 +12,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
@@ -386,6 +386,8 @@ class Source:
     kind: str
     arg: str = ""
     length: int = 0
+    #: The partition it is of (reliq/partitions.py; 0 for a queue of one partition).
+    partition: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +460,9 @@ class Queue:
             async with self._reading:  # concurrent callers share one read
                 if self.layout.stale:
                     self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
+                    if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
+                        self.layout.router.unique_types = partitions.unique_types(
+                            await self.redis.hgetall(self.keys.types))
         return self.layout.parts
 
     async def place(self, specs: Sequence[TaskSpec]) -> tuple[Queue, Sequence[TaskSpec]]:
@@ -1043,8 +1048,11 @@ class Queue:
         held list of each paused type (only ``task_type``'s when given); with ``key`` (and
         its type), that key's own list alone. ``scheduled`` and ``retrying`` share the
         delayed set; ``processing``: each registered worker's list; ``dead``: the dead
-        list. Two round trips at most.
+        list. Two round trips at most (a partition: those of each, partition after partition).
         """
+        if (parts := await self._spread()) is not None:
+            return [replace(source, partition=i) for i, part in enumerate(parts)
+                    for source in await part.task_sources(state, task_type, key)]
         k = self.keys
         sources: list[Source]
         if state == TaskState.PENDING and key is not None:
@@ -1101,8 +1109,10 @@ class Queue:
 
         A match has ``task_type``, ``state`` and ``key`` ('' = any); each comes with
         its record's type, key and state, then ``fields``. One script call
-        (``browse.lua``), bounded by ``budget``.
+        (``browse.lua``), bounded by ``budget``, in the source's partition.
         """
+        if (parts := await self._spread()) is not None:
+            return await parts[source.partition].browse(source, start, budget, limit, fields, task_type, state, key)
         name, kind = self._source_key(source)
         raw = await self._scripts("browse", [name, self.keys.task_prefix],
                                   [kind, start, budget, limit, task_type, state, key, *fields])

@@ -42,6 +42,8 @@ class SyncQueue:
         if self.layout.stale:  # read by the script: on this thread's own connection, as every call
             _, raw = self.redis.script("partition_map", [self.keys.partitions], ["", ""])
             self.layout.adopt(PartitionMap.decode(self.name, raw))
+            if self.layout.pmap.n > 1:  # see reliq.queue.Queue.parts
+                self.layout.router.unique_types = partitions.unique_types(self.redis.client.hgetall(self.keys.types))
         return self.layout.parts
 
     def locate(self, task_id: str) -> SyncQueue:

@@ -17,9 +17,10 @@ from redis.asyncio import Redis
 from reliq import partitions
 from reliq.client import AsyncClient, Client
 from reliq.errors import ConfigError, InvalidTask
+from reliq.formats import TaskState
 from reliq.ids import new_id
 from reliq.monitor import app as monitor
-from reliq.monitor import deadletter
+from reliq.monitor import browse, deadletter
 from reliq.partitions import PartitionMap, index_of
 from reliq.queue import Queue, make_spec
 from reliq.schedules import make_schedule, read_one, trigger
@@ -322,3 +323,28 @@ async def test_a_schedule_of_a_partitioned_queue_lives_and_enqueues_in_partition
     assert (await queue.get(task_id))["state"] == "pending"
     assert (await read_one(queue, "tick"))["last_task_state"] == "pending"
     assert await pending_by_partition(queue) == [1, 0, 0]
+
+
+async def test_the_task_listing_pages_through_every_partition(queue: Queue) -> None:
+    await partitioned(queue)
+    ids = {await queue.enqueue("noop", i) for i in range(23)}
+    seen: list[str] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        got = await browse.page(queue, browse.TaskFilter(state=TaskState.PENDING), cursor, limit=5)
+        assert got["total"] == 23
+        seen += [row["task_id"] for row in got["items"]]
+        cursor = got["next_cursor"]
+    assert sorted(seen) == sorted(ids)
+    assert {s["source"] for s in got["sources"]} >= {"pending", "pending@1", "pending@2"}
+
+
+async def test_a_type_unique_by_default_routes_by_its_payload(queue: Queue, settings: Settings, redis: Redis) -> None:
+    await partitioned(queue)
+    for part in queue.parts_now():  # as a worker serving the type writes it to every partition it serves
+        await part.set_type_defaults({"report": b'{"unique": true}'}, [])
+    producer = Queue(redis, settings)
+    first = await producer.enqueue("report", {"day": 1})
+    assert [await producer.enqueue("report", {"day": 1}) for _ in range(5)] == [first] * 5
+    with Client(settings.redis_url, queue.name) as blocking:
+        assert blocking.enqueue("report", {"day": 1}) == first

@@ -137,8 +137,13 @@ def _int_or_none(value: str) -> int | None:
     return int(value) if value else None
 
 
+def _kind(source: Source) -> str:
+    """A source's kind as cursors and names spell it: ``pending``, or ``pending@2`` in partition 2."""
+    return source.kind + (f"@{source.partition}" if source.partition else "")
+
+
 def _source_name(source: Source) -> str:
-    return source.kind + (":" + source.arg if source.arg else "")
+    return _kind(source) + (":" + source.arg if source.arg else "")
 
 
 def _row(source: Source, task_id: str, score: str, position: int, values: list[str]) -> TaskRow:
@@ -157,23 +162,26 @@ def _row(source: Source, task_id: str, score: str, position: int, values: list[s
 
 
 def encode_cursor(source: Source, position: int) -> str:
-    """The cursor of ``position`` in ``source``: ``<kind>:<position>:<arg>``."""
-    return f"{source.kind}:{position}:{source.arg}"
+    """The cursor of ``position`` in ``source``: ``<kind>:<position>:<arg>`` (the kind ``<kind>@<partition>``
+    past a partitioned queue's partition 0)."""
+    return f"{_kind(source)}:{position}:{source.arg}"
 
 
-def decode_cursor(cursor: str) -> tuple[str, int, str]:
-    """(kind, position, arg) of a cursor; InvalidTask when it is not one."""
+def decode_cursor(cursor: str) -> tuple[str, int, str, int]:
+    """(kind, position, arg, partition) of a cursor; InvalidTask when it is not one."""
     kind, _, rest = cursor.partition(":")
+    kind, at, partition = kind.partition("@")
     position, sep, arg = rest.partition(":")
-    if kind not in KIND_ORDER or not sep or not position.isdigit():
+    if kind not in KIND_ORDER or not sep or not position.isdigit() or (at and not partition.isdigit()):
         raise InvalidTask(f"'cursor' must be a cursor a listing returned (<source>:<position>:<arg>), got {cursor!r}")
-    return kind, int(position), arg
+    return kind, int(position), arg, int(partition or 0)
 
 
-def _rank(kind: str, arg: str) -> tuple[int, int, str]:
-    """Where a source comes in a listing: by kind, ready lists by priority (highest first), others by name."""
+def _rank(kind: str, arg: str, partition: int = 0) -> tuple[int, int, int, str]:
+    """Where a source comes in a listing: by partition, by kind, ready lists by priority (highest first),
+    others by name."""
     priority = -int(arg or priorities.DEFAULT) if kind == "pending" and (arg == "" or arg.isdigit()) else 0
-    return KIND_ORDER.index(kind), priority, arg if kind != "pending" else ""
+    return partition, KIND_ORDER.index(kind), priority, arg if kind != "pending" else ""
 
 
 def _start(sources: list[Source], cursor: str) -> tuple[int, int]:
@@ -184,10 +192,10 @@ def _start(sources: list[Source], cursor: str) -> tuple[int, int]:
     """
     if not cursor:
         return 0, 0
-    kind, position, arg = decode_cursor(cursor)
-    rank = _rank(kind, arg)
+    kind, position, arg, partition = decode_cursor(cursor)
+    rank = _rank(kind, arg, partition)
     for i, s in enumerate(sources):
-        here = _rank(s.kind, s.arg)
+        here = _rank(s.kind, s.arg, s.partition)
         if here == rank:
             return i, position
         if here > rank:
