@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -225,6 +226,7 @@ one partition, round-robin), claimed and settled {args.batch} a call. Each node'
 background work (cron, cluster bus: {", ".join(f"{r / 1e6:.1f}M" for r in counts.idle_rate)}
 instructions/s idle) is subtracted.""")
     if not args.no_throughput:
+        load = os.getloadavg()[0]
         rates = throughput(args.throughput_tasks, args.workers, work)
         rows = [f"| {n} | {enq:,.0f} | {e2e:,.0f} |" for n, (enq, e2e) in rates.items()]
         print("\n".join(rows))
@@ -235,7 +237,8 @@ instructions/s idle) is subtracted.""")
 Throughput without valgrind: {args.throughput_tasks:,} no-op tasks, one producer (this
 process, 100 a call, 4 calls in flight), {args.workers} `reliq work` processes of
 concurrency 64 serving every partition, three Redis primaries; all on this 2-core
-machine, so Python (producer and workers), not Redis, sets this figure.""")
+machine, so Python (producer and workers), not Redis, sets this figure. Load average
+when it began: {load:.1f} (the machine's other work shares the same cores).""")
     if args.no_write or not sections:
         return
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
