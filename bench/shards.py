@@ -20,9 +20,9 @@ from the first enqueue to the last success. On a 2-core machine that is shared b
 everything — three Redis nodes, the workers and the producer — so it shows how far
 Python is from the shards' ceiling, not the ceiling.
 
-Until partitioned queues exist (issue 17 §1), N partitions are stood in for by N separate
-queues whose hash tags land on N different primaries, served by the same workers: the
-Redis work a task does is the same, only the producer's choice of partition differs.
+The queue is one queue of N partitions (reliq/partitions.py): its map places them on N
+different primaries, the producer's router sends each call to the next partition, and
+the workers serve every partition.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +44,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import callgrind  # noqa: E402
+from redis.asyncio import Redis  # noqa: E402
 from report import machine, write_section  # noqa: E402
 
+from reliq import partitions  # noqa: E402
 from reliq.client import AsyncClient  # noqa: E402
 from reliq.connection import connect  # noqa: E402
-from reliq.keys import QueueKeys  # noqa: E402
 from reliq.queue import Outcome, Queue, make_spec  # noqa: E402
 from reliq.redis_cluster import LocalCluster  # noqa: E402
 from reliq.settings import Settings  # noqa: E402
@@ -56,39 +57,36 @@ from reliq.settings import Settings  # noqa: E402
 #: Seconds the idle nodes are measured for, to subtract what they run on their own.
 IDLE_S = 5.0
 PARTITIONS = (1, 2, 3)
-STAND_IN = "stand-in: N separate queues on N different primaries (partitioned queues not on main yet)"
 
 
-def partition_names(cluster: LocalCluster, n: int) -> list[str]:
-    """N fresh queue names whose hash tags land on N different primaries (the stand-in's partitions)."""
-    by_port: dict[int, str] = {}
-    while len(by_port) < n:
-        name = "s-" + uuid.uuid4().hex[:10]
-        by_port.setdefault(cluster.owner(QueueKeys(name).pending).port, name)
-    return list(by_port.values())
+async def partitioned(redis: Redis, url: str, n: int) -> Queue:
+    """A fresh queue of ``n`` partitions (its map written: one partition a primary)."""
+    queue = Queue(redis, Settings(redis_url=url, queue="s-" + uuid.uuid4().hex[:10]))
+    await partitions.resolve(queue, n)
+    return queue
 
 
-async def life(queues: Sequence[Queue], tasks: int, batch: int) -> None:
-    """Enqueue ``tasks`` no-ops over the partitions, 100 a call round-robin, then claim and settle them all."""
-    for i, start in enumerate(range(0, tasks, 100)):
-        await queues[i % len(queues)].enqueue_specs([make_spec("noop", None) for _ in range(min(100, tasks - start))])
-    for n, queue in enumerate(queues):
-        while claimed := (await queue.claim(f"w{n}", batch))[0]:
-            applied, _ = await queue.settle(f"w{n}", [Outcome(t, "ok", "", 0) for t in claimed])
+async def life(queue: Queue, tasks: int, batch: int, per_call: int = 100) -> None:
+    """Enqueue ``tasks`` no-ops ``per_call`` a call (the producer's router sends each call to the next
+    partition), then claim and settle every partition's, ``batch`` at a time."""
+    for start in range(0, tasks, per_call):
+        await queue.enqueue_specs([make_spec("noop", None) for _ in range(min(per_call, tasks - start))])
+    for n, part in enumerate(queue.parts_now()):
+        while claimed := (await part.claim(f"w{n}", batch))[0]:
+            applied, _ = await part.settle(f"w{n}", [Outcome(t, "ok", "", 0) for t in claimed])
             assert applied == len(claimed)
 
 
-async def measured_life(url: str, names: Sequence[str], tasks: int, batch: int,
-                        dump: Callable[[str], float]) -> float:
+async def measured_life(url: str, n: int, tasks: int, batch: int, dump: Callable[[str], float]) -> float:
     """One task through each partition first (connections made, scripts loaded on every shard that
     will run them), the counters dumped, then :func:`life` alone, dumped again; its length in seconds."""
     redis = connect(url, max_connections=16)
     try:
-        queues = [Queue(redis, Settings(redis_url=url, queue=name)) for name in names]
-        await life(queues, len(queues), batch)
+        queue = await partitioned(redis, url, n)
+        await life(queue, n, batch, per_call=1)
         started = await asyncio.to_thread(dump, "warm-up")
-        await life(queues, tasks, batch)
-        return await asyncio.to_thread(dump, f"partitions-{len(names)}") - started
+        await life(queue, tasks, batch)
+        return await asyncio.to_thread(dump, f"partitions-{n}") - started
     finally:
         await redis.aclose()
 
@@ -124,7 +122,7 @@ def count_shards(tasks: int, batch: int, work: Path) -> ShardCounts:
         idle = [callgrind.instructions(out, dumps) / idle_s for out in outs]
         per_task = {}
         for n in PARTITIONS:
-            length = asyncio.run(measured_life(cluster.url, partition_names(cluster, n), tasks, batch, dump_all))
+            length = asyncio.run(measured_life(cluster.url, n, tasks, batch, dump_all))
             per_task[n] = [(callgrind.instructions(out, dumps) - idle[i] * length) / tasks
                            for i, out in enumerate(outs)]
         return ShardCounts([node.port for node in cluster.nodes], per_task, idle)
@@ -132,26 +130,29 @@ def count_shards(tasks: int, batch: int, work: Path) -> ShardCounts:
         cluster.stop()
 
 
-async def _produce(url: str, names: Sequence[str], tasks: int, in_flight: int = 4) -> None:
-    clients = [AsyncClient(url, name, Settings(redis_url=url, queue=name)) for name in names]
-    calls = iter(range(0, tasks, 100))
-
-    async def producer() -> None:
-        for start in calls:
-            client = clients[(start // 100) % len(clients)]
-            await client.enqueue_many([("noop", None)] * min(100, tasks - start))
-
-    try:
-        await asyncio.gather(*(producer() for _ in range(in_flight)))
-    finally:
-        for c in clients:
-            await c.close()
-
-
-async def _succeeded(url: str, names: Sequence[str]) -> int:
+async def _new_queue(url: str, n: int) -> str:
     redis = connect(url)
     try:
-        return sum([(await Queue(redis, Settings(redis_url=url, queue=n)).snapshot())["succeeded"] for n in names])
+        return (await partitioned(redis, url, n)).name
+    finally:
+        await redis.aclose()
+
+
+async def _produce(url: str, name: str, tasks: int, in_flight: int = 4) -> None:
+    async with AsyncClient(url, name, Settings(redis_url=url, queue=name)) as client:
+        calls = iter(range(0, tasks, 100))
+
+        async def producer() -> None:
+            for start in calls:
+                await client.enqueue_many([("noop", None)] * min(100, tasks - start))
+
+        await asyncio.gather(*(producer() for _ in range(in_flight)))
+
+
+async def _succeeded(url: str, name: str) -> int:
+    redis = connect(url)
+    try:
+        return (await Queue(redis, Settings(redis_url=url, queue=name)).snapshot())["succeeded"]
     finally:
         await redis.aclose()
 
@@ -162,17 +163,17 @@ def throughput(tasks: int, workers: int, work: Path) -> dict[int, tuple[float, f
     out = {}
     try:
         for n in PARTITIONS:
-            names = partition_names(cluster, n)
-            args = [a for name in names for a in ("--queue", name)]
-            procs = [subprocess.Popen([sys.executable, "-m", "reliq", "work", "--redis-url", cluster.url, *args,
-                                       "--concurrency", "64", "--log-level", "WARNING"],
-                                      stdin=subprocess.DEVNULL) for _ in range(workers)]
+            name = asyncio.run(_new_queue(cluster.url, n))
+            procs = [subprocess.Popen([sys.executable, "-m", "reliq", "work", "--redis-url", cluster.url,
+                                       "--queue", name, "--partitions", str(n), "--concurrency", "64",
+                                       "--log-level", "WARNING"], stdin=subprocess.DEVNULL)
+                     for _ in range(workers)]
             try:
                 time.sleep(3.0)  # imported and blocked in their fetch
                 started = time.monotonic()
-                asyncio.run(_produce(cluster.url, names, tasks))
+                asyncio.run(_produce(cluster.url, name, tasks))
                 enqueued = time.monotonic()
-                while asyncio.run(_succeeded(cluster.url, names)) < tasks:
+                while asyncio.run(_succeeded(cluster.url, name)) < tasks:
                     if time.monotonic() - started > 300:
                         raise RuntimeError("the workers did not finish within 300 s")
                     time.sleep(0.05)
@@ -247,7 +248,7 @@ when it began: {load:.1f} (the machine's other work shares the same cores).""")
 
 Machine: {machine()}
 
-Partitions: {STAND_IN}.
+One queue of N partitions (`partitions.resolve`: one partition a primary).
 
 {body}
 

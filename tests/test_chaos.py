@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from reliq.chaos.audit import Execution, RedisState, audit, read_executions, worker_pid
+from reliq.chaos.audit import Execution, RedisState, audit, merge, read_executions, worker_pid
 from reliq.chaos.faults import KINDS, NOT_ON_A_CLUSTER, Event, FaultLog, plan
 from reliq.chaos.load import Accepted
 from reliq.chaos.tasks import FAIL, NOOP, POISON
@@ -60,6 +61,20 @@ def test_a_fail_task_requeued_from_the_dead_letters_and_dead_again_keeps_the_cou
                    _state({"f": record}, enqueued=1, dead=2, failed=4, retried=2, requeued=1), [], LEASE)
     assert report["ok"], report["problems"]
     assert report["duplicates"]["duplicated"] == 0  # each run after a failed one: retries, not duplicates
+
+
+def test_the_partitions_states_merge_into_one_queue_that_passes_the_audit() -> None:
+    """A partitioned queue's run: each partition's records, counters and workers read apart
+    (collect), merged into one state — a worker registered in both once, zeros kept."""
+    a = dataclasses.replace(_state({"a": {"state": "succeeded"}}, enqueued=1, succeeded=1), workers=["h:1:x"],
+                            processing={"h:1:x": []})
+    b = dataclasses.replace(_state({"b": {"state": "succeeded"}}, enqueued=1, succeeded=1), workers=["h:1:x"],
+                            processing={"h:1:x": []})
+    merged = merge([a, b])
+    assert (merged.counters["enqueued"], merged.counters["requeued"], merged.workers) == (2, 0, ["h:1:x"])
+    runs = {i: [Execution(i, 1, 1, 100.0, 100.1, "ok")] for i in "ab"}
+    report = audit(_accepted(("a", NOOP), ("b", NOOP)), runs, _faults(), merged, [1], LEASE)
+    assert report["ok"], report["problems"]
 
 
 def test_an_accepted_task_without_a_final_record_is_lost() -> None:

@@ -20,21 +20,28 @@ import aiohttp
 import pytest
 
 from reliq.keys import QueueKeys
-from reliq.redis_cluster import LocalCluster
+from reliq.partitions import PartitionMap, index_of
+from reliq.redis_cluster import LocalCluster, cli
 from reliq.redis_server import free_port
 from tests import procs
 from tests.util import eventually
 
-#: Partitions of the queue under test (issue 17 §1: one on each primary). 1 until partitioned
-#: queues are on main: then the same tests run one plain queue on one shard of the cluster.
-PARTITIONS = 1
+#: Partitions of the queue under test (issue 17 §1): one on each primary.
+PARTITIONS = 3
 #: Tasks a POST /tasks.
 BATCH = 25
 
 
 def partition_args() -> list[str]:
     """The roles' ``--partitions`` flag."""
-    return ["--partitions", str(PARTITIONS)] if PARTITIONS > 1 else []
+    return ["--partitions", str(PARTITIONS)]
+
+
+def tags(cluster: LocalCluster, queue: str) -> list[str]:
+    """The partitions' hash tags, as the partition map in Redis records them (read from partition 0's primary)."""
+    key = QueueKeys(queue).partitions
+    raw = cli(cluster.owner(key).port, "GET", key).strip()
+    return list(PartitionMap.decode(queue, raw).tags)
 
 
 @dataclass
@@ -142,6 +149,16 @@ async def test_3000_tasks_through_the_api_on_a_partitioned_queue_all_succeed(
         assert (len(out.ids), out.refused) == (3000, Counter())
         assert len(set(out.ids)) == 3000
         await eventually(all_succeeded(d, out.ids), timeout=30, interval=0.5, what="3,000 tasks succeeded")
+    # each partition on a primary of its own, and each task's record on the primary its id names
+    parts = tags(cluster, queue_name)
+    owners = [cluster.owner(QueueKeys(tag).pending) for tag in parts]
+    assert len(parts) == PARTITIONS and len({o.port for o in owners}) == PARTITIONS
+    spread = Counter(index_of(i, PARTITIONS) for i in out.ids)
+    assert sorted(spread) == list(range(PARTITIONS)) and min(spread.values()) >= 500, spread
+    for task_id in out.ids[::100]:
+        node = owners[index_of(task_id, PARTITIONS)]  # asked directly, not through the cluster client
+        assert cli(node.port, "HGET", QueueKeys(parts[index_of(task_id, PARTITIONS)]).task(task_id), "state").strip() \
+            == "succeeded"
 
 
 @pytest.mark.timeout(120)
@@ -151,8 +168,8 @@ async def test_a_worker_and_a_primary_killed_mid_run_lose_no_accepted_task(
     """SIGKILL a worker while it runs tasks, and one primary's redis-server, restarted on its AOF a
     second later, while the API takes tasks: every task it answered 202 for succeeds."""
     cluster = aof_cluster
-    victim = cluster.owner(QueueKeys(queue_name).pending) if PARTITIONS == 1 else cluster.primaries()[1]
     with deployment(cluster.url, queue_name, tmp_path, workers=2) as d:
+        victim = cluster.owner(QueueKeys(tags(cluster, queue_name)[1]).pending)  # partition 1's primary
         out = Produced()
         producing = asyncio.create_task(produce(d.base, 1500, out))
         await eventually(lambda: len(out.ids) >= 300, timeout=20, what="300 tasks accepted")

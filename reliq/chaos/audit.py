@@ -12,7 +12,7 @@ import dataclasses
 import itertools
 import statistics
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,7 +79,11 @@ class RedisState:
 
 
 async def collect(queue: Queue) -> RedisState:
-    """Read the queue's whole final state."""
+    """Read the queue's whole final state: each partition's, merged (reliq/partitions.py)."""
+    return merge([await _collect_partition(part) for part in await queue.parts()])
+
+
+async def _collect_partition(queue: Queue) -> RedisState:
     ids = await queue.task_ids()
     records = {task_id: {f: v for f, v in record.items() if f != "payload"}
                for task_id, record in zip(ids, await queue.records(ids), strict=True)}
@@ -95,6 +99,33 @@ async def collect(queue: Queue) -> RedisState:
         metrics=await queue.metric_counts(),
         flow=await queue.flow_state(),
     )
+
+
+def merge(states: Sequence[RedisState]) -> RedisState:
+    """The partitions' states as one queue's: records, lists and counts together; a worker
+    (registered in every partition it serves) once, holding what it holds in any of them."""
+    if len(states) == 1:
+        return states[0]
+    processing: dict[str, list[str]] = {}
+    for s in states:
+        for worker_id, held in s.processing.items():
+            processing.setdefault(worker_id, []).extend(held)
+    return RedisState(
+        records={i: r for s in states for i, r in s.records.items()},
+        dead=[i for s in states for i in s.dead],
+        pending=sum(s.pending for s in states),
+        delayed=sum(s.delayed for s in states),
+        processing=processing,
+        workers=sorted({w for s in states for w in s.workers}),
+        counters=_summed([s.counters for s in states]),
+        metrics=_summed([s.metrics for s in states]),
+        flow=_summed([s.flow for s in states]),
+    )
+
+
+def _summed(counts: Sequence[Mapping[str, int]]) -> dict[str, int]:
+    """Counts added up by name, zeros kept (a Counter's sum would drop them)."""
+    return {name: sum(c.get(name, 0) for c in counts) for name in dict.fromkeys(n for c in counts for n in c)}
 
 
 def worker_pid(worker_id: str) -> int:

@@ -158,6 +158,7 @@ async def _drained(queue: Queue, ids: list[str], cluster: Cluster) -> bool:
     if snap["pending"] or snap["delayed"] or snap["processing"]:
         return False
     live = cluster.live_pids()
-    if any(worker_pid(w) not in live for w in await queue.worker_ids()):
-        return False
+    for part in await queue.parts():  # a worker is registered in each partition it serves
+        if any(worker_pid(w) not in live for w in await part.worker_ids()):
+            return False
     return all(state in CHAOS_END_STATES for state in await queue.states(ids))
