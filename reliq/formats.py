@@ -95,6 +95,24 @@ class DeadReason(StrEnum):
     PERMANENT = "permanent"
 
 
+#: The fields of one entry of a task's run history (its record's field ``runs``: a JSON
+#: array of objects with these keys, oldest first; _lib.lua: note_run). Every run that does
+#: not succeed adds one: ``attempt`` (the attempt that ran; 0 when none was counted), ``at``
+#: (ms, the Redis clock, as a string), ``worker``, ``outcome`` (a :class:`RunOutcome` other
+#: than ``ok``, or ``crashed``: its worker died running it), ``error`` (cut at
+#: ``RUNS_ERROR_MAX`` bytes) and ``state`` (the state the run left the task in).
+RUN_FIELDS = ("attempt", "at", "worker", "outcome", "error", "state")
+
+
+class Runs(IntEnum):
+    """Bounds of a task's run history (Lua: ``RUNS_KEPT``, ``RUNS_ERROR_MAX``)."""
+
+    #: Entries a record keeps: the last ones.
+    KEPT = 10
+    #: Bytes of an error an entry keeps (last_error keeps it whole).
+    ERROR_MAX = 2000
+
+
 class Code(IntEnum):
     """What a script says of its call, where it can say more than one thing: its reply's first value.
 
@@ -354,6 +372,7 @@ LUA: dict[str, tuple[str, ...] | type[Enum] | str | frozenset[str]] = {
     "SOURCE": ScheduleSource,
     "PUT": Put,
     "FIRE": Fire,
+    "RUNS": Runs,
 }
 
 

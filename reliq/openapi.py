@@ -13,7 +13,7 @@ from functools import cache
 from typing import Any
 
 from reliq import __version__, priorities, schedules
-from reliq.formats import CANCELLABLE, TaskState
+from reliq.formats import CANCELLABLE, RUN_FIELDS, DeadReason, RunOutcome, Runs, TaskState
 from reliq.limits import MAX_KEY_LEN
 from reliq.queue import (
     MAX_DELAY_S,
@@ -158,6 +158,22 @@ _SCHEMAS: dict[str, Any] = {
             "cancel_requested_at": {"type": ["string", "null"], "format": "date-time",
                                     "description": "When a cancel was asked for while it ran; it ends cancelled "
                                                    "once its worker has stopped it"},
+            "runs": {"type": "array", "maxItems": int(Runs.KEPT), "items": _ref("Run"),
+                     "description": "Its last runs that did not succeed, oldest first ([] when every run so far "
+                                    "succeeded); a success keeps them"},
+        },
+    },
+    "Run": {
+        "type": "object",
+        "required": list(RUN_FIELDS),
+        "properties": {
+            "attempt": {"type": "integer", "description": "The attempt that ran"},
+            "at": {"type": ["string", "null"], "format": "date-time", "description": "When it ended"},
+            "worker": {"type": ["string", "null"]},
+            "outcome": {"enum": [*(o.value for o in RunOutcome if o != RunOutcome.OK), DeadReason.CRASHED.value],
+                        "description": "crashed: its worker died running it (found by the reaper)"},
+            "error": {"type": ["string", "null"], "description": f"Cut at {int(Runs.ERROR_MAX)} bytes"},
+            "state": {"enum": list(STATES), "description": "The state the run left the task in"},
         },
     },
     "Cancelled": {

@@ -252,7 +252,7 @@ def known_small(t: Claimed) -> bool:
     Every value the claim returned is at most LISTPACK_VALUE bytes and no earlier run
     failed or crashed (whose error, of any length, the record would hold). What the claim
     does not show (an idempotency key, a dead task's edits or error once it is
-    requeued) may still have made it a hash table: its succeeded record then keeps that
+    requeued, the run history a snooze or a rate limit left) may still have made it a hash table: its succeeded record then keeps that
     encoding (more memory until retention removes it; settle.lua), never a wrong field.
     """
     return (not t.failures and not t.crashes and len(t.payload) <= LISTPACK_VALUE and len(t.type) <= LISTPACK_VALUE
@@ -268,6 +268,20 @@ class Outcome:
     text: str  # JSON result for ok, the error otherwise
     run_ms: int
     retry_delay_ms: int = 0
+
+
+class RunEntry(TypedDict):
+    """One run of a task that did not succeed, as its record's run history keeps it (formats.RUN_FIELDS)."""
+
+    #: The attempt that ran (0 when none was counted).
+    attempt: int
+    at: str | None
+    worker: str | None
+    #: A RunOutcome other than ok (error, timeout, permanent, ...), or crashed: its worker died running it.
+    outcome: str
+    error: str | None
+    #: The state the run left the task in (retrying, dead, scheduled, pending, cancelled).
+    state: str
 
 
 class TaskInfo(TypedDict):
@@ -300,6 +314,9 @@ class TaskInfo(TypedDict):
     progress_at: str | None
     #: When a cancel was asked for while it ran (None: never); it ends once its worker stopped it.
     cancel_requested_at: str | None
+    #: Its last runs that did not succeed, oldest first (at most formats.Runs.KEPT); [] when
+    #: every run so far succeeded (docs/retries.md: run history).
+    runs: list[RunEntry]
 
 
 class Snapshot(TypedDict):
@@ -1327,4 +1344,19 @@ def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
         progress_message=_text(f.get("progress_message")),
         progress_at=_iso(f.get("progress_at")),
         cancel_requested_at=_iso(f.get("cancel_requested_at")),
+        runs=runs_of(f.get("runs")),
     )
+
+
+def runs_of(raw: bytes | None) -> list[RunEntry]:
+    """A record's run history (its field ``runs``) as the API shows it; [] when it has none or it is unreadable."""
+    if not raw:
+        return []
+    try:
+        entries = orjson.loads(raw)
+        return [RunEntry(attempt=int(e.get("attempt") or 0), at=_iso(str(e["at"]).encode()) if e.get("at") else None,
+                         worker=e.get("worker") or None, outcome=str(e.get("outcome", "")),
+                         error=e.get("error") or None, state=str(e.get("state", "")))
+                for e in entries if isinstance(e, dict)]
+    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError):  # not written by note_run
+        return []

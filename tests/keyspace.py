@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 
 from reliq.keys import QueueKeys
@@ -12,6 +13,16 @@ from reliq.queue import text
 #: Hash fields holding times (ms); their values vary run to run, so they read as "T".
 TIME_FIELDS = {"enqueued_at", "queued_at", "started_at", "finished_at", "last_seen", "cancel_requested_at",
                "progress_at"}
+
+
+def masked_runs(raw: str) -> list[dict[str, Any]]:
+    """A record's run history (field ``runs``, JSON) as a list, each entry's time masked as "T"."""
+    return [{**entry, "at": "T"} for entry in orjson.loads(raw)]
+
+
+def run(attempt: int, outcome: str, state: str, error: str = "boom", worker: str = "w1") -> dict[str, Any]:
+    """One entry of a run history as :func:`masked_runs` reads it."""
+    return {"attempt": attempt, "at": "T", "worker": worker, "outcome": outcome, "error": error, "state": state}
 
 
 async def keyspace(redis: Redis, queue: str) -> dict[str, Any]:
@@ -28,7 +39,8 @@ async def keyspace(redis: Redis, queue: str) -> dict[str, Any]:
             out[name] = [text(v) for v in await redis.zrange(key, 0, -1)]
         elif kind == "hash":
             fields = {text(k): text(v) for k, v in (await redis.hgetall(key)).items()}
-            out[name] = {k: ("T" if k in TIME_FIELDS else v) for k, v in fields.items()}
+            out[name] = {k: ("T" if k in TIME_FIELDS else masked_runs(v) if k == "runs" else v)
+                         for k, v in fields.items()}
         elif kind == "set":  # the workers' cancel requests: sorted, to compare
             out[name] = sorted(text(v) for v in await redis.smembers(key))
         elif kind == "stream":  # the dead-letter archive: its task ids, oldest first

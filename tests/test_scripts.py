@@ -11,18 +11,18 @@ from redis.asyncio import Redis
 from reliq.formats import Enqueued
 from reliq.queue import Claimed, Outcome, Queue, make_spec
 from reliq.settings import Settings
-from tests.keyspace import keyspace
+from tests.keyspace import keyspace, run
 
 W = "w1"
 
 
-def record(type: str = "noop", state: str = "pending", **fields: Any) -> dict[str, str]:
+def record(type: str = "noop", state: str = "pending", **fields: Any) -> dict[str, Any]:
     """The task hash as the keyspace reads it (times masked as "T")."""
     base = {"type": type, "payload": "null", "max_retries": "3", "timeout_ms": "", "attempts": "0",
             "failures": "0", "crashes": "0", "enqueued_at": "T", "state": state}
     if state != "scheduled":
         base["queued_at"] = "T"
-    base.update({k: str(v) for k, v in fields.items()})
+    base.update({k: v if k == "runs" else str(v) for k, v in fields.items()})
     return base
 
 
@@ -124,7 +124,7 @@ async def test_settle_error_schedules_retry_in_delayed_set(queue: Queue, redis: 
     assert space["delayed"] == [a]
     assert space["stats"] == {"enqueued": "1", "failed": "1", "retried": "1"}
     assert space[f"task:{a}"] == record(state="retrying", attempts=1, failures=1, started_at="T", worker=W,
-                                        last_error="boom")
+                                        last_error="boom", runs=[run(1, "error", "retrying")])
     score = await redis.zscore(queue.keys.delayed, a)
     now_s, _ = await redis.time()
     assert score is not None and 59_000 < score - now_s * 1000 <= 61_000
@@ -140,7 +140,8 @@ async def test_settle_snooze_schedules_the_task_again_with_its_attempt_given_bac
         "workers": [W],
         "stats": {"enqueued": "1", "snoozed": "1"},
         "metrics": space["metrics"],
-        f"task:{a}": record(state="scheduled", queued_at="T", attempts=0, started_at="T", worker=W),
+        f"task:{a}": record(state="scheduled", queued_at="T", attempts=0, started_at="T", worker=W,
+                            runs=[run(1, "snooze", "scheduled", "snoozed for 60s")]),
     }
     assert space["metrics"]["t|noop|snooze"] == "1"
     score = await redis.zscore(queue.keys.delayed, a)
@@ -170,7 +171,8 @@ async def test_settle_error_after_last_retry_dead_letters_with_reason(queue: Que
     assert space["stats"] == {"enqueued": "1", "failed": "1", "dead": "1"}
     assert space[f"task:{a}"] == record(state="dead", max_retries=0, attempts=1, failures=1, started_at="T",
                                         worker=W, finished_at="T", reason="timeout",
-                                        last_error="timed out after 1s")
+                                        last_error="timed out after 1s",
+                                        runs=[run(1, "timeout", "dead", "timed out after 1s")])
 
 
 @pytest.mark.parametrize("kind", ["permanent", "unknown_type"])
@@ -310,7 +312,8 @@ async def test_reap_requeues_a_dead_workers_tasks_first_in_line(queue: Queue, re
     space = await keyspace(redis, queue.name)
     assert space["pending"] == [c, b, a]  # a, then b, run next; c waits
     assert space["stats"] == {"enqueued": "3", "recovered": "2"}
-    assert space[f"task:{a}"] == record(attempts=1, crashes=1, started_at="T", worker=W)
+    crashed = run(1, "crashed", "pending", "its worker died while running it (crash 1)")
+    assert space[f"task:{a}"] == record(attempts=1, crashes=1, started_at="T", worker=W, runs=[crashed])
     assert "workers" not in space and "processing:" + W not in space
 
 

@@ -15,6 +15,30 @@ local function dead_letter(dead_key, stats_key, task_prefix, id, reason, err, no
   redis.call('HINCRBY', stats_key, 'dead', 1)
 end
 
+-- The run history (docs/retries.md): every run that does not succeed leaves an entry in
+-- its record's field 'runs', a JSON array of RUN_FIELDS objects (reliq/formats.py), oldest
+-- first, the last RUNS_KEPT kept, each error cut at RUNS_ERROR_MAX bytes. A field of the
+-- record, not a key of its own: it goes, expires and is archived with the record on every
+-- path, and a task that succeeds at its first attempt pays nothing for it. Call it before
+-- the transition: attempt is the one that ran (a snooze gives it back after). became: the
+-- state the run left the task in; worker: who ran it ('' or nil: the record's).
+--- @format RUNS
+local function cut_utf8(text, max)  -- at most max bytes, never half a character
+  if #text <= max then return text end
+  local i = max
+  while i > 0 and string.byte(text, i + 1) >= 0x80 and string.byte(text, i + 1) < 0xC0 do i = i - 1 end
+  return string.sub(text, 1, i)
+end
+
+local function note_run(key, outcome, err, now, became, worker)
+  local f = redis.call('HMGET', key, 'runs', 'attempts', 'worker')
+  local runs = f[1] and cjson.decode(f[1]) or {}
+  while #runs >= RUNS_KEPT do table.remove(runs, 1) end
+  runs[#runs + 1] = {attempt = tonumber(f[2]) or 0, at = now, worker = (worker and worker ~= '' and worker) or f[3] or '',
+                     outcome = outcome, error = cut_utf8(err or '', RUNS_ERROR_MAX), state = became}
+  redis.call('HSET', key, 'runs', cjson.encode(runs))
+end
+
 -- A task that asked to run again later (reliq.Snooze) waits in the delayed set until
 -- due, scheduled as if enqueued with a delay; the attempt its claim counted is given back.
 local function snooze(delayed_key, key, id, due)

@@ -28,7 +28,8 @@
 -- dead-letter list (reason crashed) once its crashes reach the limit. Recovered tasks
 -- go to the right end of pending (of their priority's list), oldest first, to run next.
 -- A task whose cancel was asked for while W ran it is not requeued: it ends cancelled
--- (with no crash charged), as it would have had W stopped it.
+-- (with no crash charged), as it would have had W stopped it. A task W was running gets
+-- an entry 'crashed' in its run history (_lib.lua: note_run).
 --- @format CODE
 local WORKERS, PROCESSING, PENDING, DEAD, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local INFO, TASK, WAITERS, WAKE, PRIO, PRIORITIES = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
@@ -37,6 +38,7 @@ local worker, lease_ms, limit, ttl_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARG
 local G = {groups = KEYS[15], group = KEYS[16], ring = KEYS[17], key_holds = KEYS[18], pending = PENDING, prio = PRIO,
            flag = PRIORITIES}
 local now = now_ms()
+local now_s = tostring(now)
 local beat = redis.call('ZSCORE', WORKERS, worker)
 if beat and tonumber(beat) > now - lease_ms then
   return {CODE_ALIVE, 0, 0, 0}
@@ -60,9 +62,14 @@ for _, id in ipairs(ids) do
     cancelled = cancelled + 1
     if tkey then group_release(G, gid_of(ttype, tkey), now) end
   elseif state == 'processing' or state == 'pending' then
-    crashes = tonumber(crashes)
-    if state == 'processing' then crashes = redis.call('HINCRBY', key, 'crashes', 1) end
-    if solo and crashes >= limit then
+    crashes = tonumber(crashes) or 0
+    local quarantine = solo and (state == 'processing' and crashes + 1 or crashes) >= limit
+    if state == 'processing' then  -- it ran: a crash, in its run history too
+      crashes = redis.call('HINCRBY', key, 'crashes', 1)
+      note_run(key, 'crashed', 'its worker died while running it (crash ' .. crashes .. ')', now_s,
+               quarantine and 'dead' or 'pending', worker)
+    end
+    if quarantine then
       dead_letter(DEAD, STATS, TASK, id, 'crashed',
                   'its worker died ' .. crashes .. ' times while running it', now)
       quarantined = quarantined + 1

@@ -51,6 +51,9 @@
 -- outcome rate_limited (reliq.RateLimited): the task goes back pending with its attempt
 -- undone, at the taking end of its key's list (the key held retry_delay_ms) or of its
 -- type's limited list (the type held that long); counted rate_limited, not failed.
+-- Every outcome but ok adds an entry to the task's run history (_lib.lua: note_run; one
+-- HMGET and one HSET of the record): a success adds none and reads none (a rewritten
+-- record, below, takes its 'runs' along), so only the runs that fail pay for it.
 -- Returns {applied, stale}. A task no longer in W's list was reclaimed (W was taken for
 -- dead): its outcome is dropped, except that a success still counts when the task has
 -- not started again elsewhere — it is then taken out of pending (its priority's list)
@@ -70,7 +73,7 @@
 -- over 64 bytes (hash-max-listpack-value: a payload, usually) stays a hash table, ~60
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
-local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority'}
+local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority', 'runs'}
 local DROPPED = {'payload', 'max_retries', 'timeout_ms', 'worker', 'queued_at', 'last_error', 'reason'}
 local DROPPED_KEYED = {'key', unpack(DROPPED)}  -- (a field a record lacks costs HDEL a scan)
 --- @format SETTLE_FIELDS
@@ -216,12 +219,14 @@ for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twi
     applied = applied + 1
     local cancel = cancels and cancel_request(CANCELS, cancels, key, id)  -- no call a task when none is asked
     if outcome == 'cancelled' or (cancel and outcome ~= 'ok') then
+      note_run(key, 'cancelled', text, now_s, 'cancelled')
       end_cancelled(key, IDEM, UNIQUE_LOCKS, id, cancel or redis.call('HGET', key, 'cancel') or CANCEL_KEEP, now_s,
                     keep_age)
       add(counts, 'cancelled', 1)
       add(counts, 'cancelled_running', 1)
       ended(id, nil)
     elseif outcome == 'rate_limited' then
+      note_run(key, outcome, text, now_s, 'pending')
       held_back(id, ttype, gid, now + batch[o + RETRY_DELAY_MS])
       add(counts, 'rate_limited', 1)
     elseif outcome == 'ok' then
@@ -244,21 +249,25 @@ for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twi
                    'type', f[1] or ttype, 'attempts', f[2] or '1', 'failures', f[3] or '0',
                    'crashes', f[4] or '0', 'enqueued_at', f[5] or now_s, 'started_at', f[6] or now_s)
         if f[7] then redis.call('HSET', key, 'priority', f[7]) end  -- only a task not of the default has one
+        if f[8] then redis.call('HSET', key, 'runs', f[8]) end  -- only a task that failed (snoozed...) before
       end
       keep(key, id, ttype)
       add(counts, 'succeeded', 1)
       ended(id, batch[o + UNIQUE])
     elseif outcome == 'snooze' then
+      note_run(key, outcome, text, now_s, 'scheduled')
       snooze(DELAYED, key, id, now + batch[o + RETRY_DELAY_MS])
       add(counts, 'snoozed', 1)
       slot = slot and not keeps_slot(key, ttype, gid)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
+      note_run(key, outcome, text, now_s, 'dead')
       dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
       ended(id, batch[o + UNIQUE])
     else
       add(counts, 'failed', 1)
       local failures = redis.call('HINCRBY', key, 'failures', 1)
+      note_run(key, outcome, text, now_s, failures <= max_retries and 'retrying' or 'dead')
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
         if progressed and progressed[id] then clear_progress(key) end
