@@ -56,10 +56,15 @@ async def test_the_task_view_shows_progress_moving_and_cancels_the_running_task(
             await expect(text).to_contain_text("steps")
             first = await text.inner_text()
             await expect(text).not_to_have_text(first, timeout=10_000)  # read again every second: it moves
-            await dialog.locator('[data-slot="cancel"]').click()
+            await expect(dialog.locator('[data-act="run-now"]')).to_have_count(0)  # it runs: nothing to bring forward
+            await dialog.locator('[data-act="cancel"]').click()
+            await confirm_with_token(page, first=False)
             await expect(page.locator("#toasts")).to_contain_text("asked to stop it")
             await expect(dialog.locator('[data-slot="state"]')).to_have_text("cancelled", timeout=10_000)
-            await expect(dialog.locator('[data-slot="cancel"]')).to_be_hidden()
+            await expect(dialog.locator('[data-act="cancel"]')).to_have_count(0)
+            # The cancelled run is in its history, by the worker that ran it.
+            await expect(dialog.locator('[data-slot="runs"] tbody tr')).to_have_count(1)
+            await expect(dialog.locator('[data-slot="runs"] tbody tr')).to_contain_text("cancelled")
             await until_state(queue, task_id, "cancelled")
             await dialog.locator('button[value="close"]').click()
             await expect(page).not_to_have_url(re.compile("#task="))

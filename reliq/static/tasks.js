@@ -1,7 +1,7 @@
 // reliq monitor page, the tasks panel: every pending, scheduled, retrying, running and dead
 // task, a page at a time (GET /tasks, by cursor), filtered by type and key, with run now,
 // cancel and requeue on each row, and each task's own view (#task=<id>: its record, its
-// progress while it runs, cancel).
+// progress while it runs, its failed runs, and the same actions as its row).
 // The view is in the address (#tasks=pending&type=T&key=K), so it can be linked and reloaded.
 // Uses the helpers of app.js ($, h, api, toast, confirmDialog, state, ...), loaded before it.
 "use strict";
@@ -108,12 +108,19 @@ function taskButton(label, onclick, danger = false) {
     onclick: (e) => { e.stopPropagation(); onclick(); } }, label);
 }
 
-/** The actions a row offers in this view. */
-function rowActions(t) {
+/** The state of the tasks of each view. */
+const VIEW_STATE = { pending: "pending", scheduled: "scheduled", retrying: "retrying", running: "processing", dead: "dead" };
+/** States a task can still be cancelled in (a running one: its worker is asked to stop it). */
+const CANCELLABLE = new Set(["pending", "scheduled", "retrying", "processing"]);
+
+/** The actions a task in ``state`` offers, on its row and on its own page: run now (it waits
+ * for a due time), cancel (it has not ended), requeue (dead: a succeeded or cancelled task
+ * ended as asked, and a succeeded record no longer holds its payload: enqueue it anew). */
+function taskActions(id, state, { cancelling = false } = {}) {
   const out = [];
-  if (tasks.view === "scheduled" || tasks.view === "retrying") out.push(taskButton("Run now", () => runTaskNow(t.task_id)));
-  if (tasks.view !== "dead") out.push(taskButton("Cancel", () => cancelListedTask(t.task_id), true));
-  if (tasks.view === "dead") out.push(taskButton("Requeue", () => requeueTask(t.task_id)));
+  if (state === "scheduled" || state === "retrying") out.push(taskButton("Run now", () => runTaskNow(id)));
+  if (CANCELLABLE.has(state) && !cancelling) out.push(taskButton("Cancel", () => cancelTask(id), true));
+  if (state === "dead") out.push(taskButton("Requeue", () => requeueTask(id)));
   return out;
 }
 
@@ -136,7 +143,7 @@ function renderTasks(page) {
       h("td", { class: "num" }, t.max_retries === null ? `${t.attempts}` : `${t.attempts} / ${t.max_retries + 1}`),
       h("td", { title: at || "" }, at ? (dir === "in" ? inFuture(new Date(at)) : ago(new Date(at))) : "–"),
       h("td", { class: "wide" }, detailCell(t, page)),
-      h("td", { class: "actions" }, ...rowActions(t)));
+      h("td", { class: "actions" }, ...taskActions(t.task_id, VIEW_STATE[tasks.view])));
   });
   $("#tasks-table tbody").replaceChildren(...rows);
   $("#tasks-table").hidden = rows.length === 0;
@@ -171,6 +178,8 @@ function renderTaskCounts() {
   if (list.children.length !== known.size) list.replaceChildren(...[...known].sort().map((t) => h("option", { value: t })));
 }
 
+/** Run one action, say how it went, and show its effect: the listing, the dead letters, and
+ * the task's own page if it is open. */
 async function taskAction(fn, done) {
   try {
     toast(done(await fn()));
@@ -179,13 +188,14 @@ async function taskAction(fn, done) {
   }
   loadTasks();
   if (typeof loadDead === "function") loadDead();
+  await refreshTask();
 }
 
 async function runTaskNow(id) {
   await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/run`), () => "Task pending now: the next free worker runs it");
 }
 
-async function cancelListedTask(id) {
+async function cancelTask(id) {
   if (!await confirmDialog({ title: "Cancel this task?", body: `Task ${id} will not run (a running one: its worker is asked to stop it).`, ok: "Cancel task", danger: true })) return;
   await taskAction(() => api("POST", `task/${encodeURIComponent(id)}/cancel`),
     (r) => r.status === "cancelling" ? "Its worker was asked to stop it" : `Task cancelled (it was ${r.previous_state})`);
@@ -198,10 +208,24 @@ async function requeueTask(id) {
 
 // -- one task: its record, its progress while it runs, cancel (#task=<id>) ------------------------
 
-/** States a task can still be cancelled in (a running one: its worker is asked to stop it). */
-const CANCELLABLE = new Set(["pending", "scheduled", "retrying", "processing"]);
 const ENDED = new Set(["succeeded", "dead", "cancelled"]);
 let taskTimer = null;
+/** The id of the task whose page is open ("" when none). */
+let shownTask = "";
+
+/** Its runs that did not succeed, oldest first (GET /task's runs: docs/retries.md). */
+function renderRuns(runs) {
+  const rows = runs.map((r) => h("tr", { "data-attempt": String(r.attempt) },
+    h("td", { class: "num" }, String(r.attempt)),
+    h("td", { title: r.at || "" }, r.at ? ago(new Date(r.at)) : "–"),
+    h("td", { class: "mono", title: r.worker || "" }, r.worker ? shortWorker(r.worker) : "–"),
+    h("td", {}, h("span", { class: "badge " + r.outcome }, r.outcome)),
+    h("td", {}, r.state),
+    h("td", { class: "err wide", title: r.error || "" }, r.error || "")));
+  $('#task [data-slot="runs"] tbody').replaceChildren(...rows);
+  $('#task [data-slot="runs"]').hidden = rows.length === 0;
+  $('#task [data-slot="no-runs"]').hidden = rows.length > 0;
+}
 
 function renderTask(t) {
   const dlg = $("#task");
@@ -224,7 +248,25 @@ function renderTask(t) {
   $('[data-slot="fields"]', dlg).replaceChildren(...kv.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v ?? "–")]));
   $('[data-slot="error"]', dlg).textContent = t.last_error || "–";
   $('[data-slot="payload"]', dlg).textContent = t.payload === null ? "–" : JSON.stringify(t.payload, null, 2);
-  $('[data-slot="cancel"]', dlg).hidden = !CANCELLABLE.has(t.state) || Boolean(asked);
+  renderRuns(t.runs || []);
+  const acts = $('[data-slot="actions"]', dlg);
+  if (acts.dataset.state !== t.state + (asked ? ":asked" : "")) {  // not rebuilt every second: a click stays on its button
+    acts.dataset.state = t.state + (asked ? ":asked" : "");
+    acts.replaceChildren(...taskActions(t.task_id, t.state, { cancelling: Boolean(asked) }));
+  }
+}
+
+/** Read the open task again (after an action); its page says "gone" once its record is. */
+async function refreshTask() {
+  const dlg = $("#task");
+  if (!dlg.open || !shownTask) return;
+  const id = shownTask;
+  try {
+    const t = await api("GET", `task/${encodeURIComponent(id)}`);
+    if (id === shownTask) renderTask(t);
+  } catch (e) {
+    if (e.status === 404) { clearInterval(taskTimer); $('[data-slot="state"]', dlg).textContent = "gone"; }
+  }
 }
 
 /** Open one task; while it has not ended, read it again every second (its progress moves). */
@@ -232,33 +274,17 @@ async function showTask(id) {
   let t;
   try { t = await api("GET", `task/${encodeURIComponent(id)}`); } catch (e) { toast(`Cannot open ${id}: ${e.message}`, true); return; }
   const dlg = $("#task");
+  shownTask = id;
+  $('[data-slot="actions"]', dlg).dataset.state = "";
   renderTask(t);
   clearInterval(taskTimer);
-  taskTimer = setInterval(async () => {
-    if (!dlg.open) { clearInterval(taskTimer); return; }
-    try { renderTask(await api("GET", `task/${encodeURIComponent(id)}`)); } catch (e) {
-      if (e.status === 404) { clearInterval(taskTimer); $('[data-slot="state"]', dlg).textContent = "gone"; }
-    }
-  }, 1000);
-  $('[data-slot="cancel"]', dlg).onclick = () => cancelTask(id);
+  taskTimer = setInterval(() => { if (dlg.open) refreshTask(); else clearInterval(taskTimer); }, 1000);
   if (!dlg.open) {
     dlg.addEventListener("close", () => {  // the address no longer names it
+      if (shownTask === id) shownTask = "";
       if (linkedTask() === id) history.replaceState(null, "", tasksHash());
     }, { once: true });
     dlg.showModal();
-  }
-}
-
-async function cancelTask(id) {
-  const dlg = $("#task");
-  try {
-    const r = await api("POST", `task/${encodeURIComponent(id)}/cancel`);
-    toast(r.status === "cancelling" ? "Its worker was asked to stop it" : `Task cancelled (it was ${r.previous_state})`);
-  } catch (e) {
-    toast(`Cannot cancel: ${e.message}`, true);
-  }
-  if (dlg.open) {
-    try { renderTask(await api("GET", `task/${encodeURIComponent(id)}`)); } catch { /* gone: the timer says so */ }
   }
 }
 
