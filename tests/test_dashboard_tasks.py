@@ -167,6 +167,7 @@ async def test_the_tasks_panel_shows_every_state_and_its_actions_change_redis(
         await expect(dialog.locator('[data-act="cancel"]')).to_have_count(0)
         await dialog.locator('[data-act="requeue"]').click()
         await confirm_with_token(page, first=False)
+        await expect(page.locator("#toasts")).to_contain_text("Task requeued")
         await expect(dialog.locator('[data-slot="state"]')).to_have_text("pending")
         record = await queue.get(dead_page)
         assert (record["state"], record["attempts"], [r["outcome"] for r in record["runs"]]) == (

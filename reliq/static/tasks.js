@@ -279,13 +279,17 @@ async function showTask(id) {
   renderTask(t);
   clearInterval(taskTimer);
   taskTimer = setInterval(() => { if (dlg.open) refreshTask(); else clearInterval(taskTimer); }, 1000);
-  if (!dlg.open) {
-    dlg.addEventListener("close", () => {  // the address no longer names it
-      if (shownTask === id) shownTask = "";
-      if (linkedTask() === id) history.replaceState(null, "", tasksHash());
-    }, { once: true });
-    dlg.showModal();
-  }
+  if (!dlg.open) dlg.showModal();
+}
+
+/** The view closed: the address no longer names its task. Chromium may fire the close event
+ * late, once the view is open again (another task, linked meanwhile): that open owns them. */
+function taskClosed() {
+  if ($("#task").open) return;
+  const id = shownTask;
+  shownTask = "";
+  clearInterval(taskTimer);
+  if (id && linkedTask() === id) history.replaceState(null, "", tasksHash());
 }
 
 /** Open a task's own view; the address names it (#task=<id>), so it can be linked. */
@@ -302,6 +306,7 @@ function linkedTask() {
 }
 
 function initTasks() {
+  $("#task").addEventListener("close", taskClosed);
   for (const b of $$("#tasks-tabs button")) b.addEventListener("click", () => showTasksView(b.dataset.view));
   $("#tasks-filter").addEventListener("submit", (e) => {
     e.preventDefault();
