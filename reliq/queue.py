@@ -252,8 +252,9 @@ def known_small(t: Claimed) -> bool:
     Every value the claim returned is at most LISTPACK_VALUE bytes and no earlier run
     failed or crashed (whose error, of any length, the record would hold). What the claim
     does not show (an idempotency key, a dead task's edits or error once it is
-    requeued, the run history a snooze or a rate limit left) may still have made it a hash table: its succeeded record then keeps that
-    encoding (more memory until retention removes it; settle.lua), never a wrong field.
+    requeued, the run history a snooze or a rate limit left) may still have made it a
+    hash table: its succeeded record then keeps that encoding (more memory until
+    retention removes it; settle.lua), never a wrong field.
     """
     return (not t.failures and not t.crashes and len(t.payload) <= LISTPACK_VALUE and len(t.type) <= LISTPACK_VALUE
             and len(t.key) <= LISTPACK_VALUE and len(t.unique) <= LISTPACK_VALUE and len(t.trace) <= LISTPACK_VALUE)
