@@ -199,5 +199,11 @@ async def test_poison_pill_is_quarantined_and_the_innocent_tasks_it_crashed_with
         procs.stop(proc)
     info = await queue.get(poison)
     assert (info["state"], info["reason"], info["crashes"]) == ("dead", "crashed", 2)
+    # its page shows both crashes, each by the worker that died (two processes: two ids)
+    assert [(r["attempt"], r["outcome"], r["state"]) for r in info["runs"]] == [
+        (1, "crashed", "pending"), (2, "crashed", "dead")]
+    assert len({r["worker"] for r in info["runs"]}) == 2
+    crashed_with = [r for i in innocent for r in (await queue.get(i))["runs"]]  # those it took down with it
+    assert {r["outcome"] for r in crashed_with} <= {"crashed"}
     assert set((await states(queue, innocent)).values()) == {"succeeded"}
     assert crashes == 2  # once among the innocents, once alone: then quarantined

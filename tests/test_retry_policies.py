@@ -199,6 +199,7 @@ async def test_snooze_runs_again_later_without_spending_an_attempt(queue: Queue,
     info = await queue.get(task_id)
     assert (info["state"], info["attempts"], info["failures"], info["result"]) == ("succeeded", 1, 0, 1)
     assert attempts == [1, 1, 1, 1]
+    assert [(r["attempt"], r["outcome"], r["state"]) for r in info["runs"]] == [(1, "snooze", "scheduled")] * 3
     snap = await queue.snapshot()
     assert (snap["snoozed"], snap["failed"], snap["retried"], snap["succeeded"]) == (3, 0, 0, 1)
     assert (await queue.metric_counts())["t|patient|snooze"] == 3
