@@ -84,6 +84,8 @@ def stats(settings: Settings, as_json: bool = False) -> int:
         for name in COUNTERS:
             table.add_row(f"{name} (total)", f"{snap[name]:,}")  # type: ignore[literal-required]
         out.print(table)
+        if "partitions" in snap:
+            out.print(_partition_table(f"{len(snap['partitions'])} partitions", snap["partitions"]))
         for w in workers:
             out.print(f"worker {w['id']}  {w['host']} pid {w['pid']}  {w['in_flight']}/{w['concurrency']} busy  "
                       f"{w['processed']:,} processed  heartbeat {w['heartbeat_age_s']:.1f}s ago", markup=False)
@@ -435,13 +437,7 @@ def show_partitions(settings: Settings, as_json: bool = False) -> int:
         if as_json:
             _json({"queue": queue.name, "partitions": pmap.n, "version": pmap.version, "map": rows})
             return 0
-        table = Table(title=f"queue {queue.name}: {pmap.n} partition(s)", title_justify="left")
-        for column in ("partition", "tag", "node", "pending", "processing", "delayed", "dead_letter", "workers"):
-            table.add_column(column, justify="left" if column in ("tag", "node") else "right")
-        for row in rows:
-            table.add_row(*(str(row[c]) if c != "tag" else "{" + str(row[c]) + "}" for c in
-                            ("partition", "tag", "node", "pending", "processing", "delayed", "dead_letter", "workers")))
-        out.print(table)
+        out.print(_partition_table(f"queue {queue.name}: {pmap.n} partition(s)", rows))
         return 0
 
     return _with_queue(settings, body)
@@ -467,3 +463,17 @@ def set_partitions(settings: Settings, n: int) -> int:
         return 0
 
     return _with_queue(settings, body)
+
+
+#: The columns of a table of partitions (``reliq partitions show``, ``reliq stats``).
+PARTITION_COLUMNS = ("partition", "tag", "node", "pending", "processing", "delayed", "dead_letter", "workers")
+
+
+def _partition_table(title: str, rows: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in PARTITION_COLUMNS:
+        table.add_column(column, justify="left" if column in ("tag", "node") else "right")
+    for row in rows:
+        table.add_row(*("{" + str(row[c]) + "}" if c == "tag" else str(row[c]) if c != "node" else row[c] or "-"
+                        for c in PARTITION_COLUMNS))
+    return table

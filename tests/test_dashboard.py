@@ -14,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from reliq import api, builtins
+from reliq import api, builtins, partitions
 from reliq.connection import connect
 from reliq.monitor import app as monitor
 from reliq.queue import Queue
@@ -346,3 +346,23 @@ async def test_dashboard_lists_schedules_with_next_and_last_run_and_paused(
         await expect(minutely.locator("td").nth(6)).not_to_have_text("0")  # skipped, counted
         await expect(page.locator("#schedules-empty")).to_be_hidden()
         assert errors == []
+
+
+async def test_a_partitioned_queue_shows_as_one_with_a_partitions_panel(
+    browser: Browser, queue: Queue, settings: Settings
+) -> None:
+    async with monitor_page(browser, queue, settings) as (page, errors):
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("0", timeout=5_000)
+        await expect(page.locator("#partitions-panel")).to_be_hidden()  # one partition: nothing to break down
+    await partitions.resolve(queue, 3)
+    for i in range(7):
+        await queue.enqueue("noop", i)
+    async with monitor_page(browser, queue, settings) as (page, errors):
+        await expect(page.locator('[data-stat="pending"]')).to_have_text("7", timeout=5_000)
+        panel = page.locator("#partitions-panel")
+        await expect(panel).to_be_visible()
+        await expect(panel.locator("tbody tr")).to_have_count(3)
+        counts = [await panel.locator(f'tr[data-partition="{i}"] td').nth(3).inner_text() for i in range(3)]
+        assert sorted(map(int, counts)) == [2, 2, 3]
+        await expect(panel.locator('tr[data-partition="1"] td').nth(1)).to_have_text(f"{{{queue.name}:1}}")
+    assert errors == []

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
@@ -232,6 +233,10 @@ async def test_partitions_grow_only_while_the_queue_is_quiet_and_old_ids_stay_fo
         assert (await fresh.get(task_id))["state"] == "cancelled"
     shown = cli("partitions", "show", queue.name, "--json", "--redis-url", settings.redis_url)
     assert shown.returncode == 0 and '"partitions": 5' in shown.stdout
+    table = cli("stats", "--queue", queue.name, "--redis-url", settings.redis_url)
+    assert table.returncode == 0 and "5 partitions" in table.stdout
+    as_json = orjson.loads(cli("stats", "--json", "--queue", queue.name, "--redis-url", settings.redis_url).stdout)
+    assert [p["tag"] for p in as_json["partitions"]] == list(pmap.tags)
 
 
 async def test_a_live_worker_keeps_the_count_from_changing(queue: Queue, settings: Settings) -> None:
@@ -348,3 +353,17 @@ async def test_a_type_unique_by_default_routes_by_its_payload(queue: Queue, sett
     assert [await producer.enqueue("report", {"day": 1}) for _ in range(5)] == [first] * 5
     with Client(settings.redis_url, queue.name) as blocking:
         assert blocking.enqueue("report", {"day": 1}) == first
+
+
+async def test_one_partition_costs_redis_no_command_a_task(queue: Queue, settings: Settings, redis: Redis) -> None:
+    """The plain path: one GET of the (absent) map a producer every REFRESH_S, nothing a task."""
+    producer = Queue(redis, settings)
+    await producer.enqueue("noop")  # the first call reads the map
+    await redis.config_resetstat()
+    for i in range(200):
+        await producer.enqueue("noop", i)
+    async with AsyncClient(settings.redis_url, queue.name) as client:
+        for i in range(200):
+            await client.enqueue("noop", i)
+    stats = await redis.info("commandstats")
+    assert stats.get("cmdstat_get", {}).get("calls", 0) <= 2, stats.get("cmdstat_get")  # the client's first read
