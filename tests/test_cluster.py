@@ -29,10 +29,11 @@ from reliq.errors import ConfigError
 from reliq.keys import QueueKeys
 from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue
-from reliq.redis_cluster import LocalCluster
+from reliq.redis_cluster import LocalCluster, cli
 from reliq.registry import REGISTRY
 from reliq.settings import Settings
 from reliq.worker import Worker
+from reliq.worker.heartbeat import Heartbeat
 from tests import procs
 from tests.util import eventually
 
@@ -248,3 +249,33 @@ async def test_a_primary_killed_on_a_cluster_with_replicas_fails_over_and_every_
 
 async def _succeeded(queue: Queue, at_least: int) -> bool:
     return (await queue.snapshot())["succeeded"] >= at_least
+
+
+def _beat_at(cluster: LocalCluster, queue: str, worker_id: str) -> int:
+    """The worker's last heartbeat in ``queue`` (ms, Redis clock), asked of the queue's primary directly."""
+    workers = QueueKeys(queue).workers
+    return int(float(cli(cluster.owner(workers).port, "ZSCORE", workers, worker_id).strip() or 0))
+
+
+def test_a_stalled_shard_does_not_silence_the_heartbeat_on_the_other_shards(aof_cluster: LocalCluster) -> None:
+    """A worker beats into every queue (every partition) it serves; with one shard SIGSTOPped, the
+    beats to the queues of the other shards still land — or their reapers, which see no outage,
+    would take the live worker for dead one lease later (found by `reliq chaos --redis-cluster`)."""
+    cluster = aof_cluster
+    by_port: dict[int, str] = {}
+    while len(by_port) < 2:
+        name = "hb-" + uuid.uuid4().hex[:8]
+        by_port.setdefault(cluster.owner(QueueKeys(name).workers).port, name)
+    stalled_queue, other = by_port.values()
+    heartbeat = Heartbeat(cluster.url, [stalled_queue, other], "w-beat", 0.5, 3.0, status=dict)
+    stalled = cluster.owner(QueueKeys(stalled_queue).workers)
+    try:
+        assert heartbeat.run_once()
+        before = _beat_at(cluster, other, "w-beat")
+        stalled.signal(signal.SIGSTOP)
+        with pytest.raises(UNAVAILABLE):
+            heartbeat.run_once()  # the stalled shard's beat times out first, then the other's lands
+        assert _beat_at(cluster, other, "w-beat") > before
+    finally:
+        stalled.signal(signal.SIGCONT)
+        heartbeat.stop()

@@ -73,25 +73,35 @@ class Heartbeat:
     def run_once(self) -> bool:
         """Beat once in every queue (blocking); return False when this worker had been taken for dead.
 
-        Raises the Redis client's errors; the thread's loop rides them out.
+        Raises the Redis client's first error, once every queue had its try: on a cluster
+        the queues (a partitioned queue's partitions) live on different shards, and one
+        shard stalled or down must not silence the beats on the others, or their reapers,
+        which saw no outage, take every live worker for dead there. The thread's loop
+        rides the error out.
         """
         if self._scripts is None:
             self._redis = connect_sync(self.redis_url, max_connections=2, socket_timeout=max(1.0, self.lease / 3))
             self._scripts = SyncScripts(self._redis)
         info = {**self.static, **self.status()}
         alive = True
+        failed: Exception | None = None
         for i, queue in enumerate(self.queues):
             counts = self.watch.take_counts(queue, first=i == 0) if self.watch else {}
             try:
                 beat = beat_of(self._scripts("heartbeat", *heartbeat_call(queue, self.worker_id, info,
                                                                            self.lease * 2, counts)))
-            except BaseException:
+            except BaseException as exc:
                 if self.watch and counts:
                     self.watch.put_back(queue, counts)
-                raise
+                if not isinstance(exc, Exception):
+                    raise
+                failed = failed or exc
+                continue
             alive = alive and (beat.known or self.beats == 0)
             if beat.cancels and self.on_cancels is not None:
                 self.on_cancels(beat.cancels)
+        if failed is not None:
+            raise failed
         self.beats += 1
         if not alive:
             log.warning(
