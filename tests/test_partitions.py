@@ -284,11 +284,13 @@ async def test_dead_letters_merge_over_partitions_and_go_back_each_to_its_own(
     queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:
     await partitioned(queue)
-    dead = [await queue.enqueue("fail", i, max_retries=0) for i in range(9)]
+    dead = [await queue.enqueue("fail", i, max_retries=1) for i in range(9)]  # one retry each, then dead
     assert {index_of(i, 3) for i in dead} == {0, 1, 2}
     worker = procs.worker(settings.redis_url, queue.name, tmp_path / "w.log", "--burst")
     assert worker.wait(60) == 0, (tmp_path / "w.log").read_text()
     assert sorted(await queue.dead_ids(0, 50)) == sorted(dead)
+    assert {(r["attempts"], r["reason"]) for r in [await queue.get(i) for i in dead]} == {(2, "error")}
+    assert (await queue.snapshot())["retried"] == 9
     assert len(await queue.dead_ids(2, 4)) == 4 and len(await queue.dead_ids(8, 4)) == 1
     listed = await deadletter.page(queue, limit=50)
     assert listed["total"] == 9 and sorted(row["task_id"] for row in listed["items"]) == sorted(dead)
@@ -367,3 +369,57 @@ async def test_one_partition_costs_redis_no_command_a_task(queue: Queue, setting
             await client.enqueue("noop", i)
     stats = await redis.info("commandstats")
     assert stats.get("cmdstat_get", {}).get("calls", 0) <= 2, stats.get("cmdstat_get")  # the client's first read
+
+
+async def test_waits_and_cancels_of_running_tasks_reach_every_partition(
+    queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    await partitioned(queue)
+    async with AsyncClient(settings.redis_url, queue.name) as client:
+        short = [await client.enqueue("sleep", 0.2) for _ in range(6)]
+        long = [await client.enqueue("sleep", 60) for _ in range(3)]
+        assert {index_of(i, 3) for i in short} == {index_of(i, 3) for i in long} == {0, 1, 2}
+        worker = procs.worker(settings.redis_url, queue.name, tmp_path / "w.log", "--concurrency", "10")
+        try:
+            done = await asyncio.gather(*(client.wait(i, timeout=30) for i in short))
+            assert {d["state"] for d in done} == {"succeeded"}
+            await eventually(lambda: _all_in(queue, long, "processing"), timeout=20, what="the long tasks running")
+            assert {await client.cancel(i) for i in long} == {"processing"}  # their workers are asked to stop them
+            ended = await asyncio.gather(*(client.wait(i, timeout=20) for i in long))
+            assert {e["state"] for e in ended} == {"cancelled"}
+        finally:
+            procs.stop(worker)
+
+
+async def _all_in(queue: Queue, ids: list[str], state: str) -> bool:
+    return set((await states(queue, ids)).values()) == {state}
+
+
+async def test_a_poison_pill_in_one_partition_is_quarantined_and_the_innocents_of_every_partition_succeed(
+    queue: Queue, settings: Settings, tmp_path: Path
+) -> None:
+    await partitioned(queue)
+    innocent = [await queue.enqueue("sleep", 0.05) for _ in range(30)]
+    poison = await queue.enqueue("poison")  # in whichever partition its turn gives it
+    everything = [*innocent, poison]
+
+    def start() -> subprocess.Popen[bytes]:
+        return procs.worker(settings.redis_url, queue.name, tmp_path / "w.log", "--concurrency", "30",
+                            "--app", "tests.apps.poison", "--crash-limit", "2")
+
+    crashes, proc = 0, start()
+    try:
+        async def settled() -> bool:
+            nonlocal crashes, proc
+            if proc.poll() is not None:  # the poison took it down: start a replacement
+                crashes += 1
+                proc = start()
+            return set((await states(queue, everything)).values()) <= {"succeeded", "dead"}
+
+        await eventually(settled, timeout=60, interval=0.05, what="every task succeeded or dead")
+    finally:
+        procs.stop(proc)
+    info = await queue.get(poison)
+    assert (info["state"], info["reason"], info["crashes"]) == ("dead", "crashed", 2)
+    assert set((await states(queue, innocent)).values()) == {"succeeded"}
+    assert await queue.dead_ids() == [poison] and crashes == 2
