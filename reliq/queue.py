@@ -981,7 +981,12 @@ class Queue:
         return [text(i) for i in raw]
 
     async def dead_archived(self, before: str = "+", count: int = 1000) -> list[tuple[str, ArchivedTask]]:
-        """Archived (evicted) dead tasks, newest first, from stream id ``before`` (exclusive)."""
+        """Archived (evicted) dead tasks, newest first, from stream id ``before`` (exclusive); a partitioned
+        queue's merged by stream id (each partition's Redis clock: ms, then a sequence)."""
+        if (parts := await self._spread()) is not None:
+            merged = [entry for part in parts for entry in await part.dead_archived(before, count)]
+            merged.sort(key=lambda entry: tuple(map(int, entry[0].split("-"))), reverse=True)
+            return merged[:count]
         end = "+" if before == "+" else "(" + before
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                        await self.redis.xrevrange(self.keys.dead_archive, end, "-", count=count))
