@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 
-from reliq import partitions
+from reliq import limits, partitions
 from reliq.client import AsyncClient, Client
 from reliq.errors import ConfigError, InvalidTask
 from reliq.formats import TaskState
@@ -430,3 +430,14 @@ async def test_a_poison_pill_in_one_partition_is_quarantined_and_the_innocents_o
     assert (info["state"], info["reason"], info["crashes"]) == ("dead", "crashed", 2)
     assert set((await states(queue, innocent)).values()) == {"succeeded"}
     assert await queue.dead_ids() == [poison] and crashes == 2
+
+
+async def test_a_rate_limit_is_shared_out_over_the_partitions_and_key_limits_kept_whole(
+    queue: Queue, redis: Redis
+) -> None:
+    await partitioned(queue)
+    view = await queue.set_limits("charge", limits.layer({"rate": "30/s", "key_concurrency": 2}))
+    assert view["rate_per_s"] == 30 and view["key_concurrency"] == 2  # what was asked, as the queue's
+    for part in queue.parts_now():  # each partition enforces a third of the rate: together, never more
+        count, period_ms, _, key_concurrency, _ = (await redis.hget(part.keys.limits, "charge")).split(b"|")
+        assert int(count) * 1000 / int(period_ms) == pytest.approx(10) and int(key_concurrency) == 2
