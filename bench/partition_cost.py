@@ -13,13 +13,12 @@ partition, three round-robin (no key), three by key (a flow key hashed). Writes 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import statistics
 import tempfile
 import time
 
-from report import machine, write_section
+from report import calls_and_runs, machine, write_section
 from rich.console import Console
 
 from reliq import partitions
@@ -51,11 +50,7 @@ async def one_run(url: str, calls: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=200_000)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args()
+    args = calls_and_runs(__doc__, 200_000, 5)
     console = Console()
     runs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,6 +6,7 @@ Each script owns one section of ``bench/RESULTS.md`` (between ``<!-- name -->`` 
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -63,3 +64,12 @@ def write_section(name: str, body: str) -> Path:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
     return RESULTS
+
+
+def calls_and_runs(doc: str | None, calls: int, runs: int) -> argparse.Namespace:
+    """The flags of a bench that times ``--calls`` calls ``--runs`` times (``--no-write``: RESULTS.md left alone)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=calls)
+    parser.add_argument("--runs", type=int, default=runs)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    return parser.parse_args()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import redis
 from peers.run import APPS, install, python_of
-from report import machine, spread, write_section
+from report import calls_and_runs, machine, spread, write_section
 from rich.console import Console
 
 from reliq.redis_server import RedisServer
@@ -53,11 +53,7 @@ def redis_us_a_call(admin: redis.Redis, calls: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    args = parser.parse_args()
+    args = calls_and_runs(__doc__, 10_000, 3)
     console = Console()
     install("dramatiq", console)
     data = Path(tempfile.mkdtemp(prefix="reliq-sync-bench-"))
