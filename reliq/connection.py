@@ -31,7 +31,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
@@ -180,6 +180,11 @@ def _cluster(u: MultiHostURL, kind: _Kind, tls: bool, max_connections: int, sock
         max_connections=max_connections,
         socket_timeout=socket_timeout,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
+        # No retry of a command whose connection broke or timed out: redis-py's default
+        # runs it again, and a script whose reply was lost would run twice (enqueue.lua:
+        # the same ids pushed twice). The error reaches reliq's outage rules, as on one
+        # server; MOVED/ASK are still followed, and the next command reloads the slot map.
+        retry=kind.retry(NoBackoff(), 0),
     )
 
 
