@@ -15,7 +15,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from reliq import priorities
 from reliq.errors import RedisFull, script_error
-from reliq.formats import CancelMode, Code, Enqueued, Unique
+from reliq.formats import CancelMode, Code, Enqueued, Unique, opts_prefix
 from reliq.keys import QueueKeys
 from reliq.memory import REFUSED_MEMORY
 from reliq.settings import Settings
@@ -47,7 +47,7 @@ def enqueue_batch(specs: Sequence[TaskSpec]) -> bytes:
     return orjson.dumps([
         value for s in specs
         for value in (s.id, s.type, s.payload.decode(), "" if s.max_retries is None else str(s.max_retries),
-                      str(s.timeout_ms or ""), str(s.delay_ms), s.idempotency_key, str(s.run_at_ms), s.trace,
+                      opts_prefix(s.timeout_ms, s.trace), str(s.delay_ms), s.idempotency_key, str(s.run_at_ms),
                       _unique(s), s.key, "" if s.priority == priorities.DEFAULT else str(s.priority))
     ])
 

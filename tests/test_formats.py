@@ -30,22 +30,49 @@ from reliq.queue import Claimed, Outcome, Queue, make_spec
 from reliq.settings import Settings
 from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
 
 async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, redis: Redis) -> None:
     # Each field holds a value no other does, so a field read into the wrong place shows.
     [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1}, max_retries=7, timeout=11,
                                                           key="customer-42")])
     distinct = {"attempts": "2", "failures": "4", "crashes": "5", "queued_at": "1234567",
-                "trace": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "unique": "5:typed:k"}
+                "opts": f"11|{TRACE}|5:typed:k|x"}
     await redis.hset(queue.keys.task(task_id), mapping=distinct)
     [task], _ = await queue.claim("w1", 10)
     record = {k.decode(): v for k, v in (await redis.hgetall(queue.keys.task(task_id))).items()}
     assert task.id == task_id
+    assert (task.timeout_ms, task.trace, task.unique) == (11, TRACE, "5:typed:k|x")  # the lock's name may hold a '|'
     for name in CLAIM_FIELDS:
+        if name == "opts":
+            continue
         value = getattr(task, name)
         expected = record[name] if name == "payload" else record[name].decode()
         assert (value if isinstance(value, bytes | str) else str(value)) == expected, name
     assert task.attempts == 3  # the claim's own attempt, as written back to the record
+
+
+async def test_a_record_from_before_opts_runs_with_its_options_and_is_rewritten(queue: Queue, redis: Redis) -> None:
+    # A task enqueued by the older reliq (timeout_ms, trace and unique as fields of their
+    # own) and still pending when the queue is upgraded in place.
+    [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1})])
+    key = queue.keys.task(task_id)
+    await redis.hdel(key, "opts")
+    await redis.hset(key, mapping={"timeout_ms": "2500", "trace": TRACE, "unique": "5:typed:k"})
+    [task], _ = await queue.claim("w1", 10)
+    assert (task.id, task.timeout_ms, task.trace, task.unique, task.payload) == (task_id, 2500, TRACE, "5:typed:k",
+                                                                                  b'{"p":1}')
+    record = await redis.hgetall(key)
+    assert record[b"opts"] == f"2500|{TRACE}|5:typed:k".encode() and record[b"unique"] == b"5:typed:k"
+    assert b"timeout_ms" not in record and b"trace" not in record
+    assert await queue.settle("w1", [Outcome(task, "ok", "", 1)]) == (1, 0)
+    assert (await queue.get(task_id))["state"] == "succeeded"
+
+
+def test_opts_split_back_into_what_made_them() -> None:
+    assert formats.split_opts((formats.opts_prefix(1500, TRACE) + "9:t|pe:k").encode()) == (1500, TRACE, "9:t|pe:k")
+    assert formats.split_opts(formats.opts_prefix(None, "").encode()) == (None, "", "")
 
 
 def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> None:
@@ -58,6 +85,9 @@ def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> 
     for name, value in zip(ENQUEUE_FIELDS, row, strict=True):
         if name == "unique":  # unique and unique_key in one field: '' (the type's), '-', '#' or '=' + the key
             assert value == "=uk"
+            continue
+        if name == "opts":  # formats.OPTS_FIELDS but the lock's name, which the script appends
+            assert value == f"11000|{spec.trace}|"
             continue
         expected = getattr(spec, name)
         assert value == (expected.decode() if isinstance(expected, bytes) else str(expected)), name
@@ -86,7 +116,8 @@ def test_a_format_line_becomes_the_lua_locals_the_script_reads() -> None:
     claim = scripts.source("claim")
     assert "--- @format" not in claim
     assert formats.lua_locals("CLAIM_FIELDS", {"CLAIM_FIELDS"}) in claim  # the list, for its HMGET
-    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT, KEY = 1, 3, 6, 8, 11\n" in claim  # the positions it reads, alone
+    # the positions it reads, alone
+    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT, OPTS, KEY = 1, 3, 6, 7, 8, 9\n" in claim
 
 
 def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:

@@ -132,8 +132,8 @@ async def test_a_batch_goes_to_one_queue(http: TestClient, queue: Queue, redis: 
 async def test_per_task_timeout_and_retries_are_kept_within_bounds(http: TestClient, queue: Queue) -> None:
     status, body = await post(http, {"type": "noop", "timeout_s": 2.5, "max_retries": 7})
     assert status == 202
-    raw = await queue.redis.hmget(queue.keys.task(body["task_id"]), "timeout_ms", "max_retries")
-    assert raw == [b"2500", b"7"]
+    raw = await queue.redis.hmget(queue.keys.task(body["task_id"]), "opts", "max_retries")
+    assert raw == [b"2500||", b"7"]  # formats.OPTS_FIELDS: timeout_ms, trace, unique
     for bad in ({"timeout_s": 0}, {"timeout_s": 10**9}, {"max_retries": 1000}):
         status, _ = await post(http, {"type": "noop", **bad})
         assert status == 400

@@ -18,7 +18,7 @@ W = "w1"
 
 def record(type: str = "noop", state: str = "pending", **fields: Any) -> dict[str, Any]:
     """The task hash as the keyspace reads it (times masked as "T")."""
-    base = {"type": type, "payload": "null", "max_retries": "3", "timeout_ms": "", "attempts": "0",
+    base = {"type": type, "payload": "null", "max_retries": "3", "opts": "||", "attempts": "0",
             "failures": "0", "crashes": "0", "enqueued_at": "T", "state": state}
     if state != "scheduled":
         base["queued_at"] = "T"

@@ -54,6 +54,8 @@
 -- Numbers go to redis.call as strings made once (now) or once a value (attempts): Lua
 -- turns a number into a string with sprintf, which costs as much as a small command.
 --- @format CLAIM_FIELDS
+--- @format OPTS_FIELDS
+--- @format SEP
 --- @format CODE
 --- @format LIMIT_PATTERN
 --- @format PAUSED_MARK
@@ -133,10 +135,21 @@ end
 -- then fills: no table.remove a task.
 local READ = {unpack(CLAIM_FIELDS, 1, KEY - 1)}
 READ[KEY] = 'state'
+-- A record written before opts existed (reliq/formats.py: OPTS_FIELDS) has its three
+-- fields instead: they become its opts, once, so that every later read finds it.
+local function opts_of(key)
+  local old = redis.call('HMGET', key, unpack(OPTS_FIELDS))
+  local opts = (old[1] or '') .. SEP .. (old[2] or '') .. SEP .. (old[3] or '')
+  redis.call('HSET', key, 'opts', opts)
+  redis.call('HDEL', key, 'timeout_ms', 'trace')  -- 'unique' stays: the scripts ending the task read it
+  return opts
+end
+
 local function fields(id)
   local f = redis.call('HMGET', TASK .. id, unpack(READ))
   local state = f[KEY]
   f[KEY] = false
+  if not f[OPTS] and (state == 'pending' or state == 'processing') then f[OPTS] = opts_of(TASK .. id) end
   return state, f
 end
 

@@ -14,10 +14,10 @@
 -- ARGV[2] tasks    the tasks as one flat JSON array, ENQUEUE_FIELDS (reliq/formats.py) a
 --                  task one after another: id,
 --                  type, payload, max_retries ('' = the type's default, else
---                  default_retries), timeout_ms ('' = type default), delay_ms (0 = ready
+--                  default_retries), opts (the record's opts up to the unique lock's name,
+--                  which the script appends: timeout_ms and trace), delay_ms (0 = ready
 --                  now), idempotency_key ('' = none), run_at_ms (0 = none; else the due time
---                  on the epoch, which wins over delay_ms), trace (the traceparent, '' =
---                  none), priority ('' for the default: such a task is written as
+--                  on the epoch, which wins over delay_ms), priority ('' for the default: such a task is written as
 --                  before priorities existed), key ('' = none), unique ('' = the type's default, '-' = no,
 --                  '#' = the default key, '=' .. key = this key); numbers as strings: one
 --                  argument instead of twelve per task, because encoding arguments was
@@ -79,13 +79,10 @@ for o = 0, #b - 1, #ENQUEUE_FIELDS do
     if max_retries == '' then
       max_retries = defaults.max_retries and tostring(defaults.max_retries) or default_retries
     end
+    -- opts (reliq/formats.py: OPTS_FIELDS): the producer sent it up to the unique lock's name
     local fields = {'type', b[o + TYPE], 'payload', b[o + PAYLOAD], 'max_retries', max_retries,
-                    'timeout_ms', b[o + TIMEOUT_MS], 'attempts', '0', 'failures', '0', 'crashes', '0',
+                    'opts', b[o + OPTS] .. (lock or ''), 'attempts', '0', 'failures', '0', 'crashes', '0',
                     'enqueued_at', now_s}
-    if b[o + TRACE] ~= '' then
-      fields[#fields + 1] = 'trace'
-      fields[#fields + 1] = b[o + TRACE]
-    end
     if idem ~= '' then  -- so that deleting the task (cancel.lua) frees its key
       fields[#fields + 1] = 'idem'
       fields[#fields + 1] = idem
@@ -95,7 +92,7 @@ for o = 0, #b - 1, #ENQUEUE_FIELDS do
       fields[#fields + 1] = 'priority'
       fields[#fields + 1] = priority
     end
-    if lock then  -- so that the scripts ending the task free its lock
+    if lock then  -- so that the scripts ending the task free its lock (opts has it for the claim)
       redis.call('SET', UNIQUE_LOCKS .. lock, id)
       fields[#fields + 1] = 'unique'
       fields[#fields + 1] = lock
