@@ -26,32 +26,35 @@ from enum import Enum, IntEnum, StrEnum
 #: these fields of the task's hash, read with one HMGET. The whole reply is
 #: ``{code, now_ms, wait_ms, id, <CLAIM_FIELDS>, id, <CLAIM_FIELDS>, ...}`` (:data:`CLAIM_HEAD`
 #: values, then the tasks).
-CLAIM_FIELDS = ("type", "payload", "attempts", "failures", "max_retries", "crashes", "queued_at", "opts", "key")
+CLAIM_FIELDS = ("type", "payload", "attempts", "failures", "crashes", "queued_at", "opts", "key")
 #: Values before the first task in claim.lua's reply: code, now_ms, wait_ms.
 CLAIM_HEAD = 3
 #: Values a claimed task takes in claim.lua's reply: its id, then :data:`CLAIM_FIELDS`.
 CLAIM_WIDTH = 1 + len(CLAIM_FIELDS)
 
 #: A task record's field ``opts``: what only the claim reads of a task and nothing changes,
-#: these values joined by :data:`SEP`, written once by enqueue.lua (the producer
-#: sends all but the unique lock's name, which the script appends: see :func:`opts_prefix`).
-#: ``timeout_ms`` '' = the type's default, ``trace`` '' = none, ``unique`` '' = not unique;
-#: the lock's name is last, as it may hold the separator. One field instead of three
-#: (``timeout_ms``, ``trace``, ``unique``, the last two usually absent, which costs a read
-#: all the same): the claim reads and returns two fewer a task (callgrind). A record
-#: written before it has the three fields instead; the claim rewrites it (claim.lua: opts_of).
-OPTS_FIELDS = ("timeout_ms", "trace", "unique")
+#: these values joined by :data:`SEP`, written once by enqueue.lua: ``max_retries`` (as
+#: resolved: the task's, its type's default or the queue's), ``timeout_ms`` ('' = the type's
+#: default), ``trace`` ('' = none), ``unique`` (the lock's name, '' = not unique; last, as
+#: it may hold the separator). The producer sends the middle (:func:`opts_prefix`), the
+#: script puts the retries before and the lock's name after. The claim reads and returns
+#: one value where it read four fields (two of them usually absent, which costs a listpack
+#: read all the same: callgrind). ``max_retries`` and ``unique`` stay fields of their own
+#: too: what the monitor, the scripts ending a task and workers of the version before opts
+#: read. A record written before opts has the four fields alone; the claim gives it its
+#: opts (claim.lua: opts_of).
+OPTS_FIELDS = ("max_retries", "timeout_ms", "trace", "unique")
 
 
 def opts_prefix(timeout_ms: int | None, trace: str) -> str:
-    """A task's ``opts`` up to the unique lock's name, which enqueue.lua appends."""
-    return f"{timeout_ms or ''}{SEP}{trace}{SEP}"
+    """What the producer sends of a task's ``opts``: ``|timeout_ms|trace|`` (enqueue.lua completes it)."""
+    return f"{SEP}{timeout_ms or ''}{SEP}{trace}{SEP}"
 
 
-def split_opts(opts: bytes) -> tuple[int | None, str, str]:
-    """A record's ``opts`` as (timeout_ms or None, trace, unique lock's name)."""
-    timeout, trace, unique = opts.decode().split(SEP, 2)
-    return int(timeout) if timeout else None, trace, unique
+def split_opts(opts: bytes) -> tuple[int, int | None, str, str]:
+    """A record's ``opts`` as (max_retries, timeout_ms or None, trace, unique lock's name)."""
+    retries, timeout, trace, unique = opts.decode().split(SEP, 3)
+    return int(retries), int(timeout) if timeout else None, trace, unique
 
 
 class TaskState(StrEnum):

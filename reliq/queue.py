@@ -651,10 +651,10 @@ class Queue:
         rows = iter(raw[CLAIM_HEAD:])
         # Positional and in one comprehension: this parse was a tenth of a worker's CPU. The
         # names unpacked are formats.CLAIM_FIELDS, in order (tests/test_formats.py checks).
-        tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), int(m), int(c), to, int(q or now), now, self.name,
+        tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), m, int(c), to, int(q or now), now, self.name,
                          tr, u, k.decode() if k else "")
-                 for i, t, p, a, f, m, c, q, o, k in zip(*[rows] * CLAIM_WIDTH, strict=True)
-                 for to, tr, u in (split_opts(o),)]
+                 for i, t, p, a, f, c, q, o, k in zip(*[rows] * CLAIM_WIDTH, strict=True)
+                 for m, to, tr, u in (split_opts(o),)]
         return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED, int(raw[2]) / 1000)
 
     def _claim_keys(self, worker_id: str) -> list[str]:

@@ -38,12 +38,13 @@ async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, r
     [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1}, max_retries=7, timeout=11,
                                                           key="customer-42")])
     distinct = {"attempts": "2", "failures": "4", "crashes": "5", "queued_at": "1234567",
-                "opts": f"11|{TRACE}|5:typed:k|x"}
+                "opts": f"7|11|{TRACE}|5:typed:k|x"}
     await redis.hset(queue.keys.task(task_id), mapping=distinct)
     [task], _ = await queue.claim("w1", 10)
     record = {k.decode(): v for k, v in (await redis.hgetall(queue.keys.task(task_id))).items()}
     assert task.id == task_id
-    assert (task.timeout_ms, task.trace, task.unique) == (11, TRACE, "5:typed:k|x")  # the lock's name may hold a '|'
+    # the lock's name may hold a '|'
+    assert (task.max_retries, task.timeout_ms, task.trace, task.unique) == (7, 11, TRACE, "5:typed:k|x")
     for name in CLAIM_FIELDS:
         if name == "opts":
             continue
@@ -59,20 +60,23 @@ async def test_a_record_from_before_opts_runs_with_its_options_and_is_rewritten(
     [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1})])
     key = queue.keys.task(task_id)
     await redis.hdel(key, "opts")
-    await redis.hset(key, mapping={"timeout_ms": "2500", "trace": TRACE, "unique": "5:typed:k"})
+    await redis.hset(key, mapping={"max_retries": "6", "timeout_ms": "2500", "trace": TRACE, "unique": "5:typed:k"})
+    assert (await queue.get(task_id))["max_retries"] == 6  # GET /task reads it before any claim
     [task], _ = await queue.claim("w1", 10)
-    assert (task.id, task.timeout_ms, task.trace, task.unique, task.payload) == (task_id, 2500, TRACE, "5:typed:k",
-                                                                                  b'{"p":1}')
+    assert (task.id, task.max_retries, task.timeout_ms, task.trace, task.unique, task.payload) == (
+        task_id, 6, 2500, TRACE, "5:typed:k", b'{"p":1}')
     record = await redis.hgetall(key)
-    assert record[b"opts"] == f"2500|{TRACE}|5:typed:k".encode() and record[b"unique"] == b"5:typed:k"
-    assert b"timeout_ms" not in record and b"trace" not in record
+    assert record[b"opts"] == f"6|2500|{TRACE}|5:typed:k".encode() and record[b"unique"] == b"5:typed:k"
+    assert b"trace" not in record
+    assert (await queue.get(task_id))["max_retries"] == 6
     assert await queue.settle("w1", [Outcome(task, "ok", "", 1)]) == (1, 0)
     assert (await queue.get(task_id))["state"] == "succeeded"
 
 
 def test_opts_split_back_into_what_made_them() -> None:
-    assert formats.split_opts((formats.opts_prefix(1500, TRACE) + "9:t|pe:k").encode()) == (1500, TRACE, "9:t|pe:k")
-    assert formats.split_opts(formats.opts_prefix(None, "").encode()) == (None, "", "")
+    opts = "4" + formats.opts_prefix(1500, TRACE) + "9:t|pe:k"  # as enqueue.lua completes it
+    assert formats.split_opts(opts.encode()) == (4, 1500, TRACE, "9:t|pe:k")
+    assert formats.split_opts(("0" + formats.opts_prefix(None, "")).encode()) == (0, None, "", "")
 
 
 def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> None:
@@ -87,7 +91,7 @@ def test_enqueue_batch_writes_each_enqueue_field_where_the_script_reads_it() -> 
             assert value == "=uk"
             continue
         if name == "opts":  # formats.OPTS_FIELDS but the lock's name, which the script appends
-            assert value == f"11000|{spec.trace}|"
+            assert value == f"|11000|{spec.trace}|"
             continue
         expected = getattr(spec, name)
         assert value == (expected.decode() if isinstance(expected, bytes) else str(expected)), name
@@ -117,7 +121,7 @@ def test_a_format_line_becomes_the_lua_locals_the_script_reads() -> None:
     assert "--- @format" not in claim
     assert formats.lua_locals("CLAIM_FIELDS", {"CLAIM_FIELDS"}) in claim  # the list, for its HMGET
     # the positions it reads, alone
-    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT, OPTS, KEY = 1, 3, 6, 7, 8, 9\n" in claim
+    assert "local TYPE, ATTEMPTS, CRASHES, QUEUED_AT, OPTS, KEY = 1, 3, 5, 6, 7, 8\n" in claim
 
 
 def test_an_unknown_format_or_a_local_declared_twice_fails_at_load() -> None:

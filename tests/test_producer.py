@@ -133,7 +133,7 @@ async def test_per_task_timeout_and_retries_are_kept_within_bounds(http: TestCli
     status, body = await post(http, {"type": "noop", "timeout_s": 2.5, "max_retries": 7})
     assert status == 202
     raw = await queue.redis.hmget(queue.keys.task(body["task_id"]), "opts", "max_retries")
-    assert raw == [b"2500||", b"7"]  # formats.OPTS_FIELDS: timeout_ms, trace, unique
+    assert raw == [b"7|2500||", b"7"]  # formats.OPTS_FIELDS; max_retries also as the monitor reads it
     for bad in ({"timeout_s": 0}, {"timeout_s": 10**9}, {"max_retries": 1000}):
         status, _ = await post(http, {"type": "noop", **bad})
         assert status == 400

@@ -18,7 +18,7 @@ W = "w1"
 
 def record(type: str = "noop", state: str = "pending", **fields: Any) -> dict[str, Any]:
     """The task hash as the keyspace reads it (times masked as "T")."""
-    base = {"type": type, "payload": "null", "max_retries": "3", "opts": "||", "attempts": "0",
+    base = {"type": type, "payload": "null", "opts": "3|||", "max_retries": "3", "attempts": "0",
             "failures": "0", "crashes": "0", "enqueued_at": "T", "state": state}
     if state != "scheduled":
         base["queued_at"] = "T"
@@ -157,7 +157,7 @@ async def test_enqueue_takes_a_types_max_retries_from_the_types_hash_unless_give
     [c] = await enqueue(queue, type="noop")
     space = await keyspace(redis, queue.name)
     assert space["types"] == {"patient": '{"max_retries":9}'}
-    assert [space[f"task:{i}"]["max_retries"] for i in (a, b, c)] == ["9", "1", "3"]
+    assert [space[f"task:{i}"]["opts"] for i in (a, b, c)] == ["9|||", "1|||", "3|||"]  # formats.OPTS_FIELDS
     await queue.set_type_defaults({}, ["patient"])
     assert "types" not in await keyspace(redis, queue.name)  # no type has defaults: no hash, one EXISTS a call
 
@@ -169,8 +169,8 @@ async def test_settle_error_after_last_retry_dead_letters_with_reason(queue: Que
     space = await keyspace(redis, queue.name)
     assert space["dead"] == [a]
     assert space["stats"] == {"enqueued": "1", "failed": "1", "dead": "1"}
-    assert space[f"task:{a}"] == record(state="dead", max_retries=0, attempts=1, failures=1, started_at="T",
-                                        worker=W, finished_at="T", reason="timeout",
+    assert space[f"task:{a}"] == record(state="dead", opts="0|||", max_retries=0, attempts=1, failures=1,
+                                        started_at="T", worker=W, finished_at="T", reason="timeout",
                                         last_error="timed out after 1s",
                                         runs=[run(1, "timeout", "dead", "timed out after 1s")])
 

@@ -135,13 +135,14 @@ end
 -- then fills: no table.remove a task.
 local READ = {unpack(CLAIM_FIELDS, 1, KEY - 1)}
 READ[KEY] = 'state'
--- A record written before opts existed (reliq/formats.py: OPTS_FIELDS) has its three
--- fields instead: they become its opts, once, so that every later read finds it.
+-- A record written before opts existed (reliq/formats.py: OPTS_FIELDS) has its four
+-- fields instead: they make its opts, once, so that every later read finds it. They stay
+-- (as enqueue.lua writes them too: for workers of the version before), but the trace.
 local function opts_of(key)
   local old = redis.call('HMGET', key, unpack(OPTS_FIELDS))
-  local opts = (old[1] or '') .. SEP .. (old[2] or '') .. SEP .. (old[3] or '')
+  local opts = (old[1] or '0') .. SEP .. (old[2] or '') .. SEP .. (old[3] or '') .. SEP .. (old[4] or '')
   redis.call('HSET', key, 'opts', opts)
-  redis.call('HDEL', key, 'timeout_ms', 'trace')  -- 'unique' stays: the scripts ending the task read it
+  if old[3] then redis.call('HDEL', key, 'trace') end
   return opts
 end
 

@@ -14,8 +14,8 @@
 -- ARGV[2] tasks    the tasks as one flat JSON array, ENQUEUE_FIELDS (reliq/formats.py) a
 --                  task one after another: id,
 --                  type, payload, max_retries ('' = the type's default, else
---                  default_retries), opts (the record's opts up to the unique lock's name,
---                  which the script appends: timeout_ms and trace), delay_ms (0 = ready
+--                  default_retries), opts (the middle of the record's opts, '|timeout_ms|trace|':
+--                  the script puts max_retries before it and the unique lock's name after), delay_ms (0 = ready
 --                  now), idempotency_key ('' = none), run_at_ms (0 = none; else the due time
 --                  on the epoch, which wins over delay_ms), priority ('' for the default: such a task is written as
 --                  before priorities existed), key ('' = none), unique ('' = the type's default, '-' = no,
@@ -79,9 +79,11 @@ for o = 0, #b - 1, #ENQUEUE_FIELDS do
     if max_retries == '' then
       max_retries = defaults.max_retries and tostring(defaults.max_retries) or default_retries
     end
-    -- opts (reliq/formats.py: OPTS_FIELDS): the producer sent it up to the unique lock's name
-    local fields = {'type', b[o + TYPE], 'payload', b[o + PAYLOAD], 'max_retries', max_retries,
-                    'opts', b[o + OPTS] .. (lock or ''), 'attempts', '0', 'failures', '0', 'crashes', '0',
+    -- opts (reliq/formats.py: OPTS_FIELDS): the producer sent its middle (timeout_ms, trace).
+    -- max_retries is a field of its own too: the monitor and workers of the version before
+    -- opts read it there (docs/architecture.md: upgrades in either order).
+    local fields = {'type', b[o + TYPE], 'payload', b[o + PAYLOAD], 'opts', max_retries .. b[o + OPTS] .. (lock or ''),
+                    'max_retries', max_retries, 'attempts', '0', 'failures', '0', 'crashes', '0',
                     'enqueued_at', now_s}
     if idem ~= '' then  -- so that deleting the task (cancel.lua) frees its key
       fields[#fields + 1] = 'idem'

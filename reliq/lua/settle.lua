@@ -74,7 +74,7 @@
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority', 'runs'}
-local DROPPED = {'payload', 'max_retries', 'opts', 'worker', 'queued_at', 'last_error', 'reason'}
+local DROPPED = {'payload', 'opts', 'max_retries', 'worker', 'queued_at', 'last_error', 'reason'}
 local DROPPED_KEYED = {'key', unpack(DROPPED)}  -- (a field a record lacks costs HDEL a scan)
 --- @format SETTLE_FIELDS
 --- @format METRIC
