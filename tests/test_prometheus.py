@@ -84,9 +84,13 @@ def run(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ru
         r.ids = _send_load(client)
         final = {"noop": {"succeeded"}, "sleep": {"succeeded"}, "fail": {"dead"}}
         wait_until(lambda: _states(client, r.ids) == final, timeout=40, what="every task settled")
-        n_ok = len(r.ids["noop"])
-        wait_until(lambda: prom.value(f"reliq_tasks_total{r.sel(type='noop', outcome='ok')}") == n_ok,
-                   timeout=20, what="Prometheus scraped the last counts")
+        # Every final count, not one: under load the worker's last metrics flush and the
+        # scrape that sees it can come after the scrape that saw the noops' last count.
+        last = {("noop", "ok"): len(r.ids["noop"]), ("sleep", "ok"): len(r.ids["sleep"]),
+                ("fail", "error"): 2 * len(r.ids["fail"])}
+        wait_until(lambda: all(prom.value(f"reliq_tasks_total{r.sel(type=t, outcome=o)}") == n
+                               for (t, o), n in last.items()),
+                   timeout=30, what="Prometheus scraped the last counts")
         yield r
     finally:
         client.close()
