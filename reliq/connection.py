@@ -18,6 +18,8 @@ the Sentinels' own password.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -27,7 +29,8 @@ import redis.cluster
 import redis.retry
 import redis.sentinel
 from redis._parsers.base import BaseParser
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
@@ -87,19 +90,66 @@ DEFAULT_SENTINEL_PORT = 26379
 CONNECT_TIMEOUT_S = 2.0
 
 
-def connect(url: str, *, max_connections: int = 16, socket_timeout: float | None = 10.0) -> Redis:
+def connect(url: str, *, max_connections: int = 16, socket_timeout: float | None = 10.0,
+            wait_on_cluster: bool = False) -> Redis:
     """An asyncio client for ``url`` whose pool holds at most ``max_connections`` connections.
 
     The cluster client is handed out typed as ``Redis``: reliq only sends it commands
     and scripts whose keys share one queue's hash slot, which it routes like a single
-    server (see docs/scaling.md).
+    server (see docs/scaling.md). Past a node's ``max_connections`` its calls fail at
+    once; with ``wait_on_cluster`` (a worker's small pool) they wait instead, at most
+    ``max_connections`` of them under way at a time, as on a single server's blocking pool.
     """
-    return cast(Redis, _connect(url, _ASYNC, max_connections, socket_timeout))
+    client = _connect(url, _ASYNC, max_connections, socket_timeout)
+    if wait_on_cluster and isinstance(client, RedisCluster):
+        client.execute_command = _gated(client.execute_command, asyncio.Semaphore(max_connections))  # type: ignore[method-assign,assignment]
+    return cast(Redis, client)
+
+
+def _gated(call: Callable[..., Awaitable[Any]], gate: asyncio.Semaphore) -> Callable[..., Awaitable[Any]]:
+    async def gated(*args: Any, **kwargs: Any) -> Any:
+        async with gate:
+            return await call(*args, **kwargs)
+    return gated
 
 
 def connect_sync(url: str, *, max_connections: int = 16, socket_timeout: float | None = 10.0) -> redis.Redis:
     """The blocking twin of :func:`connect`: redis-py's thread-safe sync client, same options."""
     return cast(redis.Redis, _connect(url, _SYNC, max_connections, socket_timeout))
+
+
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster."""
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+async def sharded_pubsub(client: Redis) -> bool:
+    """Whether the server has sharded pub/sub (SSUBSCRIBE, SPUBLISH: Redis 7.0 on)."""
+    info = await client.info("server")
+    return int(str(info.get("redis_version", "0")).partition(".")[0]) >= 7
+
+
+async def pubsubs(client: Redis, channels: Sequence[str]) -> list[tuple[PubSub, list[str]]]:
+    """Pub/sub connections for ``channels``, each with the channels it is for.
+
+    One server (or Sentinel's primary): one, from the client's pool. A cluster: one a
+    primary serving any of the channels' slots (for SSUBSCRIBE), each a connection of its
+    own, not from the cluster client's pools; a channel no key's tag routes (the cancel
+    channels, PUBLISHed cluster-wide) can go on any of them.
+    """
+    if not isinstance(client, RedisCluster):
+        return [(client.pubsub(), list(channels))]
+    await client.initialize()
+    by_node: dict[str, tuple[ClusterNode, list[str]]] = {}
+    for channel in channels:
+        node = client.get_node_from_key(channel)
+        by_node.setdefault(node.name, (node, []))[1].append(channel)
+    if not by_node:
+        node = client.get_default_node()
+        by_node[node.name] = (node, [])
+    return [(Redis(connection_pool=ConnectionPool(connection_class=node.connection_class, max_connections=1,
+                                                  **node.connection_kwargs)).pubsub(), names)
+            for node, names in by_node.values()]
 
 
 def is_single_server(url: str) -> bool:

@@ -40,6 +40,15 @@ class QueueKeys:
         return self.base + "pending"
 
     @property
+    def ready_channel(self) -> str:
+        """Pub/sub CHANNEL (not a key) the scripts nudge idle workers on when ``pending`` gets its first id.
+
+        Named like the list (channels are not keys): it carries the queue's hash tag, so a
+        script's SPUBLISH on it stays on the queue's shard of a cluster (reliq/worker/nudges.py).
+        """
+        return self.pending
+
+    @property
     def priority_prefix(self) -> str:
         """Prefix of the pending lists of the priorities other than the default; scripts append the priority."""
         return self.base + "pending:"

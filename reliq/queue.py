@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
@@ -622,12 +622,6 @@ class Queue:
 
     # -- working ------------------------------------------------------------------
 
-    async def wait_for_task(self, worker_id: str, block_s: float) -> str | None:
-        """Block up to ``block_s`` for a task id, moving it straight into the worker's own list."""
-        k = self.keys
-        task_id = await self.redis.blmove(k.pending, k.processing(worker_id), block_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
-        return None if task_id is None else text(task_id)
-
     async def claim(self, worker_id: str, limit: int, moved: str = "",
                     elsewhere: int = 0) -> tuple[list[Claimed], bool]:
         """Claim up to ``limit`` tasks (and ``moved``, already in the worker's list).
@@ -844,12 +838,13 @@ class Queue:
         batch = orjson.dumps([(task_id, f"{value:.6g}", message) for task_id, value, message in reports])
         return int(await self._scripts("progress", [self.keys.task_prefix], [worker_id, batch]))
 
-    def cancel_nudges(self) -> PubSub:
-        """A pub/sub connection for the cancel nudges of ``cancel.lua`` (to subscribe to :meth:`cancel_channel`).
+    @property
+    def ready_channel(self) -> str:
+        """The channel the scripts nudge idle workers on when this queue's pending list gets its first id.
 
-        A worker process holds one for all its queues (reliq/worker/cancels.py).
+        A worker process subscribes to its queues' on one connection (reliq/worker/nudges.py).
         """
-        return self.redis.pubsub(ignore_subscribe_messages=True)
+        return self.keys.ready_channel
 
     def cancel_channel(self, worker_id: str) -> str:
         """The channel ``cancel.lua`` nudges worker ``worker_id`` on with the id of a task to stop."""

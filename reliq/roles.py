@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from aiohttp import web
 
 from reliq import api, partitions, tracing
-from reliq.connection import UNAVAILABLE, connect
+from reliq.connection import UNAVAILABLE, connect, is_cluster
 from reliq.entry import starting
 from reliq.errors import ConfigError, GaveUp, InvalidSchedule
 from reliq.eventloop import run
@@ -32,6 +32,7 @@ from reliq.settings import Settings, is_loopback
 from reliq.web import quiet_bad_requests
 from reliq.worker import Worker
 from reliq.worker.health import health_app
+from reliq.worker.worker import pool_size
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,12 @@ async def _start_site(stack: AsyncExitStack, app: web.Application, host: str, po
 
 
 async def _open_queue(stack: AsyncExitStack, settings: Settings, max_connections: int,
-                      check: bool = True) -> Queue:
-    """A Queue on a new client (closed with the stack); ``check`` logs Redis's risks once."""
-    redis = connect(settings.redis_url, max_connections=max_connections)
+                      check: bool = True, wait: bool = False) -> Queue:
+    """A Queue on a new client (closed with the stack); ``check`` logs Redis's risks once.
+
+    ``wait``: past ``max_connections`` a call waits for its turn, on a cluster too.
+    """
+    redis = connect(settings.redis_url, max_connections=max_connections, wait_on_cluster=wait)
     stack.push_async_callback(redis.aclose)
     if check:
         try:
@@ -105,7 +109,10 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         check_exposure(settings)
     async with AsyncExitStack() as stack:
         signals = Signals()
-        queue = await _open_queue(stack, settings, max_connections=64)
+        # Only a liveness site beside the worker: the process's one client is the worker's.
+        alone = work and all(factory is _liveness for factory, _ in sites)
+        size = pool_size(is_cluster(settings.redis_url))
+        queue = await _open_queue(stack, settings, max_connections=size if alone else 64, wait=alone)
         named = [queue, *(Queue(queue.redis, settings, n) for n, _ in settings.weighted_queues()[1:])]
         if not await _agree(named, settings, signals.stop, wait=work or bool(settings.partitions)):
             return 0
@@ -115,11 +122,11 @@ async def serve(settings: Settings, sites: list[tuple[AppFactory, int]], work: b
         if not work:
             await signals.stop.wait()
             return 0
-        # The worker gets its own small pool: the fetcher blocks on one connection, the
-        # settler and the loops use a few more, the cancel listener holds one (its pub/sub),
-        # however many tasks run at once.
+        # The worker gets its own small pool, however many queues it serves and tasks it
+        # runs (reliq/worker/worker.py: pool_size); on one server its pub/sub
+        # connection comes from it too. A worker alone shares it with its liveness site.
         weighted = settings.weighted_queues()
-        first = await _open_queue(stack, settings, max_connections=9 + len(weighted), check=False)
+        first = queue if alone else await _open_queue(stack, settings, max_connections=size, check=False, wait=True)
         mine = [Queue(first.redis, settings, q.name) for q in named]
         if not await _agree(mine, settings, signals.stop, wait=True):
             return 0

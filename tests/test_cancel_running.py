@@ -11,7 +11,7 @@ import asyncio
 import math
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from reliq.queue import END_STATES, Outcome, Queue
 from reliq.registry import REGISTRY, Context, Registry
 from reliq.settings import Settings
 from reliq.worker import Worker
-from reliq.worker.cancels import CancelListener
+from reliq.worker.nudges import Nudges
 from reliq.worker.reaper import Reaper
 from tests import procs
 from tests.apps.blocking import runs
@@ -40,14 +40,14 @@ APP = ("--app", "tests.apps.cancellable")
 
 @asynccontextmanager
 async def worker_running(settings: Settings, registry: Registry = REGISTRY,
-                         cls: type[Worker] = Worker) -> AsyncIterator[Worker]:
-    """An in-process worker on the test's queue, stopped (drained) on the way out."""
+                         cls: type[Worker] = Worker, queues: Sequence[str] = ()) -> AsyncIterator[Worker]:
+    """An in-process worker on the test's queue (or ``queues``), subscribed; stopped (drained) on the way out."""
     stop = asyncio.Event()
     redis = connect(settings.redis_url)
-    worker = cls(Queue(redis, settings), settings, registry)
+    worker = cls([(Queue(redis, settings, name), 1) for name in queues or [settings.queue]], settings, registry)
     run = asyncio.create_task(worker.run(stop))
     try:
-        await eventually(lambda: worker.listener.subscribed.is_set() or run.done(), timeout=20, what="worker up")
+        await eventually(lambda: worker.nudges.subscribed.is_set() or run.done(), timeout=20, what="worker up")
         yield worker
     finally:
         stop.set()
@@ -106,7 +106,7 @@ async def test_an_async_handler_gets_cancelled_error_and_a_missed_message_comes_
             raise
 
     deaf: list[str] = []
-    monkeypatch.setattr(CancelListener, "__init__", _deaf_listener(deaf))
+    monkeypatch.setattr(Nudges, "__init__", _deaf_listener(deaf))
     async with worker_running(settings, registry_with(patient=patient)) as worker:
         task_id = await queue.enqueue("patient")
         await until_state(queue, task_id, "processing")
@@ -119,10 +119,10 @@ async def test_an_async_handler_gets_cancelled_error_and_a_missed_message_comes_
 
 
 def _deaf_listener(heard: list[str]) -> Any:
-    """A CancelListener.__init__ that subscribes to a channel nobody publishes on."""
-    original = CancelListener.__init__
+    """A Nudges.__init__ that subscribes to cancel channels nobody publishes on."""
+    original = Nudges.__init__
 
-    def init(self: CancelListener, queues: list[Queue], worker_id: str, on_request: Any) -> None:
+    def init(self: Nudges, queues: list[Queue], worker_id: str, on_request: Any) -> None:
         original(self, queues, worker_id + ":nobody", heard.append)
 
     return init

@@ -22,7 +22,7 @@ from reliq.cli import main
 from reliq.queue import COUNTERS, Outcome, Queue
 from reliq.settings import Settings
 from reliq.worker import Worker
-from reliq.worker.fetcher import Fetcher
+from tests.util import move_in
 
 LEASE = 3.0
 
@@ -166,10 +166,10 @@ async def test_a_moved_task_requeued_by_the_reaper_before_its_claim_is_not_lost(
     in no list for ever."""
     task_id = await queue.enqueue("noop")
     await queue.heartbeat("w1", {}, 10)
-    assert await queue.wait_for_task("w1", 1) == task_id
+    assert await move_in(queue, "w1") == task_id
     await asyncio.sleep(0.01)
     assert await queue.reap("w1", 0.001) == (1, 0, 0)
-    late, _ = await queue.claim("w1", 1, task_id)  # the stale BLMOVE reply is claimed late
+    late, _ = await queue.claim("w1", 1, task_id)  # the stale move is claimed late
     others, _ = await queue.claim("w2", 10)
     for worker, claimed in (("w1", late), ("w2", others)):
         await queue.settle(worker, [Outcome(t, "ok", "", 1) for t in claimed])
@@ -225,23 +225,6 @@ async def test_an_unexpected_error_while_settling_does_not_strand_the_results(
         await worker
 
 
-async def test_an_id_a_pending_blmove_moved_is_not_also_adopted(queue: Queue) -> None:
-    """Found by the Redis-stall fault: a BLMOVE outlived the fetcher's wait, moved an id
-    into the worker's list when Redis resumed, and the periodic orphan check adopted that
-    id before the waiter was harvested; the harvest then claimed it a second time and the
-    worker ran it twice (attempts 1 and 2, same process, no fault to explain it)."""
-    fetcher = Fetcher([(queue, 1)], "w1")
-    task_id = await queue.enqueue("noop")
-    moved = await queue.wait_for_task("w1", 1)  # what the outstanding BLMOVE did
-    waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-    waiter.set_result(moved)
-    fetcher._waiters[queue.name] = waiter  # type: ignore[assignment]  # done, not yet harvested
-    adopted = await fetcher.adopt_orphans(set(), 0)
-    harvested, _ = await fetcher.claim(16, len(adopted))
-    assert [t.id for t in adopted + harvested] == [task_id]
-    assert (await queue.get(task_id))["attempts"] == 1
-
-
 def test_bad_flags_get_a_clear_cli_error() -> None:
     result = CliRunner().invoke(main, ["chaos", "--duration", "0"])
     assert result.exit_code == 2 and "--duration" in result.output
@@ -258,23 +241,3 @@ def test_a_run_on_a_redis_cluster_plans_every_fault_but_the_one_node_proxy() -> 
     assert "partition" in plan(60, random.Random(1))
 
 
-async def test_a_blmove_that_failed_as_the_worker_stopped_prints_no_traceback(
-        queue: Queue, caplog: pytest.LogCaptureFixture) -> None:
-    """Found by the newcomer rehearsal: Redis gone during a drain left the idle BLMOVE's
-    error unretrieved, and asyncio printed 'Task exception was never retrieved' and its
-    traceback as the worker exited."""
-    import gc
-
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    async def fails() -> str | None:
-        raise RedisConnectionError("Connection closed by server.")
-
-    fetcher = Fetcher([(queue, 1)], "w1")
-    waiter = asyncio.create_task(fails())
-    await asyncio.sleep(0)
-    fetcher._waiters[queue.name] = waiter
-    await fetcher.close()
-    del waiter
-    gc.collect()
-    assert "never retrieved" not in caplog.text

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import statistics
 import subprocess
 import threading
 import time
@@ -40,6 +41,8 @@ from reliq.settings import Settings
 from reliq.worker import Worker
 from reliq.worker.heartbeat import Heartbeat
 from tests import procs
+from tests.conns import connections_of
+from tests.test_connections import MOST, all_done, names, up, worker_of
 from tests.util import eventually
 
 

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from reliq import priorities
 from reliq.keys import group_id
 from reliq.queue import Claimed, Outcome, Queue, make_spec
+from tests.util import move_in, ready_nudges
 
 
 async def enqueue(queue: Queue, type_: str, n: int, key: str | None = None, **options: object) -> list[str]:
@@ -168,15 +169,14 @@ async def test_a_paused_types_keys_are_held_and_come_back_on_resume(queue: Queue
     assert [t.id for t in (await queue.take("w1", 10)).tasks] == a
 
 
-async def test_a_blocked_worker_wakes_for_a_keyed_task(queue: Queue) -> None:
-    waiting = asyncio.create_task(queue.wait_for_task("w1", 5))
-    await asyncio.sleep(0.05)
-    [task_id] = await enqueue(queue, "k", 1, key="A")
-    moved = await asyncio.wait_for(waiting, 2)
-    assert moved == priorities.WAKE  # the wake mark, not a task
-    take = await queue.take("w1", 10, moved)
-    assert [t.id for t in take.tasks] == [task_id]
-    assert (await queue.snapshot())["pending"] == 0
+async def test_a_keyed_task_nudges_idle_workers(queue: Queue) -> None:
+    async with ready_nudges(queue) as heard:
+        [task_id] = await enqueue(queue, "k", 1, key="A")
+        assert await heard(0.5) == [""]
+        assert await move_in(queue, "w1") == priorities.WAKE  # the wake mark, not a task
+        take = await queue.take("w1", 10, priorities.WAKE)
+        assert [t.id for t in take.tasks] == [task_id]
+        assert (await queue.snapshot())["pending"] == 0
 
 
 async def test_a_running_keyed_task_cancelled_gives_its_slot_back_settled_or_reaped(queue: Queue, redis: Redis) -> None:

@@ -24,7 +24,7 @@ from reliq.settings import Settings
 from reliq.worker import Worker
 from tests import procs
 from tests.apps import pausable
-from tests.util import eventually
+from tests.util import eventually, move_in
 
 APP = ("--app", "tests.apps.pausable")
 assert pausable  # registers "slow" and "other" for the in-process worker
@@ -177,48 +177,49 @@ async def test_a_worker_killed_while_paused_loses_nothing(
         procs.stop(worker)
 
 
-async def test_a_paused_worker_neither_spins_nor_blocks_and_resumes_within_a_second(
+async def test_a_paused_worker_neither_spins_nor_is_woken_and_resumes_at_once(
     queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:
-    calls = {"take": 0, "blmove": 0}
-    take, wait = queue.take, queue.wait_for_task
+    calls = {"take": 0}
+    take = queue.take
 
     async def counted_take(*args: Any, **kwargs: Any) -> Any:
         calls["take"] += 1
         return await take(*args, **kwargs)
 
-    async def counted_wait(*args: Any, **kwargs: Any) -> Any:
-        calls["blmove"] += 1
-        return await wait(*args, **kwargs)
-
-    queue.take, queue.wait_for_task = counted_take, counted_wait  # type: ignore[method-assign]
+    queue.take = counted_take  # type: ignore[method-assign]
     await queue.pause(None, "test")
     worker = Worker(queue, settings.replace(concurrency=2))
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
+        await eventually(lambda: worker.nudges.subscribed.is_set(), what="the worker listening")
         [task_id] = await enqueue(queue, 1, tmp_path / "starts.log", 0)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(0.5)
+        calls["take"] = 0
+        for _ in range(20):  # nudges, as of tasks into an empty pending, ten a second
+            await queue.redis.spublish(queue.ready_channel, "")
+            await asyncio.sleep(0.1)
         assert (await queue.get(task_id))["state"] == "pending"
-        assert calls["take"] <= 6 and calls["blmove"] <= 1  # about twice a second, no BLMOVE while paused
+        assert calls["take"] <= 6  # about twice a second, whatever the nudges: not woken while paused
         await queue.resume(None)
         resumed = time.monotonic()
 
         async def done() -> bool:
             return (await queue.get(task_id))["state"] == "succeeded"
         await eventually(done, timeout=3, what="the task after the resume")
-        assert time.monotonic() - resumed < 1.2
+        assert time.monotonic() - resumed < 0.45  # the resume nudges: not the next half-second check
     finally:
         stop.set()
         await running
 
 
-async def test_an_id_a_blmove_moved_in_as_the_pause_landed_goes_back_uncounted(
+async def test_an_id_moved_in_as_the_pause_landed_goes_back_uncounted(
     queue: Queue, redis: Redis, tmp_path: Path
 ) -> None:
     ids = await enqueue(queue, 3, tmp_path / "log", 0)
     await queue.pause(None, "test")
-    moved = await queue.wait_for_task("w1", 0.1)
+    moved = await move_in(queue, "w1")
     assert moved == ids[0]
     take = await queue.take("w1", 10, moved)
     assert take.paused and take.tasks == []

@@ -23,15 +23,17 @@ from reliq import priorities
 from reliq.cli import main
 from reliq.client import AsyncClient, Client
 from reliq.errors import ConfigError, InvalidTask
+from reliq.loops import cancel_all
 from reliq.monitor import app as monitor
 from reliq.priorities import WAKE
 from reliq.queue import Claimed, Outcome, Queue
 from reliq.scripts import source
 from reliq.settings import Settings
 from reliq.worker.fetcher import Fetcher
+from reliq.worker.nudges import Nudges
 from tests import procs
 from tests.keyspace import keyspace
-from tests.util import api_client, eventually
+from tests.util import api_client, eventually, move_in
 
 W = "w1"
 
@@ -226,7 +228,7 @@ async def test_a_paused_type_holds_tasks_of_every_priority_and_resume_returns_ea
 async def test_a_whole_queue_paused_hands_a_moved_wake_mark_back_to_no_one(queue: Queue, redis: Redis) -> None:
     await queue.enqueue("t", None, priority=9)
     await queue.pause(None, "test")
-    assert await queue.wait_for_task(W, 1) == WAKE
+    assert await move_in(queue, W) == WAKE
     take = await queue.take(W, 10, WAKE)
     assert take.paused and not take.tasks
     assert await redis.llen(queue.keys.processing(W)) == 0  # the mark went, nothing else moved
@@ -275,14 +277,15 @@ async def test_a_crash_suspect_of_a_priority_runs_alone(queue: Queue, redis: Red
 # -- waking an idle worker ---------------------------------------------------------------
 
 
-async def test_an_idle_worker_blocked_on_pending_wakes_for_a_task_of_another_priority(
-        queue: Queue, redis: Redis) -> None:
-    fetcher = Fetcher([(queue, 1)], W)
+async def test_an_idle_worker_wakes_for_a_task_of_another_priority(queue: Queue, redis: Redis) -> None:
+    nudges = Nudges([queue], W, lambda _: None)
+    listening = asyncio.create_task(nudges.run())
+    fetcher = Fetcher([(queue, 1)], W, nudges=nudges)
     try:
+        await asyncio.wait_for(nudges.subscribed.wait(), 10)
+        nudges.take()  # the subscription's own wake-up
         waiting = asyncio.create_task(fetcher.wait(30, free=10, held=0))
-        async def blocked() -> bool:
-            return any(c.get("cmd") == "blmove" for c in await redis.client_list())
-        await eventually(blocked, what="the fetcher blocking in BLMOVE")
+        await asyncio.sleep(0.2)
         task_id = await queue.enqueue("t", None, priority=9)
         got = await asyncio.wait_for(waiting, 10)
         assert [t.id for t in got] == [task_id]
@@ -290,7 +293,7 @@ async def test_an_idle_worker_blocked_on_pending_wakes_for_a_task_of_another_pri
         assert space["processing:" + W] == [task_id]  # the mark is gone from every list
         assert not any(k.startswith("pending") for k in space)
     finally:
-        await fetcher.close()
+        await cancel_all([listening])
 
 
 async def test_burst_mode_sees_tasks_of_every_priority(queue: Queue) -> None:

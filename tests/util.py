@@ -57,3 +57,35 @@ async def api_client(queue: Queue, settings: Settings) -> AsyncIterator[TestClie
         yield client
     finally:
         await client.close()
+
+
+async def move_in(queue: Queue, worker_id: str) -> str | None:
+    """Move the id at the taking end of ``pending`` into the worker's list, as a worker's
+    own lost reply or a BLMOVE of an older reliq leaves one: claim.lua takes such an id
+    (``moved``), and the orphan adoption hands it the ids of a worker's list."""
+    k = queue.keys
+    moved = await queue.redis.lmove(k.pending, k.processing(worker_id), "RIGHT", "LEFT")
+    return None if moved is None else moved.decode()
+
+
+@asynccontextmanager
+async def ready_nudges(queue: Queue) -> AsyncIterator[Callable[[float], Awaitable[list[str]]]]:
+    """Listen on the queue's ready channel (reliq/worker/nudges.py); yield a function that
+    returns the nudges heard within a given number of seconds."""
+    pubsub = queue.redis.pubsub()
+    await pubsub.ssubscribe(queue.ready_channel)
+    assert (await pubsub.get_message(timeout=5))["type"] == "ssubscribe"
+
+    async def heard(within: float) -> list[str]:
+        got: list[str] = []
+        deadline = time.monotonic() + within
+        while (left := deadline - time.monotonic()) > 0:
+            message = await pubsub.get_message(timeout=left)
+            if message is not None and message["type"] == "smessage":
+                got.append(message["data"].decode())
+        return got
+
+    try:
+        yield heard
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]

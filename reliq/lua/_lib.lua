@@ -88,12 +88,24 @@ local function unique_release(unique_prefix, lock, id)
   end
 end
 
+-- Wake-ups (reliq/worker/nudges.py). An idle worker waits on one pub/sub connection for
+-- all its queues, not on their lists: a script that makes a queue's pending list non-empty
+-- publishes on the queue's ready channel, named like the list (reliq/keys.py:
+-- ready_channel), with SPUBLISH where Redis has it (7.0 on: on a cluster the message stays
+-- on the queue's shard), else PUBLISH. Only an empty list's first push publishes, so a busy
+-- queue's pushes pay one comparison. ``why``: '' (tasks), or 'resumed' (a paused queue's
+-- tasks may be claimed again).
+local PUBLISH = redis.REDIS_VERSION_NUM and 'SPUBLISH' or 'PUBLISH'
+local function ready_nudge(pending_key, why)
+  redis.call(PUBLISH, pending_key, why)
+end
+
 -- Priorities (reliq/priorities.py). A pending id of the default priority waits in the
 -- queue's pending list, one of another priority p in the list prio_prefix .. p; the flag
 -- key (keys.priorities) is set whenever such a list is created, so that a claim that
 -- finds no flag need not look at them. A worker with nothing to do blocks on pending
--- alone (BLMOVE), so an id put in another list while pending is empty pushes WAKE_MARK
--- there; a claim drops it like any id without a record.
+-- alone (its ready channel, above), so an id put in another list while pending is empty
+-- pushes WAKE_MARK there (and nudges); a claim drops it like any id without a record.
 local DEFAULT_PRIORITY = '5'
 local OTHER_PRIORITIES = {'9', '8', '7', '6', '4', '3', '2', '1', '0'}  -- highest first
 --- @format WAKE_MARK
@@ -111,7 +123,12 @@ local function push_ready(pending_key, prio_prefix, flag_key, id, priority, push
   local n = redis.call(push, list, id)
   if list ~= pending_key then
     if n == 1 then redis.call('SET', flag_key, '1') end
-    if redis.call('LLEN', pending_key) == 0 then redis.call('LPUSH', pending_key, WAKE_MARK) end
+    if redis.call('LLEN', pending_key) == 0 then
+      redis.call('LPUSH', pending_key, WAKE_MARK)
+      ready_nudge(pending_key, '')
+    end
+  elseif n == 1 then
+    ready_nudge(pending_key, '')
   end
 end
 
@@ -274,11 +291,12 @@ local function gid_type(gid)
   return string.sub(gid, #n + 2, #n + 1 + tonumber(n))
 end
 
--- Put key gid's marker on the far end of the ring; a worker blocked on an empty pending is
--- woken with the wake mark (as for a task of another priority).
+-- Put key gid's marker on the far end of the ring; an empty pending gets the wake mark and
+-- a nudge (as for a task of another priority).
 local function ring_push(G, gid)
   if redis.call('LPUSH', G.ring, gid) == 1 and redis.call('LLEN', G.pending) == 0 then
     redis.call('LPUSH', G.pending, WAKE_MARK)
+    ready_nudge(G.pending, '')
   end
 end
 

@@ -123,7 +123,8 @@ for o = 0, #b - 1, #ENQUEUE_FIELDS do
   end
 end
 for i = 1, #ready, 1000 do  -- in slices: unpack has a stack limit
-  redis.call('LPUSH', PENDING, unpack(ready, i, math.min(i + 999, #ready)))
+  local last = math.min(i + 999, #ready)
+  if redis.call('LPUSH', PENDING, unpack(ready, i, last)) == last - i + 1 then ready_nudge(PENDING, '') end
 end
 if created > 0 then
   redis.call('HINCRBY', STATS, 'enqueued', created)

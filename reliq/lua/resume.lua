@@ -31,6 +31,7 @@ local current = redis.call('HGET', PAUSED, field)
 if not current then return {CODE_ALREADY, 0, 0} end
 if field == WHOLE_QUEUE then
   redis.call('HDEL', PAUSED, WHOLE_QUEUE)
+  if redis.call('LLEN', PENDING) > 0 then ready_nudge(PENDING, 'resumed') end
   return {CODE_OK, 0, 0}
 end
 if string.sub(current, 1, #PAUSED_MARK) == PAUSED_MARK then

@@ -3,8 +3,8 @@
 ``cancel.lua`` marks a running task's record, adds its id to its worker's cancel-request
 set and publishes the id on the worker's channel. The worker learns of it twice over:
 
-- at once, from :class:`CancelListener`: one pub/sub connection a worker process for
-  all its queues (a connection a process, not one a task: connections stay bounded);
+- at once, from the worker's pub/sub connection (reliq/worker/nudges.py: one a worker
+  process for all its queues and their wake-ups, not one a task: connections stay bounded);
 - within one heartbeat, from the beat's reply, which carries the whole set: a message
   missed while that connection was down is not a cancel missed.
 
@@ -27,15 +27,12 @@ A task claimed ahead and not started yet is not started.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Container, Mapping
 from typing import Any
 
-from reliq.connection import UNAVAILABLE
-from reliq.outage import NEVER, Outage, reraise_if_cancelled
-from reliq.queue import Claimed, Queue, text
+from reliq.queue import Claimed
 from reliq.registry import Handler, Registry
 from reliq.worker.procpool import Child
 
@@ -152,34 +149,3 @@ class Cancels:
             return  # it ended meanwhile
         self._ours[runner] = self._ours.get(runner, 0) + 1
         runner.cancel()
-
-
-class CancelListener:
-    """One pub/sub connection a worker process: the cancel nudges for it, in all its queues."""
-
-    def __init__(self, queues: list[Queue], worker_id: str, on_request: Callable[[str], None]) -> None:
-        self.queues = queues
-        self.worker_id = worker_id
-        self.on_request = on_request
-        self.subscribed = asyncio.Event()  # for tests: the first subscription is in place
-
-    async def run(self) -> None:
-        """Listen until cancelled, subscribing again after an outage (the heartbeat covers the gap)."""
-        outage = Outage("cancel listener", log, give_up=NEVER)
-        while True:
-            pubsub = self.queues[0].cancel_nudges()
-            try:
-                await pubsub.subscribe(*(q.cancel_channel(self.worker_id) for q in self.queues))
-                outage.answered()
-                self.subscribed.set()
-                async for message in pubsub.listen():
-                    if message and message.get("type") == "message":
-                        self.on_request(text(message["data"]))
-                delay = outage.backoff.next()  # the subscription ended: again, not in a tight loop
-            except UNAVAILABLE as exc:
-                reraise_if_cancelled()
-                delay = outage.failed(exc, "cancels arrive with the heartbeat meanwhile")
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
-            await asyncio.sleep(delay)

@@ -3,14 +3,16 @@
 Under load the fetcher claims in batches with the claim script, visiting the queues in
 a weighted random order each time (Sidekiq's rule: a queue of weight 6 is visited first
 six times as often as one of weight 1), or by descending weight with ``strict``. When
-every queue is empty it blocks on one BLMOVE per queue at once, each into this worker's
-own processing list of that queue, so a task in any queue starts within milliseconds
-and an idle worker costs Redis nothing. A BLMOVE left waiting is kept for the next idle
-spell rather than cancelled, so waking up never loses a moved id.
+every queue is empty it waits for a wake-up (reliq/worker/nudges.py: one pub/sub
+connection for all the queues) and claims from the queues woken, so a task in any queue
+starts within milliseconds and an idle worker costs Redis next to nothing; a wake-up whose
+claim finds nothing (another worker took the task) goes back to waiting. Once a
+``block_s`` without a wake-up it claims from every queue again (the fallback for a
+wake-up lost with a connection).
 
 A queue whose claim answers "paused" (reliq/pausing.py) is left alone, neither claimed
-from nor waited on with a BLMOVE, for :data:`~reliq.pausing.RECHECK_S`; then a claim asks
-again. An id a BLMOVE moved in as the pause landed is handed back by that claim.
+from nor woken for, for :data:`~reliq.pausing.RECHECK_S`, or until its resume says so;
+then a claim asks again.
 
 A claim that could have taken more also says when tasks it set aside (for a rate limit's
 next token, or a hold; docs/flow-control.md) are due: an idle wait then ends by that time,
@@ -19,27 +21,36 @@ so the next claim takes them as they come due, without spinning in between.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Container, Sequence
 
-from reliq.loops import cancel_all
 from reliq.pausing import RECHECK_S
 from reliq.queue import Claimed, Queue, Take
+from reliq.worker.nudges import Nudges
+
+#: How often the fetcher claims from every queue, those it found empty too: the fallback
+#: for a wake-up lost with its connection (seconds).
+SWEEP_S = 1.0
 
 
 class Fetcher:
     """Claims tasks for worker ``worker_id`` from ``queues`` (each with a weight)."""
 
-    def __init__(self, queues: Sequence[tuple[Queue, int]], worker_id: str, *, strict: bool = False) -> None:
+    def __init__(self, queues: Sequence[tuple[Queue, int]], worker_id: str, *, strict: bool = False,
+                 nudges: Nudges | None = None) -> None:
         self.queues = [q for q, _ in queues]
         self.weights = [w for _, w in queues]
         self.worker_id = worker_id
         self.strict = strict
-        self._waiters: dict[str, asyncio.Task[str | None]] = {}
+        #: The wake-ups (the worker runs them; without, every wait lasts its whole ``block_s``).
+        self.nudges = nudges or Nudges(self.queues, worker_id, lambda _: None)
         self._paused: dict[str, float] = {}  # queue name -> when to ask again (monotonic)
         self._due: dict[str, float] = {}  # queue name -> when its set-aside tasks are due (monotonic)
+        #: Queues whose last claim found nothing more: not claimed from again until woken, or due,
+        #: or the next round of all (at ``_sweep_at``, monotonic).
+        self._quiet: set[str] = set()
+        self._sweep_at = 0.0
 
     def order(self) -> list[Queue]:
         """The order to visit the queues in this time."""
@@ -51,20 +62,37 @@ class Fetcher:
         return [q for _, q in sorted(zip(keys, self.queues, strict=True), key=lambda kq: kq[0], reverse=True)]
 
     async def claim(self, free: int, held: int) -> tuple[list[Claimed], bool]:
-        """Claim up to ``free`` tasks without blocking; ``held`` is what the worker holds.
+        """Claim up to ``free`` tasks from every queue without blocking; ``held`` is what the worker holds.
 
         Returns the tasks and whether a crash suspect waits for the worker to hold
-        nothing (then nothing else is claimed: a suspect must run alone).
+        nothing (then nothing else is claimed: a suspect must run alone). A queue whose
+        last claim found it empty is skipped until a wake-up or its set-aside tasks' due
+        time says otherwise, except once every :data:`SWEEP_S`.
         """
-        tasks = await self._harvest(free, held)
-        if any(t.crashes for t in tasks):
-            return tasks, False  # a suspect came alone: claim nothing beside it
-        for queue in self.order():
+        now = time.monotonic()
+        if now >= self._sweep_at:
+            self._sweep_at = now + SWEEP_S
+            skip: set[str] = set()
+        else:
+            skip = self._quiet.difference(n for n, at in self._due.items() if at <= now)
+        return await self._claim_from([q for q in self.order() if q.name not in skip], free, held)
+
+    async def _claim_from(self, queues: list[Queue], free: int, held: int) -> tuple[list[Claimed], bool]:
+        """Claim from ``queues`` in turn; the queues woken meanwhile go first (a round of 50 lasts a while)."""
+        tasks: list[Claimed] = []
+        queues = queues[::-1]  # popped from the end
+        while queues:
+            if self.nudges.woken:
+                woken = self.nudges.take()
+                self._quiet -= woken
+                queues = [q for q in queues if q.name not in woken] + [q for q in self.queues if q.name in woken]
+            queue = queues.pop()
             if len(tasks) >= free:
                 break
             if self.is_paused(queue):
                 continue
-            take = self._note(queue, await queue.take(self.worker_id, free - len(tasks), elsewhere=held + len(tasks)))
+            asked = free - len(tasks)
+            take = self._note(queue, await queue.take(self.worker_id, asked, elsewhere=held + len(tasks)), asked)
             if take.blocked:
                 return tasks, True
             got = take.tasks
@@ -78,7 +106,11 @@ class Fetcher:
         until = self._paused.get(queue.name)
         return until is not None and time.monotonic() < until
 
-    def _note(self, queue: Queue, take: Take) -> Take:
+    def _note(self, queue: Queue, take: Take, asked: int) -> Take:
+        if take.paused or take.blocked or len(take.tasks) >= asked:
+            self._quiet.discard(queue.name)
+        else:  # nothing more to claim: any task that comes now nudges
+            self._quiet.add(queue.name)
         if take.paused:
             self._paused[queue.name] = time.monotonic() + RECHECK_S
         else:
@@ -90,46 +122,32 @@ class Fetcher:
         return take
 
     async def wait(self, block_s: float, free: int, held: int) -> list[Claimed]:
-        """Block up to ``block_s`` until a task arrives in any queue that is not paused, then claim it.
+        """Wait up to ``block_s`` for a wake-up of a queue that is not paused, and claim from the queues woken.
 
-        With every queue paused, sleep until the first is due to be asked again. Return by
-        the time set-aside tasks of a queue are due, too.
+        Empty at the end of ``block_s`` (then the caller claims from every queue), or by
+        the time a paused queue is to be asked again, or set-aside tasks of a queue are due.
         """
-        for queue in self.queues:
-            if queue.name not in self._waiters and not self.is_paused(queue):
-                self._waiters[queue.name] = asyncio.create_task(queue.wait_for_task(self.worker_id, block_s))
-        timeout = block_s + 1
+        deadline = time.monotonic() + block_s
         wake_at = [*self._paused.values(), *self._due.values()]
         if wake_at:  # ask a paused queue again in time, even while waiting on the others; take what comes due
-            timeout = min(timeout, max(0.0, min(wake_at) - time.monotonic()))
-        if self._waiters:
-            await asyncio.wait(self._waiters.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        else:
-            await asyncio.sleep(timeout)
-        return await self._harvest(free, held)
-
-    async def _harvest(self, free: int, held: int) -> list[Claimed]:
-        """Claim the ids finished BLMOVEs moved into our lists."""
-        tasks: list[Claimed] = []
-        for queue in self.queues:
-            waiter = self._waiters.get(queue.name)
-            if waiter is None or not waiter.done():
-                continue
-            if any(t.crashes for t in tasks):
-                break  # leave the rest in our lists, unclaimed, until the suspect is done
-            del self._waiters[queue.name]
-            moved = waiter.result()  # raises the waiter's error, e.g. Redis unreachable
-            if moved is not None:
-                take = await queue.take(self.worker_id, max(1, free - len(tasks)), moved, held + len(tasks))
-                tasks += self._note(queue, take).tasks
-        return tasks
+            deadline = min(deadline, min(wake_at))
+        while (left := deadline - time.monotonic()) > 0:
+            woken = await self.nudges.wait(left)
+            for name in self.nudges.resumed:
+                self._paused.pop(name, None)
+            self.nudges.resumed.clear()
+            if not woken:
+                break
+            self._quiet -= woken
+            tasks, blocked = await self._claim_from([q for q in self.order() if q.name in woken], free, held)
+            if tasks or blocked:
+                return tasks
+        return []
 
     async def adopt_orphans(self, known: Container[str], held: int) -> list[Claimed]:
         """After a lost reply, claim ids in our lists that the worker does not know it holds."""
         tasks: list[Claimed] = []
         for queue in self.queues:
-            if queue.name in self._waiters:
-                continue  # its BLMOVE may have moved an id in: adopting it too would claim it twice
             for task_id in await queue.processing_ids(self.worker_id):
                 if task_id not in known:
                     got, _ = await queue.claim(self.worker_id, 1, task_id, held + len(tasks))
@@ -145,14 +163,3 @@ class Fetcher:
             if any(await queue.backlog()):
                 return False
         return True
-
-    async def close(self) -> None:
-        """Cancel waiting BLMOVEs (an id one of them moved is handed back by the release)."""
-        waiters = list(self._waiters.values())
-        self._waiters.clear()
-        await cancel_all(waiters)
-        for waiter in waiters:
-            # One that failed as we stopped (Redis went away during the drain): the loops
-            # already said Redis is unreachable; unretrieved, asyncio would print its traceback.
-            if not waiter.cancelled():
-                waiter.exception()

@@ -1,14 +1,15 @@
 """A worker process: a fixed set of runner coroutines fed by one fetcher and one settler.
 
 - The fetcher claims as many tasks as there are idle runners in one script call, and
-  blocks on BLMOVE (into this worker's own list) when the queue is empty. With short
+  waits for a wake-up (reliq/worker/nudges.py) when every queue is empty. With short
   tasks it claims ahead: as many more as the runners finish during one claim round
   trip (see :meth:`Worker.ahead`), so they never wait for Redis and Redis never waits
   for them.
 - Runners execute handlers: async ones on the loop, plain ones in a thread pool.
 - The settler acknowledges finished tasks in batches, one script call per batch.
-- A cancel listener (one pub/sub connection) and the heartbeat's reply bring the cancels
-  of running tasks, which the runners stop (reliq/worker/cancels.py); what handlers report
+- One pub/sub connection (one a shard on a cluster) brings the wake-ups of all the queues
+  and the cancels of running tasks, which the runners stop (reliq/worker/cancels.py; the
+  heartbeat's reply brings the cancels too); what handlers report
   with ``ctx.progress`` is written once a second (reliq/worker/progress.py).
 - Promoter and reaper loops run beside them, and a loop watch (reliq/loopwatch.py); the
   heartbeat runs in a thread of its own, so a handler that blocks the loop cannot
@@ -48,10 +49,11 @@ from reliq.registry import REGISTRY, Context, Handler, Registry
 from reliq.schedules import Declared
 from reliq.settings import Settings
 from reliq.worker import procpool
-from reliq.worker.cancels import CancelListener, Cancels
+from reliq.worker.cancels import Cancels
 from reliq.worker.dead_trimmer import DeadTrimmer
 from reliq.worker.fetcher import Fetcher
 from reliq.worker.heartbeat import Heartbeat, landing_time
+from reliq.worker.nudges import Nudges
 from reliq.worker.periodic_enqueuer import PeriodicEnqueuer
 from reliq.worker.procpool import ProcessPool
 from reliq.worker.progress import ProgressWriter
@@ -67,8 +69,19 @@ OK, ERROR, TIMEOUT, SNOOZE = RunOutcome.OK, RunOutcome.ERROR, RunOutcome.TIMEOUT
 PERMANENT, UNKNOWN_TYPE, CANCELLED = RunOutcome.PERMANENT, RunOutcome.UNKNOWN_TYPE, RunOutcome.CANCELLED
 RATE_LIMITED = RunOutcome.RATE_LIMITED
 
-#: How long one BLMOVE waits before the fetcher looks around again (stop, burst end).
+#: How long an idle fetcher waits for wake-ups before it claims from every queue again
+#: (the fallback for a wake-up lost with its connection; stop, burst end).
 BLOCK_S = 1.0
+#: The connections of a worker process's client, shared by the claims, the settles and the
+#: loops of all its queues: on one server, 5 with its pub/sub connection among them; on a
+#: cluster, 3 a node, beside a pub/sub connection of its own a shard and the one redis-py
+#: keeps on the seed node it read the slot map from. With the heartbeat's, a worker
+#: process holds at most 6 a Redis (a shard), whatever the number of its queues.
+def pool_size(cluster: bool) -> int:
+    """The size of a worker process's pool (a node's, on a cluster)."""
+    return 3 if cluster else 5
+
+
 #: In burst mode the fetcher looks more often, to return soon after the last task.
 BURST_BLOCK_S = 0.05
 #: How often a task held past its timeout, its thread still running, is logged again, seconds.
@@ -92,7 +105,9 @@ class Worker:
         self._retentions = registry.retentions()  # types keeping succeeded records their own way
         self.burst = burst
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.fetcher = Fetcher(weighted, self.id, strict=strict)
+        #: The wake-ups of all the queues and the cancel nudges, on one pub/sub connection (a shard).
+        self.nudges = Nudges([q for q, _ in weighted], self.id, lambda task_id: self.cancels.ask(task_id))
+        self.fetcher = Fetcher(weighted, self.id, strict=strict, nudges=self.nudges)
         self.concurrency = settings.concurrency
         self.held: dict[str, Claimed] = {}  # claimed and not yet settled
         self.busy = 0  # claimed and not yet finished: running, or waiting for a runner
@@ -114,7 +129,6 @@ class Worker:
         self._watchdog = Watchdog()  # task timeouts: one timer for all runners
         self._fetch_task: asyncio.Task[None] | None = None
         self._orphan_check = 0.0  # when the fetcher next looks for orphans in its list (monotonic)
-        self._listener: CancelListener | None = None
         self._traced = False  # spans an attempt (OpenTelemetry set up): see reliq.tracing
         self._running: dict[asyncio.Task[Any], Claimed] = {}  # runner -> the task it runs
         self.watch = LoopWatch(settings.loop_block_warn, self._culprit)
@@ -168,7 +182,7 @@ class Worker:
             await self._procs.start()  # before the first claim: no task waits for a child to start
         background = [asyncio.create_task(self.watch.run(self.stuck_after), name="loopwatch"),
                       asyncio.create_task(self.progress.run(), name="progress"),
-                      asyncio.create_task(self.listener.run(), name="cancel-listener")]
+                      asyncio.create_task(self.nudges.run(), name="nudges")]
         for queue in self.queues.values():
             with logs.fields(queue=queue.name):  # the tasks created here log their queue
                 background += [
@@ -196,7 +210,6 @@ class Worker:
         log.info("worker %s stopping: %d task(s) running", self.id, self.busy)
         await self._drain(hard_stop)
         await cancel_all(runners)
-        await self.fetcher.close()
         await self._flush(settler)
         heartbeat.stop()  # no beat may re-register this worker after it deregistered
         released = await self._release()
@@ -297,13 +310,6 @@ class Worker:
         for name, declared in by_queue.items():
             queue = self.queues.get(name) or Queue(first.redis, self.settings, name)
             await PeriodicEnqueuer(queue, declared).declare()
-
-    @property
-    def listener(self) -> CancelListener:
-        """The pub/sub connection cancels of this worker's tasks arrive on (one for all its queues)."""
-        if self._listener is None:
-            self._listener = CancelListener(list(self.queues.values()), self.id, self.cancels.ask)
-        return self._listener
 
     def _ask_cancels(self, ids: tuple[str, ...]) -> None:
         for task_id in ids:
