@@ -407,3 +407,47 @@ async def test_an_enqueue_whose_reply_is_lost_on_a_cluster_is_not_run_twice(aof_
             assert (await queue.snapshot())["enqueued"] == 3
         finally:
             await client.aclose()
+
+
+async def test_a_worker_serving_50_queues_holds_6_connections_a_shard_and_wakes_for_each(
+        cluster: LocalCluster, cluster_url: str, rc: Redis, tmp_path: Path) -> None:
+    """Issue 17 §2 on the cluster: one pub/sub connection a shard (SSUBSCRIBE), not one a queue."""
+    queue_names = names()
+    settings = Settings(redis_url=cluster_url)
+    queues = {n: Queue(rc, settings, n) for n in queue_names}
+    primaries = cluster.primaries()
+    nodes = [Redis(port=n.port) for n in primaries]
+    log = tmp_path / "worker.log"
+    proc = worker_of(cluster_url, queue_names, log, "--concurrency", "16")
+    try:
+        await up(queues[queue_names[0]], proc, log)
+        await asyncio.sleep(3)
+
+        async def counts() -> list[list[dict[str, str]]]:
+            return [await connections_of(proc.pid, node, n.port) for node, n in zip(nodes, primaries, strict=True)]
+
+        idle = await counts()
+        assert all(0 < len(c) <= MOST for c in idle), [[c["cmd"] for c in shard] for shard in idle]
+        assert [sum(c["cmd"] == "ssubscribe" for c in shard) for shard in idle] == [1, 1, 1]
+        ids: dict[str, str] = {}
+        most = [len(c) for c in idle]
+        for _ in range(10):  # 500 tasks over every queue, sampled as they run
+            for i, name in enumerate(queue_names):
+                ids[await queues[name].enqueue("sleep", {"seconds": 0.002 * (i % 3)})] = name
+            most = [max(m, len(c)) for m, c in zip(most, await counts(), strict=True)]
+        await all_done(queues, ids)
+        assert max(most) <= MOST, most
+        await asyncio.sleep(1.5)
+        waits = []
+        for name in queue_names:  # one at a time into the idle worker, on each of the shards
+            task_id = await queues[name].enqueue("noop")
+            record = (await all_done(queues, {task_id: name}, timeout=10))[task_id]
+            waits.append(int(record["started_at"]) - int(record["enqueued_at"]))
+            await asyncio.sleep(0.05)
+        assert statistics.median(waits) <= 50, waits
+        text = await asyncio.to_thread(log.read_text)
+        assert "Traceback" not in text and "unreachable" not in text, text
+    finally:
+        procs.stop(proc)
+        for node in nodes:
+            await node.aclose()

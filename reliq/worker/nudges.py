@@ -32,7 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from redis.asyncio.client import PubSub
 
@@ -88,8 +89,8 @@ class Nudges:
         while True:
             connections: list[PubSub] = []
             listeners: list[asyncio.Task[str]] = []
+            client = self.queues[0].redis
             try:
-                client = self.queues[0].redis
                 sharded = await sharded_pubsub(client)
                 groups = await pubsubs(client, sorted(self.ready))
                 connections = [pubsub for pubsub, _ in groups]
@@ -107,15 +108,21 @@ class Nudges:
                 delay = outage.failed(exc, "idle workers claim from their queues every second meanwhile")
             finally:
                 self.subscribed.clear()
-                await cancel_all(listeners)
-                for listener in listeners:  # its error, if any, was the outage just logged
-                    if not listener.cancelled():
-                        listener.exception()
                 self._wake(list(self.ready.values()))  # what was sent while nobody listened
-                for pubsub in connections:
-                    with contextlib.suppress(Exception):
-                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
+                await _uninterrupted(self._close(client, listeners, connections))
             await asyncio.sleep(delay)
+
+    async def _close(self, client: object, listeners: list[asyncio.Task[str]], connections: list[PubSub]) -> None:
+        await cancel_all(listeners)
+        for listener in listeners:  # its error, if any, was the outage just logged
+            if not listener.cancelled():
+                listener.exception()
+        for pubsub in connections:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # (redis-py leaves it untyped)
+            if pubsub.connection_pool is not getattr(client, "connection_pool", None):
+                with contextlib.suppress(Exception):
+                    await pubsub.connection_pool.disconnect()  # a cluster node's, ours alone
 
     async def _listen(self, pubsub: PubSub, channels: list[str], sharded: bool, cancels: set[str]) -> str:
         """Subscribe ``pubsub`` to ``channels`` (and ``cancels``) and dispatch its messages.
@@ -158,3 +165,17 @@ class Nudges:
             self._wake([name])
         elif channel in cancels:
             self.on_cancel(data)
+
+
+async def _uninterrupted(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run ``cleanup`` to its end even if cancelled meanwhile (cancel_all cancels again and
+    again: a cleanup cut short would leave connections open), then let the cancel through."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
