@@ -5,8 +5,9 @@ task type, -> ``paused|since_ms|by``), so every worker and monitor agrees and a 
 any of them changes nothing. The claim script enforces it (``claim.lua``):
 
 - whole queue: a claim returns nothing and a paused signal; the worker then neither
-  spins nor blocks in BLMOVE, and asks again every :data:`RECHECK_S`. Pending tasks stay
-  in pending, untouched. An id a BLMOVE moved in meanwhile goes back, uncounted.
+  spins nor is woken for the queue, and asks again every :data:`RECHECK_S` (or at once
+  when the resume nudges). Pending tasks stay in pending, untouched. An id found in the
+  worker's list meanwhile (a lost reply's) goes back, uncounted.
 - one type: pending tasks of that type a claim meets are set aside into the type's held
   list (still ``pending``, counted in the queue's pending depth); :meth:`Queue.resume`
   moves them back to the taking end of pending, :data:`RESUME_CHUNK` a script call.

@@ -17,9 +17,9 @@ of priority p is overtaken only by tasks of priority q > p enqueued less than
 the lists, so changing it reorders what is already waiting. 0 turns it off: strict
 priorities, where a steady stream of higher ones can hold a low one back for ever.
 
-A worker with nothing to do blocks (BLMOVE) on ``pending`` only. A script that puts a
-task in another priority's list while ``pending`` is empty therefore pushes :data:`WAKE`
-there: a worker blocked on it moves it into its own list and claims, and the claim drops
+A worker with nothing to do is woken when ``pending`` gets its first id
+(reliq/worker/nudges.py). A script that puts a task in another priority's list while
+``pending`` is empty therefore pushes :data:`WAKE` there (and nudges): the claim drops
 the mark (an id with no record, like a cancelled one). Only an empty ``pending`` gets one,
 so at most one mark waits at a time, and counts leave it out (snapshot.lua).
 """

@@ -6,9 +6,12 @@ six times as often as one of weight 1), or by descending weight with ``strict``.
 every queue is empty it waits for a wake-up (reliq/worker/nudges.py: one pub/sub
 connection for all the queues) and claims from the queues woken, so a task in any queue
 starts within milliseconds and an idle worker costs Redis next to nothing; a wake-up whose
-claim finds nothing (another worker took the task) goes back to waiting. Once a
-``block_s`` without a wake-up it claims from every queue again (the fallback for a
-wake-up lost with a connection).
+claim finds nothing (another worker took the task) goes back to waiting. A queue whose
+claim found nothing more is not claimed from again until it is woken (or its set-aside
+tasks are due): the scripts nudge whenever its pending list gets a first id, so a wake-up
+costs one claim, not one a queue. Once every :data:`SWEEP_S` it claims from every queue
+all the same (the fallback for a wake-up lost with a connection, or never sent by an
+older reliq's producer).
 
 A queue whose claim answers "paused" (reliq/pausing.py) is left alone, neither claimed
 from nor woken for, for :data:`~reliq.pausing.RECHECK_S`, or until its resume says so;
