@@ -1050,7 +1050,7 @@ class Queue:
         return [text(key)[len(prefix):] async for key in self.redis.scan_iter(match=prefix + "*", count=1000)]
 
     async def processing_ids(self, worker_id: str) -> list[str]:
-        """The ids in ``worker_id``'s processing list: what it holds (claimed, or moved in by an older reliq's BLMOVE)."""
+        """The ids in ``worker_id``'s processing list: what it holds (claimed, or moved in by an old BLMOVE)."""
         return [text(i) for i in await self.redis.lrange(self.keys.processing(worker_id), 0, -1)]
 
     async def processing_lists(self) -> dict[str, list[str]]:
