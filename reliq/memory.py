@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from reliq.errors import RedisFull
@@ -67,42 +68,68 @@ class MemoryReading:
 
 async def read(redis: Redis) -> MemoryReading:
     """Read INFO memory (on a cluster, the fullest node's)."""
-    info: dict[str, Any] = await redis.info("memory")
-    nodes = [v for v in info.values() if isinstance(v, dict)] or [info]  # the cluster client answers per node
-    readings = [MemoryReading(int(n.get("used_memory", 0)), int(n.get("maxmemory", 0))) for n in nodes]
-    return max(readings, key=lambda r: r.ratio or 0.0)
+    return max((await read_nodes(redis)).values(), key=lambda r: r.ratio or 0.0)
+
+
+async def read_nodes(redis: Redis) -> dict[str, MemoryReading]:
+    """INFO memory of each node by name ("host:port"; ``""`` for the one server of a plain client)."""
+    if isinstance(redis, RedisCluster):  # INFO alone would ask one node: every primary, answering by name
+        info: dict[str, Any] = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    else:
+        info = await redis.info("memory")
+    nodes = {k: v for k, v in info.items() if isinstance(v, dict)} or {"": info}
+    return {name: MemoryReading(int(n.get("used_memory", 0)), int(n.get("maxmemory", 0)))
+            for name, n in nodes.items()}
 
 
 class MemoryGuard:
-    """Admission by memory for the producers of one Redis client (see the module docstring)."""
+    """Admission by memory for the producers of one Redis client (see the module docstring).
+
+    On a cluster each node is judged on its own reading: a partition whose primary is full
+    is refused, the partitions on the other primaries are not (and are not counted as
+    refused).
+    """
 
     def __init__(self, redis: Redis, ratio: float) -> None:
         self.redis = redis
         self.ratio = ratio
-        self.reading: MemoryReading | None = None
+        self.readings: dict[str, MemoryReading] = {}
         self._at = -SAMPLE_S  # monotonic time of the last reading
         self._sampling: asyncio.Task[None] | None = None
         self._broken = False
-        self._added = 0  # bytes let in since the reading, by estimate
+        self._added: dict[str, int] = {}  # bytes let in since the reading, by estimate, by node
 
-    async def admit(self, queue: str, nbytes: int) -> None:
-        """Let ``nbytes`` more in, or raise RedisFull when Redis would be past the ratio of its maxmemory."""
+    async def admit(self, queue: str, nbytes: int, key: str | None = None) -> None:
+        """Let ``nbytes`` more in, or raise RedisFull when Redis would be past the ratio of its maxmemory.
+
+        ``key``: a key of ``queue``, whose node is the one judged on a cluster.
+        """
         if time.monotonic() - self._at >= SAMPLE_S and not self._broken:
             if self._sampling is None or self._sampling.done():
                 self._sampling = asyncio.create_task(self._sample())
             await asyncio.shield(self._sampling)  # concurrent callers share one INFO
-        r = self.reading
+        node = self._node_of(key)
+        r = self.readings.get(node)
+        added = self._added.get(node, 0)
         if r is not None and r.max and self.ratio < 1.0:
-            used = r.used + self._added
+            used = r.used + added
             if used >= r.max * self.ratio:
                 raise RedisFull(queue, used, r.max, self.ratio)
-        self._added += nbytes
+        self._added[node] = added + nbytes
+
+    def _node_of(self, key: str | None) -> str:
+        """The name of the reading that judges ``key``: its node's; the fullest node's without a key."""
+        if "" in self.readings or not self.readings or not isinstance(self.redis, RedisCluster):
+            return ""
+        if key is None:
+            return max(self.readings, key=lambda n: self.readings[n].ratio or 0.0)
+        return str(self.redis.get_node_from_key(key).name)
 
     async def _sample(self) -> None:
         self._at = time.monotonic()
         try:
-            self.reading = await read(self.redis)
-            self._added = 0
+            self.readings = await read_nodes(self.redis)
+            self._added = {}
         except ResponseError as exc:  # INFO disabled (some managed services): Redis's own OOM still answers 507
             log.warning("cannot read Redis INFO memory (%s): tasks are refused only once Redis itself is full",
                         exc)

@@ -549,7 +549,7 @@ class Queue:
                               "with replicas (plain or Sentinel), or 'memory'")
         try:
             memory = guard(self.redis, self.settings.max_memory_ratio)
-            await memory.admit(self.name, len(batch) + TASK_BYTES * len(specs))
+            await memory.admit(self.name, len(batch) + TASK_BYTES * len(specs), self.keys.pending)
             if replicas:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     await self._scripts("enqueue", keys, args, client=pipe)

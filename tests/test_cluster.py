@@ -30,7 +30,7 @@ import reliq.builtins  # noqa: F401  (registers the built-in types)
 from reliq import api
 from reliq.client import AsyncClient, Client
 from reliq.connection import UNAVAILABLE, connect, parse_multi_host
-from reliq.errors import ConfigError
+from reliq.errors import ConfigError, RedisFull
 from reliq.keys import QueueKeys
 from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue
@@ -104,6 +104,29 @@ async def test_each_queue_lives_on_one_shard_and_queues_spread_over_all_three(
         assert len(slots) == 1, f"keys of queue {name} span slots {slots}"
         ports.add(owner(slots.pop(), owners))
     assert ports == primaries
+
+
+async def test_a_full_primary_refuses_only_the_queues_it_holds(
+    cluster_url: str, rc: Redis, shard_queues: list[str]
+) -> None:
+    """With one primary past --max-memory-ratio, only the queue on it is refused (507) and counts
+    the refusal; the queues on the other primaries take tasks (found by `reliq chaos
+    --redis-cluster --partitions 3`: refusals counted on all three partitions)."""
+    full_queue, *others = shard_queues
+    full = owner(key_slot(full_queue.encode()), await slot_owners(rc))
+    used = int(cli(full, "INFO", "memory").split("used_memory:")[1].split()[0])
+    cli(full, "CONFIG", "SET", "maxmemory", str(used + 65536))  # past a ratio of 0.5, short of the wall
+    try:
+        queues = {name: Queue(rc, short(cluster_url, name, max_memory_ratio=0.5)) for name in shard_queues}
+        with pytest.raises(RedisFull):
+            await queues[full_queue].enqueue("noop")
+        ids = {name: await queues[name].enqueue("noop") for name in others}
+        for name in others:
+            assert (await queues[name].get(ids[name]))["state"] == "pending"
+        refused = {name: (await q.snapshot())["refused_memory"] for name, q in queues.items()}
+        assert refused == {full_queue: 1, **{name: 0 for name in others}}
+    finally:
+        cli(full, "CONFIG", "SET", "maxmemory", "0")
 
 
 async def _flow_on(url: str, queue_name: str, client: Redis) -> None:
