@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,8 +22,69 @@ INSTALL_HINT = (
 )
 
 
+#: Where :func:`free_port` records the ports it handed out, for every process of the machine.
+PORT_LEDGER = Path(tempfile.gettempdir()) / "reliq-ports"
+#: How long a port handed out stays promised to its taker (seconds): ample time to bind it.
+PORT_CLAIM_SECONDS = 600
+#: The first port :func:`free_port` hands out; the last is just below the kernel's ephemeral range.
+PORT_LOW = 20000
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on, promised to this caller alone for a while.
+
+    Binding to port 0 and letting go of the socket races: until the caller's server binds the
+    port, the kernel may hand it to another process's bind(0) (parallel test workers: two
+    redis-servers on one port) or to an outgoing connection. So ports come from below the
+    kernel's ephemeral range, where it never picks one itself, at random, and each one handed
+    out is written in a ledger that every process of the machine reads under a lock: no two
+    callers get the same port within :data:`PORT_CLAIM_SECONDS`. Without a ledger (a
+    read-only temp dir) or room below the ephemeral range, it falls back to bind(0).
+    """
+    high = _ephemeral_low()
+    if high - PORT_LOW < 1000:
+        return _kernel_port()
+    try:
+        fd = os.open(PORT_LEDGER, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        return _kernel_port()
+    with os.fdopen(fd, "r+") as ledger:
+        fcntl.flock(ledger, fcntl.LOCK_EX)  # released when the file closes
+        now = time.time()
+        claims: dict[int, int] = {}
+        for line in ledger:
+            taken, _, until = line.partition(" ")
+            if taken.isdigit() and until.strip().isdigit() and int(until) > now:
+                claims[int(taken)] = int(until)
+        port = next((p for p in (random.randrange(PORT_LOW, high) for _ in range(500))
+                     if p not in claims and _bindable(p)), 0)
+        if not port:
+            return _kernel_port()
+        claims[port] = int(now) + PORT_CLAIM_SECONDS
+        ledger.seek(0)
+        ledger.truncate()
+        ledger.write("".join(f"{p} {until}\n" for p, until in claims.items()))
+    return port
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux's default where it cannot be read)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
