@@ -2,12 +2,17 @@
 
 A hypothesis fuzz throws arbitrary JSON at POST /task and POST /tasks: no 5xx, every
 status is a documented one, every body matches its schema, every accepted task can be
-read back, and a rejected request writes nothing.
+read back, and a rejected request writes nothing. It tries 120 bodies an endpoint;
+``RELIQ_FUZZ_EXAMPLES`` asks for more (as for ``tests/test_contract.py``). The module has a
+redis-server of its own: each body reads the keyspace by SCAN, which costs what the whole
+database holds, and a session's database holds every other test's leftovers (the two
+fuzzes took 37 s on the session's, 2 s on their own).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import jsonschema
@@ -21,6 +26,7 @@ from redis.asyncio import Redis
 from reliq import api
 from reliq.openapi import spec
 from reliq.queue import Queue
+from reliq.redis_server import RedisServer
 from reliq.settings import Settings
 from tests.keyspace import keyspace
 from tests.util import api_client
@@ -38,6 +44,14 @@ def check_response(path: str, method: str, status: int, body: Any) -> None:
     assert str(status) in responses, f"{method.upper()} {path} answered undocumented {status}: {body}"
     described = responses[str(status)]["content"]["application/json"]["schema"]
     jsonschema.validate(body, schema(described), cls=jsonschema.Draft202012Validator)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server of the module alone (the session's ``redis_url`` overridden): see above."""
+    server = RedisServer(tmp_path_factory.mktemp("openapi-redis"), aof=False).start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture
@@ -112,7 +126,8 @@ field_values = {
     "durability": st.sampled_from(["memory", "fast"]) | json_values,
 }
 tasks = st.fixed_dictionaries({}, optional=field_values) | json_values
-FUZZ = hsettings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = hsettings(max_examples=int(os.environ.get("RELIQ_FUZZ_EXAMPLES", "120")), deadline=None,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
