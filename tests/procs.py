@@ -51,7 +51,8 @@ def worker(redis_url: str, queue: str | None, log: Path, *extra: str,
 def api(redis_url: str, queue: str, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     """A ``reliq serve`` process, returned once it listens."""
     proc = reliq(["serve", "--redis-url", redis_url, "--queue", queue, "--port", str(port), *extra], log)
-    wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, what="API listening")
+    # a Python process's start-up, not a bound under test: minutes on a machine loaded past its cores
+    wait_until(lambda: answers("127.0.0.1", port) or proc.poll() is not None, timeout=60, what="API listening")
     assert proc.poll() is None, log.read_text()
     return proc
 

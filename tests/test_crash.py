@@ -68,10 +68,22 @@ async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
 
 async def a_worker_killed_once(queue: Queue, settings: Settings, log: Path, concurrency: str,
                                condition: Callable[[], Awaitable[bool]], what: str, interval: float = 0.01) -> None:
-    """Start a worker, SIGKILL it as soon as ``condition`` holds, and wait until it is gone."""
+    """Start a worker, SIGKILL it as soon as ``condition`` holds, and wait until it is gone.
+
+    ``condition`` is checked with the worker stopped (SIGSTOP), so it still holds at the kill:
+    on a loaded machine a running worker went on settling between the check and the kill.
+    """
     worker = procs.worker(settings.redis_url, queue.name, log, "--concurrency", concurrency)
+
+    async def holds_while_stopped() -> bool:
+        worker.send_signal(signal.SIGSTOP)
+        if await condition():
+            return True
+        worker.send_signal(signal.SIGCONT)
+        return False
+
     try:
-        await eventually(condition, timeout=20, interval=interval, what=what)
+        await eventually(holds_while_stopped, timeout=20, interval=interval, what=what)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     finally:

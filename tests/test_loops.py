@@ -102,6 +102,8 @@ async def test_the_reaper_loop_rides_out_an_outage_and_then_reaps_the_dead_worke
     loop = asyncio.create_task(reaper.run())
     try:
         await eventually(lambda: _state_is(queue, task_id, "pending"), what="the dead worker's task requeued")
+        # "back" is logged when the call that requeued it returns: just after the task is pending
+        await eventually(lambda: len(_outage_lines(caplog, "reliq.loops")) == 2, what="Redis back logged")
     finally:
         await cancel_all([loop])
     record = await queue.get(task_id)

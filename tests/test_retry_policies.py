@@ -63,7 +63,8 @@ async def retry_delays(queue: Queue, redis: Redis, registry: Registry, ids: list
                 started = await redis.hget(queue.keys.task(task_id), "started_at")
                 assert due is not None and started is not None
                 delays[task_id].append(int(due) - int(started))
-            await redis.zadd(queue.keys.delayed, dict.fromkeys(ids, 0))
+            if n < failures:  # made due after the last round, they ran again before the worker stopped
+                await redis.zadd(queue.keys.delayed, dict.fromkeys(ids, 0))
     finally:
         stop.set()
         await running

@@ -113,7 +113,8 @@ def test_otel_traces_exporter_console_traces_the_api_and_the_worker_with_no_code
                                 queue_name, "--port", str(port)], cwd=procs.ROOT, stdout=out,
                                stderr=subprocess.DEVNULL, env=env)
     try:
-        wait_until(lambda: answers("127.0.0.1", port) or api.poll() is not None, what="API listening")
+        wait_until(lambda: answers("127.0.0.1", port) or api.poll() is not None, timeout=60,
+                   what="API listening")
         with TRACER.start_as_current_span("checkout") as checkout:
             trace_id, caller = hex_ids(checkout)
             task_id = post_task(port, {"type": "noop"}, f"00-{trace_id}-{caller}-01")
