@@ -32,8 +32,18 @@ lint: dev
 	$(BIN)/ruff check reliq tests bench
 	$(BIN)/mypy
 
+# The suite in parallel processes (pytest-xdist): it mostly waits on leases, sleeps and child
+# processes, so more processes than cores pay. --dist loadgroup keeps each xdist_group (a
+# module sharing a costly fixture) in one process. Then the tests marked `serial` (they
+# measure rates and latency, or run fleets on tight leases) alone, one after another.
+# `make test TEST_WORKERS=0` runs the first part in one process too. Both parts always run.
+TEST_WORKERS ?= 4
+
 test: lint
-	$(BIN)/pytest -q
+	status=0; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup -m 'not serial' || status=$$?; \
+	$(BIN)/pytest -q -m serial || status=$$?; \
+	exit $$status
 
 # Benchmarks (minutes; writes bench/RESULTS.md). The peers are installed into
 # bench/.venv-peers/, never into .venv. Run on a quiet machine.

@@ -286,6 +286,7 @@ async def sleeps_running(queue: Queue, n: int) -> list[str]:
     return ids
 
 
+@pytest.mark.serial
 async def test_a_running_sleep_30_is_cancelled_within_2s_and_its_slot_runs_the_next_task(
     queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:
@@ -308,6 +309,7 @@ async def test_a_running_sleep_30_is_cancelled_within_2s_and_its_slot_runs_the_n
     assert "Traceback" not in (tmp_path / "w.log").read_text()
 
 
+@pytest.mark.serial
 async def test_a_process_handler_sees_ctx_cancelled_and_a_deaf_one_is_killed_after_the_grace(
     queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:

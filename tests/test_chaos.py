@@ -177,6 +177,7 @@ async def test_a_moved_task_requeued_by_the_reaper_before_its_claim_is_not_lost(
     assert (await queue.get(task_id))["state"] == "succeeded"
 
 
+@pytest.mark.serial
 @pytest.mark.timeout(260)
 def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     """The CI run: every fault kind at least once (~45 s of load); lost must be 0."""

@@ -45,6 +45,9 @@ from tests.conns import connections_of
 from tests.test_connections import MOST, all_done, names, up, worker_of
 from tests.util import eventually
 
+#: One process of a parallel run (pytest -n) runs the module's tests: one shared cluster (conftest).
+pytestmark = pytest.mark.xdist_group("cluster")
+
 
 @pytest.fixture
 def cluster_url(cluster: LocalCluster) -> str:

@@ -39,6 +39,8 @@ APP = ("--app", "tests.apps.flowing")
 assert flowing  # registers the handlers for the in-process worker
 #: Queues of the module's fleet: one a test.
 FLEET_QUEUES = ("rate", "keys", "ordered", "refused", "fair")
+#: Rates and waits measured on a fleet of four workers: run alone, after the parallel part of `make test`.
+pytestmark = pytest.mark.serial
 
 
 @dataclass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 
 from reliq import priorities
@@ -195,6 +196,7 @@ async def test_a_running_keyed_task_cancelled_gives_its_slot_back_settled_or_rea
     assert [t.id for t in (await queue.take("w2", 10)).tasks] == [a[2]]
 
 
+@pytest.mark.serial
 async def test_a_late_claim_still_gets_the_tokens_its_backlog_was_due_but_not_after_a_hold(queue: Queue) -> None:
     await queue.set_limits("rated", {"rate": [50, 1000, 0]})  # one every 20 ms, 100 ms of it at once
     await enqueue(queue, "rated", 80)

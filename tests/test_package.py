@@ -23,8 +23,9 @@ from reliq.redis_server import answers, free_port
 from tests import procs
 from tests.util import wait_until
 
-# The first test also builds the package and installs it with its dependencies from PyPI.
-pytestmark = pytest.mark.timeout(360)
+# The first test also builds the package and installs it with its dependencies from PyPI; the
+# module's tests run in one process of a parallel run (pytest -n), so that is done once.
+pytestmark = [pytest.mark.timeout(360), pytest.mark.xdist_group("package")]
 
 #: Run by the clean venv's Python: every Lua script compiles on a real Redis, the
 #: dashboard's files are inside, types ship, and the version is the one pip installed.

@@ -112,6 +112,7 @@ async def test_a_batch_enqueue_mixes_priorities_in_one_call(queue: Queue) -> Non
 # -- aging --------------------------------------------------------------------------------
 
 
+@pytest.mark.serial
 async def test_aging_bounds_how_long_newer_high_priority_tasks_overtake_a_low_one(
         redis: Redis, settings: Settings) -> None:
     """A steady stream of priority-9 tasks, twice what is claimed: a priority-0 task still runs,

@@ -23,6 +23,9 @@ from tests import procs
 from tests.promkit import RULES, PrometheusServer, dashboard_queries, with_variables
 from tests.util import wait_until
 
+#: One process of a parallel run (pytest -n) runs the module's tests: one monitor and Prometheus.
+pytestmark = pytest.mark.xdist_group("prometheus")
+
 #: Tasks a wave; waves come a little over a scrape apart, so rates see the counters rise.
 WAVE = {"noop": 20, "sleep": 5, "fail": 2}
 WAVES = 3

@@ -259,6 +259,7 @@ async def _after(redis: Redis, at_ms: int) -> bool:
     return await redis_now(redis) >= at_ms
 
 
+@pytest.mark.serial
 @pytest.mark.skipif(FAKETIME is None, reason="needs faketime (apt-get install faketime; .ci/run installs it)")
 @pytest.mark.timeout(180)
 async def test_three_workers_one_killed_two_with_clocks_minutes_off_run_each_2s_slot_once(

@@ -19,6 +19,9 @@ from tests import procs
 from tests.keyspace import keyspace
 from tests.util import wait_until
 
+#: One process of a parallel run (pytest -n) runs the module's tests: one worker serving them.
+pytestmark = pytest.mark.xdist_group("shell")
+
 
 def cli(*args: str, redis_url: str = "") -> subprocess.CompletedProcess[str]:
     """``python -m reliq <args>``, with ``REDIS_URL`` set, its output captured."""

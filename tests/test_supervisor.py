@@ -73,6 +73,7 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+@pytest.mark.serial
 async def test_killed_child_is_restarted_and_sigterm_drains_every_child_losing_nothing(
     redis: Redis, queue: Queue, settings: Settings, tmp_path: Path
 ) -> None:
@@ -174,7 +175,7 @@ def test_sigterm_stops_workers_still_waiting_for_redis_and_they_exit_0(tmp_path:
     nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     proc = procs.reliq(["work", "--processes", processes, "--redis-url", nowhere], log)
     try:
-        wait_until(lambda: log.read_text().count("waiting for Redis") == int(processes), timeout=20,
+        wait_until(lambda: log.read_text().count("waiting for Redis") == int(processes), timeout=60,
                    what="every worker process waiting for Redis")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0, log.read_text()
