@@ -21,6 +21,9 @@ from reliq.registry import REGISTRY
 from reliq.settings import Settings
 from reliq.worker import Worker
 
+#: One process of a parallel run (pytest -n) runs the module's tests: one shared cluster (conftest).
+pytestmark = pytest.mark.xdist_group("partitions-cluster")
+
 
 @pytest.fixture
 def cluster_url(cluster: LocalCluster) -> str:
