@@ -58,7 +58,7 @@ async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
         return len(lists) == 1 and len(next(iter(lists.values()))) > 16
 
     await a_worker_killed_once(queue, settings, tmp_path / "w1.log", "16", holding_ahead,
-                               what="more tasks held than runners", interval=0.002)
+                               what="more tasks held than runners")
     [owner] = lists
     held = await queue.processing_ids(owner)  # as the kill left it
     assert len(held) > 16, held
@@ -67,11 +67,13 @@ async def test_worker_killed_holding_tasks_claimed_ahead_every_one_runs_again(
 
 
 async def a_worker_killed_once(queue: Queue, settings: Settings, log: Path, concurrency: str,
-                               condition: Callable[[], Awaitable[bool]], what: str, interval: float = 0.01) -> None:
+                               condition: Callable[[], Awaitable[bool]], what: str) -> None:
     """Start a worker, SIGKILL it as soon as ``condition`` holds, and wait until it is gone.
 
     ``condition`` is checked with the worker stopped (SIGSTOP), so it still holds at the kill:
-    on a loaded machine a running worker went on settling between the check and the kill.
+    on a loaded machine a running worker went on settling between the check and the kill. A
+    passing state is caught frozen, so the worker runs 50 ms between checks (woken for 2 ms, a
+    loaded machine gave it no CPU at all before the next stop).
     """
     worker = procs.worker(settings.redis_url, queue.name, log, "--concurrency", concurrency)
 
@@ -83,7 +85,7 @@ async def a_worker_killed_once(queue: Queue, settings: Settings, log: Path, conc
         return False
 
     try:
-        await eventually(holds_while_stopped, timeout=20, interval=interval, what=what)
+        await eventually(holds_while_stopped, timeout=20, interval=0.05, what=what)
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     finally:
