@@ -140,6 +140,7 @@ def all_succeeded(d: Deployment, ids: list[str]) -> Callable[[], Awaitable[bool]
     return check
 
 
+@pytest.mark.serial  # an API, workers and a cluster under 3000 tasks, on 10 s client timeouts
 async def test_3000_tasks_through_the_api_on_a_partitioned_queue_all_succeed(
     cluster: LocalCluster, queue_name: str, tmp_path: Path
 ) -> None:
