@@ -131,6 +131,7 @@ async def test_async_client_enqueue_many_is_all_or_nothing(redis_url: str, queue
         assert (await client.get(ids[-1]))["payload"] == 999
 
 
+@pytest.mark.serial  # batches are what the event loop gathers in a moment: a busy CPU splits them
 async def test_concurrent_enqueues_of_one_client_share_round_trips(redis_url: str, queue_name: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     async with AsyncClient(redis_url, queue=queue_name) as client:

@@ -316,6 +316,7 @@ def test_a_shard_down_does_not_silence_the_heartbeat_on_the_other_shards(aof_clu
         heartbeat.stop()
 
 
+@pytest.mark.serial  # beats timed against a 1.5 s bound, a node SIGSTOPped near its 2 s timeout
 def test_a_stalled_shard_does_not_delay_the_heartbeat_on_the_other_shards(aof_cluster: LocalCluster) -> None:
     """With one shard's primary SIGSTOPped (it takes connections and never answers), the beats to
     the queues of the other shards land within one socket timeout, every round, and the stalled
