@@ -48,6 +48,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reliq.errors import ConfigError
+from reliq.eventloop import closed_transport_is_connection_error
 
 
 class RedisBusy(ResponseError):
@@ -101,6 +102,8 @@ def connect(url: str, *, max_connections: int = 16, socket_timeout: float | None
     ``max_connections`` of them under way at a time, as on a single server's blocking pool.
     """
     client = _connect(url, _ASYNC, max_connections, socket_timeout)
+    if isinstance(client, RedisCluster):
+        closed_transport_is_connection_error(client)
     if wait_on_cluster and isinstance(client, RedisCluster):
         client.execute_command = _gated(client.execute_command, asyncio.Semaphore(max_connections))  # type: ignore[method-assign,assignment]
     return cast(Redis, client)

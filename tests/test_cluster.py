@@ -17,9 +17,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import uvloop
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -31,6 +32,7 @@ from reliq import api
 from reliq.client import AsyncClient, Client
 from reliq.connection import UNAVAILABLE, connect, parse_multi_host
 from reliq.errors import ConfigError, RedisFull
+from reliq.eventloop import is_closed_transport
 from reliq.keys import QueueKeys
 from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue
@@ -130,6 +132,33 @@ async def test_a_full_primary_refuses_only_the_queues_it_holds(
         assert refused == {full_queue: 1, **{name: 0 for name in others}}
     finally:
         cli(full, "CONFIG", "SET", "maxmemory", "0")
+
+
+def test_a_connection_closed_under_uvloop_is_a_lost_connection_on_a_cluster(cluster_url: str) -> None:
+    """Under uvloop, a command written to a pooled connection the node has closed raises
+    RuntimeError ("... the handler is closed"), which reached the API as a 500 and the
+    settler's log with a traceback (found by `reliq chaos --redis-cluster`): it is a lost
+    connection (UNAVAILABLE) for the outage rules, and the next call reconnects."""
+    name = "uv-" + uuid.uuid4().hex[:8]
+
+    async def main() -> None:
+        client = connect(cluster_url)
+        try:
+            queue = Queue(client, short(cluster_url, name))
+            await queue.enqueue("noop")  # one pooled connection to the queue's node, now idle
+            for conn in cast(RedisCluster, client).get_node_from_key(QueueKeys(name).pending)._free:
+                conn._writer.transport.close()  # as uvloop does when the node closes it under a write
+            await asyncio.sleep(0.05)
+            with pytest.raises(UNAVAILABLE) as lost:
+                await queue.enqueue("noop")
+            assert is_closed_transport(lost.value.__cause__ or lost.value), repr(lost.value)
+            await queue.enqueue("noop")
+            assert (await queue.snapshot())["enqueued"] == 2
+        finally:
+            await client.aclose()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
 
 
 async def _flow_on(url: str, queue_name: str, client: Redis) -> None:
