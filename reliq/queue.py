@@ -449,7 +449,7 @@ class Queue:
         self.of = of or self.name
         #: How many partitions the queue this is one of has (1: a queue of one partition).
         self.share = 1
-        self._reading = asyncio.Lock()
+        self._reading: asyncio.Future[None] | None = None  # the map's read in flight, shared
         self._scripts = Scripts(redis)
         self._priority_step = priorities.step_ms(settings.priority_aging)
         #: The queue's partitions, as last read (reliq/partitions.py).
@@ -476,13 +476,22 @@ class Queue:
     async def parts(self) -> list[Queue]:
         """The partitions, the map read again when older than REFRESH_S (one GET)."""
         if self.layout.stale:
-            async with self._reading:  # concurrent callers share one read
-                if self.layout.stale:
-                    self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
-                    if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
-                        self.layout.router.unique_types = partitions.unique_types(
-                            await self.redis.hgetall(self.keys.types))
+            # Concurrent callers share one read, and all go on in the same turn of the loop once it
+            # is back (a lock would let them through one a turn, and the enqueues they make would
+            # no longer share round trips); shielded: a caller cancelled does not cancel the others'.
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self._read_map())
+                self._reading.add_done_callback(_retrieved)
+            await asyncio.shield(self._reading)
         return self.layout.parts
+
+    async def _read_map(self) -> None:
+        try:
+            self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
+            if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
+                self.layout.router.unique_types = partitions.unique_types(await self.redis.hgetall(self.keys.types))
+        finally:
+            self._reading = None
 
     async def place(self, specs: Sequence[TaskSpec]) -> tuple[Queue, Sequence[TaskSpec]]:
         """The partition a batch goes to, and its specs with ids naming it (InvalidTask: keys of two)."""
@@ -1259,6 +1268,12 @@ class Queue:
         for i in range(len(SNAPSHOT_FIELDS), len(raw), 2):
             snap[text(raw[i])] = int(raw[i + 1])
         return cast(Snapshot, snap)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Retrieve a shared read's error, so that a read whose callers were all cancelled logs nothing."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def _over_partitions(parts: Sequence[Queue], ids: Sequence[str], oldest: int, by_part: Mapping[Queue, list[str]],

@@ -286,8 +286,6 @@ async def test_dead_letters_merge_over_partitions_and_go_back_each_to_its_own(
     await partitioned(queue)
     dead = [await queue.enqueue("fail", i, max_retries=1) for i in range(9)]  # one retry each, then dead
     assert {index_of(i, 3) for i in dead} == {0, 1, 2}
-    # not --burst: a burst worker of several queues can end while one of its idle BLMOVEs moves a retry
-    # that just fell due (it is handed back, still pending); the test waits for every task to be dead
     worker = procs.worker(settings.redis_url, queue.name, tmp_path / "w.log", "--retry-base", "0.05")
     try:
         await eventually(lambda: _all_in(queue, dead, "dead"), timeout=30, what="every task dead")
@@ -441,3 +439,4 @@ async def test_a_rate_limit_is_shared_out_over_the_partitions_and_key_limits_kep
     for part in queue.parts_now():  # each partition enforces a third of the rate: together, never more
         count, period_ms, _, key_concurrency, _ = (await redis.hget(part.keys.limits, "charge")).split(b"|")
         assert int(count) * 1000 / int(period_ms) == pytest.approx(10) and int(key_concurrency) == 2
+

@@ -288,7 +288,8 @@ class Worker:
             return
         weighted = partitions.expand(weighted)
         self.queues = {q.name: q for q, _ in weighted}
-        self.fetcher = Fetcher(weighted, self.id, strict=self.fetcher.strict)
+        self.nudges = Nudges([q for q, _ in weighted], self.id, lambda task_id: self.cancels.ask(task_id))
+        self.fetcher = Fetcher(weighted, self.id, strict=self.fetcher.strict, nudges=self.nudges)
         self.progress = ProgressWriter(self.queues, self.id)
 
     async def _declare_limits(self) -> None:
