@@ -26,6 +26,7 @@ from reliq.partitions import PartitionMap, index_of
 from reliq.queue import Queue, make_spec
 from reliq.schedules import make_schedule, read_one, trigger
 from reliq.settings import Settings
+from reliq.worker import Worker
 from tests import procs
 from tests.procs import ROOT
 from tests.util import api_client, eventually
@@ -440,3 +441,16 @@ async def test_a_rate_limit_is_shared_out_over_the_partitions_and_key_limits_kep
         count, period_ms, _, key_concurrency, _ = (await redis.hget(part.keys.limits, "charge")).split(b"|")
         assert int(count) * 1000 / int(period_ms) == pytest.approx(10) and int(key_concurrency) == 2
 
+
+
+async def test_a_worker_given_a_partitioned_queue_serves_and_listens_to_every_partition(
+    queue: Queue, settings: Settings
+) -> None:
+    await partitioned(queue)
+    worker = Worker(Queue(queue.redis, settings), settings, burst=True)
+    await worker._serve_partitions()
+    tags = list(queue.pmap.tags)
+    assert list(worker.queues) == tags and [q.name for q in worker.fetcher.queues] == tags
+    assert worker.fetcher.nudges is worker.nudges  # the wake-ups it waits for are the ones the worker runs
+    assert sorted(worker.nudges.ready.values()) == sorted(tags)  # woken for a task in any partition
+    assert worker.nudges.cancel_channels == {part.cancel_channel(worker.id) for part in queue.parts_now()}
