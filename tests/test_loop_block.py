@@ -89,7 +89,8 @@ async def test_handler_blocking_past_its_timeout_plus_lease_gets_its_worker_reap
     assert (info["state"], info["crashes"], info["result"]) == ("succeeded", 1, "done")
     assert (await queue.snapshot())["recovered"] == 1
     text = logs(tmp_path)
-    assert "event loop held for 4s" in text and "plus the lease (4s)" in text, text
+    held = re.search(r"event loop held for (\d+)s", text)  # 4 s, or 5 on a loaded host: the watchdog's tick
+    assert held and int(held[1]) >= 4 and "plus the lease (4s)" in text, text
     assert "event loop held for" in text and f"by task block-loop {task_id}" in text, text
     assert "heartbeat stopped" in text and "requeued 1 task(s)" in text, text
 

@@ -109,8 +109,8 @@ async def test_unwatch_takes_only_its_hub_out_of_the_mark(queue: Queue, redis: R
 async def test_dead_letter_cancel_and_crash_quarantine_wake_their_waiters(
     queue: Queue, redis: Redis, settings: Settings
 ) -> None:
-    [dead, cancelled, crashed, retried] = await enqueue(queue, 4, max_retries=0)
-    await redis.hset(queue.keys.task(retried), "max_retries", 1)
+    [dead, cancelled, crashed] = await enqueue(queue, 3, max_retries=0)
+    [retried] = await enqueue(queue, 1, max_retries=1)  # (the claim reads it from the record's opts)
     for task_id in (dead, cancelled, crashed, retried):
         await queue.watch(task_id, "hub", 60_000)
     await queue.cancel(cancelled)
