@@ -33,7 +33,7 @@ class Flaky:
     def __init__(self, client: Redis) -> None:
         self.client = client
         self.started = self.stalled = self.failed = self.passed = 0
-        self._fail_next = 0
+        self._fail_next = self._lose_next = 0
         self._down = self._stall = False
         self._error: BaseException = OUTAGE
         self._only: str | None = None  # the SHA of the one script that fails, if only one does
@@ -48,6 +48,14 @@ class Flaky:
     def fail_next(self, n: int, error: BaseException = OUTAGE, script: str | None = None) -> None:
         """Make the next ``n`` calls (of ``script`` alone, if named) raise ``error``."""
         self._fail_next, self._error = n, error
+        self._only = None if script is None else scripts.sha(script)
+
+    def lose_next(self, n: int, script: str | None = None) -> None:
+        """Make the next ``n`` calls (of ``script`` alone, if named) run in Redis, then raise as if the reply was lost.
+
+        What a connection cut after the command ran does: its effects happened, the caller never hears.
+        """
+        self._lose_next = n
         self._only = None if script is None else scripts.sha(script)
 
     def down(self, error: BaseException = OUTAGE, script: str | None = None) -> None:
@@ -67,7 +75,7 @@ class Flaky:
     def up(self) -> None:
         """Redis is back: every call goes through again."""
         self._down = self._stall = False
-        self._fail_next = 0
+        self._fail_next = self._lose_next = 0
 
     async def until(self, *, started: int = 0, stalled: int = 0, failed: int = 0, passed: int = 0,
                     timeout: float = 10.0) -> None:
@@ -82,8 +90,13 @@ class Flaky:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)
 
     async def _command(self, *args: Any, **options: Any) -> Any:
-        await self._maybe_fail(self._only is None or (args[0] == "EVALSHA" and args[1] == self._only))
+        targeted = self._only is None or (args[0] == "EVALSHA" and args[1] == self._only)
+        await self._maybe_fail(targeted)
         result = await self._execute_command(*args, **options)
+        if targeted and self._lose_next > 0:
+            self._lose_next -= 1
+            self._count("failed")
+            raise type(OUTAGE)("flaky: reply lost")
         self._count("passed")
         return result
 

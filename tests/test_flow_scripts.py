@@ -10,10 +10,14 @@ import asyncio
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from reliq import priorities
 from reliq.keys import group_id
 from reliq.queue import Claimed, Outcome, Queue, make_spec
+from reliq.settings import Settings
+from reliq.worker.fetcher import Fetcher
+from tests.flaky import Flaky
 from tests.util import move_in, ready_nudges
 
 
@@ -211,3 +215,68 @@ async def test_a_late_claim_still_gets_the_tokens_its_backlog_was_due_but_not_af
     after = (await queue.take("w1", 100)).tasks
     since_ms = after[0].started_at - (int(hold_end or 0) + 300)
     assert len(after) <= since_ms / 20 + 6 + 1  # its rate from the hold's end (and its burst), not before
+
+
+async def keyed_queue(flaky: Flaky, settings: Settings, concurrency: int) -> tuple[Queue, Fetcher]:
+    """A queue on the flaky client whose type k has that key concurrency, and worker w1's fetcher."""
+    queue = Queue(flaky.client, settings)
+    await queue.set_limits("k", {"key_concurrency": concurrency})
+    return queue, Fetcher([(queue, 1)], "w1")
+
+
+async def lose_claim(flaky: Flaky, fetcher: Fetcher) -> None:
+    """A claim that runs in Redis and whose reply is lost: the worker's call raises."""
+    flaky.lose_next(1, script="claim")
+    with pytest.raises(RedisConnectionError):
+        await fetcher.claim(10, 0)
+
+
+async def test_keyed_tasks_a_lost_claim_reply_gave_a_worker_are_adopted_with_their_key_and_give_their_slots_back(
+    flaky: Flaky, settings: Settings, redis: Redis
+) -> None:
+    # A claim ran, its reply was lost (the connection cut after the script): the worker
+    # finds the ids in its list, adopts them, runs and settles them. Each gives its key's
+    # slot back, so that every task of the key runs.
+    queue, fetcher = await keyed_queue(flaky, settings, 2)
+    a = await enqueue(queue, "k", 6, key="A")
+    done: list[str] = []
+    while len(done) < len(a):
+        await lose_claim(flaky, fetcher)
+        adopted = await fetcher.adopt_orphans(set(), 0)
+        assert sorted(t.id for t in adopted) == a[len(done):len(done) + 2]  # the key's two slots, in order
+        assert {t.key for t in adopted} == {"A"}
+        assert (await queue.settle("w1", ok(adopted)))[0] == 2
+        done += [t.id for t in adopted]
+    assert [(await queue.get(i))["state"] for i in a] == ["succeeded"] * len(a)
+    g = await groups(redis, queue)
+    assert not [f for f in g if f.startswith("a:")] and g["ready"] == "0"  # no slot left taken
+
+
+async def test_a_keyed_crash_suspect_a_lost_reply_gave_a_busy_worker_goes_back_to_its_key_and_runs_alone(
+    flaky: Flaky, settings: Settings, redis: Redis
+) -> None:
+    queue, fetcher = await keyed_queue(flaky, settings, 1)
+    a = await enqueue(queue, "k", 2, key="A")
+    [first] = (await queue.take("w0", 10)).tasks
+    assert await queue.reap("w0", 0.0) is not None  # its worker died: a crash suspect, at the head of A
+    await lose_claim(flaky, fetcher)  # claimed it, alone; the reply lost
+    plain = await enqueue(queue, "p", 1)
+    [p] = (await queue.take("w1", 10)).tasks  # the worker, not knowing, claims more
+    assert p.id == plain[0]
+    # Adopted now it would not run alone: it goes back to the head of its key, pending, its
+    # slot and its attempt given back.
+    assert await fetcher.adopt_orphans({p.id}, 1) == []
+    info = await queue.get(first.id)
+    assert (info["state"], info["attempts"]) == ("pending", 1)
+    assert [i.decode() for i in await redis.lrange(queue.keys.group("k", "A"), 0, -1)] == [a[1], first.id]
+    g = await groups(redis, queue)
+    assert not [f for f in g if f.startswith("a:")] and g["ready"] == "2"
+    assert await redis.lrange(queue.keys.pending, 0, -1) == [priorities.WAKE.encode()]  # its key's wake-up, no id
+    assert (await queue.settle("w1", ok([p])))[0] == 1
+    for want in a:  # then each runs, the suspect alone and first
+        [t] = (await queue.take("w1", 10)).tasks
+        assert (t.id, t.key) == (want, "A")
+        assert (await queue.settle("w1", ok([t])))[0] == 1
+    assert [(await queue.get(i))["state"] for i in a] == ["succeeded"] * 2
+    g = await groups(redis, queue)
+    assert not [f for f in g if f.startswith("a:")] and g["ready"] == "0"

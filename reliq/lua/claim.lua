@@ -349,6 +349,9 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
   local id = moved_id
   local state, f = fields(id)
   local ours = state == 'processing' and redis.call('HGET', TASK .. id, 'worker') == worker
+  -- Ours: claimed by W in a call whose reply was lost, keyed or not (a pending id never has
+  -- a key): its key goes in the reply, so that the settle gives the key's slot back.
+  if ours then f[KEY] = redis.call('HGET', TASK .. id, 'key') or false end
   local t = true
   if state == 'pending' and (flowing or paused_types) then t = admit(f[TYPE]) end
   if state ~= 'pending' and not ours then
@@ -361,7 +364,13 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
     set_aside(f[TYPE], id)
   elseif tonumber(f[CRASHES]) > 0 and (redis.call('LLEN', PROCESSING) > 1 or elsewhere > 0) then
     redis.call('LREM', PROCESSING, 1, id)
-    push_ready(PENDING, PRIO, PRIORITIES, id, redis.call('HGET', TASK .. id, 'priority'), 'RPUSH')
+    local priority = redis.call('HGET', TASK .. id, 'priority')
+    if ours then  -- given back as release.lua does: pending, its attempt undone, its key's slot freed
+      redis.call('HINCRBY', TASK .. id, 'attempts', -1)
+      hand_back(G, TASK .. id, id, f[KEY] or nil, f[TYPE], priority, true, clock)
+    else
+      push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'RPUSH')
+    end
     out[1] = CODE_SUSPECT_WAITS
     return out
   else
