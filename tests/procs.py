@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from reliq.redis_server import answers
 from tests.util import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: libfaketime, where the ``faketime`` command preloads it from (ld.so expands ``$LIB``).
+LIBFAKETIME = "/usr/$LIB/faketime/libfaketime.so.1"
 
 
 def repo_copy(dest: Path) -> Path:
@@ -30,22 +33,26 @@ def repo_copy(dest: Path) -> Path:
     return dest
 
 
-def reliq(args: list[str], log: Path, wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-    """``python -m reliq <args>`` from the repository root, output to ``log``; ``wrap``: a command to run it under."""
+def reliq(args: list[str], log: Path, clock: str | None = None) -> subprocess.Popen[bytes]:
+    """``python -m reliq <args>`` from the repository root, output to ``log``.
+
+    ``clock``: an offset of its clock (``+5m``: minutes ahead), by libfaketime preloaded
+    into the process itself. Not under the ``faketime`` command: that forks, and waits for,
+    the process, so a signal to the Popen's pid would reach faketime alone and leave the
+    reliq process running on, orphaned, after the test.
+    """
+    env = None if clock is None else {**os.environ, "LD_PRELOAD": LIBFAKETIME, "FAKETIME": clock}
     with log.open("ab") as out:
-        return subprocess.Popen([*wrap, sys.executable, "-m", "reliq", *args], cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "reliq", *args], cwd=ROOT, stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
 
 
 def worker(redis_url: str, queue: str | None, log: Path, *extra: str,
-           wrap: Sequence[str] = ()) -> subprocess.Popen[bytes]:
-    """A ``reliq work`` process with a short lease, so crashes are recovered in test time.
-
-    ``wrap``: a command it runs under (``faketime -f +5m``: a clock minutes off).
-    """
+           clock: str | None = None) -> subprocess.Popen[bytes]:
+    """A ``reliq work`` process with a short lease, so crashes are recovered in test time (``clock``: :func:`reliq`)."""
     queue_args = ["--queue", queue] if queue else []
     return reliq(["work", "--redis-url", redis_url, *queue_args, "--lease", "2", "--heartbeat-interval", "0.5",
-                  *extra], log, wrap)
+                  *extra], log, clock)
 
 
 def api(redis_url: str, queue: str, port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:

@@ -266,10 +266,9 @@ async def test_three_workers_one_killed_two_with_clocks_minutes_off_run_each_2s_
         redis_url: str, queue: Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path / "runs.log"
     monkeypatch.setenv("RELIQ_TEST_RUN_LOG", str(runs))
-    assert FAKETIME
     workers = [procs.worker(redis_url, queue.name, tmp_path / "w0.log", *APP),
-               procs.worker(redis_url, queue.name, tmp_path / "w1.log", *APP, wrap=(FAKETIME, "-f", "-5m")),
-               procs.worker(redis_url, queue.name, tmp_path / "w2.log", *APP, wrap=(FAKETIME, "-f", "+5m"))]
+               procs.worker(redis_url, queue.name, tmp_path / "w1.log", *APP, clock="-5m"),
+               procs.worker(redis_url, queue.name, tmp_path / "w2.log", *APP, clock="+5m")]
     try:
         await eventually(lambda: queue.redis.exists(queue.keys.schedule("tick-2s")), timeout=90,
                          what="the schedule declared")
