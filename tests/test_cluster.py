@@ -405,11 +405,18 @@ def _beat_quietly(heartbeat: Heartbeat) -> None:
 @asynccontextmanager
 async def _reply_cutter(target_port: int) -> AsyncIterator[tuple[int, dict[str, bool]]]:
     """A TCP proxy to ``target_port`` that, once armed, closes the connection carrying the first
-    EVALSHA as its reply comes back: the script ran on the server, the client never hears of it."""
+    EVALSHA as its reply comes back: the script ran on the server, the client never hears of it.
+
+    Every connection it made or took is closed when it ends: one left open (down() waits on a
+    node that never hangs up) is garbage-collected in a later test, "unclosed transport".
+    """
     state = {"armed": False, "sent": False, "cut": False}
+    writers: list[asyncio.StreamWriter] = []
 
     async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        writers.append(client_w)
         server_r, server_w = await asyncio.open_connection("127.0.0.1", target_port)
+        writers.append(server_w)
 
         async def up() -> None:
             while data := await client_r.read(65536):
@@ -427,7 +434,11 @@ async def _reply_cutter(target_port: int) -> AsyncIterator[tuple[int, dict[str, 
                 client_w.write(data)
                 await client_w.drain()
 
-        await asyncio.gather(up(), down(), return_exceptions=True)
+        try:
+            await asyncio.gather(up(), down(), return_exceptions=True)
+        finally:
+            client_w.close()
+            server_w.close()
 
     port = free_port()
     proxy = await asyncio.start_server(serve, "127.0.0.1", port)
@@ -435,6 +446,9 @@ async def _reply_cutter(target_port: int) -> AsyncIterator[tuple[int, dict[str, 
         yield port, state
     finally:
         proxy.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*(writer.wait_closed() for writer in writers), return_exceptions=True)
 
 
 async def test_an_enqueue_whose_reply_is_lost_on_a_cluster_is_not_run_twice(aof_cluster: LocalCluster) -> None:
