@@ -382,6 +382,7 @@ def test_a_stalled_shard_does_not_delay_the_heartbeat_on_the_other_shards(aof_cl
                 late.append(landed)
             before = {q: _beat_at(cluster, q, "w-beat") for q in others}
         stalled.signal(signal.SIGCONT)
+        cluster.wait_ok()  # the others took it for failed meanwhile (its node timeout passed): until they see it again
         resumed = _beat_at(cluster, stalled_queue, "w-beat")
         deadline = time.monotonic() + 5
         while _beat_at(cluster, stalled_queue, "w-beat") == resumed and time.monotonic() < deadline:
