@@ -3,6 +3,11 @@
 Producers, workers, the API and the monitor all go through ``Queue`` (blocking
 producers through its twin, :class:`reliq.syncqueue.SyncQueue`); none of them touches
 Redis keys directly, and ``tests/test_layout.py`` keeps it so.
+
+This module holds the task lifecycle (validation, enqueue, claim, settle, recovery);
+``Queue``'s reads and operators' actions are in :mod:`reliq.queue_reads` and
+:mod:`reliq.queue_admin`, its partition routing in :mod:`reliq.queue_base`. What they
+define is re-exported here: ``from reliq.queue import ...`` is the way to import it.
 """
 
 from __future__ import annotations
@@ -11,51 +16,55 @@ import asyncio
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
-from reliq import calls, partitions, pausing, priorities, tracing
+from reliq import calls, partitions, priorities, tracing
 from reliq.calls import text as text  # re-exported: most of reliq reads replies through reliq.queue
-from reliq.errors import InvalidTask, NotReplicated, RedisFull, TaskNotFound, script_error
+from reliq.errors import InvalidTask, NotReplicated, RedisFull
 from reliq.formats import (
     CLAIM_HEAD,
     CLAIM_WIDTH,
     LISTPACK_VALUE,
     SEP,
-    SNAPSHOT_FIELDS,
     Code,
     Enqueued,
-    Fire,
-    GroupField,
     Metric,
-    Put,
     RunOutcome,
-    ScheduleSource,
     TaskState,
     split_opts,
 )
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
 from reliq.ids import new_id
-from reliq.keys import QueueKeys, group_id
-from reliq.limits import Layer, LimitView, check_key, check_ordered, merged
-from reliq.limits import view as limit_view
+from reliq.keys import QueueKeys
+from reliq.limits import check_key
 from reliq.memory import TASK_BYTES, guard
-from reliq.partitions import PartitionMap
-from reliq.pausing import PauseView
+from reliq.queue_admin import EDITS_KEPT as EDITS_KEPT  # re-exported, as the rest below
+from reliq.queue_admin import ArchivedTask as ArchivedTask
+from reliq.queue_admin import QueueAdmin
+from reliq.queue_reads import COUNTERS as COUNTERS
+from reliq.queue_reads import READ_CHUNK as READ_CHUNK
+from reliq.queue_reads import Browsed as Browsed
+from reliq.queue_reads import RunEntry as RunEntry
+from reliq.queue_reads import Snapshot as Snapshot
+from reliq.queue_reads import Source as Source
+from reliq.queue_reads import TaskInfo as TaskInfo
+from reliq.queue_reads import decode_record as decode_record
+from reliq.queue_reads import record_of as record_of
+from reliq.queue_reads import runs_of as runs_of
 from reliq.scripts import Scripts
 from reliq.settings import WHITESPACE, Retention, Settings
 
 if TYPE_CHECKING:
-    from reliq.schedules import Plan, Schedule
+    pass
 
 #: Bounds on what a producer may ask for, so one bad request cannot park a task forever.
 MAX_TYPE_LEN = 200
@@ -66,19 +75,6 @@ MAX_UNIQUE_KEY = 200
 
 #: States a task record can be in (the ``state`` field of GET /task/{id}).
 STATES = tuple(TaskState)
-#: Counters kept in the stats hash (reported as 0 until first incremented).
-#: refused_memory: tasks refused because Redis was (nearly) out of memory (reliq/memory.py).
-#: trimmed / expired: succeeded records deleted past their retention's count / age (settle.lua).
-#: snoozed: runs that raised reliq.Snooze (not failures; their attempt is given back).
-#: rate_limited: runs that raised reliq.RateLimited: back to pending, attempt given back (settle.lua).
-#: schedule_enqueued / schedule_skipped: periodic slots enqueued, and missed ones skipped (reliq/schedules.py).
-#: cancelled: tasks that ended cancelled, before they started or while they ran;
-#: cancelled_running: those of them that were running (stopped by their worker, docs/cancel.md).
-COUNTERS = ("enqueued", "succeeded", "failed", "retried", "dead", "recovered", "requeued", "cancelled",
-            "cancelled_running", "dead_evicted", "dead_archive_dropped", "dead_imported", "refused_memory",
-            "trimmed", "expired", "snoozed", "schedule_enqueued", "schedule_skipped", "unique_hits", "rate_limited")
-#: Payload edits a dead task's record keeps (each with the payload it replaced).
-EDITS_KEPT = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,104 +268,6 @@ class Outcome:
     retry_delay_ms: int = 0
 
 
-class RunEntry(TypedDict):
-    """One run of a task that did not succeed, as its record's run history keeps it (formats.RUN_FIELDS)."""
-
-    #: The attempt that ran (0 when none was counted).
-    attempt: int
-    at: str | None
-    worker: str | None
-    #: A RunOutcome other than ok (error, timeout, permanent, ...), or crashed: its worker died running it.
-    outcome: str
-    error: str | None
-    #: The state the run left the task in (retrying, dead, scheduled, pending, cancelled).
-    state: str
-
-
-class TaskInfo(TypedDict):
-    """A task record as the API returns it."""
-
-    task_id: str
-    type: str
-    state: str
-    attempts: int
-    failures: int
-    crashes: int
-    #: None, as payload and worker, once a succeeded record is compact (docs/memory.md).
-    max_retries: int | None
-    payload: Any
-    result: Any
-    last_error: str | None
-    reason: str | None
-    worker: str | None
-    #: 0 (lowest) to 9 (highest), 5 when the task named none.
-    priority: int
-    #: The task's key (docs/flow-control.md); None without one, and once a succeeded record is compact.
-    key: str | None
-    enqueued_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    #: What the handler last reported (ctx.progress), 0 to 1, and when; None before its
-    #: first report, and once the task succeeded or went back to wait for another attempt.
-    progress: float | None
-    progress_message: str | None
-    progress_at: str | None
-    #: When a cancel was asked for while it ran (None: never); it ends once its worker stopped it.
-    cancel_requested_at: str | None
-    #: Its last runs that did not succeed, oldest first (at most formats.Runs.KEPT); [] when
-    #: every run so far succeeded (docs/retries.md: run history).
-    runs: list[RunEntry]
-
-
-class Snapshot(TypedDict):
-    """Queue depths and counters at one instant (the core of GET /stats)."""
-
-    queue: str
-    pending: int
-    processing: int
-    delayed: int
-    dead_letter: int
-    #: Seconds since the oldest task in the dead-letter queue died (0 when it is empty).
-    dead_oldest_age_s: float
-    #: Entries in the dead-letter archive (tasks evicted past the cap).
-    dead_archived: int
-    workers: int
-    lag_s: float
-    enqueued: int
-    succeeded: int
-    failed: int
-    retried: int
-    dead: int
-    recovered: int
-    requeued: int
-    cancelled: int
-    cancelled_running: int
-    dead_evicted: int
-    dead_archive_dropped: int
-    dead_imported: int
-    refused_memory: int
-    trimmed: int
-    expired: int
-    snoozed: int
-    #: Enqueues answered with the id of a live task of the same type and unique key.
-    unique_hits: int
-    schedule_enqueued: int
-    schedule_skipped: int
-    rate_limited: int
-    #: Pending tasks of paused types set aside in their held lists (counted in ``pending`` too).
-    held: int
-    #: Pending tasks set aside until their type's next token, or a hold's end (counted in ``pending`` too).
-    limited: int
-    #: Pending tasks with a key, waiting in their keys' lists (counted in ``pending`` too).
-    keyed: int
-    #: What is paused: the whole queue and/or task types (reliq/pausing.py).
-    paused: PauseView
-    #: Pending tasks of each priority, "9" to "0" (reliq/priorities.py); held ones are in ``held`` only.
-    pending_by_priority: dict[str, int]
-    #: A partitioned queue's partitions, each its index, tag, primary and depths (reliq/partitions.py).
-    partitions: NotRequired[list[dict[str, Any]]]
-
-
 @dataclass(slots=True)
 class Take:
     """What one claim call got: the tasks, and why it may have stopped short."""
@@ -383,50 +281,7 @@ class Take:
     wait_s: float = 0.0
 
 
-class ArchivedTask(TypedDict):
-    """A dead task evicted into the archive: when, and its whole record as it was."""
-
-    task_id: str
-    evicted_at: int
-    fields: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """One Redis list or sorted set holding tasks of a state, as the task listing reads it.
-
-    ``kind``: ``pending`` (a ready list: ``arg`` its priority, '' for the default's),
-    ``held`` (a paused type's, ``arg`` the type), ``group`` (one key's pending list,
-    ``arg`` its group id), ``delayed`` (the sorted set of scheduled and retrying tasks),
-    ``processing`` (a worker's, ``arg`` the worker id) or ``dead``. Lists read newest
-    first; the sorted set soonest due first.
-    """
-
-    kind: str
-    arg: str = ""
-    length: int = 0
-    #: The partition it is of (reliq/partitions.py; 0 for a queue of one partition).
-    partition: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Browsed:
-    """What one read of a source found (reliq/lua/browse.lua)."""
-
-    #: The position to read from next; -1 when the source ended.
-    next: int
-    #: How many ids were read.
-    read: int
-    #: (id, score or "", position, [type, key, state, the fields asked for]) of each match.
-    rows: list[tuple[str, str, int, list[str]]]
-
-
-#: Task ids read a pipelined round trip by the bulk reads (:meth:`Queue.task_fields` and
-#: :meth:`Queue.records`): a few hundred KB of replies at most, and no Redis stall.
-READ_CHUNK = 2000
-
-
-class Queue:
+class Queue(QueueAdmin):
     """One named queue on one Redis: enqueue, claim, settle, recover, inspect.
 
     A queue as producers name it (``partition`` None) may be partitioned
@@ -435,6 +290,10 @@ class Queue:
     the sum of its partitions. A partition is a ``Queue`` too, named by its hash tag,
     with ``partition`` its index: it is the one place its keys are used, as a queue of
     one partition is (the default: its own only partition).
+
+    This class is the task lifecycle; the partition routing (:mod:`reliq.queue_base`),
+    the reads (:mod:`reliq.queue_reads`) and the operators' actions
+    (:mod:`reliq.queue_admin`) are the classes it inherits from.
     """
 
     def __init__(self, redis: Redis, settings: Settings, name: str | None = None,
@@ -455,81 +314,6 @@ class Queue:
         #: The queue's partitions, as last read (reliq/partitions.py).
         self.layout: partitions.Layout[Queue] = partitions.Layout(
             self, lambda tag, i: Queue(redis, settings, tag, partition=i, of=self.name), fixed=partition is not None)
-
-    # -- partitions (reliq/partitions.py) ------------------------------------------
-
-    def adopt(self, pmap: PartitionMap) -> None:
-        """Use ``pmap`` as this queue's partition map (until it is read again, REFRESH_S later)."""
-        self.layout.adopt(pmap)
-        for part in self.layout.parts:
-            part.share = pmap.n
-
-    @property
-    def pmap(self) -> PartitionMap:
-        """The partition map as last read."""
-        return self.layout.pmap
-
-    def parts_now(self) -> list[Queue]:
-        """The partitions as last read: ``[self]`` for a queue of one partition (or a partition)."""
-        return self.layout.parts
-
-    async def parts(self) -> list[Queue]:
-        """The partitions, the map read again when older than REFRESH_S (one GET)."""
-        if self.layout.stale:
-            # Concurrent callers share one read, and all go on in the same turn of the loop once it
-            # is back (a lock would let them through one a turn, and the enqueues they make would
-            # no longer share round trips); shielded: a caller cancelled does not cancel the others'.
-            if self._reading is None:
-                self._reading = asyncio.ensure_future(self._read_map())
-                self._reading.add_done_callback(_retrieved)
-            await asyncio.shield(self._reading)
-        return self.layout.parts
-
-    async def _read_map(self) -> None:
-        try:
-            self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
-            if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
-                self.layout.router.unique_types = partitions.unique_types(await self.redis.hgetall(self.keys.types))
-        finally:
-            self._reading = None
-
-    async def place(self, specs: Sequence[TaskSpec]) -> tuple[Queue, Sequence[TaskSpec]]:
-        """The partition a batch goes to, and its specs with ids naming it (InvalidTask: keys of two)."""
-        await self.parts()
-        return self.layout.place(specs)
-
-    async def locate(self, task_id: str) -> Queue:
-        """The partition holding ``task_id``, from the id alone (itself for one partition)."""
-        await self.parts()
-        return self.layout.locate(task_id)
-
-    async def _spread(self) -> list[Queue] | None:
-        """The partitions when this queue has more than one (a method then asks each), else None."""
-        parts = await self.parts()
-        return parts if parts[0] is not self else None
-
-    async def _by_partition(self, ids: Sequence[str]) -> dict[Queue, list[str]]:
-        """``ids`` grouped by the partition each names, in their order."""
-        await self.parts()
-        groups: dict[Queue, list[str]] = {}
-        for task_id in ids:
-            groups.setdefault(self.layout.locate(task_id), []).append(task_id)
-        return groups
-
-    async def partition_map(self) -> bytes | None:
-        """The partition map as stored (None: none, one partition)."""
-        return cast(bytes | None, await self.redis.get(self.keys.partitions))
-
-    async def write_partition_map(self, expected: bytes, new: bytes) -> tuple[bool, bytes]:
-        """Write the map ``new`` only over ``expected`` (b"" = none); (written, the map now)."""
-        written, current = await self._scripts("partition_map", [self.keys.partitions], [expected, new])
-        return int(written) == 1, current
-
-    async def live_workers(self) -> int:
-        """Workers whose last heartbeat is within the lease (by the Redis clock)."""
-        sec, usec = await self.redis.time()
-        now = sec * 1000 + usec // 1000
-        return int(await self.redis.zcount(self.keys.workers, now - int(self.settings.lease * 1000), "+inf"))
 
     # -- producing ---------------------------------------------------------------
 
@@ -581,20 +365,6 @@ class Queue:
         spec = make_spec(type, payload, trace=tracing.current(), **options)
         [(task_id, _)] = await self.enqueue_specs([spec])
         return task_id
-
-    async def set_type_defaults(self, fields: Mapping[str, bytes], cleared: Sequence[str]) -> None:
-        """Set types' entries of the types hash (type -> encoded defaults) and take others out.
-
-        See :mod:`reliq.type_defaults`, which encodes them. ``types.lua`` writes them even
-        on a full Redis, so that a worker started there gets to drain it.
-        """
-        args: list[str | bytes] = [x for item in fields.items() for x in item]
-        await self._scripts("types", [self.keys.types], [*args, "", *cleared])
-
-    async def get(self, task_id: str) -> TaskInfo:
-        """The record of ``task_id``; raise TaskNotFound when there is none."""
-        where = await self.locate(task_id)
-        return record_of(task_id, await where.redis.hgetall(where.keys.task(task_id)))
 
     async def cancel(self, task_id: str, forget: bool = False) -> str:
         """Cancel a task; return the state it was in.
@@ -664,97 +434,6 @@ class Queue:
         k = self.keys
         return [k.pending, k.processing(worker_id), k.task_prefix, k.workers, k.paused, k.held_prefix,
                 k.priority_prefix, k.priorities, k.limits, k.tat, k.limited_prefix, k.limited_due, *calls.group_keys(k)]
-
-    async def pause(self, task_type: str | None, by: str) -> tuple[bool, int]:
-        """Pause the whole queue (``task_type`` None) or one type; return (paused now, since ms).
-
-        False when it was paused already (the first pause's time and author stay). A
-        partitioned queue is paused in every partition (partition 0's answer is the queue's).
-        """
-        parts = await self.parts()
-        if parts[0] is not self:
-            answers = [await part.pause(task_type, by) for part in parts]
-            return answers[0]
-        code, since = await self._scripts("pause", [self.keys.paused], [pausing.field(task_type), by])
-        return code == Code.OK, int(since)
-
-    async def resume(self, task_type: str | None) -> tuple[bool, int]:
-        """Resume the queue or one type; return (whether it was paused, held tasks moved back to pending).
-
-        A type's held tasks go back :data:`pausing.RESUME_CHUNK` a script call; claims take
-        the type as usual from the first call on.
-        """
-        name = pausing.field(task_type)
-        parts = await self.parts()
-        if parts[0] is not self:
-            done = [await part.resume(task_type) for part in parts]
-            return any(was for was, _ in done), sum(moved for _, moved in done)
-        k = self.keys
-        keys = [k.paused, k.pending, k.held(name), k.task_prefix, k.priority_prefix, k.priorities,
-                *calls.group_keys(k)]
-        was, total, first = False, 0, "1"
-        while True:
-            code, moved, left = await self._scripts("resume", keys, [name, pausing.RESUME_CHUNK, first])
-            was, total, first = was or code != Code.ALREADY, total + int(moved), ""
-            if code == Code.PAUSED or int(left) == 0:  # paused again: what is left stays held
-                return was, total
-
-    async def paused(self) -> PauseView:
-        """What is paused in this queue (read with the snapshot; this reads only that)."""
-        return (await self.snapshot())["paused"]
-
-    async def write_limits(self, which: str, layers: Mapping[str, Layer | None]) -> int:
-        """Write layer ``which`` ('declared' or 'set') of the limits of each type (None removes it).
-
-        Returns how many types' merged limits changed. A partitioned queue's are written to
-        every partition, each enforcing its share of a rate (limit.lua), so that together
-        they never pass it.
-        """
-        if not layers:
-            return 0
-        parts = await self.parts()
-        if parts[0] is not self:
-            changed = [await part.write_limits(which, layers) for part in parts]
-            return changed[0]
-        keys = [self.keys.limits, self.keys.limit_sources]
-        return int(await self._scripts("limit", keys, [which, orjson.dumps(dict(layers)), self.share]))
-
-    async def set_limits(self, task_type: str, layer: Layer) -> LimitView:
-        """Set ``layer``'s fields of the type's run-time limits (the rest stay); its view after.
-
-        InvalidTask when the merged limits would be ``ordered`` without a key concurrency of 1.
-        """
-        task_type = pausing.field(task_type)
-        current = (await self.limit_sources()).get(task_type, {})
-        new_set = {**current.get("set", {}), **layer}
-        check_ordered(merged(current.get("declared", {}), cast(Layer, new_set)))
-        await self.write_limits("set", {task_type: layer})
-        return (await self.limits([task_type]))[task_type]
-
-    async def limit_sources(self) -> dict[str, dict[str, Layer]]:
-        """Each type with limits -> its layers as stored ({"declared": ..., "set": ...})."""
-        raw = await self.redis.hgetall(self.keys.limit_sources)
-        return {text(k): orjson.loads(v) for k, v in raw.items()}
-
-    async def limits(self, types: Sequence[str] | None = None) -> dict[str, LimitView]:
-        """The limits of every type that has some (or of ``types``), with what each holds set aside now."""
-        sources = await self.limit_sources()
-        names = sorted(sources) if types is None else list(types)
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            for name in names:
-                pipe.llen(k.limited(name))
-                pipe.zscore(k.limited_due, name)
-            raw = await pipe.execute()
-        sec, usec = raw[0]
-        now = sec * 1000 + usec // 1000
-        out = {}
-        for i, name in enumerate(names):
-            held, due = int(raw[1 + 2 * i]), raw[2 + 2 * i]
-            due_in = max(0.0, (float(due) - now) / 1000) if due is not None and held else None
-            out[name] = limit_view(sources.get(name, {}), held, due_in)
-        return out
 
     async def settle(self, worker_id: str, outcomes: Iterable[Outcome],
                      retention: Mapping[str, Retention] | None = None,
@@ -895,260 +574,6 @@ class Queue:
         handed, _ = await self._scripts("release", keys, [worker_id, int(self.settings.result_ttl * 1000)])
         return int(handed)
 
-    # -- periodic schedules (reliq/schedules.py) -------------------------------------------
-
-    async def schedule_rows(self, name: str = "") -> list[Any]:
-        """``schedules.lua``'s reply: the Redis clock, then each schedule's hash and last task's state."""
-        k = self.keys
-        return cast(list[Any], await self._scripts("schedules", [k.schedules, k.schedule_prefix, k.task_prefix],
-                                                   [name]))
-
-    async def schedule_put(self, schedule: Schedule, source: ScheduleSource) -> Put:
-        """Write a definition (``source`` code or api); what schedule_put.lua did with it."""
-        k = self.keys
-        outcome, _ = await self._scripts("schedule_put", [k.schedules, k.schedule(schedule.name)],
-                                         [schedule.name, schedule.to_json(), schedule.version, schedule.when, source])
-        return Put(text(outcome))
-
-    async def schedule_remove(self, name: str) -> bool:
-        """Remove a schedule; False when there was none."""
-        k = self.keys
-        return int(await self._scripts("schedule_remove", [k.schedules, k.schedule(name)], [name])) == 1
-
-    async def schedule_pause(self, name: str, pause: bool, by: str) -> bool:
-        """Pause or resume a schedule: whether this changed it; ScheduleNotFound when there is no such schedule."""
-        code = int(await self._scripts("schedule_pause", [self.keys.schedule(name)],
-                                       ["1" if pause else "", by]))
-        if code < 0:
-            raise script_error(code, name=name)
-        return code == Code.OK
-
-    async def schedule_fire(self, name: str, version: str, upto: str, plan: Plan, slots: bytes) -> Fire:
-        """Record a decision made from cursor ``upto`` (as read); Fire.OK, or why it was not (schedule_fire.lua)."""
-        k = self.keys
-        args = [version, upto, plan.upto, plan.skipped, slots, plan.run[-1] if plan.run else ""]
-        outcome, _ = await self._scripts("schedule_fire", [k.schedule(name), k.stats], args)
-        return Fire(text(outcome))
-
-    async def schedule_enqueued(self, name: str, firing: bytes, task_id: str) -> bool:
-        """Note that a decision's tasks (``firing`` as recorded; b'' for a trigger) are in, the newest ``task_id``."""
-        return int(await self._scripts("schedule_enqueued", [self.keys.schedule(name)], [firing, task_id])) == 1
-
-    # -- dead letters ----------------------------------------------------------------
-
-    async def dead_requeue(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
-        """Requeue the given dead ids, or the ``oldest`` n; return how many went back (each into
-        its own partition; the oldest partition by partition)."""
-        if (parts := await self._spread()) is not None:
-            return await _over_partitions(parts, ids, oldest, await self._by_partition(ids), Queue.dead_requeue)
-        k = self.keys
-        args: list[Any] = [oldest] if oldest else [0, *ids]
-        keys = [k.dead, k.pending, k.stats, k.task_prefix, k.priority_prefix, k.priorities, k.unique_prefix,
-                *calls.group_keys(k)]
-        return int(await self._scripts("dead_requeue", keys, args))
-
-    async def dead_purge(self, ids: Sequence[str] = (), oldest: int = 0) -> int:
-        """Delete the given dead ids, or the ``oldest`` n, with their records."""
-        if (parts := await self._spread()) is not None:
-            return await _over_partitions(parts, ids, oldest, await self._by_partition(ids), Queue.dead_purge)
-        args: list[Any] = [oldest] if oldest else [0, *ids]
-        return int(await self._scripts("dead_purge", [self.keys.dead, self.keys.task_prefix], args))
-
-    async def dead_trim(self, most: int = 1000) -> tuple[list[str], list[str]]:
-        """Evict dead tasks past the cap into the archive, at most ``most`` a call.
-
-        Returns (ids evicted, ids that fell off the archive past its own cap).
-        """
-        k = self.keys
-        evicted, dropped = await self._scripts(
-            "dead_trim", [k.dead, k.dead_archive, k.stats, k.task_prefix],
-            [self.settings.dead_cap, self.settings.dead_archive_cap, most])
-        return [text(i) for i in evicted], [text(i) for i in dropped]
-
-    async def dead_edit(self, task_id: str, payload: Any, by: str) -> bool:
-        """Replace a dead task's payload, recording who and the payload replaced; False if not dead."""
-        try:
-            body = orjson.dumps(payload)
-        except TypeError as exc:
-            raise InvalidTask(f"'payload' is not JSON-serialisable: {exc}") from None
-        where = await self.locate(task_id)
-        return int(await where._scripts("dead_edit", [where.keys.task(task_id)], [body, by, EDITS_KEPT])) == 1
-
-    async def dead_import(self, records: Sequence[tuple[str, list[str]]]) -> list[str]:
-        """Recreate dead tasks (id, [field, value, ...]) whose ids do not exist; return those created
-        (each in the partition its id names)."""
-        if await self._spread() is not None:
-            by_part = await self._by_partition([task_id for task_id, _ in records])
-            fields = dict(records)
-            return [i for part, ids in by_part.items() for i in await part.dead_import([(i, fields[i]) for i in ids])]
-        k = self.keys
-        raw = await self._scripts("dead_import", [k.dead, k.stats, k.task_prefix], [orjson.dumps(records)])
-        return [text(i) for i in raw]
-
-    async def dead_archived(self, before: str = "+", count: int = 1000) -> list[tuple[str, ArchivedTask]]:
-        """Archived (evicted) dead tasks, newest first, from stream id ``before`` (exclusive); a partitioned
-        queue's merged by stream id (each partition's Redis clock: ms, then a sequence)."""
-        if (parts := await self._spread()) is not None:
-            merged = [entry for part in parts for entry in await part.dead_archived(before, count)]
-            merged.sort(key=lambda entry: tuple(map(int, entry[0].split("-"))), reverse=True)
-            return merged[:count]
-        end = "+" if before == "+" else "(" + before
-        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
-                       await self.redis.xrevrange(self.keys.dead_archive, end, "-", count=count))
-        out = []
-        for entry_id, raw in entries:
-            fields = {text(f): text(v) for f, v in raw.items()}
-            task_id, evicted = fields.pop("task_id", ""), fields.pop("evicted_at", "0")
-            out.append((text(entry_id), ArchivedTask(task_id=task_id, evicted_at=int(evicted), fields=fields)))
-        return out
-
-    async def dead_ids(self, start: int = 0, count: int = 50) -> list[str]:
-        """Dead-lettered ids, newest first (over every partition, by when each died)."""
-        if (parts := await self._spread()) is not None:
-            heads = [i for part in parts for i in await part.dead_ids(0, start + count)]
-            died = await self.task_fields(heads, ["finished_at"])
-            order = sorted(zip(heads, died, strict=True), key=lambda row: int(row[1][0] or 0), reverse=True)
-            return [task_id for task_id, _ in order[start : start + count]]
-        return [text(i) for i in await self.redis.lrange(self.keys.dead, start, start + count - 1)]
-
-    async def dead_kinds(self, start: int = 0, count: int = 1000) -> list[tuple[str, str, str]]:
-        """(id, type, reason) of dead-lettered tasks from ``start``, newest first, in one call (a
-        partitioned queue's one partition after the other, each newest first)."""
-        if (parts := await self._spread()) is not None:
-            out: list[tuple[str, str, str]] = []
-            for part in parts:
-                length = int(await part.redis.llen(part.keys.dead))
-                if start < length and len(out) < count:
-                    out += await part.dead_kinds(start, count - len(out))
-                start = max(0, start - length)
-            return out
-        k = self.keys
-        raw = await self._scripts("dead_kinds", [k.dead, k.task_prefix], [start, start + count - 1])
-        return [(text(raw[i]), text(raw[i + 1]), text(raw[i + 2])) for i in range(0, len(raw), 3)]
-
-    # -- inspection ---------------------------------------------------------------------
-
-    async def task_fields(self, ids: Sequence[str], fields: Sequence[str]) -> list[list[bytes | None]]:
-        """``fields`` of each task in ``ids`` (None where absent), :data:`READ_CHUNK` ids a round trip."""
-        return await self._per_task(ids, lambda pipe, key: pipe.hmget(key, list(fields)))
-
-    async def records(self, ids: Sequence[str]) -> list[dict[str, str]]:
-        """The whole hash of each task in ``ids`` (empty when gone), :data:`READ_CHUNK` ids a round trip."""
-        return [{text(k): text(v) for k, v in raw.items()}
-                for raw in await self._per_task(ids, lambda pipe, key: pipe.hgetall(key))]
-
-    async def states(self, ids: Sequence[str]) -> list[str]:
-        """The state of each task in ``ids`` ('' when there is no record)."""
-        return [text(state) if state else "" for state, in await self.task_fields(ids, ["state"])]
-
-    async def _per_task(self, ids: Sequence[str], command: Callable[[Pipeline, str], object]) -> list[Any]:
-        """One command a task hash, pipelined: the replies in the order of ``ids`` (each id read in the
-        partition it names)."""
-        await self.parts()
-        replies: list[Any] = []
-        for start in range(0, len(ids), READ_CHUNK):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for task_id in ids[start : start + READ_CHUNK]:
-                    command(pipe, self.layout.locate(task_id).keys.task(task_id))
-                replies += await pipe.execute()
-        return replies
-
-    async def task_ids(self) -> list[str]:
-        """The id of every task record of the queue (a SCAN: for audits and tests, not hot paths)."""
-        prefix = self.keys.task_prefix
-        return [text(key)[len(prefix):] async for key in self.redis.scan_iter(match=prefix + "*", count=1000)]
-
-    async def processing_ids(self, worker_id: str) -> list[str]:
-        """The ids in ``worker_id``'s processing list: what it holds (claimed, or moved in by an old BLMOVE)."""
-        return [text(i) for i in await self.redis.lrange(self.keys.processing(worker_id), 0, -1)]
-
-    async def processing_lists(self) -> dict[str, list[str]]:
-        """Every worker's processing list, also of workers no longer registered (a SCAN, as :meth:`task_ids`)."""
-        prefix = self.keys.processing_prefix
-        owners = [text(key)[len(prefix):] async for key in self.redis.scan_iter(match=prefix + "*", count=1000)]
-        return {worker_id: await self.processing_ids(worker_id) for worker_id in owners}
-
-    async def task_sources(self, state: str, task_type: str | None = None, key: str | None = None) -> list[Source]:
-        """The lists (or the sorted set) that hold the tasks in ``state``, with their lengths.
-
-        ``pending``: the ready lists, highest priority first (``pending`` itself, the
-        default's, always; another priority's only while it holds something), then the
-        held list of each paused type (only ``task_type``'s when given); with ``key`` (and
-        its type), that key's own list alone. ``scheduled`` and ``retrying`` share the
-        delayed set; ``processing``: each registered worker's list; ``dead``: the dead
-        list. Two round trips at most (a partition: those of each, partition after partition).
-        """
-        if (parts := await self._spread()) is not None:
-            return [replace(source, partition=i) for i, part in enumerate(parts)
-                    for source in await part.task_sources(state, task_type, key)]
-        k = self.keys
-        sources: list[Source]
-        if state == TaskState.PENDING and key is not None:
-            sources = [Source("group", group_id(task_type or "", key))]
-        elif state == TaskState.PENDING:
-            paused = [text(f) for f in await self.redis.hkeys(k.paused)]
-            ready = [Source("pending", "" if p == priorities.DEFAULT else str(p)) for p in reversed(priorities.LEVELS)]
-            sources = ready + [Source("held", t) for t in sorted(paused)
-                               if t != pausing.QUEUE_FIELD and task_type in (None, t)]
-        elif state in (TaskState.SCHEDULED, TaskState.RETRYING):
-            sources = [Source("delayed")]
-        elif state == TaskState.PROCESSING:
-            sources = [Source("processing", w) for w in sorted(await self.worker_ids())]
-        elif state == TaskState.DEAD:
-            sources = [Source("dead")]
-        else:
-            raise InvalidTask(f"no listing of tasks in state {state!r}")
-        default = [i for i, s in enumerate(sources) if s.kind == "pending" and not s.arg]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for source in sources:
-                name, kind = self._source_key(source)
-                pipe.zcard(name) if kind == "zset" else pipe.llen(name)
-            if default:
-                # A wake mark (reliq/priorities.py) is no task: left out of the count, as the
-                # snapshot does (it was pushed onto an empty pending, so it is near the tail).
-                pipe.lpos(k.pending, priorities.WAKE, rank=-1, maxlen=1000)
-            lengths = await pipe.execute()
-        if default and lengths.pop() is not None:
-            lengths[default[0]] -= 1
-        return [Source(s.kind, s.arg, int(n)) for s, n in zip(sources, lengths, strict=True)
-                if n or s.kind != "pending" or not s.arg]
-
-    def _source_key(self, source: Source) -> tuple[str, str]:
-        """The Redis key of ``source`` and whether it is a 'list' or a 'zset'."""
-        k = self.keys
-        match source.kind:
-            case "pending":
-                return k.priority_list(int(source.arg)) if source.arg else k.pending, "list"
-            case "held":
-                return k.held(source.arg), "list"
-            case "group":
-                return k.group_prefix + source.arg, "list"
-            case "delayed":
-                return k.delayed, "zset"
-            case "processing":
-                return k.processing(source.arg), "list"
-            case "dead":
-                return k.dead, "list"
-        raise InvalidTask(f"no task source {source.kind!r}")
-
-    async def browse(self, source: Source, start: int, budget: int, limit: int, fields: Sequence[str],
-                     task_type: str = "", state: str = "", key: str = "") -> Browsed:
-        """Read at most ``budget`` ids of ``source`` from position ``start``; the first ``limit`` that match.
-
-        A match has ``task_type``, ``state`` and ``key`` ('' = any); each comes with
-        its record's type, key and state, then ``fields``. One script call
-        (``browse.lua``), bounded by ``budget``, in the source's partition.
-        """
-        if (parts := await self._spread()) is not None:
-            return await parts[source.partition].browse(source, start, budget, limit, fields, task_type, state, key)
-        name, kind = self._source_key(source)
-        raw = await self._scripts("browse", [name, self.keys.task_prefix],
-                                  [kind, start, budget, limit, task_type, state, key, *fields])
-        width = 6 + len(fields)
-        rows = [(text(raw[i]), text(raw[i + 1]), int(raw[i + 2]), [text(v) for v in raw[i + 3 : i + width]])
-                for i in range(2, len(raw), width)]
-        return Browsed(int(raw[0]), int(raw[1]), rows)
-
     async def run_now(self, task_id: str) -> bool:
         """Make a scheduled or retrying task due now and promote it; False when it is not waiting in delayed."""
         if (where := await self.locate(task_id)) is not self:
@@ -1159,134 +584,6 @@ class Queue:
             return False
         await self.promote()
         return True
-
-    async def backlog(self) -> tuple[int, int]:
-        """(pending, delayed): how many tasks wait to be claimed, and how many for their time, in one round trip.
-
-        Pending counts every priority's list, and a wake mark (reliq/priorities.py) as one:
-        the claim it leads to drops it; and, roughly, what waits in keys' lists or is set
-        aside for a token (docs/flow-control.md): not zero while any of it waits. Summed over partitions.
-        """
-        if (parts := await self._spread()) is not None:
-            each = [await part.backlog() for part in parts]
-            return sum(p for p, _ in each), sum(d for _, d in each)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.keys.delayed)
-            for priority in priorities.LEVELS:
-                pipe.llen(self.keys.priority_list(priority))
-            pipe.hget(self.keys.groups, "ready")  # tasks in keys' lists
-            pipe.zcard(self.keys.limited_due)  # types with tasks set aside
-            delayed, *pending, keyed, limited = await pipe.execute()
-        return sum(int(n) for n in pending) + int(keyed or 0) + int(limited), int(delayed)
-
-    async def flow_state(self) -> dict[str, int]:
-        """The keys' state, for audits (docs/flow-control.md): ``slots`` taken, keys with a marker
-        (``markers``), the ``ring``'s length, and the counts ``ready`` and ``aside`` (markers set aside: in
-        limited or held lists)."""
-        k = self.keys
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(k.groups)
-            pipe.llen(k.ring)
-            raw, ring = await pipe.execute()
-        groups = {text(f): int(v) for f, v in raw.items()}
-        g = GroupField
-        return {"slots": sum(v for f, v in groups.items() if f.startswith(g.SLOTS)),
-                "markers": sum(1 for f in groups if f.startswith(g.MARKER)), "ring": int(ring),
-                "ready": groups.get(g.READY, 0), "aside": groups.get(g.ASIDE, 0) + groups.get(g.PAUSED, 0)}
-
-    async def worker_ids(self) -> list[str]:
-        """The registered workers (those whose heartbeat the reaper has not yet found silent)."""
-        if (parts := await self._spread()) is not None:
-            return sorted({w for part in parts for w in await part.worker_ids()})
-        return [text(w) for w in await self.redis.zrange(self.keys.workers, 0, -1)]
-
-    async def metric_counts(self) -> dict[str, int]:
-        """The metrics hash written by settle: per-type outcome counts and histogram buckets (summed
-        over the partitions)."""
-        if (parts := await self._spread()) is not None:
-            total: Counter[str] = Counter()
-            for part in parts:
-                total.update(await part.metric_counts())
-            return dict(total)
-        raw = await self.redis.hgetall(self.keys.metrics)
-        return {text(k): int(v) for k, v in raw.items()}
-
-    async def workers_info(self) -> tuple[int, list[tuple[str, int, dict[str, str]]]]:
-        """Server time (ms) and each registered worker: id, last heartbeat (ms), info hash (each worker
-        once, with its latest beat in any partition)."""
-        if (parts := await self._spread()) is not None:
-            seen: dict[str, tuple[str, int, dict[str, str]]] = {}
-            now = 0
-            for part in parts:
-                now, workers = await part.workers_info()
-                for w in workers:
-                    if w[0] not in seen or w[1] > seen[w[0]][1]:
-                        seen[w[0]] = w
-            return now, sorted(seen.values())
-        sec, usec = await self.redis.time()
-        beats = cast(list[tuple[bytes, float]], await self.redis.zrange(self.keys.workers, 0, -1, withscores=True))
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id, _ in beats:
-                pipe.hgetall(self.keys.worker_info(text(worker_id)))
-            infos = await pipe.execute()
-        workers = [(text(w), int(score), {text(k): text(v) for k, v in info.items()})
-                   for (w, score), info in zip(beats, infos, strict=True)]
-        return sec * 1000 + usec // 1000, workers
-
-    async def snapshot(self) -> Snapshot:
-        """Depths, lag and counters of the queue, read in one script (one a partition, then merged,
-        with ``partitions``: each partition's own, when the queue has more than one)."""
-        parts = await self.parts()
-        if parts[0] is not self:
-            snaps = await asyncio.gather(*(part.snapshot() for part in parts))
-            return partitions.merge(self.name, self.pmap, snaps, await partitions.placement(self.redis, self.pmap))
-        k = self.keys
-        keys = [k.pending, k.delayed, k.dead, k.workers, k.stats, k.processing_prefix, k.task_prefix,
-                k.dead_archive, k.paused, k.held_prefix, k.priority_prefix,
-                k.limited_due, k.limited_prefix, k.groups]
-        raw = await self._scripts("snapshot", keys, [])
-        r = dict(zip(SNAPSHOT_FIELDS, raw, strict=False))
-        now, oldest, oldest_dead = int(r["now_ms"]), int(r["oldest_queued_ms"]), int(r["oldest_dead_ms"])
-        snap: dict[str, Any] = {
-            "queue": self.name,
-            "pending": int(r["pending_count"]),
-            "processing": int(r["processing_count"]),
-            "delayed": int(r["delayed_count"]),
-            "dead_letter": int(r["dead_count"]),
-            "dead_oldest_age_s": max(0.0, (now - oldest_dead) / 1000) if oldest_dead >= 0 else 0.0,
-            "dead_archived": int(r["archive_count"]),
-            "workers": int(r["worker_count"]),
-            "lag_s": max(0.0, (now - oldest) / 1000) if oldest >= 0 else 0.0,
-            "held": int(r["held_count"]),
-            "paused": pausing.parse(r["pauses"], now),
-            "pending_by_priority": priorities.by_priority(
-                dict(zip(reversed(priorities.LEVELS), map(int, r["pending_by_priority"]), strict=True))),
-            "limited": int(r["limited_count"]),
-            "keyed": int(r["keyed_count"]),
-        }
-        snap.update(dict.fromkeys(COUNTERS, 0))
-        for i in range(len(SNAPSHOT_FIELDS), len(raw), 2):
-            snap[text(raw[i])] = int(raw[i + 1])
-        return cast(Snapshot, snap)
-
-
-def _retrieved(future: asyncio.Future[None]) -> None:
-    """Retrieve a shared read's error, so that a read whose callers were all cancelled logs nothing."""
-    if not future.cancelled():
-        future.exception()
-
-
-async def _over_partitions(parts: Sequence[Queue], ids: Sequence[str], oldest: int, by_part: Mapping[Queue, list[str]],
-                           action: Callable[..., Any]) -> int:
-    """A dead-letter ``action`` (requeue, purge) on a partitioned queue: the ids in their partitions,
-    or the ``oldest`` n partition by partition; how many it took."""
-    if ids:
-        return sum([await action(part, ids=part_ids) for part, part_ids in by_part.items()])
-    done = 0
-    for part in parts:
-        if done < oldest:
-            done += await action(part, oldest=oldest - done)
-    return done
 
 
 def heartbeat_call(queue: str, worker_id: str, info: dict[str, Any], ttl_s: float,
@@ -1317,63 +614,3 @@ class Beat:
 def beat_of(raw: Sequence[Any]) -> Beat:
     """heartbeat.lua's reply as a :class:`Beat` (for the async and the blocking heartbeat alike)."""
     return Beat(int(raw[0]), raw[1] == 1, tuple(text(i) for i in raw[2:]))
-
-
-def _iso(ms: bytes | None) -> str | None:
-    if not ms:
-        return None
-    return datetime.fromtimestamp(int(ms) / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _text(raw: bytes | None) -> str | None:
-    return raw.decode() if raw else None
-
-
-def record_of(task_id: str, raw: dict[Any, Any]) -> TaskInfo:
-    """A task hash as read by HGETALL, as the API's view; raise TaskNotFound when empty."""
-    if not raw:
-        raise TaskNotFound(task_id)
-    return decode_record(task_id, {text(k): v for k, v in raw.items()})
-
-
-def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
-    """Turn a task hash into the API's view of it."""
-    result = f.get("result")
-    return TaskInfo(
-        task_id=task_id,
-        type=f.get("type", b"").decode(),
-        state=f.get("state", b"").decode(),
-        attempts=int(f.get("attempts", 0)),
-        failures=int(f.get("failures", 0)),
-        crashes=int(f.get("crashes", 0)),
-        max_retries=int(f["max_retries"]) if f.get("max_retries") else None,
-        payload=orjson.loads(f["payload"]) if f.get("payload") else None,
-        result=orjson.loads(result) if result else None,
-        last_error=_text(f.get("last_error")),
-        reason=_text(f.get("reason")),
-        worker=_text(f.get("worker")),
-        priority=int(f["priority"]) if f.get("priority") else priorities.DEFAULT,
-        key=_text(f.get("key")),
-        enqueued_at=_iso(f.get("enqueued_at")),
-        started_at=_iso(f.get("started_at")),
-        finished_at=_iso(f.get("finished_at")),
-        progress=float(f["progress"]) if f.get("progress") else None,
-        progress_message=_text(f.get("progress_message")),
-        progress_at=_iso(f.get("progress_at")),
-        cancel_requested_at=_iso(f.get("cancel_requested_at")),
-        runs=runs_of(f.get("runs")),
-    )
-
-
-def runs_of(raw: bytes | None) -> list[RunEntry]:
-    """A record's run history (its field ``runs``) as the API shows it; [] when it has none or it is unreadable."""
-    if not raw:
-        return []
-    try:
-        entries = orjson.loads(raw)
-        return [RunEntry(attempt=int(e.get("attempt") or 0), at=_iso(str(e["at"]).encode()) if e.get("at") else None,
-                         worker=e.get("worker") or None, outcome=str(e.get("outcome", "")),
-                         error=e.get("error") or None, state=str(e.get("state", "")))
-                for e in entries if isinstance(e, dict)]
-    except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError):  # not written by note_run
-        return []

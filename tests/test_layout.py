@@ -33,9 +33,10 @@ def test_the_admin_commands_load_neither_the_api_nor_the_worker(redis_url: str, 
     assert report == {"code": 0, "loaded": []}, done.stderr
 
 
-#: The modules that may name Redis keys: the names themselves, the way to Redis (async and
-#: blocking), the script calls both build, and the script loader.
-KEYED = {"reliq/keys.py", "reliq/queue.py", "reliq/syncqueue.py", "reliq/calls.py", "reliq/scripts.py"}
+#: The modules that may name Redis keys: the names themselves, the way to Redis (async, in its
+#: four parts, and blocking), the script calls both build, and the script loader.
+KEYED = {"reliq/keys.py", "reliq/queue.py", "reliq/queue_base.py", "reliq/queue_reads.py", "reliq/queue_admin.py",
+         "reliq/syncqueue.py", "reliq/calls.py", "reliq/scripts.py"}
 #: Redis commands that read or write data: called on a client anywhere else, they bypass Queue.
 DATA_COMMANDS = {
     "get", "set", "delete", "exists", "expire", "keys", "scan", "scan_iter", "type", "hget", "hgetall", "hmget",

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from reliq import queue as queue_module
+from reliq import queue_reads
 from reliq.connection import connect
 from reliq.queue import Queue, make_spec
 
@@ -19,7 +19,7 @@ async def _enqueue(queue: Queue, n: int, **options: object) -> list[str]:
 
 async def test_bulk_reads_cross_chunks_in_order(queue: Queue, monkeypatch: pytest.MonkeyPatch) -> None:
     """Seven ids three a round trip: every record, state and field, in the order asked, '' for a gone one."""
-    monkeypatch.setattr(queue_module, "READ_CHUNK", 3)
+    monkeypatch.setattr(queue_reads, "READ_CHUNK", 3)  # where the bulk reads look it up
     ids = await _enqueue(queue, 7)
     asked = [*ids[:4], "no-such-task", *ids[4:]]
     assert await queue.states(asked) == ["pending"] * 4 + [""] + ["pending"] * 3
