@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
@@ -62,9 +62,6 @@ from reliq.queue_reads import record_of as record_of
 from reliq.queue_reads import runs_of as runs_of
 from reliq.scripts import Scripts
 from reliq.settings import WHITESPACE, Retention, Settings
-
-if TYPE_CHECKING:
-    pass
 
 #: Bounds on what a producer may ask for, so one bad request cannot park a task forever.
 MAX_TYPE_LEN = 200
