@@ -245,9 +245,10 @@ async def test_keyed_tasks_a_lost_claim_reply_gave_a_worker_are_adopted_with_the
         adopted = await fetcher.adopt_orphans(set(), 0)
         assert sorted(t.id for t in adopted) == a[len(done):len(done) + 2]  # the key's two slots, in order
         assert {t.key for t in adopted} == {"A"}
+        assert {t.attempts for t in adopted} == {1}  # the lost claim's attempt, not counted again
         assert (await queue.settle("w1", ok(adopted)))[0] == 2
         done += [t.id for t in adopted]
-    assert [(await queue.get(i))["state"] for i in a] == ["succeeded"] * len(a)
+    assert [((await queue.get(i))["state"], (await queue.get(i))["attempts"]) for i in a] == [("succeeded", 1)] * len(a)
     g = await groups(redis, queue)
     assert not [f for f in g if f.startswith("a:")] and g["ready"] == "0"  # no slot left taken
 

@@ -374,6 +374,8 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
     out[1] = CODE_SUSPECT_WAITS
     return out
   else
+    -- ours: the claim whose reply was lost counted its attempt, and no handler ran it
+    if ours then f[ATTEMPTS] = tostring(tonumber(f[ATTEMPTS]) - 1) end
     claim(id, f)
     if state == 'pending' then spend(f[TYPE], t) end
     halted = tonumber(f[CRASHES]) > 0
