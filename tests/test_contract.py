@@ -62,7 +62,12 @@ class Fuzz:
         self.log = workdir / "api.log"
         with self.log.open("wb") as out:
             self.api = subprocess.Popen([sys.executable, "-m", "reliq", "serve", "--redis-url", redis_url,
-                                         "--queue", "fuzz", "--port", str(port)],
+                                         # a queue a run: the two runs share the Redis, and one
+                                         # run's DELETE of a task the other's unique or idempotency
+                                         # key had been answered with made that other run's next
+                                         # request on it a 404 (schemathesis ST302)
+                                         "--queue", "fuzz-token" if token else "fuzz",
+                                         "--port", str(port)],
                                         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         wait_until(lambda: answers("127.0.0.1", port) or self.api.poll() is not None, timeout=60,
                    what="API listening")
