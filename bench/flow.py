@@ -33,7 +33,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from report import machine, spread, write_section  # noqa: E402
+from report import machine, spread_table, write_section  # noqa: E402
 
 SCENARIOS = ("plain-before", "plain", "rated", "keys")
 KEYS = 1000
@@ -126,12 +126,7 @@ def main() -> None:
                       f"a task, {r['commands']:.2f} commands a task", flush=True)
     finally:
         server.stop()
-    rows = []
-    for scenario in scenarios:
-        rs = results[scenario]
-        rate, cpu, commands = ([r[f] for r in rs] for f in ("rate", "redis_us", "commands"))
-        rows.append(f"| {scenario} | {spread(rate)} | {spread(cpu, '{:.1f}')} | {spread(commands, '{:.2f}')} |")
-    table = "\n".join(rows)
+    table = spread_table(results, [("rate", "{:,.0f}"), ("redis_us", "{:.1f}"), ("commands", "{:.2f}")])
     print(table)
     if args.no_write:
         return

@@ -11,7 +11,7 @@ import os
 import platform
 import statistics
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -50,6 +50,13 @@ def spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
     if len(values) == 1:
         return fmt.format(med)
     return f"{fmt.format(med)} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def spread_table(results: Mapping[str, Sequence[Mapping[str, float]]],
+                 columns: Sequence[tuple[str, str]]) -> str:
+    """A markdown row a name of ``results``: ``spread`` of each ``(field, fmt)`` over its runs."""
+    return "\n".join(f"| {name} | " + " | ".join(spread([r[f] for r in runs], fmt) for f, fmt in columns) + " |"
+                     for name, runs in results.items())
 
 
 def write_section(name: str, body: str) -> Path:

@@ -34,7 +34,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from redis.asyncio import Redis  # noqa: E402
-from report import machine, spread, write_section  # noqa: E402
+from report import machine, spread_table, write_section  # noqa: E402
 
 from reliq.connection import connect  # noqa: E402
 from reliq.queue import Queue  # noqa: E402
@@ -125,13 +125,8 @@ def main() -> None:
                       f"connections {r['idle']:.0f} idle, {r['end']:.0f} after the samples", flush=True)
     finally:
         server.stop()
-    rows = []
-    for variant in variants:
-        rs = results[variant]
-        cols = [spread([r[f] for r in rs], "{:.2f}") for f in ("p50", "p99", "max")]
-        conns = [spread([r[f] for r in rs]) for f in ("idle", "end")]
-        rows.append(f"| {variant} | {' | '.join(cols)} | {' | '.join(conns)} |")
-    table = "\n".join(rows)
+    table = spread_table(results, [("p50", "{:.2f}"), ("p99", "{:.2f}"), ("max", "{:.2f}"),
+                                   ("idle", "{:,.0f}"), ("end", "{:,.0f}")])
     print(table)
     if args.no_write:
         return
