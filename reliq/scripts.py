@@ -123,12 +123,13 @@ def has_shebang(name: str) -> bool:
 _no_shebang = False
 
 
-def _refused_shebang(name: str, exc: ResponseError) -> bool:
+def refused_shebang(name: str, exc: ResponseError) -> bool:
     """Whether ``exc`` is Redis < 7 failing to compile script ``name``'s shebang line."""
     return has_shebang(name) and "near '#'" in str(exc)
 
 
-def _note_no_shebang() -> None:
+def note_no_shebang() -> None:
+    """A Redis refused a shebang: from now on every client of this process loads the scripts without."""
     global _no_shebang
     if not _no_shebang:
         log.warning("this Redis does not understand script flags (Redis < 7): reliq's scripts run "
@@ -136,10 +137,20 @@ def _note_no_shebang() -> None:
         _no_shebang = True
 
 
+def loaded(name: str) -> str:
+    """The text of script ``name`` that clients load now: without its shebang once a Redis refused one."""
+    return source(name, shebang=not _no_shebang)
+
+
+def loaded_sha(name: str) -> str:
+    """The SHA1 of :func:`loaded`, which EVALSHA calls it by."""
+    return sha(name, shebang=not _no_shebang)
+
+
 @cache
-def sha(name: str) -> str:
-    """The SHA1 that EVALSHA calls script ``name`` by."""
-    return hashlib.sha1(source(name).encode()).hexdigest()
+def sha(name: str, shebang: bool = True) -> str:
+    """The SHA1 that EVALSHA calls script ``name`` by (``shebang=False``: its Redis 6 text's)."""
+    return hashlib.sha1(source(name, shebang).encode()).hexdigest()
 
 
 class Scripts:
@@ -148,7 +159,7 @@ class Scripts:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name, shebang=not _no_shebang)) for name in NAMES
+            name: redis.register_script(loaded(name)) for name in NAMES
         }
 
     async def __call__(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
@@ -159,10 +170,10 @@ class Scripts:
         try:
             return await self._scripts[name](keys=keys, args=args, client=client)
         except ResponseError as exc:
-            if client is not None or not _refused_shebang(name, exc):
+            if client is not None or not refused_shebang(name, exc):
                 raise
-        _note_no_shebang()
-        self._scripts = {name: self._redis.register_script(source(name, shebang=False)) for name in NAMES}
+        note_no_shebang()
+        self._scripts = {name: self._redis.register_script(loaded(name)) for name in NAMES}
         return await self._scripts[name](keys=keys, args=args)
 
 
@@ -172,7 +183,7 @@ class SyncScripts:
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._scripts: dict[str, Script] = {
-            name: client.register_script(source(name, shebang=not _no_shebang)) for name in NAMES
+            name: client.register_script(loaded(name)) for name in NAMES
         }
 
     def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
@@ -180,8 +191,8 @@ class SyncScripts:
         try:
             return self._scripts[name](keys=keys, args=args)
         except ResponseError as exc:
-            if not _refused_shebang(name, exc):
+            if not refused_shebang(name, exc):
                 raise
-        _note_no_shebang()
-        self._scripts = {name: self._client.register_script(source(name, shebang=False)) for name in NAMES}
+        note_no_shebang()
+        self._scripts = {name: self._client.register_script(loaded(name)) for name in NAMES}
         return self._scripts[name](keys=keys, args=args)

@@ -40,7 +40,7 @@ from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from reliq.connection import connect_sync, is_single_server, pool_options
-from reliq.scripts import SyncScripts, sha, source
+from reliq.scripts import SyncScripts, loaded, loaded_sha, note_no_shebang, refused_shebang
 
 #: What forked children inherited: kept so that it is never garbage-collected (and so
 #: never closed) in the child; see the module docstring.
@@ -130,12 +130,13 @@ class _State:
             self.factory = redis.ConnectionPool.from_url(self.url, **options)
 
     def head(self, name: str, keys: Sequence[str]) -> bytes:
-        """EVALSHA, the script's SHA, the number of keys and the keys, packed once."""
+        """EVALSHA, the script's SHA, the number of keys and the keys, packed once (again after
+        a Redis refused the scripts' shebangs: then the SHA is that of the text without)."""
         index = (name, tuple(keys))
         parts: list[bytes | str | int | float]
         packed = self.heads.get(index)
         if packed is None:
-            parts = ["EVALSHA", sha(name), len(keys), *keys]
+            parts = ["EVALSHA", loaded_sha(name), len(keys), *keys]
             packed = self.heads[index] = b"".join([_bulk(a) for a in parts])
         return packed
 
@@ -174,15 +175,15 @@ class SyncRedis:
         state = self._current()
         if state.factory is None:
             return state.scripts(name, list(keys), list(args))
-        packed = b"*%d\r\n%s%s" % (3 + len(keys) + len(args), state.head(name, keys),
-                                   b"".join([_bulk(a) for a in args]))
+        tail = b"".join([_bulk(a) for a in args])
+        packed = _pack(state, name, keys, len(args), tail)
         for attempt in (1, 2):
             try:
                 conn, fresh = state.idle.pop(), False
             except IndexError:
                 conn, fresh = _Link(state.factory.make_connection(), state.timeout), True
             try:
-                reply = _round_trip(conn, packed, name)
+                reply = _round_trip(conn, packed, state, name, keys, len(args), tail)
             except ResponseError:
                 state.idle.append(conn)  # the error reply was read whole: the connection is fine
                 raise
@@ -213,9 +214,31 @@ class SyncRedis:
             state.blocking.close()
 
 
-def _round_trip(link: _Link, packed: bytes, name: str) -> Any:
+def _round_trip(link: _Link, packed: bytes, state: _State, name: str, keys: Sequence[str], nargs: int,
+                tail: bytes) -> Any:
+    """Call script ``name``: ``packed`` is :func:`_pack`'s, of ``keys`` and ``nargs``, ``tail``."""
     try:
         return link.call(packed)
-    except NoScriptError:  # a restarted or flushed server: load the script, call again
-        link.call(b"*3\r\n" + b"".join([_bulk(a) for a in ("SCRIPT", "LOAD", source(name))]))
-        return link.call(packed)
+    except NoScriptError:  # a restarted or flushed server, or the first call on it: load the script, call again
+        pass
+    try:
+        _load(link, name)
+    except ResponseError as exc:
+        # Redis < 7 cannot compile a shebang: load the text without, as reliq.scripts' clients do
+        if not refused_shebang(name, exc):
+            raise
+        note_no_shebang()
+        _load(link, name)
+    # packed anew: the text loaded may be another than the one ``packed`` names by its SHA
+    # (the shebang refused just now, here or in another thread)
+    state.heads.pop((name, tuple(keys)), None)
+    return link.call(_pack(state, name, keys, nargs, tail))
+
+
+def _load(link: _Link, name: str) -> None:
+    link.call(b"*3\r\n" + b"".join([_bulk(a) for a in ("SCRIPT", "LOAD", loaded(name))]))
+
+
+def _pack(state: _State, name: str, keys: Sequence[str], nargs: int, tail: bytes) -> bytes:
+    """The EVALSHA of script ``name``, of ``keys`` and the ``nargs`` arguments packed in ``tail``: one buffer."""
+    return b"*%d\r\n%s%s" % (3 + len(keys) + nargs, state.head(name, keys), tail)
