@@ -10,8 +10,11 @@ paused queue resumed says ``resumed``). A busy queue's pushes publish nothing.
 A worker process subscribes to the ready channels of all its queues, and to its cancel
 channels (reliq/worker/cancels.py), on one connection: SSUBSCRIBE, on Redis 7, where the
 scripts SPUBLISH, so that on a cluster a message stays on its queue's shard; there, one
-connection a primary that serves any of the queues. So a worker holds the same few
-connections whether it serves one queue or five hundred.
+connection a primary that serves any of the queues. Redis 6.2 has no sharded pub/sub:
+there the scripts PUBLISH and the workers SUBSCRIBE (both decide by the server's version:
+``_lib.lua`` by ``redis.REDIS_VERSION_NUM``, a Redis 7 field, and
+:func:`reliq.connection.sharded_pubsub` by ``INFO``; tests/test_redis6.py). So a worker
+holds the same few connections whether it serves one queue or five hundred.
 
 No task is missed for a message missed, because of the order of things: the subscription
 is in place (its confirmation noted every queue of it as woken) before the fetcher's
@@ -19,8 +22,8 @@ first claim; each later claim of a queue starts after its wake-up was taken, so 
 that arrives during the claim leaves a wake-up for the next round. A connection lost
 loses the messages sent meanwhile: its new subscription's confirmation again notes every
 queue of it as woken, so the worker claims from all of them at once; and the fetcher
-claims from every queue once a second all the same (the fallback, also for Redis 6,
-which publishes nothing a worker here listens to). A cluster slot that moves away
+claims from every queue once a second all the same (the fallback, for a message lost
+otherwise, or never sent by an older reliq's producer). A cluster slot that moves away
 unsubscribes its channel: the connections are then made anew from the new slot map.
 
 Every idle worker of a queue is woken by its message, and one of them gets the task;
