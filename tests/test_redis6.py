@@ -35,6 +35,9 @@ from reliq.worker.nudges import Nudges
 from tests.test_cancel_running import start_worker, until_state, worker_running
 from tests.test_worker import registry_with
 
+#: The bounds are latencies: run alone, after the parallel part of ``make test``.
+pytestmark = pytest.mark.serial
+
 #: Where ``make dev`` puts the redis-server 6.2 (the venv running the tests).
 REDIS6 = Path(sys.prefix) / "redis6" / "redis-server"
 #: A wake-up's or a cancel's bound: their message's, far below the 30 s of the fallbacks.
