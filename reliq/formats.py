@@ -26,7 +26,7 @@ from enum import Enum, IntEnum, StrEnum
 #: these fields of the task's hash, read with one HMGET. The whole reply is
 #: ``{code, now_ms, wait_ms, id, <CLAIM_FIELDS>, id, <CLAIM_FIELDS>, ...}`` (:data:`CLAIM_HEAD`
 #: values, then the tasks).
-CLAIM_FIELDS = ("type", "payload", "attempts", "failures", "crashes", "queued_at", "opts", "key")
+CLAIM_FIELDS = ("type", "body", "attempts", "failures", "crashes", "queued_at", "key")
 #: Values before the first task in claim.lua's reply: code, now_ms, wait_ms.
 CLAIM_HEAD = 3
 #: Values a claimed task takes in claim.lua's reply: its id, then :data:`CLAIM_FIELDS`.
@@ -55,6 +55,13 @@ def split_opts(opts: bytes) -> tuple[int, int | None, str, str]:
     """A record's ``opts`` as (max_retries, timeout_ms or None, trace, unique lock's name)."""
     retries, timeout, trace, unique = opts.decode().split(SEP, 3)
     return int(retries), int(timeout) if timeout else None, trace, unique
+
+
+def split_body(body: bytes) -> tuple[bytes, int, int | None, str, str]:
+    """A record's ``body`` as (payload, max_retries, timeout_ms or None, trace, unique lock's name)."""
+    n, _, rest = body.partition(b":")
+    end = int(n)
+    return (rest[end:], *split_opts(rest[:end]))
 
 
 class TaskState(StrEnum):

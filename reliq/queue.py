@@ -39,7 +39,7 @@ from reliq.formats import (
     Metric,
     RunOutcome,
     TaskState,
-    split_opts,
+    split_body,
 )
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
@@ -421,10 +421,10 @@ class Queue(QueueAdmin):
         rows = iter(raw[CLAIM_HEAD:])
         # Positional and in one comprehension: this parse was a tenth of a worker's CPU. The
         # names unpacked are formats.CLAIM_FIELDS, in order (tests/test_formats.py checks).
-        tasks = [Claimed(i.decode(), t.decode(), p, int(a), int(f), m, int(c), to, int(q or now), now, self.name,
-                         tr, u, k.decode() if k else "")
-                 for i, t, p, a, f, c, q, o, k in zip(*[rows] * CLAIM_WIDTH, strict=True)
-                 for m, to, tr, u in (split_opts(o),)]
+        tasks = [Claimed(i.decode(), t.decode(), p, int(a or 0), int(f or 0), m, int(c or 0), to, int(q or now), now,
+                         self.name, tr, u, k.decode() if k else "")
+                 for i, t, b, a, f, c, q, k in zip(*[rows] * CLAIM_WIDTH, strict=True)
+                 for p, m, to, tr, u in (split_body(b),)]
         return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED, int(raw[2]) / 1000)
 
     def _claim_keys(self, worker_id: str) -> list[str]:

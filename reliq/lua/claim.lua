@@ -87,10 +87,11 @@ local CATCHUP_MS = 1000
 -- f: the task's fields as fields() read them; its key, set by serve_key, goes in the reply too.
 local n = #out  -- out's length, kept here: #out a value costs a search of the table
 local function claim(id, f)
-  local attempts = next_attempt[f[ATTEMPTS]]
+  local before = f[ATTEMPTS] or '0'  -- absent until a first claim (formats.py: RECORD)
+  local attempts = next_attempt[before]
   if not attempts then
-    attempts = tostring(tonumber(f[ATTEMPTS]) + 1)
-    next_attempt[f[ATTEMPTS]] = attempts
+    attempts = tostring(tonumber(before) + 1)
+    next_attempt[before] = attempts
   end
   f[ATTEMPTS] = attempts
   redis.call('HSET', TASK .. id, 'state', 'processing', 'started_at', now,
@@ -135,22 +136,29 @@ end
 -- then fills: no table.remove a task.
 local READ = {unpack(CLAIM_FIELDS, 1, KEY - 1)}
 READ[KEY] = 'state'
--- A record written before opts existed (reliq/formats.py: OPTS_FIELDS) has its four
--- fields instead: they make its opts, once, so that every later read finds it. They stay
--- (as enqueue.lua writes them too: for workers of the version before), but the trace.
-local function opts_of(key)
-  local old = redis.call('HMGET', key, unpack(OPTS_FIELDS))
-  local opts = (old[1] or '0') .. SEP .. (old[2] or '') .. SEP .. (old[3] or '') .. SEP .. (old[4] or '')
-  redis.call('HSET', key, 'opts', opts)
-  if old[3] then redis.call('HDEL', key, 'trace') end
-  return opts
+-- Whether a task has crashed a worker before (a crash suspect): crashes is absent until the
+-- first crash.
+local function crashed(f)
+  return f[CRASHES] and f[CRASHES] ~= '0'
+end
+
+-- A record of the format before body (formats.py: RECORD_V1: payload, opts and max_retries
+-- as fields; or, older still, no opts but its four fields) is given its body once, so that
+-- every later read finds the format of today; the fields it replaces go.
+local function body_of(key)
+  local old = redis.call('HMGET', key, 'payload', 'opts', unpack(OPTS_FIELDS))
+  local opts = old[2] or ((old[3] or '0') .. SEP .. (old[4] or '') .. SEP .. (old[5] or '') .. SEP .. (old[6] or ''))
+  local body = #opts .. ':' .. opts .. (old[1] or 'null')
+  redis.call('HSET', key, 'body', body)
+  redis.call('HDEL', key, 'payload', 'opts', 'max_retries', 'timeout_ms', 'trace')
+  return body
 end
 
 local function fields(id)
   local f = redis.call('HMGET', TASK .. id, unpack(READ))
   local state = f[KEY]
   f[KEY] = false
-  if not f[OPTS] and (state == 'pending' or state == 'processing') then f[OPTS] = opts_of(TASK .. id) end
+  if not f[BODY] and (state == 'pending' or state == 'processing') then f[BODY] = body_of(TASK .. id) end
   return state, f
 end
 
@@ -261,7 +269,7 @@ local function serve_key(gid, t)
     counts.ready = counts.ready - 1
     state, f = fields(id)
   until state == 'pending'
-  local suspect = tonumber(f[CRASHES]) > 0
+  local suspect = crashed(f)
   if suspect and not alone() then
     redis.call('RPUSH', G.group .. gid, id)
     counts.ready = counts.ready + 1
@@ -315,7 +323,7 @@ local function take_due()
         else
           local state, f = fields(item)
           if state == 'pending' then
-            local suspect = tonumber(f[CRASHES]) > 0
+            local suspect = crashed(f)
             if suspect and not alone() then
               redis.call('RPUSH', list, item)
               if taken == 0 then out[1] = CODE_SUSPECT_WAITS end
@@ -362,7 +370,7 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
   elseif t == 'aside' then
     redis.call('LREM', PROCESSING, 1, id)
     set_aside(f[TYPE], id)
-  elseif tonumber(f[CRASHES]) > 0 and (redis.call('LLEN', PROCESSING) > 1 or elsewhere > 0) then
+  elseif crashed(f) and (redis.call('LLEN', PROCESSING) > 1 or elsewhere > 0) then
     redis.call('LREM', PROCESSING, 1, id)
     local priority = redis.call('HGET', TASK .. id, 'priority')
     if ours then  -- given back as release.lua does: pending, its attempt undone, its key's slot freed
@@ -375,10 +383,10 @@ if moved_id ~= '' and redis.call('LPOS', PROCESSING, moved_id) then
     return out
   else
     -- ours: the claim whose reply was lost counted its attempt, and no handler ran it
-    if ours then f[ATTEMPTS] = tostring(tonumber(f[ATTEMPTS]) - 1) end
+    if ours then f[ATTEMPTS] = tostring(tonumber(f[ATTEMPTS] or '1') - 1) end
     claim(id, f)
     if state == 'pending' then spend(f[TYPE], t) end
-    halted = tonumber(f[CRASHES]) > 0
+    halted = crashed(f)
   end
 end
 
@@ -442,7 +450,7 @@ local function take_from(list, p, bound, head)
           set_aside(f[TYPE], id)
         end
       end
-      if state == 'pending' and tonumber(f[CRASHES]) > 0 then
+      if state == 'pending' and crashed(f) then
         if alone() then
           used = used + 1
           moved[#moved + 1] = id

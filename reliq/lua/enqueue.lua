@@ -82,9 +82,8 @@ for o = 0, #b - 1, #ENQUEUE_FIELDS do
     -- opts (reliq/formats.py: OPTS_FIELDS): the producer sent its middle (timeout_ms, trace).
     -- max_retries is a field of its own too: the monitor and workers of the version before
     -- opts read it there (docs/architecture.md: upgrades in either order).
-    local fields = {'type', b[o + TYPE], 'payload', b[o + PAYLOAD], 'opts', max_retries .. b[o + OPTS] .. (lock or ''),
-                    'max_retries', max_retries, 'attempts', '0', 'failures', '0', 'crashes', '0',
-                    'enqueued_at', now_s}
+    local opts = max_retries .. b[o + OPTS] .. (lock or '')
+    local fields = {'type', b[o + TYPE], 'body', #opts .. ':' .. opts .. b[o + PAYLOAD], 'enqueued_at', now_s}
     if idem ~= '' then  -- so that deleting the task (cancel.lua) frees its key
       fields[#fields + 1] = 'idem'
       fields[#fields + 1] = idem

@@ -238,10 +238,9 @@ for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twi
       -- small: the worker knows the record is a listpack (SETTLE_FIELDS), which spares a
       -- command a task (~7,000 instructions); else Redis is asked.
       if batch[o + SMALL] == '1' or redis.call('OBJECT', 'ENCODING', key) == 'listpack' then
-        redis.call('HDEL', key, unpack(gid and DROPPED_KEYED or DROPPED))
         if batch[o + UNIQUE] ~= '' then redis.call('HDEL', key, 'unique') end  -- freed below; only such tasks pay it
         if progressed and progressed[id] then clear_progress(key) end
-        redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
+        redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text, 'body', '')
       else
         local f = redis.call('HMGET', key, unpack(KEPT))
         redis.call('DEL', key)
