@@ -19,18 +19,48 @@ scripts name no other.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Mapping
 from enum import Enum, IntEnum, StrEnum
 
-#: What claim.lua returns for each task it claims, after the task's id and in this order:
-#: these fields of the task's hash, read with one HMGET. The whole reply is
-#: ``{code, now_ms, wait_ms, id, <CLAIM_FIELDS>, id, <CLAIM_FIELDS>, ...}`` (:data:`CLAIM_HEAD`
-#: values, then the tasks).
-CLAIM_FIELDS = ("type", "body", "attempts", "failures", "crashes", "queued_at", "key")
+#: What claim.lua reads of each task it claims: the fields up to ``state`` with one HMGET,
+#: ``failures`` and ``crashes`` with another only when ``attempts`` > 0 (a task never claimed
+#: has neither); ``key`` is not read (the claim knows it). ``attempts``, ``failures`` and
+#: ``crashes`` are absent while 0 in a record of format 2 (:class:`RecordFormat`).
+CLAIM_FIELDS = ("type", "body", "attempts", "queued_at", "state", "failures", "crashes", "key")
 #: Values before the first task in claim.lua's reply: code, now_ms, wait_ms.
 CLAIM_HEAD = 3
-#: Values a claimed task takes in claim.lua's reply: its id, then :data:`CLAIM_FIELDS`.
-CLAIM_WIDTH = 1 + len(CLAIM_FIELDS)
+#: How claim.lua's reply gives each task it claims: one string (each value of a script's
+#: reply costs ~1,000 instructions, callgrind; a piece of a string it builds ~300): these
+#: joined by SEP (``record`` is '1' for a record of format 1, '' for format 2; a count ''
+#: while 0), then SEP, then the type and the key each as ``<length>|<text>`` (either may
+#: hold SEP), then the body (:func:`make_body`). :func:`split_claimed` reads it.
+CLAIMED = ("id", "attempts", "queued_at", "failures", "crashes", "record")
+
+
+def split_claimed(raw: bytes) -> tuple[bytes, ...]:
+    """A task of claim.lua's reply as (CLAIMED..., type, key, body)."""
+    *head, rest = raw.split(_SEP, len(CLAIMED))
+    n, _, rest = rest.partition(_SEP)
+    end = int(n)
+    ttype, rest = rest[:end], rest[end:]
+    n, _, rest = rest.partition(_SEP)
+    end = int(n)
+    return (*head, ttype, rest[:end], rest[end:])
+
+
+class RecordFormat(IntEnum):
+    """How a task's record holds what nothing changes after its enqueue (docs/architecture.md:
+    "Record formats across an upgrade"). A queue's producers write one (keys.format)."""
+
+    #: ``payload``, ``opts`` and ``max_retries`` as fields of their own, and ``attempts``,
+    #: ``failures``, ``crashes`` written as '0' at the enqueue: what workers of the versions
+    #: before format 2 read.
+    FIELDS = 1
+    #: One field ``body`` (:func:`make_body`), and the three counters absent until they
+    #: change; a task enqueued with nothing but its type, payload, timeout and retries has no
+    #: ``enqueued_at`` until it is queued again (its ``queued_at`` is that time): a task's life
+    #: costs Redis ~60,000 instructions less (bench/instructions.py).
+    BODY = 2
 
 #: A task record's field ``opts``: what only the claim reads of a task and nothing changes,
 #: these values joined by :data:`SEP`, written once by enqueue.lua: ``max_retries`` (as
@@ -46,15 +76,35 @@ CLAIM_WIDTH = 1 + len(CLAIM_FIELDS)
 OPTS_FIELDS = ("max_retries", "timeout_ms", "trace", "unique")
 
 
-def opts_prefix(timeout_ms: int | None, trace: str) -> str:
-    """What the producer sends of a task's ``opts``: ``|timeout_ms|trace|`` (enqueue.lua completes it)."""
-    return f"{SEP}{timeout_ms or ''}{SEP}{trace}{SEP}"
+def opts_prefix(max_retries: int, timeout_ms: int | None, trace: str) -> str:
+    """What the producer sends of a task's ``opts``: ``max_retries|timeout_ms|trace|`` (enqueue.lua completes it)."""
+    return f"{max_retries}{SEP}{timeout_ms or ''}{SEP}{trace}{SEP}"
 
 
 def split_opts(opts: bytes) -> tuple[int, int | None, str, str]:
     """A record's ``opts`` as (max_retries, timeout_ms or None, trace, unique lock's name)."""
     retries, timeout, trace, unique = opts.decode().split(SEP, 3)
     return int(retries), int(timeout) if timeout else None, trace, unique
+
+
+#: A record's field ``body`` (format 2), written once at the enqueue: ``<n>:<opts><payload>``,
+#: ``n`` the length of ``opts`` in bytes, in decimal. The opts first: the lock's name at its
+#: end may hold the separator, and a payload anything. ``''`` once the task succeeded (its
+#: payload is dropped; the same HSET that marks it succeeded blanks it).
+def make_body(opts: str, payload: bytes) -> bytes:
+    """The ``body`` of a task of ``opts`` (:data:`OPTS_FIELDS` joined) and ``payload`` (JSON)."""
+    raw = opts.encode()
+    return b"%d:%b%b" % (len(raw), raw, payload)
+
+
+def payload_of(record: Mapping[str, bytes | None]) -> tuple[bytes | None, int | None]:
+    """The (payload, max_retries) of a record's fields as read (either format; None: none, or dropped)."""
+    body = record.get("body")
+    if body:
+        payload, retries, *_ = split_body(body)
+        return payload, retries
+    retries = record.get("max_retries")
+    return record.get("payload") or None, int(retries) if retries else None
 
 
 def split_body(body: bytes) -> tuple[bytes, int, int | None, str, str]:
@@ -193,19 +243,31 @@ class Enqueued(IntEnum):
 
 #: A task as enqueue.lua takes it in its ARGV[2] (reliq/calls.py: enqueue_batch): one flat
 #: JSON array, these values a task one after another, every value a string (an array a
-#: task cost the script's cjson twice as much). ``priority`` is '' for a task of the
-#: default priority, ``key`` '' for a task without one.
-#: ``opts`` is :func:`opts_prefix`'s.
-ENQUEUE_FIELDS = ("id", "type", "payload", "max_retries", "opts", "delay_ms", "idempotency_key", "run_at_ms", "unique",
-                  "key", "priority")
+#: task cost the script's cjson twice as much; each value ~550 instructions, callgrind).
+#: ``body`` is the record's (:func:`make_body`), its opts ``max_retries|timeout_ms|trace|``
+#: with the task's max_retries or, when it gives none, the queue's (the script puts the
+#: type's default in, and the unique lock's name after). ``rest`` is '' for a task that
+#: sets nothing else (the plain path: the script writes its record as it comes), else a
+#: JSON array of :data:`ENQUEUE_REST`.
+ENQUEUE_FIELDS = ("id", "type", "body", "rest")
+#: What a task sets beyond ENQUEUE_FIELDS: ``retries`` '1' when it gives max_retries (else
+#: its type's default, if any, wins over the queue's), ``priority`` '' for the default,
+#: ``key`` '' for none, ``unique`` as :class:`Unique`; numbers as strings.
+ENQUEUE_REST = ("retries", "delay_ms", "idempotency_key", "run_at_ms", "unique", "key", "priority")
 
 #: A task's outcome as settle.lua takes it in its ARGV[2] (reliq/queue.py: Queue.settle):
-#: one flat JSON array, these values a task one after another.
-#: ``small`` is '1' when the worker knows the record is a listpack (every value it has seen
-#: at most :data:`LISTPACK_VALUE` bytes, no failure, crash or progress: see
-#: :func:`reliq.queue.known_small`), '' when only Redis can tell (``OBJECT ENCODING``).
-SETTLE_FIELDS = ("id", "type", "max_retries", "outcome", "text", "retry_delay_ms", "wait_ms", "run_ms", "wait_bucket",
-                 "run_bucket", "unique", "key", "small")
+#: one flat JSON array, these values a task one after another. ``more`` holds, joined by
+#: SEP, :data:`SETTLE_MORE`: what only a failure (or a stale outcome) needs, read then
+#: alone, so that a success decodes 8 values, not 13 (~3,000 instructions, callgrind).
+#: ``record`` is ``s`` when the record is of format 2 and the worker knows it is a
+#: listpack (every value it has seen at most :data:`LISTPACK_VALUE` bytes, no failure,
+#: crash or progress: see :func:`reliq.queue.known_small`), ``2`` for format 2 when only
+#: Redis can tell (``OBJECT ENCODING``), ``1`` for a record of format 1.
+SETTLE_FIELDS = ("id", "type", "text", "more", "outcome", "unique", "key", "record")
+#: A plain success (settle.lua's ARGV[7]: outcome ok, record 's', no unique lock, key or
+#: progress): the first four of SETTLE_FIELDS alone.
+SETTLE_OK = SETTLE_FIELDS[:4]
+SETTLE_MORE = ("max_retries", "retry_delay_ms", "wait_ms", "run_ms", "wait_bucket", "run_bucket")
 #: Redis's default hash-max-listpack-value: a hash that ever held a longer value is a hash table.
 LISTPACK_VALUE = 64
 
@@ -224,6 +286,7 @@ SNAPSHOT_FIELDS = ("now_ms", "pending_count", "delayed_count", "dead_count", "wo
 #: pause, a schedule's pause (Lua: ``SEP``). Not a magic character of Lua patterns, so a
 #: pattern may spell it as itself (:data:`LIMIT_PATTERN`).
 SEP = "|"
+_SEP = SEP.encode()
 
 #: A type's value in the limits hash (limit.lua writes it, claim.lua and settle.lua read it):
 #: these integers joined by :data:`SEP`, 0 for none; ``ordered`` 1 or 0. The sources it is
@@ -387,6 +450,8 @@ LUA: dict[str, tuple[str, ...] | type[Enum] | str | frozenset[str]] = {
     "OPTS_FIELDS": OPTS_FIELDS,
     "ENQUEUE_FIELDS": ENQUEUE_FIELDS,
     "SETTLE_FIELDS": SETTLE_FIELDS,
+    "SETTLE_MORE": SETTLE_MORE,
+    "ENQUEUE_REST": ENQUEUE_REST,
     "SNAPSHOT_FIELDS": SNAPSHOT_FIELDS,
     "METRIC": Metric,
     "CODE": Code,
@@ -406,6 +471,7 @@ LUA: dict[str, tuple[str, ...] | type[Enum] | str | frozenset[str]] = {
     "PUT": Put,
     "FIRE": Fire,
     "RUNS": Runs,
+    "RECORD": RecordFormat,
 }
 
 

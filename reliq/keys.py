@@ -35,6 +35,17 @@ class QueueKeys:
         return self.base + "partitions"
 
     @property
+    def format(self) -> str:
+        """STRING: the record format the queue's producers write, '1' or '2' (formats.RecordFormat).
+
+        Decided once, by the first role of a version that knows formats to use the queue:
+        '2' for a new queue, '1' for one that already holds anything (workers of the version
+        before may serve it); ``reliq records upgrade`` turns '1' into '2' (docs/architecture.md:
+        "Record formats across an upgrade"). enqueue.lua reads it a call.
+        """
+        return self.base + "format"
+
+    @property
     def pending(self) -> str:
         """LIST of ready task ids; producers LPUSH, workers take from the right."""
         return self.base + "pending"

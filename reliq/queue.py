@@ -31,15 +31,16 @@ from reliq.calls import text as text  # re-exported: most of reliq reads replies
 from reliq.errors import InvalidTask, NotReplicated, RedisFull
 from reliq.formats import (
     CLAIM_HEAD,
-    CLAIM_WIDTH,
     LISTPACK_VALUE,
     SEP,
     Code,
     Enqueued,
     Metric,
+    RecordFormat,
     RunOutcome,
     TaskState,
     split_body,
+    split_claimed,
 )
 from reliq.formats import END_STATES as END_STATES  # re-exported: the waiters read it here
 from reliq.histogram import bucket
@@ -238,6 +239,8 @@ class Claimed:
     trace: str = ""  # traceparent stored at enqueue ("" = none)
     unique: str = ""  # the name of its unique lock ("" = none), freed by the settle that ends it
     key: str = ""  # the task's key ("" = none): see docs/flow-control.md
+    #: How its record holds its body: its settle writes the record back in that format.
+    record_format: RecordFormat = RecordFormat.BODY
 
 
 def known_small(t: Claimed) -> bool:
@@ -252,6 +255,13 @@ def known_small(t: Claimed) -> bool:
     """
     return (not t.failures and not t.crashes and len(t.payload) <= LISTPACK_VALUE and len(t.type) <= LISTPACK_VALUE
             and len(t.key) <= LISTPACK_VALUE and len(t.unique) <= LISTPACK_VALUE and len(t.trace) <= LISTPACK_VALUE)
+
+
+def _record(t: Claimed, progressed: Collection[str]) -> str:
+    """SETTLE_FIELDS' ``record`` of ``t``: 's' (format 2, a listpack), '2' (format 2, Redis tells), '1' (format 1)."""
+    if t.record_format == RecordFormat.FIELDS:
+        return "1"
+    return "s" if known_small(t) and t.id not in progressed else "2"
 
 
 @dataclass(slots=True)
@@ -306,6 +316,7 @@ class Queue(QueueAdmin):
         #: How many partitions the queue this is one of has (1: a queue of one partition).
         self.share = 1
         self._reading: asyncio.Future[None] | None = None  # the map's read in flight, shared
+        self.record_format: RecordFormat | None = None
         self._scripts = Scripts(redis)
         self._priority_step = priorities.step_ms(settings.priority_aging)
         #: The queue's partitions, as last read (reliq/partitions.py).
@@ -330,7 +341,7 @@ class Queue(QueueAdmin):
         if target is not self:
             return await target.enqueue_specs(specs, replicas)
         keys = calls.enqueue_keys(self.keys)
-        batch = calls.enqueue_batch(specs)
+        batch = calls.enqueue_batch(specs, self.settings.max_retries)
         args = calls.enqueue_args(self.settings, batch)
         if replicas and isinstance(self.redis, RedisCluster):
             # WAIT must follow the write on the same connection, and the cluster client
@@ -352,7 +363,7 @@ class Queue(QueueAdmin):
             if isinstance(refusal, RedisFull):
                 await self._scripts("count", *calls.count_refused(self.keys, len(specs)))
             raise refusal or exc from None
-        results = calls.enqueued(raw, self.name, self.settings)
+        results = calls.enqueued(raw, specs, self.name, self.settings)
         if replicas and acked < replicas:
             raise NotReplicated(results, int(acked), replicas)
         return results
@@ -418,12 +429,12 @@ class Queue(QueueAdmin):
         raw = await self._scripts("claim", self._claim_keys(worker_id),
                                   [limit, worker_id, moved, elsewhere, self._priority_step])
         now = int(raw[1])
-        rows = iter(raw[CLAIM_HEAD:])
         # Positional and in one comprehension: this parse was a tenth of a worker's CPU. The
-        # names unpacked are formats.CLAIM_FIELDS, in order (tests/test_formats.py checks).
+        # names unpacked are formats.CLAIMED, in order, then type, key and body
+        # (tests/test_formats.py checks).
         tasks = [Claimed(i.decode(), t.decode(), p, int(a or 0), int(f or 0), m, int(c or 0), to, int(q or now), now,
-                         self.name, tr, u, k.decode() if k else "")
-                 for i, t, b, a, f, c, q, k in zip(*[rows] * CLAIM_WIDTH, strict=True)
+                         self.name, tr, u, k.decode(), RecordFormat.FIELDS if r else RecordFormat.BODY)
+                 for i, a, q, f, c, r, t, k, b in map(split_claimed, raw[CLAIM_HEAD:])
                  for p, m, to, tr, u in (split_body(b),)]
         return Take(tasks, raw[0] == Code.SUSPECT_WAITS, raw[0] == Code.PAUSED, int(raw[2]) / 1000)
 
@@ -445,6 +456,8 @@ class Queue(QueueAdmin):
         k = self.keys
         own: dict[str, tuple[int, int]] = {}
         batch: list[object] = []
+        plain: list[object] = []  # the plain successes: settle.lua's ARGV[7]
+        ok = RunOutcome.OK
         sums: Counter[str] = Counter()  # the metrics fields, summed here: see settle.lua
         # Each field as formats.metric() writes it, spelled out: this loop runs a task. Plain
         # strs, and the outcome (a StrEnum) formatted with !s: formatting an enum member
@@ -456,9 +469,12 @@ class Queue(QueueAdmin):
             t = o.task
             wait_ms = max(0, t.started_at - t.queued_at)
             wait_b, run_b = bucket(wait_ms), bucket(o.run_ms)
-            batch += (t.id, t.type, t.max_retries, o.outcome, o.text, o.retry_delay_ms,
-                      wait_ms, o.run_ms, wait_b, run_b, t.unique, t.key,  # flat: formats.SETTLE_FIELDS
-                      "1" if known_small(t) and t.id not in progressed else "")
+            more = f"{t.max_retries}{s}{o.retry_delay_ms}{s}{wait_ms}{s}{o.run_ms}{s}{wait_b}{s}{run_b}"
+            record = _record(t, progressed)
+            if o.outcome == ok and record == "s" and not t.unique and not t.key:
+                plain += (t.id, t.type, o.text, more)  # flat: formats.SETTLE_OK
+            else:
+                batch += (t.id, t.type, o.text, more, o.outcome, t.unique, t.key, record)  # formats.SETTLE_FIELDS
             ty = t.type
             sums.update((f"{runs}{ty}{s}{o.outcome!s}", f"{wait}{ty}{s}{wait_b}", f"{run}{ty}{s}{run_b}"))
             sums[wait_sum + ty] += wait_ms
@@ -466,7 +482,7 @@ class Queue(QueueAdmin):
             if retention and t.type in retention and t.type not in own:
                 own[t.type] = retention[t.type].limits(self.settings)
         args = [int(self.settings.result_ttl * 1000), orjson.dumps(batch), orjson.dumps(sums),
-                self.settings.keep_succeeded, orjson.dumps(own), orjson.dumps(list(progressed))]
+                self.settings.keep_succeeded, orjson.dumps(own), orjson.dumps(list(progressed)), orjson.dumps(plain)]
         keys = [k.processing(worker_id), k.pending, k.delayed, k.dead, k.stats, k.metrics, k.task_prefix,
                 k.succeeded, k.succeeded_prefix, k.waiters, k.wake_prefix, k.priority_prefix, k.cancels(worker_id),
                 k.idem_prefix, k.unique_prefix, k.limits, k.limited_prefix, k.limited_due, *calls.group_keys(k)]

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, cast
 
 from redis.asyncio import Redis
 
-from reliq import partitions
+from reliq import calls, partitions
+from reliq.formats import RecordFormat
 from reliq.keys import QueueKeys
 from reliq.partitions import PartitionMap
 from reliq.scripts import Scripts
@@ -38,6 +39,8 @@ class QueueBase:
     _reading: asyncio.Future[None] | None
     _scripts: Scripts
     layout: partitions.Layout[Queue]
+    #: The record format its producers write, as this process last read it (None: not yet).
+    record_format: RecordFormat | None
 
     # -- partitions (reliq/partitions.py) ----------------------------------------------------
 
@@ -71,6 +74,8 @@ class QueueBase:
     async def _read_map(self) -> None:
         try:
             self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
+            # Each partition's record format is decided before this process writes anything (records.lua).
+            await asyncio.gather(*(part.decide_records() for part in self.layout.parts if part.record_format is None))
             if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
                 self.layout.router.unique_types = partitions.unique_types(await self.redis.hgetall(self.keys.types))
         finally:
@@ -98,6 +103,11 @@ class QueueBase:
         for task_id in ids:
             groups.setdefault(self.layout.locate(task_id), []).append(task_id)
         return groups
+
+    async def decide_records(self, upgrade: RecordFormat | None = None) -> RecordFormat:
+        """The record format this queue's producers write, decided now if it was not (or set to ``upgrade``)."""
+        self.record_format = RecordFormat(int(await self._scripts("records", *calls.records_call(self.keys, upgrade))))
+        return self.record_format
 
     async def partition_map(self) -> bytes | None:
         """The partition map as stored (None: none, one partition)."""

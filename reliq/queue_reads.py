@@ -19,7 +19,7 @@ from redis.asyncio.client import Pipeline
 from reliq import partitions, pausing, priorities
 from reliq.calls import text
 from reliq.errors import InvalidTask, TaskNotFound
-from reliq.formats import SNAPSHOT_FIELDS, GroupField, TaskState
+from reliq.formats import SNAPSHOT_FIELDS, GroupField, TaskState, payload_of
 from reliq.keys import group_id
 from reliq.pausing import PauseView
 from reliq.queue_base import QueueBase
@@ -435,6 +435,7 @@ def record_of(task_id: str, raw: dict[Any, Any]) -> TaskInfo:
 def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
     """Turn a task hash into the API's view of it."""
     result = f.get("result")
+    payload, max_retries = payload_of(f)
     return TaskInfo(
         task_id=task_id,
         type=f.get("type", b"").decode(),
@@ -442,15 +443,15 @@ def decode_record(task_id: str, f: dict[str, Any]) -> TaskInfo:
         attempts=int(f.get("attempts", 0)),
         failures=int(f.get("failures", 0)),
         crashes=int(f.get("crashes", 0)),
-        max_retries=int(f["max_retries"]) if f.get("max_retries") else None,
-        payload=orjson.loads(f["payload"]) if f.get("payload") else None,
+        max_retries=max_retries,
+        payload=orjson.loads(payload) if payload else None,
         result=orjson.loads(result) if result else None,
         last_error=_text(f.get("last_error")),
         reason=_text(f.get("reason")),
         worker=_text(f.get("worker")),
         priority=int(f["priority"]) if f.get("priority") else priorities.DEFAULT,
         key=_text(f.get("key")),
-        enqueued_at=_iso(f.get("enqueued_at")),
+        enqueued_at=_iso(f.get("enqueued_at") or f.get("queued_at")),
         started_at=_iso(f.get("started_at")),
         finished_at=_iso(f.get("finished_at")),
         progress=float(f["progress"]) if f.get("progress") else None,

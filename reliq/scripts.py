@@ -67,6 +67,7 @@ NAMES = (
     "browse",
     "progress",
     "partition_map",
+    "records",
 )
 
 
@@ -78,7 +79,64 @@ def source(name: str, shebang: bool = True) -> str:
     """
     lua = resources.files("reliq") / "lua"
     first, body = _split_shebang((lua / f"{name}.lua").read_text())
-    return (first if shebang else "") + _with_formats((lua / "_lib.lua").read_text() + "\n" + body)
+    return (first if shebang else "") + _with_formats(_needed((lua / "_lib.lua").read_text(), body) + "\n" + body)
+
+
+_WORD = re.compile(r"\w+")
+_DEFINES = re.compile(r"^local\s+(?:function\s+(\w+)|([\w\s,]+?)\s*=)")
+
+
+def _needed(lib: str, body: str) -> str:
+    """The shared helpers ``body`` uses, directly or through each other: the rest of ``lib`` left out.
+
+    Each top-level ``local`` of the helpers (a function to its ``end`` at the line's start,
+    or a value to where its brackets close) is a piece, with the comment lines above it;
+    what is not a piece (blank lines, ``--- @format`` lines) stays. A script runs its
+    helpers' definitions at every call: all of them cost ~30,000 instructions a call, where
+    a script needs a few (callgrind).
+    """
+    pieces: list[tuple[set[str], list[str]]] = []  # (names it defines, its lines); names empty: kept as is
+    lines, comments = lib.splitlines(), []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("--") and not line.startswith("--- @format"):
+            comments.append(line)
+            i += 1
+            continue
+        m = _DEFINES.match(line)
+        if not m:
+            pieces.append((set(), [*comments, line]))
+            comments = []
+            i += 1
+            continue
+        end = i
+        if m.group(1):
+            while lines[end] != "end":
+                end += 1
+        else:
+            depth = 0
+            while True:
+                code = _COMMENT.sub("", lines[end])
+                depth += code.count("{") + code.count("(") - code.count("}") - code.count(")")
+                if depth <= 0:
+                    break
+                end += 1
+        names = {m.group(1)} if m.group(1) else {n.strip() for n in m.group(2).split(",")}
+        pieces.append((names, [*comments, *lines[i:end + 1]]))
+        comments = []
+        i = end + 1
+    pieces.append((set(), comments))
+    wanted = set(_WORD.findall(_COMMENT.sub("", body)))
+    keep = [not names for names, _ in pieces]
+    grew = True
+    while grew:
+        grew = False
+        for n, (names, text) in enumerate(pieces):
+            if not keep[n] and names & wanted:
+                keep[n] = grew = True
+                wanted |= set(_WORD.findall(_COMMENT.sub("", "\n".join(text))))
+    return "\n".join(line for n, (_, text) in enumerate(pieces) if keep[n] for line in text)
 
 
 _FORMAT = re.compile(r"^--- @format (\w+)\n", re.MULTILINE)

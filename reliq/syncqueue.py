@@ -34,6 +34,7 @@ class SyncQueue:
         #: See :class:`reliq.queue.Queue`: None for the queue producers name, else a partition's index.
         self.partition = partition
         self.of = of or self.name
+        self.records_decided = False  # the record format (records.lua), once this process has it decided
         self.layout: partitions.Layout[SyncQueue] = partitions.Layout(
             self, lambda tag, i: SyncQueue(redis, settings, tag, i, self.name), fixed=partition is not None)
 
@@ -42,6 +43,10 @@ class SyncQueue:
         if self.layout.stale:  # read by the script: on this thread's own connection, as every call
             _, raw = self.redis.script("partition_map", [self.keys.partitions], ["", ""])
             self.layout.adopt(PartitionMap.decode(self.name, raw))
+            for part in self.layout.parts:  # see reliq.queue_base.QueueBase._read_map
+                if not part.records_decided:
+                    self.redis.script("records", *calls.records_call(part.keys))
+                    part.records_decided = True
             if self.layout.pmap.n > 1:  # see reliq.queue.Queue.parts
                 self.layout.router.unique_types = partitions.unique_types(self.redis.client.hgetall(self.keys.types))
         return self.layout.parts
@@ -61,7 +66,7 @@ class SyncQueue:
         target, specs = self.layout.place(specs)
         if target is not self:
             return target.enqueue_specs(specs)
-        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs))
+        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs, self.settings.max_retries))
         try:
             raw = self.redis.script("enqueue", self._enqueue_keys, args)
         except ResponseError as exc:
@@ -69,7 +74,7 @@ class SyncQueue:
             if isinstance(refusal, RedisFull):
                 self.redis.script("count", *calls.count_refused(self.keys, len(specs)))
             raise refusal or exc from None
-        return calls.enqueued(raw, self.name, self.settings)
+        return calls.enqueued(raw, specs, self.name, self.settings)
 
     def get(self, task_id: str) -> TaskInfo:
         """The record of ``task_id``; raise TaskNotFound when there is none."""

@@ -201,11 +201,12 @@ end
 
 -- A task type's enqueue defaults (reliq/type_defaults.py): a function of the type that
 -- returns its decoded entry of the types hash ({} when it has none), each entry read once
--- a call. A queue whose types have no defaults has no such hash: one EXISTS a call.
+-- a call, and whether any type has defaults. A queue whose types have no defaults has no
+-- such hash: one EXISTS a call.
 local function type_defaults_reader(types_key)
   local none = {}
   if redis.call('EXISTS', types_key) == 0 then
-    return function() return none end
+    return function() return none end, false
   end
   local seen = {}
   return function(ttype)
@@ -216,7 +217,7 @@ local function type_defaults_reader(types_key)
       seen[ttype] = d
     end
     return d
-  end
+  end, true
 end
 
 -- Cancelling (docs/cancel.md). A task ends cancelled: its record stays (state cancelled,
@@ -344,11 +345,24 @@ local function make_ready(G, id, key, ttype, priority, head, claimed, now)
   end
 end
 
+-- A task becomes pending again (given back, promoted, requeued): its record says so, with
+-- ``...`` (more field, value pairs) written too. A record of enqueue.lua's plain path has no
+-- enqueued_at until then (reliq/formats.py: RecordFormat): its queued_at stood for it, so it
+-- becomes the enqueued_at first.
+local function queue_again(key, now, ...)
+  local f = redis.call('HMGET', key, 'enqueued_at', 'queued_at')
+  if f[1] or not f[2] then
+    redis.call('HSET', key, 'state', 'pending', 'queued_at', now, ...)
+  else
+    redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'enqueued_at', f[2], ...)
+  end
+end
+
 -- A task W held goes back to pending (reap.lua, release.lua), at the taking end to run next;
 -- what it reported of its progress goes with the attempt. claimed: W had claimed it (it
 -- gives its key's slot back).
 local function hand_back(G, key, id, tkey, ttype, priority, claimed, now)
-  redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
+  queue_again(key, now)
   clear_progress(key)
   make_ready(G, id, tkey, ttype, priority, true, claimed, now)
 end
@@ -374,8 +388,7 @@ local function requeue_dead(G, stats_key, task_prefix, unique_prefix, ids, now)
       if f[4] and not unique_holder(unique_prefix .. f[4], task_prefix) then
         redis.call('SET', unique_prefix .. f[4], id)
       end
-      redis.call('HSET', key, 'state', 'pending', 'queued_at', now, 'attempts', 0,
-                 'failures', 0, 'crashes', 0, 'reason', '')
+      queue_again(key, now, 'attempts', 0, 'failures', 0, 'crashes', 0, 'reason', '')
       make_ready(G, id, f[2], f[1], f[3], false, false, now)
       n = n + 1
     end

@@ -10,38 +10,47 @@
 -- KEYS[9] UNIQUE_LOCKS  unique lock prefix (_lib.lua: unique_lock)
 -- KEYS[10..13]     the keys of tasks (_lib.lua: G): a task with a key goes onto its key's
 --                  list, not pending (docs/flow-control.md)
+-- KEYS[14] FORMAT  the record format to write (reliq/keys.py: format; absent: 1, which
+--                  every version reads)
 -- ARGV[1] idem_ttl idempotency TTL (ms)
 -- ARGV[2] tasks    the tasks as one flat JSON array, ENQUEUE_FIELDS (reliq/formats.py) a
---                  task one after another: id,
---                  type, payload, max_retries ('' = the type's default, else
---                  default_retries), opts (the middle of the record's opts, '|timeout_ms|trace|':
---                  the script puts max_retries before it and the unique lock's name after), delay_ms (0 = ready
---                  now), idempotency_key ('' = none), run_at_ms (0 = none; else the due time
---                  on the epoch, which wins over delay_ms), priority ('' for the default: such a task is written as
---                  before priorities existed), key ('' = none), unique ('' = the type's default, '-' = no,
---                  '#' = the default key, '=' .. key = this key); numbers as strings: one
+--                  task one after another: id, type, body (the record's, its opts holding
+--                  the task's or the queue's max_retries), rest ('' for a task that sets
+--                  nothing more, else an array of ENQUEUE_REST: whether it gave max_retries,
+--                  delay_ms (0 = ready now), idempotency_key ('' = none), run_at_ms (0 =
+--                  none; else the due time on the epoch, which wins over delay_ms), unique
+--                  ('' = the type's default, '-' = no, '#' = the default key, '=' .. key =
+--                  this key), key ('' = none), priority ('' for the default: such a task is
+--                  written as before priorities existed)); numbers as strings: one
 --                  argument instead of twelve per task, because encoding arguments was
 --                  most of the API's cost of a batch.
 -- ARGV[3] limit    admission limit: refuse when pending (all priorities, and the keys'
 --                  lists) holds this many tasks already (0 = none)
--- ARGV[4] default_retries  the queue's max_retries, for tasks whose type has no default
--- Returns {CODE_OK, then for each task the id that stands for it and ENQUEUED_CREATED if it
--- was created now, ENQUEUED_REPEATED if an earlier request with the same idempotency key
--- created it, ENQUEUED_EXISTING if a live task (pending, scheduled, retrying, running)
--- holds its unique lock: that task's id}; or
+-- Returns {CODE_OK, then for each task not created now: its place in the batch (1 = the
+-- first), the id that stands for it, and ENQUEUED_REPEATED if an earlier request with the
+-- same idempotency key created it, ENQUEUED_EXISTING if a live task (pending, scheduled,
+-- retrying, running) holds its unique lock}: a task not named was created under its own
+-- id (a reply a task cost ~2,000 instructions, callgrind); or
 -- {CODE_QUEUE_FULL, pending} when the limit is reached: then nothing was written.
 -- (Codes: reliq/formats.py.) A unique task takes its lock when created (SET, no TTL); the
 -- scripts that end tasks free it. An idempotency key is recorded only for a task created.
+-- A task whose rest is '' on a queue whose types have no defaults and whose records are of
+-- format 2 is written as it comes, in one HSET of four fields (the plain path: no
+-- enqueued_at, which its queued_at stands for until it is queued again, _lib.lua:
+-- queue_again; a field less is ~3,000 instructions); the others go through enqueue_one.
 -- Numbers go to redis.call as strings made once: Lua turns a number into a string with
 -- sprintf, which costs as much as a small command (callgrind: a third of this script).
 --- @format ENQUEUE_FIELDS
+--- @format ENQUEUE_REST
 --- @format CODE
 --- @format ENQUEUED
+--- @format RECORD
 local PENDING, DELAYED, STATS, TASK, IDEM, TYPES = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local PRIO, PRIORITIES, UNIQUE_LOCKS = KEYS[7], KEYS[8], KEYS[9]
 local G = {groups = KEYS[10], group = KEYS[11], ring = KEYS[12], key_holds = KEYS[13], pending = PENDING, prio = PRIO,
            flag = PRIORITIES}
-local idem_ttl, tasks, limit, default_retries = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local FORMAT = KEYS[14]
+local idem_ttl, tasks, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local now_s = tostring(now)
 if limit > 0 then
@@ -49,80 +58,124 @@ if limit > 0 then
   for _, p in ipairs(OTHER_PRIORITIES) do pending = pending + redis.call('LLEN', PRIO .. p) end
   if pending >= limit then return {CODE_QUEUE_FULL, pending} end
 end
-local type_defaults = type_defaults_reader(TYPES)
+local fields_format = tonumber(redis.call('GET', FORMAT) or RECORD_FIELDS) == RECORD_FIELDS
+local type_defaults, typed = type_defaults_reader(TYPES)
 local out = {CODE_OK}
-local ready = {}  -- ids for pending, pushed together (in order) at the end
+local ready, n_ready = {}, 0  -- ids for pending, pushed together (in order) at the end
 local created, unique_hits = 0, 0
-local b = cjson.decode(tasks)  -- flat: a table a task cost cjson twice as much (callgrind)
-for o = 0, #b - 1, #ENQUEUE_FIELDS do
-  local id, idem = b[o + ID], b[o + IDEMPOTENCY_KEY]
+local PLAIN = {'', '0', '', '0', '', '', ''}  -- the rest of a task whose rest is '' (ENQUEUE_REST)
+
+-- A record of format 1 (RECORD_FIELDS) for the fields of format 2's body.
+local function as_fields(fields, body)
+  local digits = string.match(body, '^%d+')
+  local at = #digits + 2
+  local opts = string.sub(body, at, at + tonumber(digits) - 1)
+  local retries = string.match(opts, '^%d+')
+  fields[#fields + 1] = 'payload'
+  fields[#fields + 1] = string.sub(body, at + tonumber(digits))
+  for _, f in ipairs({'opts', opts, 'max_retries', retries, 'attempts', '0', 'failures', '0', 'crashes', '0'}) do
+    fields[#fields + 1] = f
+  end
+end
+
+-- The task at o (an offset into the batch) as the general path takes it.
+local function enqueue_one(b, o, place)
+  local id, ttype, body = b[o + ID], b[o + TYPE], b[o + BODY]
+  local r = b[o + REST] == '' and PLAIN or b[o + REST]
+  local idem = r[IDEMPOTENCY_KEY]
   local existing, code, lock = false, ENQUEUED_REPEATED, nil
   if idem ~= '' then
     existing = redis.call('GET', IDEM .. idem)
   end
+  local defaults = type_defaults(ttype)
+  local digits = string.match(body, '^%d+')
+  local at = #digits + 2
+  local opts = string.sub(body, at, at + tonumber(digits) - 1)
+  local payload = string.sub(body, at + tonumber(digits))
   if not existing then
-    lock = unique_lock(b[o + TYPE], b[o + PAYLOAD], b[o + UNIQUE], type_defaults(b[o + TYPE]).unique)
+    lock = unique_lock(ttype, payload, r[UNIQUE], defaults.unique)
     existing = lock and unique_holder(UNIQUE_LOCKS .. lock, TASK)
     if existing then code, unique_hits = ENQUEUED_EXISTING, unique_hits + 1 end
   end
   if existing then
+    out[#out + 1] = place
     out[#out + 1] = existing
     out[#out + 1] = code
+    return
+  end
+  if idem ~= '' then
+    redis.call('SET', IDEM .. idem, id, 'PX', idem_ttl)
+  end
+  local due = now + tonumber(r[DELAY_MS])
+  if tonumber(r[RUN_AT_MS]) > 0 then due = tonumber(r[RUN_AT_MS]) end
+  -- opts (reliq/formats.py: OPTS_FIELDS): the type's default retries, unless the task gave
+  -- its own, and the unique lock's name last.
+  if (r[RETRIES] ~= '1' and defaults.max_retries) or lock then
+    if r[RETRIES] ~= '1' and defaults.max_retries then
+      opts = tostring(defaults.max_retries) .. string.sub(opts, #string.match(opts, '^%d*') + 1)
+    end
+    opts = opts .. (lock or '')
+    body = #opts .. ':' .. opts .. payload
+  end
+  local fields = {'type', ttype, 'enqueued_at', now_s}
+  if fields_format then
+    as_fields(fields, body)
   else
-    if idem ~= '' then
-      redis.call('SET', IDEM .. idem, id, 'PX', idem_ttl)
-    end
-    local due = now + tonumber(b[o + DELAY_MS])
-    if tonumber(b[o + RUN_AT_MS]) > 0 then due = tonumber(b[o + RUN_AT_MS]) end
-    local defaults = type_defaults(b[o + TYPE])
-    local max_retries = b[o + MAX_RETRIES]
-    if max_retries == '' then
-      max_retries = defaults.max_retries and tostring(defaults.max_retries) or default_retries
-    end
-    -- opts (reliq/formats.py: OPTS_FIELDS): the producer sent its middle (timeout_ms, trace).
-    -- max_retries is a field of its own too: the monitor and workers of the version before
-    -- opts read it there (docs/architecture.md: upgrades in either order).
-    local opts = max_retries .. b[o + OPTS] .. (lock or '')
-    local fields = {'type', b[o + TYPE], 'body', #opts .. ':' .. opts .. b[o + PAYLOAD], 'enqueued_at', now_s}
-    if idem ~= '' then  -- so that deleting the task (cancel.lua) frees its key
-      fields[#fields + 1] = 'idem'
-      fields[#fields + 1] = idem
-    end
-    local priority = b[o + PRIORITY] ~= '' and b[o + PRIORITY]  -- false for the default
-    if priority then
-      fields[#fields + 1] = 'priority'
-      fields[#fields + 1] = priority
-    end
-    if lock then  -- so that the scripts ending the task free its lock (opts has it for the claim)
-      redis.call('SET', UNIQUE_LOCKS .. lock, id)
-      fields[#fields + 1] = 'unique'
-      fields[#fields + 1] = lock
-    end
-    local tkey = b[o + KEY] ~= '' and b[o + KEY]
+    fields[#fields + 1] = 'body'
+    fields[#fields + 1] = body
+  end
+  if idem ~= '' then  -- so that deleting the task (cancel.lua) frees its key
+    fields[#fields + 1] = 'idem'
+    fields[#fields + 1] = idem
+  end
+  local priority = r[PRIORITY] ~= '' and r[PRIORITY]  -- false for the default
+  if priority then
+    fields[#fields + 1] = 'priority'
+    fields[#fields + 1] = priority
+  end
+  if lock then  -- so that the scripts ending the task free its lock (opts has it for the claim)
+    redis.call('SET', UNIQUE_LOCKS .. lock, id)
+    fields[#fields + 1] = 'unique'
+    fields[#fields + 1] = lock
+  end
+  local tkey = r[KEY] ~= '' and r[KEY]
+  if tkey then
+    fields[#fields + 1] = 'key'
+    fields[#fields + 1] = tkey
+  end
+  if due > now then
+    redis.call('HSET', TASK .. id, 'state', 'scheduled', unpack(fields))
+    redis.call('ZADD', DELAYED, due, id)
+  else
+    redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s, unpack(fields))
     if tkey then
-      fields[#fields + 1] = 'key'
-      fields[#fields + 1] = tkey
-    end
-    if due > now then
-      redis.call('HSET', TASK .. id, 'state', 'scheduled', unpack(fields))
-      redis.call('ZADD', DELAYED, due, id)
+      group_push(G, gid_of(ttype, tkey), id, false, now)
+    elseif priority then
+      push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'LPUSH')
     else
-      redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s, unpack(fields))
-      if tkey then
-        group_push(G, gid_of(b[o + TYPE], tkey), id, false, now)
-      elseif priority then
-        push_ready(PENDING, PRIO, PRIORITIES, id, priority, 'LPUSH')
-      else
-        ready[#ready + 1] = id
-      end
+      n_ready = n_ready + 1
+      ready[n_ready] = id
     end
+  end
+  created = created + 1
+end
+
+local b = cjson.decode(tasks)  -- flat: a table a task cost cjson twice as much (callgrind)
+local plain = not typed and not fields_format
+local W = #ENQUEUE_FIELDS
+for o = 0, #b - 1, W do
+  if plain and b[o + REST] == '' then  -- the plain path
+    local id = b[o + ID]
+    redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s, 'type', b[o + TYPE], 'body', b[o + BODY])
+    n_ready = n_ready + 1
+    ready[n_ready] = id
     created = created + 1
-    out[#out + 1] = id
-    out[#out + 1] = ENQUEUED_CREATED
+  else
+    enqueue_one(b, o, o / W + 1)
   end
 end
-for i = 1, #ready, 1000 do  -- in slices: unpack has a stack limit
-  local last = math.min(i + 999, #ready)
+for i = 1, n_ready, 1000 do  -- in slices: unpack has a stack limit
+  local last = math.min(i + 999, n_ready)
   if redis.call('LPUSH', PENDING, unpack(ready, i, last)) == last - i + 1 then ready_nudge(PENDING, '') end
 end
 if created > 0 then

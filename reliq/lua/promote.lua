@@ -25,7 +25,7 @@ for _, id in ipairs(ids) do
   local priority, tkey, ttype, slot, state = unpack(redis.call('HMGET', key, 'priority', 'key', 'type', 'slot',
                                                                  'state'))
   if state == 'scheduled' or state == 'retrying' then
-    redis.call('HSET', key, 'state', 'pending', 'queued_at', now)
+    queue_again(key, now)
     make_ready(G, id, tkey, ttype, priority, slot == '1', slot == '1', clock)
     if slot then redis.call('HDEL', key, 'slot') end
   end

@@ -46,6 +46,11 @@
 -- ARGV[6] progressed  JSON array of the batch's ids whose handlers reported progress
 --                     (ctx.progress; '[]' or absent = none): a success or a retry drops those
 --                     fields too. Named, so that every other task pays nothing for them.
+-- ARGV[7] succeeded   the plain successes, apart: a flat JSON array, the first four of
+--                     SETTLE_FIELDS a task (SETTLE_OK: id, type, text, more) of tasks that
+--                     succeeded whose records are small listpacks of format 2 (record 's'),
+--                     with no unique lock, key or progress ('[]' or absent = none): 4 values
+--                     a task to decode, not 8, and a loop that does only what they need.
 -- A keyed task gives its key's slot back (group_release), except the retry (or snooze) of
 -- an ordered key, which keeps it until promote.lua puts it back at the head of its key.
 -- outcome rate_limited (reliq.RateLimited): the task goes back pending with its attempt
@@ -73,10 +78,12 @@
 -- over 64 bytes (hash-max-listpack-value: a payload, usually) stays a hash table, ~60
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
-local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority', 'runs'}
+local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority', 'runs', 'worker',
+              'queued_at'}
 local DROPPED = {'payload', 'opts', 'max_retries', 'worker', 'queued_at', 'last_error', 'reason'}
 local DROPPED_KEYED = {'key', unpack(DROPPED)}  -- (a field a record lacks costs HDEL a scan)
 --- @format SETTLE_FIELDS
+--- @format SETTLE_MORE
 --- @format METRIC
 --- @format SEP
 --- @format LIMIT_FIELDS
@@ -88,7 +95,13 @@ local LIMITS, LIMITED, LIMITED_DUE = KEYS[16], KEYS[17], KEYS[18]
 local G = {groups = KEYS[19], group = KEYS[20], ring = KEYS[21], key_holds = KEYS[22], pending = PENDING, prio = PRIO}
 local keep_age, batch, keep_count = tonumber(ARGV[1]), cjson.decode(ARGV[2]), tonumber(ARGV[4])
 local sums = cjson.decode(ARGV[3])  -- metrics field -> amount
+-- A task's SETTLE_MORE, read only by what needs it (a failure, a stale outcome).
+local MORE_PATTERN = '^' .. string.rep('([^' .. SEP .. ']*)' .. SEP, #SETTLE_MORE - 1) .. '([^' .. SEP .. ']*)$'
+local function more(more_s)
+  return {string.match(more_s, MORE_PATTERN)}
+end
 local own = cjson.decode(ARGV[5])  -- type -> {age, count}
+local succeeded = (ARGV[7] and ARGV[7] ~= '[]') and cjson.decode(ARGV[7]) or {}
 local progressed = false  -- id -> true: its record holds progress fields (false: none does)
 if ARGV[6] and ARGV[6] ~= '[]' then
   progressed = {}
@@ -130,7 +143,7 @@ end
 -- RateLimited: back to pending with the attempt undone, first in line once the hold ends.
 local function held_back(id, ttype, gid, until_ms)
   redis.call('HINCRBY', TASK .. id, 'attempts', -1)
-  redis.call('HSET', TASK .. id, 'state', 'pending', 'queued_at', now_s)
+  queue_again(TASK .. id, now_s)
   if gid then
     local h = redis.call('HGET', G.groups, 'h:' .. gid)
     if not h or tonumber(h) < until_ms then redis.call('HSET', G.groups, 'h:' .. gid, until_ms) end
@@ -157,7 +170,7 @@ end
 -- moving several ids.
 local list = nil
 local held = {}
-if #batch * 4 >= redis.call('LLEN', PROCESSING) then
+if (#batch / #SETTLE_FIELDS + #succeeded / MORE) * 4 >= redis.call('LLEN', PROCESSING) then  -- tasks, a quarter of the list
   list = redis.call('LRANGE', PROCESSING, 0, -1)
   for _, id in ipairs(list) do held[id] = true end
 end
@@ -172,9 +185,10 @@ end
 
 -- A succeeded id joins its list (SUCCEEDED, or its type's own); with a count of 0 its
 -- record goes at once.
+local QUEUE_RETENTION = {keep_age, keep_count}
 local function keep(key, id, ttype)
   local r, into = own[ttype], SUCCEEDED
-  if r then into = SUCCEEDED_OF .. ttype else r = {keep_age, keep_count} end
+  if r then into = SUCCEEDED_OF .. ttype else r = QUEUE_RETENTION end
   if r[2] == 0 then
     redis.call('DEL', key)
     add(counts, 'trimmed', 1)
@@ -186,6 +200,24 @@ local function keep(key, id, ttype)
     finished[into] = l
   end
   l[3][#l[3] + 1] = id
+end
+
+-- A success counted, its record kept (keep).
+local function kept(key, id, ttype)
+  keep(key, id, ttype)
+  add(counts, 'succeeded', 1)
+end
+
+-- A success whose record is a listpack of format 2 with nothing more to drop: its payload
+-- goes as the HSET that marks it succeeded blanks its body (one command). No result (a
+-- handler that returned None) writes none: a field less (~1,800 instructions).
+local function succeed_small(key, id, ttype, text)
+  if text == '' then
+    redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'body', '')
+  else
+    redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text, 'body', '')
+  end
+  keep(key, id, ttype)
 end
 
 -- A list gets its new ids, then loses what is past its limits (retain(), _lib.lua): at
@@ -200,11 +232,10 @@ local function settle_list(into, age, count, ids)
   if expired > 0 then add(counts, 'expired', expired) end
 end
 
-for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twice as much
-  local id, ttype, max_retries, outcome, text = batch[o + ID], batch[o + TYPE], batch[o + MAX_RETRIES], batch[o + OUTCOME], batch[o + TEXT]
+-- One task's outcome (the batch's values of it, mine: it was in W's list, now taken out).
+local function settle_one(id, ttype, outcome, text, unique, tkey, record, more_s, mine)
   local key = TASK .. id
-  local mine = take(id)
-  local gid = batch[o + KEY] ~= '' and gid_of(ttype, batch[o + KEY])
+  local gid = tkey ~= '' and gid_of(ttype, tkey)
   local slot = mine  -- the task holds its key's slot (if it has a key)
   if not mine and outcome == 'ok' then  -- the reaper that requeued it gave the slot back
     local priority, state = unpack(redis.call('HMGET', key, 'priority', 'state'))
@@ -214,7 +245,8 @@ for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twi
   end
   if not mine then
     stale = stale + 1
-    observe(ttype, outcome, batch[o + WAIT_MS], batch[o + RUN_MS], batch[o + WAIT_BUCKET], batch[o + RUN_BUCKET], -1)
+    local m = more(more_s)
+    observe(ttype, outcome, tonumber(m[WAIT_MS]), tonumber(m[RUN_MS]), m[WAIT_BUCKET], m[RUN_BUCKET], -1)
   else
     applied = applied + 1
     local cancel = cancels and cancel_request(CANCELS, cancels, key, id)  -- no call a task when none is asked
@@ -227,7 +259,7 @@ for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twi
       ended(id, nil)
     elseif outcome == 'rate_limited' then
       note_run(key, outcome, text, now_s, 'pending')
-      held_back(id, ttype, gid, now + batch[o + RETRY_DELAY_MS])
+      held_back(id, ttype, gid, now + tonumber(more(more_s)[RETRY_DELAY_MS]))
       add(counts, 'rate_limited', 1)
     elseif outcome == 'ok' then
       if cancel then redis.call('HDEL', key, 'cancel', 'cancel_requested_at') end  -- too late: it succeeded
@@ -235,51 +267,92 @@ for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twi
       -- at its maxmemory) instead of adding to it. A small record (a listpack) loses the
       -- fields it no longer needs; a hash table is written anew (callgrind: the rewrite
       -- costs ~23,000 instructions a task more than the HDEL).
-      -- small: the worker knows the record is a listpack (SETTLE_FIELDS), which spares a
-      -- command a task (~7,000 instructions); else Redis is asked.
-      if batch[o + SMALL] == '1' or redis.call('OBJECT', 'ENCODING', key) == 'listpack' then
-        if batch[o + UNIQUE] ~= '' then redis.call('HDEL', key, 'unique') end  -- freed below; only such tasks pay it
+      -- record 's': the worker knows the record is a listpack of format 2 (SETTLE_FIELDS),
+      -- which spares a command a task (~7,000 instructions); else Redis is asked. Format 2
+      -- drops the payload by blanking the body in the HSET that marks it succeeded: one
+      -- command (an HDEL of the fields format 1 drops cost ~14,000 instructions more).
+      local small = record == 's'
+      if small or redis.call('OBJECT', 'ENCODING', key) == 'listpack' then
+        if record == '1' then
+          redis.call('HDEL', key, unpack(gid and DROPPED_KEYED or DROPPED))
+        elseif not small then  -- an earlier run's error (its runs keep it)
+          redis.call('HDEL', key, 'last_error', 'reason')
+        end
+        if unique ~= '' then redis.call('HDEL', key, 'unique') end  -- freed below; only such tasks pay it
         if progressed and progressed[id] then clear_progress(key) end
-        redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text, 'body', '')
+        if record ~= '1' then
+          succeed_small(key, id, ttype, text)
+          add(counts, 'succeeded', 1)
+        else
+          redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text)
+          kept(key, id, ttype)
+        end
       else
         local f = redis.call('HMGET', key, unpack(KEPT))
         redis.call('DEL', key)
         redis.call('HSET', key, 'state', 'succeeded', 'finished_at', now_s, 'result', text,
                    'type', f[1] or ttype, 'attempts', f[2] or '1', 'failures', f[3] or '0',
-                   'crashes', f[4] or '0', 'enqueued_at', f[5] or now_s, 'started_at', f[6] or now_s)
+                   'crashes', f[4] or '0', 'enqueued_at', f[5] or f[10] or now_s, 'started_at', f[6] or now_s)
         if f[7] then redis.call('HSET', key, 'priority', f[7]) end  -- only a task not of the default has one
         if f[8] then redis.call('HSET', key, 'runs', f[8]) end  -- only a task that failed (snoozed...) before
+        if f[9] and record ~= '1' then redis.call('HSET', key, 'worker', f[9]) end  -- as format 2's HSET keeps it
+        kept(key, id, ttype)
       end
-      keep(key, id, ttype)
-      add(counts, 'succeeded', 1)
-      ended(id, batch[o + UNIQUE])
+      ended(id, unique)
     elseif outcome == 'snooze' then
       note_run(key, outcome, text, now_s, 'scheduled')
-      snooze(DELAYED, key, id, now + batch[o + RETRY_DELAY_MS])
+      snooze(DELAYED, key, id, now + tonumber(more(more_s)[RETRY_DELAY_MS]))
       add(counts, 'snoozed', 1)
       slot = slot and not keeps_slot(key, ttype, gid)
     elseif outcome == 'permanent' or outcome == 'unknown_type' then
       add(counts, 'failed', 1)
       note_run(key, outcome, text, now_s, 'dead')
       dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
-      ended(id, batch[o + UNIQUE])
+      ended(id, unique)
     else
       add(counts, 'failed', 1)
-      local failures = redis.call('HINCRBY', key, 'failures', 1)
+      local m = more(more_s)
+      local failures, max_retries = redis.call('HINCRBY', key, 'failures', 1), tonumber(m[MAX_RETRIES])
       note_run(key, outcome, text, now_s, failures <= max_retries and 'retrying' or 'dead')
       if failures <= max_retries then
         redis.call('HSET', key, 'state', 'retrying', 'last_error', text)
         if progressed and progressed[id] then clear_progress(key) end
-        redis.call('ZADD', DELAYED, now + batch[o + RETRY_DELAY_MS], id)
+        redis.call('ZADD', DELAYED, now + tonumber(m[RETRY_DELAY_MS]), id)
         add(counts, 'retried', 1)
         slot = slot and not keeps_slot(key, ttype, gid)
       else
         dead_letter(DEAD, STATS, TASK, id, outcome, text, now_s)
-        ended(id, batch[o + UNIQUE])
+        ended(id, unique)
       end
     end
     if gid and slot then group_release(G, gid, now) end
   end
+end
+
+for o = 0, #batch - 1, #SETTLE_FIELDS do  -- flat: a table a task cost cjson twice as much
+  local id = batch[o + ID]
+  settle_one(id, batch[o + TYPE], batch[o + OUTCOME], batch[o + TEXT], batch[o + UNIQUE], batch[o + KEY],
+             batch[o + RECORD], batch[o + MORE], take(id))
+end
+-- The plain successes (ARGV[7]): what settle_one does for them, in fewer steps.
+local n_ok = 0
+for o = 0, #succeeded - 1, MORE do  -- MORE: the width of SETTLE_OK, the first four of SETTLE_FIELDS
+  local id = succeeded[o + ID]
+  if take(id) then
+    local key = TASK .. id
+    if cancels and cancel_request(CANCELS, cancels, key, id) then
+      redis.call('HDEL', key, 'cancel', 'cancel_requested_at')  -- too late: it succeeded
+    end
+    succeed_small(key, id, succeeded[o + TYPE], succeeded[o + TEXT])
+    n_ok = n_ok + 1
+    if waited then ended_ids[#ended_ids + 1] = id end
+  else
+    settle_one(id, succeeded[o + TYPE], 'ok', succeeded[o + TEXT], '', '', 's', succeeded[o + MORE], false)
+  end
+end
+if n_ok > 0 then
+  applied = applied + n_ok
+  add(counts, 'succeeded', n_ok)
 end
 if taken > 0 then
   local kept = {}
