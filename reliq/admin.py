@@ -18,11 +18,11 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from reliq import partitions, priorities
+from reliq import partitions, priorities, records
 from reliq.connection import UNAVAILABLE, connect, describe_outage
 from reliq.errors import ConfigError, InvalidTask, ScheduleNotFound, TaskNotFound
 from reliq.eventloop import run
-from reliq.formats import ScheduleSource
+from reliq.formats import RecordFormat, ScheduleSource
 from reliq.limits import Layer, LimitView
 from reliq.monitor import deadletter, dlq_io
 from reliq.monitor.deadletter import DeadFilter, Replay
@@ -460,6 +460,43 @@ def set_partitions(settings: Settings, n: int) -> int:
                           for tag, node in zip(after.tags, nodes, strict=True))
         out.print(f"queue {queue.name!r}: {before.n} -> {after.n} partitions ({where}); start its workers and "
                   "producers again (those running read the new map within a few seconds)", markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def show_records(settings: Settings, as_json: bool = False) -> int:
+    """``reliq records show QUEUE``: the record format each partition's producers write, and older workers."""
+
+    async def body(queue: Queue) -> int:
+        rows = await records.formats(queue)
+        if as_json:
+            _json({"queue": queue.name, "partitions": [
+                {"partition": p.partition, "format": int(p.format), "older_workers": list(p.older)} for p in rows]})
+            return 0
+        for p in rows:
+            older = f"; workers of a version before format 2: {', '.join(p.older)}" if p.older else ""
+            out.print(f"queue {queue.name!r} partition {p.partition}: record format {int(p.format)}{older}",
+                      markup=False)
+        return 0
+
+    return _with_queue(settings, body)
+
+
+def upgrade_records(settings: Settings) -> int:
+    """``reliq records upgrade QUEUE``: producers write record format 2 from now on (exit 2 when refused)."""
+
+    async def body(queue: Queue) -> int:
+        try:
+            before = await records.upgrade(queue)
+        except ConfigError as exc:
+            err.print(f"reliq: {exc}", markup=False)
+            return 2
+        turned = [p.partition for p in before if p.format != RecordFormat.BODY]
+        out.print(f"queue {queue.name!r}: record format 2 " + (
+            f"from now on in partition(s) {', '.join(map(str, turned))} (records written before keep their "
+            "format until they end; every worker of this version reads both)" if turned else "already"),
+            markup=False)
         return 0
 
     return _with_queue(settings, body)

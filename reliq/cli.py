@@ -420,6 +420,31 @@ main.command(name="resume", help="Resume QUEUE (or one --type of it): workers cl
              "a type's held tasks go back to pending.")(_pause_command(resume=True))
 
 
+@main.group(name="records")
+def records_() -> None:
+    """Show the record format a queue's producers write, or upgrade it (docs/architecture.md)."""
+
+
+@records_.command(name="show")
+@click.argument("queue")
+@_redis_url
+@click.option("--json", "as_json", is_flag=True, help="Print JSON")
+def records_show(queue: str, redis_url: str | None, as_json: bool) -> None:
+    """Print QUEUE's record format, a partition a line, and its workers of a version before format 2."""
+    _exit(reliq.admin.show_records(_admin_settings(redis_url, _queue_arg(queue)), as_json))
+
+
+@records_.command(name="upgrade")
+@click.argument("queue")
+@_redis_url
+def records_upgrade(queue: str, redis_url: str | None) -> None:
+    """Make QUEUE's producers write record format 2: once no worker of a version before it is registered.
+
+    Exit 0 when done (or already), 2 when refused, saying which workers are older; nothing is written then.
+    """
+    _exit(reliq.admin.upgrade_records(_admin_settings(redis_url, _queue_arg(queue))))
+
+
 @main.group(name="partitions")
 def partitions_() -> None:
     """Show a queue's partitions, or grow their number (docs/partitions.md)."""

@@ -100,18 +100,42 @@ def make_body(opts: str, payload: bytes) -> bytes:
 def payload_of(record: Mapping[str, bytes | None]) -> tuple[bytes | None, int | None]:
     """The (payload, max_retries) of a record's fields as read (either format; None: none, or dropped)."""
     body = record.get("body")
+    payload = _body_parts(body)[1] if body else record.get("payload")
+    return payload or None, retries_of(record)
+
+
+def retries_of(record: Mapping[str, str | bytes | None]) -> int | None:
+    """The max_retries of a record's fields as read, text or bytes, of either format (None: not known)."""
+    body = record.get("body")
     if body:
-        payload, retries, *_ = split_body(body)
-        return payload, retries
+        return split_body(body.encode() if isinstance(body, str) else body)[1]
     retries = record.get("max_retries")
-    return record.get("payload") or None, int(retries) if retries else None
+    return int(retries) if retries else None
+
+
+def as_format_1(record: dict[str, str]) -> dict[str, str]:
+    """A record's fields (text) as format 1 spells them: a body becomes payload, opts and max_retries.
+
+    What an export file holds (reliq/monitor/dlq_io.py), whichever format the record was of.
+    """
+    body = record.pop("body", None)
+    if body:
+        opts, payload = _body_parts(body.encode())
+        record.update(payload=payload.decode(), opts=opts.decode(), max_retries=opts.split(_SEP, 1)[0].decode())
+    return record
+
+
+def _body_parts(body: bytes) -> tuple[bytes, bytes]:
+    """A body's (opts, payload)."""
+    n, _, rest = body.partition(b":")
+    end = int(n)
+    return rest[:end], rest[end:]
 
 
 def split_body(body: bytes) -> tuple[bytes, int, int | None, str, str]:
     """A record's ``body`` as (payload, max_retries, timeout_ms or None, trace, unique lock's name)."""
-    n, _, rest = body.partition(b":")
-    end = int(n)
-    return (rest[end:], *split_opts(rest[:end]))
+    opts, payload = _body_parts(body)
+    return (payload, *split_opts(opts))
 
 
 class TaskState(StrEnum):

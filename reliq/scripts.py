@@ -89,44 +89,10 @@ _DEFINES = re.compile(r"^local\s+(?:function\s+(\w+)|([\w\s,]+?)\s*=)")
 def _needed(lib: str, body: str) -> str:
     """The shared helpers ``body`` uses, directly or through each other: the rest of ``lib`` left out.
 
-    Each top-level ``local`` of the helpers (a function to its ``end`` at the line's start,
-    or a value to where its brackets close) is a piece, with the comment lines above it;
-    what is not a piece (blank lines, ``--- @format`` lines) stays. A script runs its
-    helpers' definitions at every call: all of them cost ~30,000 instructions a call, where
-    a script needs a few (callgrind).
+    A script runs its helpers' definitions at every call: all of them cost ~30,000
+    instructions a call, where a script needs a few (callgrind).
     """
-    pieces: list[tuple[set[str], list[str]]] = []  # (names it defines, its lines); names empty: kept as is
-    lines, comments = lib.splitlines(), []
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        if line.startswith("--") and not line.startswith("--- @format"):
-            comments.append(line)
-            i += 1
-            continue
-        m = _DEFINES.match(line)
-        if not m:
-            pieces.append((set(), [*comments, line]))
-            comments = []
-            i += 1
-            continue
-        end = i
-        if m.group(1):
-            while lines[end] != "end":
-                end += 1
-        else:
-            depth = 0
-            while True:
-                code = _COMMENT.sub("", lines[end])
-                depth += code.count("{") + code.count("(") - code.count("}") - code.count(")")
-                if depth <= 0:
-                    break
-                end += 1
-        names = {m.group(1)} if m.group(1) else {n.strip() for n in m.group(2).split(",")}
-        pieces.append((names, [*comments, *lines[i:end + 1]]))
-        comments = []
-        i = end + 1
-    pieces.append((set(), comments))
+    pieces = _pieces(lib)
     wanted = set(_WORD.findall(_COMMENT.sub("", body)))
     keep = [not names for names, _ in pieces]
     grew = True
@@ -137,6 +103,49 @@ def _needed(lib: str, body: str) -> str:
                 keep[n] = grew = True
                 wanted |= set(_WORD.findall(_COMMENT.sub("", "\n".join(text))))
     return "\n".join(line for n, (_, text) in enumerate(pieces) if keep[n] for line in text)
+
+
+def _pieces(lib: str) -> list[tuple[set[str], list[str]]]:
+    """``lib`` as (the names a piece defines, its lines): each top-level ``local`` (a function to
+    its ``end`` at the line's start, or a value to where its brackets close) with the comment
+    lines above it; what is not one (blank lines, ``--- @format`` lines) is a piece defining
+    nothing, always kept."""
+    pieces: list[tuple[set[str], list[str]]] = []
+    lines, comments = lib.splitlines(), []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = _DEFINES.match(line)
+        if not m:
+            if line.startswith("--") and not line.startswith("--- @format"):
+                comments.append(line)
+            else:
+                pieces.append((set(), [*comments, line]))
+                comments = []
+            i += 1
+            continue
+        end = _end_of(lines, i, function=bool(m.group(1)))
+        names = {m.group(1)} if m.group(1) else {n.strip() for n in m.group(2).split(",")}
+        pieces.append((names, [*comments, *lines[i:end + 1]]))
+        comments = []
+        i = end + 1
+    pieces.append((set(), comments))
+    return pieces
+
+
+def _end_of(lines: list[str], start: int, function: bool) -> int:
+    """The last line of the top-level definition that starts at ``lines[start]``."""
+    end, depth = start, 0
+    while True:
+        if function:
+            if lines[end] == "end":
+                return end
+        else:
+            code = _COMMENT.sub("", lines[end])
+            depth += code.count("{") + code.count("(") - code.count("}") - code.count(")")
+            if depth <= 0:
+                return end
+        end += 1
 
 
 _FORMAT = re.compile(r"^--- @format (\w+)\n", re.MULTILINE)

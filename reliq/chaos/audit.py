@@ -85,7 +85,7 @@ async def collect(queue: Queue) -> RedisState:
 
 async def _collect_partition(queue: Queue) -> RedisState:
     ids = await queue.task_ids()
-    records = {task_id: {f: v for f, v in record.items() if f != "payload"}
+    records = {task_id: {f: v for f, v in record.items() if f not in ("payload", "body")}
                for task_id, record in zip(ids, await queue.records(ids), strict=True)}
     snap = await queue.snapshot()
     return RedisState(

@@ -6,6 +6,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A record's body (format 2, reliq/formats.py: make_body) as its opts and its payload.
+local function split_body(body)
+  local digits = string.match(body, '^%d+')
+  local at = #digits + 2
+  local n = tonumber(digits)
+  return string.sub(body, at, at + n - 1), string.sub(body, at + n)
+end
+
 -- Move a task to the dead-letter list with its reason. Nothing is dropped here: a
 -- configured cap is kept by dead_trim.lua, which archives what it evicts.
 local function dead_letter(dead_key, stats_key, task_prefix, id, reason, err, now)

@@ -9,10 +9,18 @@
 local TASK = KEYS[1]
 local payload, by, most = ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('HGET', TASK, 'state') ~= 'dead' then return 0 end
-local f = redis.call('HMGET', TASK, 'payload', 'edits')
+local f = redis.call('HMGET', TASK, 'payload', 'edits', 'body')
+local previous, opts = f[1] or 'null', nil
+if f[3] then  -- a record of format 2 (reliq/formats.py: RecordFormat): the payload ends its body
+  opts, previous = split_body(f[3])
+end
 local edits = f[2] and cjson.decode(f[2]) or {}
-edits[#edits + 1] = {at = now_ms(), by = by, previous_payload = f[1] or 'null'}
+edits[#edits + 1] = {at = now_ms(), by = by, previous_payload = previous}
 local kept = {}
 for i = math.max(1, #edits - most + 1), #edits do kept[#kept + 1] = edits[i] end
-redis.call('HSET', TASK, 'payload', payload, 'edits', cjson.encode(kept))
+if opts then
+  redis.call('HSET', TASK, 'body', #opts .. ':' .. opts .. payload, 'edits', cjson.encode(kept))
+else
+  redis.call('HSET', TASK, 'payload', payload, 'edits', cjson.encode(kept))
+end
 return 1

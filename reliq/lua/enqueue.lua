@@ -67,13 +67,11 @@ local PLAIN = {'', '0', '', '0', '', '', ''}  -- the rest of a task whose rest i
 
 -- A record of format 1 (RECORD_FIELDS) for the fields of format 2's body.
 local function as_fields(fields, body)
-  local digits = string.match(body, '^%d+')
-  local at = #digits + 2
-  local opts = string.sub(body, at, at + tonumber(digits) - 1)
-  local retries = string.match(opts, '^%d+')
+  local opts, payload = split_body(body)
   fields[#fields + 1] = 'payload'
-  fields[#fields + 1] = string.sub(body, at + tonumber(digits))
-  for _, f in ipairs({'opts', opts, 'max_retries', retries, 'attempts', '0', 'failures', '0', 'crashes', '0'}) do
+  fields[#fields + 1] = payload
+  for _, f in ipairs({'opts', opts, 'max_retries', string.match(opts, '^%d+'), 'attempts', '0', 'failures', '0',
+                      'crashes', '0'}) do
     fields[#fields + 1] = f
   end
 end
@@ -88,10 +86,7 @@ local function enqueue_one(b, o, place)
     existing = redis.call('GET', IDEM .. idem)
   end
   local defaults = type_defaults(ttype)
-  local digits = string.match(body, '^%d+')
-  local at = #digits + 2
-  local opts = string.sub(body, at, at + tonumber(digits) - 1)
-  local payload = string.sub(body, at + tonumber(digits))
+  local opts, payload = split_body(body)
   if not existing then
     lock = unique_lock(ttype, payload, r[UNIQUE], defaults.unique)
     existing = lock and unique_holder(UNIQUE_LOCKS .. lock, TASK)

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from reliq import priorities
 from reliq.errors import InvalidTask, TaskNotFound
-from reliq.formats import TaskState
+from reliq.formats import TaskState, retries_of
 from reliq.monitor import deadletter
 from reliq.queue import Queue, Source
 from reliq.web import error, json_response
@@ -55,7 +55,7 @@ VIEWS = {**{s.value: s for s in (TaskState.PENDING, TaskState.SCHEDULED, TaskSta
 #: The states whose tasks share the delayed set: telling them apart reads each record.
 DELAYED = (TaskState.SCHEDULED, TaskState.RETRYING)
 #: Record fields of a listing row (browse.lua returns them with each match).
-ROW_FIELDS = ("attempts", "max_retries", "failures", "crashes", "enqueued_at", "queued_at", "started_at",
+ROW_FIELDS = ("attempts", "max_retries", "body", "failures", "crashes", "enqueued_at", "queued_at", "started_at",
               "finished_at", "worker", "last_error", "reason", "progress", "progress_message", "priority")
 #: The order sources are read in (and a cursor's source that is gone is followed by the next).
 KIND_ORDER = ("pending", "group", "held", "delayed", "processing", "dead")
@@ -150,9 +150,9 @@ def _row(source: Source, task_id: str, score: str, position: int, values: list[s
     f = dict(zip(("type", "key", "state", *ROW_FIELDS), values, strict=True))
     return TaskRow(
         task_id=task_id, type=f["type"], state=f["state"], key=f["key"] or None,
-        attempts=int(f["attempts"] or 0), max_retries=_int_or_none(f["max_retries"]),
+        attempts=int(f["attempts"] or 0), max_retries=retries_of(f),
         failures=int(f["failures"] or 0), crashes=int(f["crashes"] or 0),
-        enqueued_at=_ms_iso(f["enqueued_at"]), queued_at=_ms_iso(f["queued_at"]),
+        enqueued_at=_ms_iso(f["enqueued_at"] or f["queued_at"]), queued_at=_ms_iso(f["queued_at"]),
         started_at=_ms_iso(f["started_at"]), finished_at=_ms_iso(f["finished_at"]),
         due_at=_ms_iso(score) if score and float(score) > 0 else None,
         worker=f["worker"] or None, last_error=f["last_error"][:ERROR_PREVIEW] or None, reason=f["reason"] or None,

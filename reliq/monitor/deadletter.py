@@ -21,7 +21,7 @@ from typing import Any, TypedDict
 import orjson
 
 from reliq.errors import GaveUp, TaskNotFound
-from reliq.formats import TaskState
+from reliq.formats import TaskState, retries_of
 from reliq.loops import cancel_all
 from reliq.outage import GiveUp, Outage
 from reliq.queue import Queue, TaskInfo, text
@@ -29,7 +29,7 @@ from reliq.queue import Queue, TaskInfo, text
 log = logging.getLogger(__name__)
 
 #: Task fields a dead-letter listing shows.
-SUMMARY_FIELDS = ("type", "reason", "attempts", "failures", "max_retries", "last_error", "finished_at")
+SUMMARY_FIELDS = ("type", "reason", "attempts", "failures", "max_retries", "body", "last_error", "finished_at")
 #: Dead tasks read per script call when scanning the dead list (~1 ms of Redis each).
 SCAN_CHUNK = 1000
 #: Tasks per script call when taking the oldest dead tasks (RPOP: cheap for Redis).
@@ -96,7 +96,7 @@ def _summary(task_id: str, values: Sequence[bytes | None]) -> DeadSummary:
         reason=text(f["reason"] or b""),
         attempts=int(f["attempts"] or 0),
         failures=int(f["failures"] or 0),
-        max_retries=int(f["max_retries"] or 0),
+        max_retries=retries_of(f) or 0,
         last_error=text(f["last_error"] or b"")[:ERROR_PREVIEW],
         failed_at=datetime.fromtimestamp(int(finished) / 1000, UTC).isoformat(timespec="milliseconds")
         .replace("+00:00", "Z") if finished else None,

@@ -1,7 +1,8 @@
 """Export dead tasks as JSON Lines, and import them back (``reliq dlq export|import``).
 
 One line a task: ``{"task_id", "queue", "archived", "evicted_at", "record"}`` where
-``record`` is the task's whole hash, with ``payload`` and ``edits`` as JSON values (so
+``record`` is the task's whole hash as record format 1 spells it (formats.as_format_1,
+whichever format it is stored in), with ``payload`` and ``edits`` as JSON values (so
 ``jq`` can read and change them) and every other field as the string Redis holds.
 Nothing is lost between an export and an import.
 
@@ -20,6 +21,7 @@ from typing import Any, TypedDict
 import orjson
 
 from reliq.errors import ConfigError, InvalidTask
+from reliq.formats import as_format_1
 from reliq.monitor.deadletter import SCAN_CHUNK, DeadFilter
 from reliq.queue import Queue
 from reliq.settings import check_queue_name
@@ -43,7 +45,7 @@ class ExportLine(TypedDict):
 
 
 def _line(queue: str, task_id: str, fields: dict[str, str], evicted_ms: int | None = None) -> ExportLine:
-    record: dict[str, Any] = dict(fields)
+    record: dict[str, Any] = as_format_1(dict(fields))
     for name in JSON_FIELDS:
         if name in record:
             record[name] = orjson.loads(record[name]) if record[name] else None

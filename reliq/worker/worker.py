@@ -37,10 +37,10 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs, partitions, tracing, type_defaults
+from reliq import logs, partitions, records, tracing, type_defaults
 from reliq.connection import UNAVAILABLE
 from reliq.errors import GaveUp, HandlerFailed, PermanentError, RateLimited, Snooze, describe_error
-from reliq.formats import RunOutcome
+from reliq.formats import RecordFormat, RunOutcome
 from reliq.loops import cancel_all
 from reliq.loopwatch import Culprit, LoopWatch
 from reliq.outage import NEVER, GiveUp, Outage
@@ -328,7 +328,8 @@ class Worker:
         """What the heartbeat publishes about this worker (read from the heartbeat thread)."""
         return {"concurrency": self.concurrency, "in_flight": self.busy - self._ready.qsize(),
                 "processed": self.processed, "queues": ",".join(self.queues),
-                "loop_blocks": self.watch.blocks, "loop_blocked_ms": round(self.watch.blocked_s * 1000)}
+                "loop_blocks": self.watch.blocks, "loop_blocked_ms": round(self.watch.blocked_s * 1000),
+                records.SPEAKS: int(RecordFormat.BODY)}  # reliq records upgrade reads it
 
     def stuck_after(self) -> float:
         """Seconds without a loop tick after which this worker is stuck for good, and stops beating.
