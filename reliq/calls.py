@@ -31,9 +31,9 @@ def group_keys(k: QueueKeys) -> list[str]:
 
 def enqueue_keys(k: QueueKeys) -> list[str]:
     """KEYS of enqueue.lua (the types hash: the types' defaults, reliq/type_defaults.py; then priorities, unique
-    locks, keys, the record format)."""
+    locks, keys)."""
     return [k.pending, k.delayed, k.stats, k.task_prefix, k.idem_prefix, k.types, k.priority_prefix, k.priorities,
-            k.unique_prefix, *group_keys(k), k.format]
+            k.unique_prefix, *group_keys(k)]
 
 
 def enqueue_batch(specs: Sequence[TaskSpec], default_retries: int) -> bytes:
@@ -81,9 +81,11 @@ def records_call(k: QueueKeys, upgrade: RecordFormat | None = None) -> tuple[lis
     return [k.format, k.stats, k.workers, k.pending, k.delayed, k.dead], ["" if upgrade is None else int(upgrade)]
 
 
-def enqueue_args(settings: Settings, batch: bytes) -> list[Any]:
-    """ARGV of enqueue.lua: idempotency TTL (ms), the batch, the admission limit."""
-    return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending]
+def enqueue_args(settings: Settings, batch: bytes, record_format: RecordFormat | None) -> list[Any]:
+    """ARGV of enqueue.lua: idempotency TTL (ms), the batch, the admission limit, the record format to write
+    (None, not read yet: format 1, which every version reads)."""
+    return [int(settings.idempotency_ttl * 1000), batch, settings.max_pending,
+            int(record_format or RecordFormat.FIELDS)]
 
 
 def enqueued(raw: Sequence[Any], specs: Sequence[TaskSpec], queue: str,

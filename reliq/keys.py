@@ -41,7 +41,8 @@ class QueueKeys:
         Decided once, by the first role of a version that knows formats to use the queue:
         '2' for a new queue, '1' for one that already holds anything (workers of the version
         before may serve it); ``reliq records upgrade`` turns '1' into '2' (docs/architecture.md:
-        "Record formats across an upgrade"). enqueue.lua reads it a call.
+        "Record formats across an upgrade"). Producers read it with the partition map, every
+        few seconds, and tell enqueue.lua which to write.
         """
         return self.base + "format"
 

@@ -342,7 +342,7 @@ class Queue(QueueAdmin):
             return await target.enqueue_specs(specs, replicas)
         keys = calls.enqueue_keys(self.keys)
         batch = calls.enqueue_batch(specs, self.settings.max_retries)
-        args = calls.enqueue_args(self.settings, batch)
+        args = calls.enqueue_args(self.settings, batch, self.record_format)
         if replicas and isinstance(self.redis, RedisCluster):
             # WAIT must follow the write on the same connection, and the cluster client
             # neither pipelines scripts nor routes a keyless WAIT to the queue's node.

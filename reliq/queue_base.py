@@ -74,8 +74,9 @@ class QueueBase:
     async def _read_map(self) -> None:
         try:
             self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
-            # Each partition's record format is decided before this process writes anything (records.lua).
-            await asyncio.gather(*(part.decide_records() for part in self.layout.parts if part.record_format is None))
+            # Each partition's record format, decided before this process writes anything (records.lua), and
+            # read again with the map: an upgrade reaches the producers within REFRESH_S.
+            await asyncio.gather(*(part.decide_records() for part in self.layout.parts))
             if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
                 self.layout.router.unique_types = partitions.unique_types(await self.redis.hgetall(self.keys.types))
         finally:

@@ -13,7 +13,7 @@ from redis.exceptions import ResponseError
 
 from reliq import calls, partitions
 from reliq.errors import RedisFull
-from reliq.formats import Enqueued
+from reliq.formats import Enqueued, RecordFormat
 from reliq.keys import QueueKeys
 from reliq.partitions import PartitionMap
 from reliq.queue import TaskInfo, TaskSpec, record_of
@@ -34,7 +34,8 @@ class SyncQueue:
         #: See :class:`reliq.queue.Queue`: None for the queue producers name, else a partition's index.
         self.partition = partition
         self.of = of or self.name
-        self.records_decided = False  # the record format (records.lua), once this process has it decided
+        #: The record format its producers write, as last read with the map (None: not yet).
+        self.record_format: RecordFormat | None = None
         self.layout: partitions.Layout[SyncQueue] = partitions.Layout(
             self, lambda tag, i: SyncQueue(redis, settings, tag, i, self.name), fixed=partition is not None)
 
@@ -44,9 +45,7 @@ class SyncQueue:
             _, raw = self.redis.script("partition_map", [self.keys.partitions], ["", ""])
             self.layout.adopt(PartitionMap.decode(self.name, raw))
             for part in self.layout.parts:  # see reliq.queue_base.QueueBase._read_map
-                if not part.records_decided:
-                    self.redis.script("records", *calls.records_call(part.keys))
-                    part.records_decided = True
+                part.record_format = RecordFormat(int(self.redis.script("records", *calls.records_call(part.keys))))
             if self.layout.pmap.n > 1:  # see reliq.queue.Queue.parts
                 self.layout.router.unique_types = partitions.unique_types(self.redis.client.hgetall(self.keys.types))
         return self.layout.parts
@@ -66,7 +65,8 @@ class SyncQueue:
         target, specs = self.layout.place(specs)
         if target is not self:
             return target.enqueue_specs(specs)
-        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs, self.settings.max_retries))
+        args = calls.enqueue_args(self.settings, calls.enqueue_batch(specs, self.settings.max_retries),
+                                  self.record_format)
         try:
             raw = self.redis.script("enqueue", self._enqueue_keys, args)
         except ResponseError as exc:

@@ -10,8 +10,6 @@
 -- KEYS[9] UNIQUE_LOCKS  unique lock prefix (_lib.lua: unique_lock)
 -- KEYS[10..13]     the keys of tasks (_lib.lua: G): a task with a key goes onto its key's
 --                  list, not pending (docs/flow-control.md)
--- KEYS[14] FORMAT  the record format to write (reliq/keys.py: format; absent: 1, which
---                  every version reads)
 -- ARGV[1] idem_ttl idempotency TTL (ms)
 -- ARGV[2] tasks    the tasks as one flat JSON array, ENQUEUE_FIELDS (reliq/formats.py) a
 --                  task one after another: id, type, body (the record's, its opts holding
@@ -26,6 +24,10 @@
 --                  most of the API's cost of a batch.
 -- ARGV[3] limit    admission limit: refuse when pending (all priorities, and the keys'
 --                  lists) holds this many tasks already (0 = none)
+-- ARGV[4] format   the record format to write (reliq/formats.py: RecordFormat), as the
+--                  producer last read the queue's (reliq/keys.py: format; records.lua):
+--                  one read every few seconds, not a GET a call. A producer that has not
+--                  seen an upgrade yet writes format 1, which every version reads.
 -- Returns {CODE_OK, then for each task not created now: its place in the batch (1 = the
 -- first), the id that stands for it, and ENQUEUED_REPEATED if an earlier request with the
 -- same idempotency key created it, ENQUEUED_EXISTING if a live task (pending, scheduled,
@@ -49,7 +51,6 @@ local PENDING, DELAYED, STATS, TASK, IDEM, TYPES = KEYS[1], KEYS[2], KEYS[3], KE
 local PRIO, PRIORITIES, UNIQUE_LOCKS = KEYS[7], KEYS[8], KEYS[9]
 local G = {groups = KEYS[10], group = KEYS[11], ring = KEYS[12], key_holds = KEYS[13], pending = PENDING, prio = PRIO,
            flag = PRIORITIES}
-local FORMAT = KEYS[14]
 local idem_ttl, tasks, limit = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 local now_s = tostring(now)
@@ -58,7 +59,7 @@ if limit > 0 then
   for _, p in ipairs(OTHER_PRIORITIES) do pending = pending + redis.call('LLEN', PRIO .. p) end
   if pending >= limit then return {CODE_QUEUE_FULL, pending} end
 end
-local fields_format = tonumber(redis.call('GET', FORMAT) or RECORD_FIELDS) == RECORD_FIELDS
+local fields_format = tonumber(ARGV[4]) ~= RECORD_BODY
 local type_defaults, typed = type_defaults_reader(TYPES)
 local out = {CODE_OK}
 local ready, n_ready = {}, 0  -- ids for pending, pushed together (in order) at the end
