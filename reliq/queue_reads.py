@@ -60,7 +60,7 @@ class TaskInfo(TypedDict):
     attempts: int
     failures: int
     crashes: int
-    #: None, as payload and worker, once a succeeded record is compact (docs/memory.md).
+    #: None, as payload, once a succeeded record is compact (docs/memory.md).
     max_retries: int | None
     payload: Any
     result: Any
@@ -69,7 +69,7 @@ class TaskInfo(TypedDict):
     worker: str | None
     #: 0 (lowest) to 9 (highest), 5 when the task named none.
     priority: int
-    #: The task's key (docs/flow-control.md); None without one, and once a succeeded record is compact.
+    #: The task's key (docs/flow-control.md); None without one (and once a succeeded record of format 1 is compact).
     key: str | None
     enqueued_at: str | None
     started_at: str | None

@@ -102,7 +102,7 @@ async def test_a_task_into_any_of_50_idle_queues_starts_at_once(redis_url: str, 
         for name in queue_names:  # one at a time: each into an idle worker
             task_id = await queues[name].enqueue("noop")
             record = (await all_done(queues, {task_id: name}, timeout=10))[task_id]
-            waits.append(int(record["started_at"]) - int(record["enqueued_at"]))
+            waits.append(int(record["started_at"]) - int(record.get("enqueued_at") or record["queued_at"]))
             await asyncio.sleep(0.05)
         # Without wake-ups a task would wait up to a second (half of one on average).
         assert statistics.median(waits) <= 50, waits

@@ -79,7 +79,7 @@
 -- bytes a field more than the listpack a new small hash gets, so such a record is
 -- written anew (MEMORY USAGE ~1,250 -> ~260 bytes with a 200-byte payload).
 local KEPT = {'type', 'attempts', 'failures', 'crashes', 'enqueued_at', 'started_at', 'priority', 'runs', 'worker',
-              'queued_at'}
+              'queued_at', 'key'}
 local DROPPED = {'payload', 'opts', 'max_retries', 'worker', 'queued_at', 'last_error', 'reason'}
 local DROPPED_KEYED = {'key', unpack(DROPPED)}  -- (a field a record lacks costs HDEL a scan)
 --- @format SETTLE_FIELDS
@@ -295,7 +295,10 @@ local function settle_one(id, ttype, outcome, text, unique, tkey, record, more_s
                    'crashes', f[4] or '0', 'enqueued_at', f[5] or f[10] or now_s, 'started_at', f[6] or now_s)
         if f[7] then redis.call('HSET', key, 'priority', f[7]) end  -- only a task not of the default has one
         if f[8] then redis.call('HSET', key, 'runs', f[8]) end  -- only a task that failed (snoozed...) before
-        if f[9] and record ~= '1' then redis.call('HSET', key, 'worker', f[9]) end  -- as format 2's HSET keeps it
+        if record ~= '1' then  -- as format 2's HSET keeps them
+          if f[9] then redis.call('HSET', key, 'worker', f[9]) end
+          if f[11] then redis.call('HSET', key, 'key', f[11]) end
+        end
         kept(key, id, ttype)
       end
       ended(id, unique)
