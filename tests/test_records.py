@@ -277,6 +277,9 @@ async def test_the_upgrade_refuses_while_an_older_worker_is_registered_then_turn
     assert await redis.get(queue.keys.format) == b"2"
     after = await queue.enqueue("noop", 2)
     assert set(await record(queue, after)) == PLAIN_FIELDS
+    # Another producer reads the format with the partition map: a fresh one writes format 2 at once.
+    fresh = await Queue(redis, settings).enqueue("noop", 3)
+    assert set(await record(queue, fresh)) == PLAIN_FIELDS
     assert set(await record(queue, before)) == FORMAT_1_FIELDS  # written before: it keeps its format
 
 
