@@ -76,9 +76,12 @@ def _unique(spec: TaskSpec) -> str:
     return _BY_PAYLOAD if spec.unique else _NOT_UNIQUE
 
 
-def records_call(k: QueueKeys, upgrade: RecordFormat | None = None) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of records.lua: decide (or read) the queue's record format, or set it (``upgrade``)."""
-    return [k.format, k.stats, k.workers, k.pending, k.delayed, k.dead], ["" if upgrade is None else int(upgrade)]
+def records_call(k: QueueKeys, upgrade: RecordFormat | None = None,
+                 new_as: RecordFormat | None = None) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of records.lua: decide (or read) the queue's record format, or set it (``upgrade``);
+    ``new_as``: the format it takes if it is new (None: 2)."""
+    return ([k.format, k.stats, k.workers, k.pending, k.delayed, k.dead],
+            ["" if upgrade is None else int(upgrade), "" if new_as is None else int(new_as)])
 
 
 def enqueue_args(settings: Settings, batch: bytes, record_format: RecordFormat | None) -> list[Any]:

@@ -325,7 +325,7 @@ async def resolve(queue: Queue, wanted: int = 0) -> PartitionMap:
         pmap = await _grow(queue, pmap, check_count(wanted))
         if pmap.n != wanted:  # another role created it first, with another N
             raise _mismatch(pmap, wanted)
-    queue.adopt(pmap)
+    await queue.adopt_read(pmap)
     return pmap
 
 
@@ -340,7 +340,7 @@ async def grow(queue: Queue, n: int) -> tuple[PartitionMap, PartitionMap]:
             f"queue {queue.name!r} has {before.n} partitions; the count only grows: a partition taken away "
             "would strand the ids that name it (docs/partitions.md)")
     after = await _grow(queue, before, n)
-    queue.adopt(after)
+    await queue.adopt_read(after)  # the new partitions take the queue's record format
     return before, after
 
 

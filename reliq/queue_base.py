@@ -71,12 +71,21 @@ class QueueBase:
             await asyncio.shield(self._reading)
         return self.layout.parts
 
+    async def adopt_read(self, pmap: PartitionMap) -> None:
+        """Adopt ``pmap`` as read from Redis, and read each partition's record format with it.
+
+        The format is decided before this process writes anything (records.lua: a role's
+        first contact), and read again with each map read, so that an upgrade reaches the
+        producers within REFRESH_S.
+        """
+        self.adopt(pmap)
+        first, *others = self.layout.parts
+        new_as = await first.decide_records()  # a partition created later takes the queue's format
+        await asyncio.gather(*(part.decide_records(new_as=new_as) for part in others))
+
     async def _read_map(self) -> None:
         try:
-            self.adopt(PartitionMap.decode(self.name, await self.partition_map()))
-            # Each partition's record format, decided before this process writes anything (records.lua), and
-            # read again with the map: an upgrade reaches the producers within REFRESH_S.
-            await asyncio.gather(*(part.decide_records() for part in self.layout.parts))
+            await self.adopt_read(PartitionMap.decode(self.name, await self.partition_map()))
             if self.layout.pmap.n > 1:  # tasks unique by their type's default route by payload
                 self.layout.router.unique_types = partitions.unique_types(await self.redis.hgetall(self.keys.types))
         finally:
@@ -105,9 +114,12 @@ class QueueBase:
             groups.setdefault(self.layout.locate(task_id), []).append(task_id)
         return groups
 
-    async def decide_records(self, upgrade: RecordFormat | None = None) -> RecordFormat:
-        """The record format this queue's producers write, decided now if it was not (or set to ``upgrade``)."""
-        self.record_format = RecordFormat(int(await self._scripts("records", *calls.records_call(self.keys, upgrade))))
+    async def decide_records(self, upgrade: RecordFormat | None = None,
+                             new_as: RecordFormat | None = None) -> RecordFormat:
+        """The record format this queue's producers write, decided now if it was not (``new_as`` if the
+        queue is new, else 2), or set to ``upgrade``."""
+        call = calls.records_call(self.keys, upgrade, new_as)
+        self.record_format = RecordFormat(int(await self._scripts("records", *call)))
         return self.record_format
 
     async def partition_map(self) -> bytes | None:

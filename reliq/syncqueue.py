@@ -44,8 +44,11 @@ class SyncQueue:
         if self.layout.stale:  # read by the script: on this thread's own connection, as every call
             _, raw = self.redis.script("partition_map", [self.keys.partitions], ["", ""])
             self.layout.adopt(PartitionMap.decode(self.name, raw))
-            for part in self.layout.parts:  # see reliq.queue_base.QueueBase._read_map
-                part.record_format = RecordFormat(int(self.redis.script("records", *calls.records_call(part.keys))))
+            new_as = None
+            for part in self.layout.parts:  # see reliq.queue_base.QueueBase.adopt_read
+                part.record_format = RecordFormat(int(self.redis.script("records",
+                                                                        *calls.records_call(part.keys, None, new_as))))
+                new_as = new_as or part.record_format
             if self.layout.pmap.n > 1:  # see reliq.queue.Queue.parts
                 self.layout.router.unique_types = partitions.unique_types(self.redis.client.hgetall(self.keys.types))
         return self.layout.parts

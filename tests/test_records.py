@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from redis.asyncio import Redis
 
-from reliq import records
+from reliq import partitions, records
 from reliq.cli import main as cli
 from reliq.errors import ConfigError
 from reliq.formats import RecordFormat, RunOutcome, make_body, split_claimed
@@ -523,3 +523,27 @@ async def test_a_keyed_format_2_success_keeps_its_key_and_worker_on_either_path(
         assert done["state"] == "succeeded" and done["key"] == "k1" and done["worker"], done
         info = await queue.get(task_id)
         assert info["key"] == "k1" and info["worker"] and info["payload"] is None
+
+
+async def test_a_role_started_on_a_new_queue_decides_format_2_before_its_worker_registers(
+        redis: Redis, settings: Settings) -> None:
+    # partitions.resolve (every role's start) decides the format: a worker's first beat, which
+    # creates the workers zset, must not make a new queue look in use.
+    queue = Queue(redis, settings)
+    await partitions.resolve(queue, 0)
+    assert queue.record_format == RecordFormat.BODY and await redis.get(queue.keys.format) == b"2"
+    await redis.zadd(queue.keys.workers, {"w1": 1})  # as the first beat does
+    assert await Queue(redis, settings).decide_records() == RecordFormat.BODY  # decided once: it stays
+
+
+async def test_partitions_grown_on_a_queue_of_format_1_take_format_1(redis: Redis, settings: Settings) -> None:
+    queue = Queue(redis, settings)
+    await redis.hset(queue.keys.stats, "enqueued", 1)  # in use before this version
+    await partitions.resolve(queue, 0)
+    assert queue.record_format == RecordFormat.FIELDS
+    await partitions.grow(queue, 3)
+    parts = await queue.parts()
+    assert [p.record_format for p in parts] == [RecordFormat.FIELDS] * 3
+    assert [await redis.get(p.keys.format) for p in parts] == [b"1"] * 3
+    assert await records.upgrade(queue)  # and the upgrade turns them all
+    assert [await redis.get(p.keys.format) for p in parts] == [b"2"] * 3

@@ -5,6 +5,8 @@
 -- KEYS[1] FORMAT   the format
 -- KEYS[2..]        keys that exist only on a queue in use: stats, workers, pending, delayed, dead
 -- ARGV[1] set      '' (decide, or read what was decided), or a format to set (the upgrade)
+-- ARGV[2] new_as   the format a new queue takes ('' = 2): a partition after the first takes
+--                  the first's, so that a queue of format 1 grown stays readable by all
 -- Returns the format.
 --- @format RECORD
 local FORMAT = KEYS[1]
@@ -14,6 +16,6 @@ if ARGV[1] ~= '' then
 end
 local decided = redis.call('GET', FORMAT)
 if decided then return tonumber(decided) end
-local format = redis.call('EXISTS', unpack(KEYS, 2)) > 0 and RECORD_FIELDS or RECORD_BODY
+local format = redis.call('EXISTS', unpack(KEYS, 2)) > 0 and RECORD_FIELDS or (tonumber(ARGV[2]) or RECORD_BODY)
 redis.call('SET', FORMAT, format)
 return format
