@@ -8,10 +8,12 @@ import asyncio
 import orjson
 from redis.asyncio import Redis
 
+from reliq.formats import make_body, retries_of
 from reliq.queue import Outcome, Queue, make_spec
 from reliq.registry import Registry
 from reliq.settings import Settings
 from reliq.worker import Worker
+from tests.util import stored_payload
 
 W = "w1"
 ODD = ["é ü 中文 🚀", 'quote " backslash \\ slash /', "nul \u0000 and tab \t", "", "x" * 5000]
@@ -22,7 +24,7 @@ async def test_enqueue_keeps_payloads_byte_for_byte(queue: Queue, redis: Redis) 
     done = await queue.enqueue_specs(specs)
     for spec, (task_id, created) in zip(specs, done, strict=True):
         assert created and task_id == spec.id
-        assert await redis.hget(queue.keys.task(task_id), "payload") == spec.payload
+        assert stored_payload(await redis.hgetall(queue.keys.task(task_id))) == spec.payload
         assert (await queue.get(task_id))["payload"]["s"] in ODD
 
 
@@ -35,8 +37,9 @@ async def test_enqueue_pushes_a_batch_in_order_and_keeps_idempotency_within_it(q
     pending = [i.decode() for i in await redis.lrange(queue.keys.pending, 0, -1)]
     assert pending == [s.id for s in reversed(specs[:1501])]  # newest at the left, as one LPUSH each
     scheduled = await redis.hgetall(queue.keys.task(specs[-1].id))
-    assert (scheduled[b"state"], scheduled[b"opts"]) == (b"scheduled", b"7|1500||")  # formats.OPTS_FIELDS
-    assert scheduled[b"max_retries"] == b"7"  # for the monitor and workers of before opts
+    # Its body's opts (formats.OPTS_FIELDS) hold its retries and timeout; the monitor reads the retries there.
+    assert (scheduled[b"state"], scheduled[b"body"]) == (b"scheduled", make_body("7|1500||", b"null"))
+    assert retries_of({k.decode(): v for k, v in scheduled.items()}) == 7
     assert (await queue.snapshot())["enqueued"] == 1502
 
 
@@ -63,8 +66,8 @@ async def test_settle_sums_metrics_and_counters_over_the_batch(queue: Queue, red
     assert sum(v for k, v in metrics.items() if k.startswith("r|noop|")) == 6
     snap = await queue.snapshot()
     assert (snap["succeeded"], snap["failed"], snap["dead"]) == (6, 1, 1)
-    for o in outcomes[:6]:
-        assert (await redis.hget(queue.keys.task(o.task.id), "result")).decode() == o.text  # type: ignore[union-attr]
+    for o in outcomes[:6]:  # a handler that returned nothing ('') leaves no result field (format 2)
+        assert await redis.hget(queue.keys.task(o.task.id), "result") == (o.text.encode() or None)
 
 
 async def test_an_error_text_that_is_not_valid_unicode_is_settled_not_stuck(queue: Queue, settings: Settings) -> None:

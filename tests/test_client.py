@@ -23,6 +23,7 @@ from reliq.redis_server import RedisServer, free_port
 from reliq.settings import Settings
 from reliq.syncqueue import SyncQueue
 from reliq.syncredis import SyncRedis
+from tests.util import stored_payload
 
 
 @pytest.fixture
@@ -175,8 +176,8 @@ def test_sixteen_threads_share_one_client_and_every_task_lands_once(
     k = QueueKeys(queue_name)
     with raw.pipeline(transaction=False) as pipe:
         for task_id in ids:
-            pipe.hget(k.task(task_id), "payload")
-        payloads = pipe.execute()
+            pipe.hgetall(k.task(task_id))
+        payloads = [stored_payload(fields) for fields in pipe.execute()]
     assert [orjson.loads(p) for p in payloads] == [[n, i] for n in range(16) for i in range(per_thread)]
     assert connections_opened(raw) - opened <= 16  # at most one connection a thread
     client.close()
@@ -212,7 +213,7 @@ def test_a_call_redis_does_not_answer_in_time_raises_and_is_not_sent_again(tmp_p
             server.signal(signal.SIGCONT)
         with redis.Redis.from_url(server.url) as raw:
             ids = pending(raw, "q")
-            assert [raw.hget(QueueKeys("q").task(i), "payload") for i in ids] == [b'"late"', b'"before"']
+            assert [stored_payload(raw.hgetall(QueueKeys("q").task(i))) for i in ids] == [b'"late"', b'"before"']
         conn.close()
     finally:
         server.stop()

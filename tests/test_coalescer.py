@@ -13,6 +13,7 @@ import pytest
 
 from reliq.coalescer import Coalescer
 from reliq.queue import Queue, make_spec
+from reliq.scripts import source
 from tests.flaky import Flaky
 
 
@@ -114,12 +115,19 @@ async def test_a_caller_that_gives_up_waiting_leaves_the_others_their_results() 
 
 async def test_concurrent_enqueues_share_script_calls_and_every_task_lands(flaky: Flaky, queue: Queue) -> None:
     """As the API uses it: 50 producers at once, a handful of round trips, every id pending."""
+    # Its scripts loaded beforehand, as on a server in use: the count below does not depend on
+    # which tests ran before on the session's server (each NOSCRIPT would add a SCRIPT LOAD).
+    for name in ("records", "enqueue"):
+        await queue.redis.script_load(source(name))
     producer = Queue(flaky.client, queue.settings, name=queue.name)
     coalescer = Coalescer(producer.enqueue_specs, max_batch=100)
     results = await asyncio.gather(*[coalescer.submit(make_spec("noop", {"n": i})) for i in range(50)])
     ids = [task_id for task_id, created in results if created]
     assert len(set(ids)) == 50
-    assert flaky.passed <= 3  # the first alone, then the rest together (a script load at most)
+    # The producer's first contact: the partition map (GET), the record format (records.lua, once:
+    # docs/architecture.md, "Which format is written"), memory admission's first sample (INFO);
+    # then the enqueues: the first alone, then the rest together.
+    assert flaky.passed <= 5
     assert sorted(i.decode() for i in await queue.redis.lrange(queue.keys.pending, 0, -1)) == sorted(ids)
     for task_id, i in zip([r[0] for r in results], range(50), strict=True):
         assert (await queue.get(task_id))["payload"] == {"n": i}

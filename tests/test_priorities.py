@@ -76,7 +76,7 @@ async def test_a_task_of_the_default_priority_writes_what_it_did_before_prioriti
     a = await queue.enqueue("t", 1)
     b = await queue.enqueue("t", 2, priority=5)
     space = await keyspace(redis, queue.name)
-    assert set(space) == {"pending", "task:" + a, "task:" + b, "stats"}
+    assert set(space) == {"format", "pending", "task:" + a, "task:" + b, "stats"}  # format: records.lua
     assert space["pending"] == [b, a]
     assert "priority" not in space["task:" + a] and "priority" not in space["task:" + b]
     assert (await queue.get(a))["priority"] == 5
@@ -265,7 +265,9 @@ async def test_a_succeeded_record_rewritten_compact_keeps_its_priority(queue: Qu
 
 async def test_a_crash_suspect_of_a_priority_runs_alone(queue: Queue, redis: Redis) -> None:
     suspect = await queue.enqueue("t", None, priority=9)
-    await redis.hset(queue.keys.task(suspect), "crashes", 1)
+    # As a reap leaves it: a crash follows a claim that counted an attempt, and the claim
+    # reads crashes only of a task with attempts > 0 (formats.CLAIM_FIELDS).
+    await redis.hset(queue.keys.task(suspect), mapping={"attempts": 1, "crashes": 1})
     others = [await queue.enqueue("t", None) for _ in range(3)]
     got, blocked = await queue.claim(W, 10, elsewhere=1)
     assert (got, blocked) == ([], True)
@@ -414,7 +416,7 @@ def test_priority_aging_must_be_a_finite_number_of_seconds() -> None:
 
 
 def test_the_scripts_know_the_priorities_as_python_does() -> None:
-    lib = source("claim")
+    lib = source("enqueue")  # a script carries only the helpers it uses (scripts._needed): enqueue all three
     assert f"local DEFAULT_PRIORITY = '{priorities.DEFAULT}'" in lib
     assert f"local WAKE_MARK = '{WAKE}'" in lib
     others = re.search(r"local OTHER_PRIORITIES = \{([^}]*)\}", lib)

@@ -40,13 +40,16 @@ async def test_a_succeeded_record_is_compact_and_get_task_still_shows_it(queue: 
     await queue.settle(W, [Outcome(task, "ok", '{"sent":true}', 3)])
     space = await keyspace(redis, queue.name)
     assert space == {
+        "format": "2",  # a new queue's record format (records.lua)
         "workers": [W],
         "succeeded": [task.id],
         "stats": {"enqueued": "1", "succeeded": "1"},
         "metrics": space["metrics"],
+        # Its 500-byte payload made it a hash table: written anew (settle.lua), its queued_at
+        # (which stood for enqueued_at on the plain path) as enqueued_at; format 2 keeps its worker.
         f"task:{task.id}": {"type": "noop", "state": "succeeded", "attempts": "1", "failures": "0",
                             "crashes": "0", "enqueued_at": "T", "started_at": "T", "finished_at": "T",
-                            "result": '{"sent":true}'},
+                            "result": '{"sent":true}', "worker": W},
     }
     finished_bytes = await redis.memory_usage(queue.keys.task(task.id))
     assert pending_bytes and finished_bytes and finished_bytes < 320 < 600 < pending_bytes
@@ -54,7 +57,8 @@ async def test_a_succeeded_record_is_compact_and_get_task_still_shows_it(queue: 
         info = await (await client.get(f"/task/{task.id}", params={"queue": queue.name})).json()
     assert (info["state"], info["attempts"], info["result"]) == ("succeeded", 1, {"sent": True})
     assert info["enqueued_at"] and info["started_at"] and info["finished_at"] and info["payload"] is None
-    assert info["max_retries"] is None and info["worker"] is None  # not kept: null, never a made-up value
+    assert info["max_retries"] is None  # not kept: null, never a made-up value
+    assert info["worker"] == W  # kept by a record of format 2 (docs/memory.md)
 
 
 async def test_trimming_by_count_removes_the_oldest_records_and_counts_them(redis: Redis, settings: Settings) -> None:
@@ -148,7 +152,7 @@ async def test_a_quiet_queue_loses_records_past_their_age_too_and_counts_them(re
     await asyncio.sleep(0.3)  # nothing settles any more: the settle script trims nothing
     assert await SucceededTrimmer(queue, own, 1.0).run_once() == (0, 4)
     assert not any([await redis.exists(queue.keys.task(i)) for i in noops + reports])
-    assert await keyspace(redis, queue.name) == {"workers": [W], "stats": {"enqueued": "4", "succeeded": "4",
-                                                                          "expired": "4"},
+    assert await keyspace(redis, queue.name) == {"format": "2", "workers": [W],
+                                                 "stats": {"enqueued": "4", "succeeded": "4", "expired": "4"},
                                                  "metrics": (await keyspace(redis, queue.name))["metrics"]}
     assert await SucceededTrimmer(queue, own, 1.0).run_once() == (0, 0)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from reliq.formats import Enqueued
+from reliq.formats import Enqueued, make_body
 from reliq.queue import Claimed, Outcome, Queue, make_spec
 from reliq.settings import Settings
 from tests.keyspace import keyspace, run
@@ -17,10 +17,16 @@ from tests.util import move_in
 W = "w1"
 
 
-def record(type: str = "noop", state: str = "pending", **fields: Any) -> dict[str, Any]:
-    """The task hash as the keyspace reads it (times masked as "T")."""
-    base = {"type": type, "payload": "null", "opts": "3|||", "max_retries": "3", "attempts": "0",
-            "failures": "0", "crashes": "0", "enqueued_at": "T", "state": state}
+#: What the queue's fixture holds besides its tasks' keys from the first call: its record
+#: format, decided by records.lua (a new queue: format 2, formats.RecordFormat.BODY).
+FORMAT = {"format": "2"}
+
+
+def record(type: str = "noop", state: str = "pending", body: str = "4:3|||null", **fields: Any) -> dict[str, Any]:
+    """The task hash as the keyspace reads it (times masked as "T"): record format 2 as enqueue.lua's
+    plain path writes it, one ``body`` (formats.make_body: opts ``3|||``, payload ``null``), no
+    attempts, failures, crashes while 0, and no enqueued_at (its queued_at stands for it)."""
+    base = {"type": type, "body": body, "state": state}
     if state != "scheduled":
         base["queued_at"] = "T"
     base.update({k: v if k == "runs" else str(v) for k, v in fields.items()})
@@ -45,6 +51,7 @@ def outcome(task: Claimed, kind: str = "ok", text: str = "", delay_ms: int = 0) 
 async def test_enqueue_writes_record_pending_and_counter(queue: Queue, redis: Redis) -> None:
     [a, b] = await enqueue(queue, 2)
     assert await keyspace(redis, queue.name) == {
+        **FORMAT,
         "pending": [b, a],
         "stats": {"enqueued": "2"},
         f"task:{a}": record(),
@@ -75,6 +82,7 @@ async def test_claim_moves_batch_into_worker_list_and_marks_processing(queue: Qu
     assert [t.id for t in tasks] == [a, b]
     assert all(t.attempts == 1 and t.started_at >= t.queued_at for t in tasks)
     assert await keyspace(redis, queue.name) == {
+        **FORMAT,
         "pending": [c],
         "processing:" + W: [b, a],
         "workers": [W],  # a claim (re)registers its worker, so a reaper will find its list
@@ -105,13 +113,15 @@ async def test_settle_ok_leaves_a_compact_record_kept_in_the_succeeded_list(queu
     assert await queue.settle(W, [outcome(task, "ok", '{"x":1}')]) == (1, 0)
     space = await keyspace(redis, queue.name)
     assert space == {
+        **FORMAT,
         "workers": [W],
         "succeeded": [a],  # retention by count and age, instead of a TTL a record
         "stats": {"enqueued": "1", "succeeded": "1"},
         "metrics": space["metrics"],
-        # no payload, max_retries, timeout_ms, worker, queued_at: only what GET /task shows
-        f"task:{a}": {"type": "noop", "state": "succeeded", "attempts": "1", "failures": "0", "crashes": "0",
-                      "enqueued_at": "T", "started_at": "T", "finished_at": "T", "result": '{"x":1}'},
+        # No payload nor opts: the HSET that marks it succeeded blanks its body (format 2, one
+        # command); no failures nor crashes (absent while 0), no enqueued_at (queued_at stands for it).
+        f"task:{a}": {"type": "noop", "state": "succeeded", "body": "", "attempts": "1", "queued_at": "T",
+                      "started_at": "T", "worker": W, "finished_at": "T", "result": '{"x":1}'},
     }
     assert space["metrics"]["t|noop|ok"] == "1" and space["metrics"]["rs|noop"] == "3"
     assert await redis.pttl(queue.keys.task(a)) == -1
@@ -137,6 +147,7 @@ async def test_settle_snooze_schedules_the_task_again_with_its_attempt_given_bac
     await queue.settle(W, [outcome(task, "snooze", "snoozed for 60s", delay_ms=60_000)])
     space = await keyspace(redis, queue.name)
     assert space == {
+        **FORMAT,
         "delayed": [a],
         "workers": [W],
         "stats": {"enqueued": "1", "snoozed": "1"},
@@ -158,7 +169,9 @@ async def test_enqueue_takes_a_types_max_retries_from_the_types_hash_unless_give
     [c] = await enqueue(queue, type="noop")
     space = await keyspace(redis, queue.name)
     assert space["types"] == {"patient": '{"max_retries":9}'}
-    assert [space[f"task:{i}"]["opts"] for i in (a, b, c)] == ["9|||", "1|||", "3|||"]  # formats.OPTS_FIELDS
+    # Each body's opts (formats.OPTS_FIELDS) holds the retries as resolved.
+    assert [space[f"task:{i}"]["body"] for i in (a, b, c)] == [make_body(f"{n}|||", b"null").decode()
+                                                               for n in (9, 1, 3)]
     await queue.set_type_defaults({}, ["patient"])
     assert "types" not in await keyspace(redis, queue.name)  # no type has defaults: no hash, one EXISTS a call
 
@@ -170,7 +183,8 @@ async def test_settle_error_after_last_retry_dead_letters_with_reason(queue: Que
     space = await keyspace(redis, queue.name)
     assert space["dead"] == [a]
     assert space["stats"] == {"enqueued": "1", "failed": "1", "dead": "1"}
-    assert space[f"task:{a}"] == record(state="dead", opts="0|||", max_retries=0, attempts=1, failures=1,
+    # max_retries given: enqueue.lua's general path, which writes enqueued_at.
+    assert space[f"task:{a}"] == record(state="dead", body="4:0|||null", enqueued_at="T", attempts=1, failures=1,
                                         started_at="T", worker=W, finished_at="T", reason="timeout",
                                         last_error="timed out after 1s",
                                         runs=[run(1, "timeout", "dead", "timed out after 1s")])
@@ -314,7 +328,9 @@ async def test_reap_requeues_a_dead_workers_tasks_first_in_line(queue: Queue, re
     assert space["pending"] == [c, b, a]  # a, then b, run next; c waits
     assert space["stats"] == {"enqueued": "3", "recovered": "2"}
     crashed = run(1, "crashed", "pending", "its worker died while running it (crash 1)")
-    assert space[f"task:{a}"] == record(attempts=1, crashes=1, started_at="T", worker=W, runs=[crashed])
+    # Queued again: its queued_at, which stood for enqueued_at, became it (_lib.lua: queue_again).
+    assert space[f"task:{a}"] == record(enqueued_at="T", attempts=1, crashes=1, started_at="T", worker=W,
+                                        runs=[crashed])
     assert "workers" not in space and "processing:" + W not in space
 
 
@@ -339,7 +355,9 @@ async def test_claim_blocks_on_a_suspect_while_the_worker_holds_other_tasks(queu
     await enqueue(queue)
     await claim_all(queue)
     [suspect] = await enqueue(queue)
-    await redis.hset(queue.keys.task(suspect), "crashes", 1)
+    # As a reap leaves it: a crash follows a claim that counted an attempt, and the claim
+    # reads crashes only of a task with attempts > 0 (formats.CLAIM_FIELDS).
+    await redis.hset(queue.keys.task(suspect), mapping={"attempts": 1, "crashes": 1})
     tasks, blocked = await queue.claim(W, 10)
     assert tasks == [] and blocked
     # Moved in first (an older reliq's BLMOVE) too: the suspect goes back to the head of the queue.
@@ -356,7 +374,8 @@ async def test_release_hands_back_tasks_without_counting_the_attempt(queue: Queu
     assert await queue.release(W) == 2
     space = await keyspace(redis, queue.name)
     assert space["pending"] == [b, a]
-    assert space[f"task:{a}"] == record(started_at="T", worker=W)
+    # Its attempt given back (attempts 0, written as it changed), queued_at made its enqueued_at.
+    assert space[f"task:{a}"] == record(enqueued_at="T", attempts=0, started_at="T", worker=W)
     assert "workers" not in space and "worker:" + W not in space
 
 

@@ -89,3 +89,11 @@ async def ready_nudges(queue: Queue) -> AsyncIterator[Callable[[float], Awaitabl
         yield heard
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def stored_payload(fields: dict[bytes, bytes]) -> bytes | None:
+    """The payload a task's record holds, of either record format (formats.payload_of), from its
+    HGETALL as redis-py returns it (bytes); None once dropped (a success) or when there is none."""
+    from reliq.formats import payload_of  # here, not at the top: a helper appended on its own
+
+    return payload_of({k.decode(): v for k, v in fields.items()})[0]
