@@ -89,3 +89,12 @@ async def ready_nudges(queue: Queue) -> AsyncIterator[Callable[[float], Awaitabl
         yield heard
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+def payload_text(record: dict[str, str] | dict[str, bytes]) -> str | None:
+    """The payload (JSON text) of a task's record as read, text or bytes, of either record format
+    (formats.payload_of: format 2 holds it at the end of ``body``); None when it has none."""
+    from reliq.formats import payload_of
+
+    payload, _ = payload_of({k: v.encode() if isinstance(v, str) else v for k, v in record.items()})
+    return None if payload is None else payload.decode()
