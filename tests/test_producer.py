@@ -16,15 +16,16 @@ from redis.asyncio import Redis
 
 from reliq.connection import connect
 from reliq.errors import ConfigError
+from reliq.formats import retries_of, split_body
 from reliq.keys import QueueKeys
 from reliq.preflight import redis_risks
-from reliq.queue import Queue
+from reliq.queue import Queue, text
 from reliq.redis_server import RedisServer
 from reliq.roles import check_exposure
 from reliq.settings import Settings
 from tests import procs
 from tests.keyspace import keyspace
-from tests.util import api_client, eventually
+from tests.util import api_client, eventually, payload_text
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ async def test_idempotency_key_returns_the_same_task_with_200_and_enqueues_once(
     assert second["task_id"] == first["task_id"] and second["status"] == "duplicate"
     space = await keyspace(redis, queue.name)
     assert space["pending"] == [first["task_id"]] and space["stats"]["enqueued"] == "1"
-    assert space[f"task:{first['task_id']}"]["payload"] == "1"
+    assert payload_text(space[f"task:{first['task_id']}"]) == "1"
     assert 0 < await redis.pttl(queue.keys.idem("order-42")) <= queue.settings.idempotency_ttl * 1000
 
 
@@ -132,8 +133,10 @@ async def test_a_batch_goes_to_one_queue(http: TestClient, queue: Queue, redis: 
 async def test_per_task_timeout_and_retries_are_kept_within_bounds(http: TestClient, queue: Queue) -> None:
     status, body = await post(http, {"type": "noop", "timeout_s": 2.5, "max_retries": 7})
     assert status == 202
-    raw = await queue.redis.hmget(queue.keys.task(body["task_id"]), "opts", "max_retries")
-    assert raw == [b"7|2500||", b"7"]  # formats.OPTS_FIELDS; max_retries also as the monitor reads it
+    record = {text(k): v for k, v in (await queue.redis.hgetall(queue.keys.task(body["task_id"]))).items()}
+    # format 2: formats.OPTS_FIELDS in the body alone, where the claim and the monitor read them
+    assert split_body(record["body"]) == (b"null", 7, 2500, "", "") and retries_of(record) == 7
+    assert not {"opts", "max_retries", "payload"} & set(record)
     for bad in ({"timeout_s": 0}, {"timeout_s": 10**9}, {"max_retries": 1000}):
         status, _ = await post(http, {"type": "noop", **bad})
         assert status == 400

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from reliq import queue_reads
 from reliq.connection import connect
 from reliq.queue import Queue, make_spec
+from tests.util import payload_text
 
 
 async def _enqueue(queue: Queue, n: int, **options: object) -> list[str]:
@@ -24,7 +25,7 @@ async def test_bulk_reads_cross_chunks_in_order(queue: Queue, monkeypatch: pytes
     asked = [*ids[:4], "no-such-task", *ids[4:]]
     assert await queue.states(asked) == ["pending"] * 4 + [""] + ["pending"] * 3
     records = await queue.records(asked)
-    assert [r.get("payload") for r in records] == ["0", "1", "2", "3", None, "4", "5", "6"]
+    assert [payload_text(r) for r in records] == ["0", "1", "2", "3", None, "4", "5", "6"]
     assert [row[0] for row in await queue.task_fields(asked, ["type"])] == [b"t"] * 4 + [None] + [b"t"] * 3
     assert sorted(await queue.task_ids()) == sorted(ids)
 

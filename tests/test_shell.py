@@ -17,7 +17,7 @@ from reliq.keys import QueueKeys
 from reliq.redis_server import free_port
 from tests import procs
 from tests.keyspace import keyspace
-from tests.util import wait_until
+from tests.util import payload_text, wait_until
 
 #: One process of a parallel run (pytest -n) runs the module's tests: one worker serving them.
 pytestmark = pytest.mark.xdist_group("shell")
@@ -57,7 +57,7 @@ async def test_enqueue_prints_the_id_of_the_task_it_wrote(redis_url: str, queue_
     assert result.returncode == 0, result.stderr
     task_id = result.stdout.strip()
     space = await keyspace(redis, queue_name)
-    assert (space["delayed"], space[f"task:{task_id}"]["payload"]) == ([task_id], '{"n":1}')
+    assert (space["delayed"], payload_text(space[f"task:{task_id}"])) == ([task_id], '{"n":1}')
     again = cli("enqueue", "noop", '{"n": 1}', "--queue", queue_name, "--idempotency-key", "k1", redis_url=redis_url)
     assert again.stdout.strip() == task_id
 

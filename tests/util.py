@@ -97,3 +97,12 @@ def stored_payload(fields: dict[bytes, bytes]) -> bytes | None:
     from reliq.formats import payload_of  # here, not at the top: a helper appended on its own
 
     return payload_of({k.decode(): v for k, v in fields.items()})[0]
+
+
+def payload_text(record: dict[str, str] | dict[str, bytes]) -> str | None:
+    """The payload (JSON text) of a task's record as read, text or bytes, of either record format
+    (formats.payload_of: format 2 holds it at the end of ``body``); None when it has none."""
+    from reliq.formats import payload_of
+
+    payload, _ = payload_of({k: v.encode() if isinstance(v, str) else v for k, v in record.items()})
+    return None if payload is None else payload.decode()
