@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from aiohttp.test_utils import TestClient, TestServer
 
 from reliq import api
+from reliq.formats import payload_of
 from reliq.queue import Queue
 from reliq.settings import Settings
 
@@ -94,15 +95,11 @@ async def ready_nudges(queue: Queue) -> AsyncIterator[Callable[[float], Awaitabl
 def stored_payload(fields: dict[bytes, bytes]) -> bytes | None:
     """The payload a task's record holds, of either record format (formats.payload_of), from its
     HGETALL as redis-py returns it (bytes); None once dropped (a success) or when there is none."""
-    from reliq.formats import payload_of  # here, not at the top: a helper appended on its own
-
     return payload_of({k.decode(): v for k, v in fields.items()})[0]
 
 
 def payload_text(record: dict[str, str] | dict[str, bytes]) -> str | None:
     """The payload (JSON text) of a task's record as read, text or bytes, of either record format
     (formats.payload_of: format 2 holds it at the end of ``body``); None when it has none."""
-    from reliq.formats import payload_of
-
     payload, _ = payload_of({k: v.encode() if isinstance(v, str) else v for k, v in record.items()})
     return None if payload is None else payload.decode()
