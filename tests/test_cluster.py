@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import statistics
@@ -42,6 +43,7 @@ from reliq.registry import REGISTRY
 from reliq.settings import Settings
 from reliq.worker import Worker
 from reliq.worker.heartbeat import Heartbeat
+from reliq.worker.nudges import Nudges
 from tests import procs
 from tests.conns import connections_of
 from tests.test_connections import MOST, all_done, names, up, worker_of
@@ -526,3 +528,26 @@ async def test_a_worker_serving_50_queues_holds_6_connections_a_shard_and_wakes_
         procs.stop(proc)
         for node in nodes:
             await node.aclose()
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning")
+async def test_a_nudge_listener_cancelled_as_it_starts_ends_and_closes_its_connections(cluster_url: str) -> None:
+    """A worker stopped just after it started cancels its wake-up listener within
+    milliseconds, once (as asyncio.Runner does at exit). Python 3.11's asyncio.wait_for,
+    around redis-py's writes, drops a cancel that comes as the call completes: the listener
+    went on to subscribe and waited for ever, its connections "unclosed" once the loop was
+    gone. Each try cancels at another moment of the start, on a fresh client (the first
+    call also reads the slot map)."""
+    settings = Settings(redis_url=cluster_url)
+    for i in range(60):
+        client = connect(cluster_url, max_connections=8, wait_on_cluster=True)
+        try:
+            nudges = Nudges([Queue(client, settings, f"nudged-{n}") for n in range(6)], "w-nudged", lambda _: None)
+            listening = asyncio.create_task(nudges.run())
+            await asyncio.sleep(i / 10_000)  # 0 to 6 ms into its start
+            listening.cancel()
+            done, _ = await asyncio.wait([listening], timeout=5)
+            assert done and listening.cancelled(), f"cancelled {i / 10:.1f} ms into its start, it ran on"
+        finally:
+            await client.aclose()
+        gc.collect()  # a connection left open warns now, in this test
