@@ -268,7 +268,10 @@ class Heartbeat:
         """The shards that serve the worker's queues now, each with its queues (a slot moved, a failover)."""
         groups = self._groups()
         for name, queues in groups.items():
-            self._shards.setdefault(name, _Shard(name, now)).queues = queues
+            shard = self._shards.get(name)
+            if shard is None:
+                shard = self._shards[name] = _Shard(name, now)
+            shard.queues = queues
         for name, shard in list(self._shards.items()):
             if name not in groups and shard.ready(now):
                 del self._shards[name]  # it serves none of them now
