@@ -155,6 +155,14 @@ async def pubsubs(client: Redis, channels: Sequence[str]) -> list[tuple[PubSub, 
             for node, names in by_node.values()]
 
 
+def shard_of(client: redis.Redis, key: str) -> str:
+    """The name (``host:port``) of the primary serving ``key`` on a blocking cluster client, from
+    its slot map (no round trip); "" for one server. Raises when no primary serves the slot."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return str(client.get_node_from_key(key).name)
+    return ""
+
+
 def is_single_server(url: str) -> bool:
     """Whether ``url`` names one server directly (not a cluster, not through Sentinel)."""
     scheme = url.partition("://")[0].lower()

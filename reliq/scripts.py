@@ -25,9 +25,10 @@ from importlib import resources
 from typing import Any
 
 import redis
+import redis.cluster
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript, Script
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from reliq import formats
 
@@ -256,10 +257,23 @@ class SyncScripts:
     def __call__(self, name: str, keys: list[str], args: list[Any]) -> Any:
         """Run script ``name`` with ``keys`` and ``args`` (EVALSHA, loading it if needed)."""
         try:
-            return self._scripts[name](keys=keys, args=args)
+            return self._run(self._scripts[name], keys, args)
         except ResponseError as exc:
             if not refused_shebang(name, exc):
                 raise
         note_no_shebang()
         self._scripts = {name: self._client.register_script(loaded(name)) for name in NAMES}
-        return self._scripts[name](keys=keys, args=args)
+        return self._run(self._scripts[name], keys, args)
+
+    def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        if not isinstance(self._client, redis.cluster.RedisCluster):
+            return script(keys=keys, args=args)
+        # A script missing on a cluster is loaded on the primary of its keys only. redis-py's
+        # Script loads it on every primary: from each heartbeat thread at once (one a shard),
+        # more connections to every node than its pool allows, and waiting on any that stalls.
+        try:
+            return self._client.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            node = self._client.get_node_from_key(keys[0])
+            self._client.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
+            return self._client.evalsha(script.sha, len(keys), *keys, *args)

@@ -6,12 +6,12 @@ The clusters come from tests/conftest.py (reliq/redis_cluster.py starts them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import gc
+import itertools
 import logging
 import signal
 import statistics
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +22,7 @@ from typing import Any, cast
 import pytest
 import uvloop
 from aiohttp.test_utils import TestClient, TestServer
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
@@ -42,6 +43,7 @@ from reliq.registry import REGISTRY
 from reliq.settings import Settings
 from reliq.worker import Worker
 from reliq.worker.heartbeat import Heartbeat
+from reliq.worker.nudges import Nudges
 from tests import procs
 from tests.conns import connections_of
 from tests.test_connections import MOST, all_done, names, up, worker_of
@@ -339,68 +341,65 @@ def test_a_shard_down_does_not_silence_the_heartbeat_on_the_other_shards(aof_clu
         before = _beat_at(cluster, other, "w-beat")
         cluster.owner(QueueKeys(down_queue).workers).kill()
         with pytest.raises(UNAVAILABLE):
-            heartbeat.run_once()  # the dead shard's beat fails first, then the other's lands
+            heartbeat.run_once()  # the dead shard's beat fails, the other's lands
         assert _beat_at(cluster, other, "w-beat") > before
     finally:
         heartbeat.stop()
 
 
-@pytest.mark.serial  # beats timed against a 1.5 s bound, a node SIGSTOPped near its 2 s timeout
-def test_a_stalled_shard_does_not_delay_the_heartbeat_on_the_other_shards(aof_cluster: LocalCluster) -> None:
+@pytest.mark.serial  # beats timed against a 1.5 s bound, a node SIGSTOPped past its 2 s timeout
+def test_a_stalled_shard_does_not_delay_the_heartbeat_on_the_other_shards(
+        aof_cluster: LocalCluster, caplog: pytest.LogCaptureFixture) -> None:
     """With one shard's primary SIGSTOPped (it takes connections and never answers), the beats to
-    the queues of the other shards land within one socket timeout, every round, and the stalled
-    shard's beat lands once it answers again (found by `reliq chaos --redis-cluster`: beats ~11 s
-    late against a 3 s lease, the cluster client retrying the stalled node, so the other shards'
-    reapers took live workers for dead)."""
+    the queues of the other shards keep their period, every one of them, and the stalled shard's
+    beat lands once it answers again; its outage is logged once, naming it (found by `reliq chaos
+    --redis-cluster`: beats ~11 s late against a 3 s lease, so the other shards' reapers took live
+    workers for dead; then, beaten one after the other, a socket timeout late every round). Each
+    shard beats from a thread of its own: the stalled one holds only its own, 2 s (lease / 3) a try."""
+    caplog.set_level(logging.INFO, logger="reliq.worker.heartbeat")
     cluster = aof_cluster
     by_port: dict[int, str] = {}
     while len(by_port) < 3:
         name = "hb-" + uuid.uuid4().hex[:8]
         by_port.setdefault(cluster.owner(QueueKeys(name).workers).port, name)
-    stalled_queue, *others = by_port.values()  # the stalled shard's queue is beaten first
-    heartbeat = Heartbeat(cluster.url, [stalled_queue, *others], "w-beat", 0.5, 3.0, status=dict)
-    stalled = cluster.owner(QueueKeys(stalled_queue).workers)
+    (stalled_port, stalled_queue), *others = by_port.items()
+    # each primary asked directly: asking the cluster asks the stalled node too, and waits on it
+    nodes = {queue: SyncRedis(port=port) for port, queue in by_port.items()}
+    heartbeat = Heartbeat(cluster.url, list(by_port.values()), "w-beat", 0.5, 6.0, status=dict)
+    stalled = cluster.by_port(stalled_port)
     try:
         assert heartbeat.run_once()
-        before = {q: _beat_at(cluster, q, "w-beat") for q in others}
+        before = _score(nodes[stalled_queue], stalled_queue)
+        heartbeat.start()
         stalled.signal(signal.SIGSTOP)
-        late: list[dict[str, float]] = []
-        for _ in range(3):  # every round, not only the first one after the stall
-            landed: dict[str, float] = {}
-            started = time.monotonic()
-            beat = threading.Thread(target=_beat_quietly, args=(heartbeat,))
-            beat.start()
-            while len(landed) < len(others) and time.monotonic() - started < 15:
-                landed.update({q: time.monotonic() - started for q in others
-                               if q not in landed and _beat_at(cluster, q, "w-beat") > before[q]})
-                time.sleep(0.02)
-            beat.join(15)
-            assert sorted(landed) == sorted(others)  # every round, every other shard's beat lands
-            # one socket timeout (lease / 3) late, plus a slot map reload, inside the lease:
-            # redis-py's own retries of the stalled node (~11 s) are off (connection.py)
-            if max(landed.values()) >= 3.0 * 2 / 3:
-                late.append(landed)
-            before = {q: _beat_at(cluster, q, "w-beat") for q in others}
+        beats: dict[str, set[int]] = {queue: set() for _, queue in others}
+        started = time.monotonic()
+        while time.monotonic() - started < 6:  # three of the stalled shard's timeouts
+            for queue in beats:
+                beats[queue].add(_score(nodes[queue], queue))
+            time.sleep(0.05)
         stalled.signal(signal.SIGCONT)
-        cluster.wait_ok()  # the others took it for failed meanwhile (its node timeout passed): until they see it again
-        resumed = _beat_at(cluster, stalled_queue, "w-beat")
-        deadline = time.monotonic() + 5
-        while _beat_at(cluster, stalled_queue, "w-beat") == resumed and time.monotonic() < deadline:
-            _beat_quietly(heartbeat)  # the stalled shard answers again: its beat lands
-            time.sleep(0.1)
-        assert _beat_at(cluster, stalled_queue, "w-beat") > resumed
-        assert heartbeat.run_once()
-        if late:  # seen in some runs: each later beat ~3 s more (the sync cluster client's reload?)
-            pytest.xfail(f"open: beats to the healthy shards late behind a stalled one: {late}")
+        gaps = {queue: max(b - a for a, b in itertools.pairwise(sorted(seen))) for queue, seen in beats.items()}
+        assert all(len(seen) >= 8 for seen in beats.values()), beats
+        assert max(gaps.values()) <= 1500, gaps  # its 0.5 s period, at most 1 s late (beaten in turn: 2 s)
+        deadline = time.monotonic() + 10
+        while _score(nodes[stalled_queue], stalled_queue) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _score(nodes[stalled_queue], stalled_queue) > before  # it answers again: its beat lands
     finally:
         stalled.signal(signal.SIGCONT)
         heartbeat.stop()
+        for node in nodes.values():
+            node.close()
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "reliq.worker.heartbeat"]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said  # once, however many tries failed
+    assert all(message.startswith(f"heartbeat to 127.0.0.1:{stalled_port}: ") for _, message in said), said
+    assert heartbeat.failures >= 2, heartbeat.failures
 
 
-def _beat_quietly(heartbeat: Heartbeat) -> None:
-    """One round of beats, its Redis error (the stalled shard's timeout) swallowed."""
-    with contextlib.suppress(*UNAVAILABLE):
-        heartbeat.run_once()
+def _score(node: SyncRedis, queue: str) -> int:
+    """The worker's last heartbeat in ``queue`` (ms, Redis clock), from the queue's primary."""
+    return int(node.zscore(QueueKeys(queue).workers, "w-beat") or 0)
 
 
 @asynccontextmanager
@@ -526,3 +525,26 @@ async def test_a_worker_serving_50_queues_holds_6_connections_a_shard_and_wakes_
         procs.stop(proc)
         for node in nodes:
             await node.aclose()
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning")
+async def test_a_nudge_listener_cancelled_as_it_starts_ends_and_closes_its_connections(cluster_url: str) -> None:
+    """A worker stopped just after it started cancels its wake-up listener within
+    milliseconds, once (as asyncio.Runner does at exit). Python 3.11's asyncio.wait_for,
+    around redis-py's writes, drops a cancel that comes as the call completes: the listener
+    went on to subscribe and waited for ever, its connections "unclosed" once the loop was
+    gone. Each try cancels at another moment of the start, on a fresh client (the first
+    call also reads the slot map)."""
+    settings = Settings(redis_url=cluster_url)
+    for i in range(60):
+        client = connect(cluster_url, max_connections=8, wait_on_cluster=True)
+        try:
+            nudges = Nudges([Queue(client, settings, f"nudged-{n}") for n in range(6)], "w-nudged", lambda _: None)
+            listening = asyncio.create_task(nudges.run())
+            await asyncio.sleep(i / 10_000)  # 0 to 6 ms into its start
+            listening.cancel()
+            done, _ = await asyncio.wait([listening], timeout=5)
+            assert done and listening.cancelled(), f"cancelled {i / 10:.1f} ms into its start, it ran on"
+        finally:
+            await client.aclose()
+        gc.collect()  # a connection left open warns now, in this test

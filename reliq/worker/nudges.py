@@ -97,6 +97,11 @@ class Nudges:
                 sharded = await sharded_pubsub(client)
                 groups = await pubsubs(client, sorted(self.ready))
                 connections = [pubsub for pubsub, _ in groups]
+                # Python 3.11's asyncio.wait_for (redis-py's, around each write) returns the
+                # result of a call that completed as a cancel came, and the cancel is lost: the
+                # listener would then wait on connections nobody closes (a worker stopped just
+                # after starting; "unclosed connection" once the loop is gone).
+                reraise_if_cancelled()
                 self._pending = len(groups)
                 listeners = [asyncio.create_task(self._listen(pubsub, channels, sharded,
                                                               self.cancel_channels if i == 0 else set()))
