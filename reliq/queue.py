@@ -613,6 +613,11 @@ def heartbeat_call(queue: str, worker_id: str, info: dict[str, Any], ttl_s: floa
     return [keys.workers, keys.worker_info(worker_id), keys.metrics, keys.cancels(worker_id)], args
 
 
+def heartbeat_key(queue: str) -> str:
+    """A key of ``queue``'s heartbeat.lua call: where a cluster routes its beat (a queue's keys share a slot)."""
+    return QueueKeys(queue).workers
+
+
 @dataclass(frozen=True, slots=True)
 class Beat:
     """heartbeat.lua's reply."""

@@ -36,10 +36,9 @@ from typing import Any
 from redis import Redis as SyncRedis
 
 from reliq.connection import UNAVAILABLE, connect_sync, is_cluster, shard_of
-from reliq.keys import QueueKeys
 from reliq.loopwatch import LoopWatch
 from reliq.outage import NEVER, Outage
-from reliq.queue import beat_of, heartbeat_call
+from reliq.queue import beat_of, heartbeat_call, heartbeat_key
 from reliq.scripts import SyncScripts
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ class Heartbeat:
         groups: dict[str, list[str]] = {}
         for queue in self.queues:
             try:
-                name = shard_of(client, QueueKeys(queue).workers)
+                name = shard_of(client, heartbeat_key(queue))
             except UNAVAILABLE:
                 name = ""  # no primary serves its slot now: its beat says why
             groups.setdefault(name, []).append(queue)
