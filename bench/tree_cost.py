@@ -19,18 +19,27 @@ import sys
 import tempfile
 from pathlib import Path
 
-from reliq.client import Client
 from reliq.redis_server import RedisServer, free_port
 
 HERE = Path(__file__).resolve().parent.parent
 
 
+#: Enqueues the tasks with the reliq of the tree it runs in (``PYTHONPATH``): a tree writes the
+#: records it reads (a tree of record format 1 cannot claim format 2's: docs/architecture.md).
+ENQUEUE = """
+import sys
+from reliq.client import Client
+with Client(sys.argv[1], queue=sys.argv[2]) as client:
+    for _ in range(int(sys.argv[3]) // 1000):
+        client.enqueue_many([("noop", None)] * 1000)
+"""
+
+
 def drain(url: str, queue: str, n: int, tree: Path) -> float:
-    """Enqueue ``n`` no-op tasks and drain them with one burst worker of ``tree``; its CPU seconds."""
-    with Client(url, queue=queue) as client:
-        for _ in range(n // 1000):
-            client.enqueue_many([("noop", None)] * 1000)
+    """Enqueue ``n`` no-op tasks with ``tree``'s client and drain them with one burst worker of ``tree``; its CPU
+    seconds."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-c", ENQUEUE, url, queue, str(n)], cwd=tree, env=env, check=True)
     proc = subprocess.Popen([sys.executable, "-m", "reliq", "work", "--burst", "--redis-url", url, "--queue", queue,
                              "--log-level", "WARNING"], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Mapping
 from enum import Enum, IntEnum, StrEnum
+from functools import lru_cache
 
 #: What claim.lua reads of each task it claims: the fields up to ``state`` with one HMGET,
 #: ``failures`` and ``crashes`` with another only when ``attempts`` > 0 (a task never claimed
@@ -43,6 +44,8 @@ def split_claimed(raw: bytes) -> tuple[bytes, ...]:
     n, _, rest = rest.partition(_SEP)
     end = int(n)
     ttype, rest = rest[:end], rest[end:]
+    if rest.startswith(_NO_KEY):  # most tasks: no key to cut out
+        return (*head, ttype, b"", rest[2:])
     n, _, rest = rest.partition(_SEP)
     end = int(n)
     return (*head, ttype, rest[:end], rest[end:])
@@ -81,8 +84,13 @@ def opts_prefix(max_retries: int, timeout_ms: int | None, trace: str) -> str:
     return f"{max_retries}{SEP}{timeout_ms or ''}{SEP}{trace}{SEP}"
 
 
+@lru_cache(maxsize=4096)
 def split_opts(opts: bytes) -> tuple[int, int | None, str, str]:
-    """A record's ``opts`` as (max_retries, timeout_ms or None, trace, unique lock's name)."""
+    """A record's ``opts`` as (max_retries, timeout_ms or None, trace, unique lock's name).
+
+    Cached: the worker splits a claimed task's opts, and most tasks of a queue share theirs
+    (a dict lookup instead of a decode, a split and two ints: ~0.2 us a task).
+    """
     retries, timeout, trace, unique = opts.decode().split(SEP, 3)
     return int(retries), int(timeout) if timeout else None, trace, unique
 
@@ -311,6 +319,7 @@ SNAPSHOT_FIELDS = ("now_ms", "pending_count", "delayed_count", "dead_count", "wo
 #: pattern may spell it as itself (:data:`LIMIT_PATTERN`).
 SEP = "|"
 _SEP = SEP.encode()
+_NO_KEY = b"0" + _SEP  # a key of length 0 in claim.lua's reply (CLAIMED)
 
 #: A type's value in the limits hash (limit.lua writes it, claim.lua and settle.lua read it):
 #: these integers joined by :data:`SEP`, 0 for none; ``ordered`` 1 or 0. The sources it is
