@@ -76,12 +76,16 @@ def _unique(spec: TaskSpec) -> str:
     return _BY_PAYLOAD if spec.unique else _NOT_UNIQUE
 
 
+#: The worker info field (heartbeat.lua) in which a worker says the newest record format it reads.
+SPEAKS = "records"
+
+
 def records_call(k: QueueKeys, upgrade: RecordFormat | None = None,
                  new_as: RecordFormat | None = None) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of records.lua: decide (or read) the queue's record format, or set it (``upgrade``);
-    ``new_as``: the format it takes if it is new (None: 2)."""
-    return ([k.format, k.stats, k.workers, k.pending, k.delayed, k.dead],
-            ["" if upgrade is None else int(upgrade), "" if new_as is None else int(new_as)])
+    """KEYS and ARGV of records.lua: decide (or read) the queue's record format, or set it (``upgrade``,
+    refused while a registered worker does not read it); ``new_as``: the format it takes if it is new (None: 2)."""
+    return ([k.format, k.stats, k.workers, k.pending, k.delayed, k.dead, k.worker_info_prefix],
+            ["" if upgrade is None else int(upgrade), "" if new_as is None else int(new_as), SPEAKS])
 
 
 def enqueue_args(settings: Settings, batch: bytes, record_format: RecordFormat | None) -> list[Any]:

@@ -311,7 +311,12 @@ class QueueKeys:
 
     def worker_info(self, worker_id: str) -> str:
         """HASH describing a worker (host, pid, concurrency, in flight, processed)."""
-        return self.base + "worker:" + worker_id
+        return self.worker_info_prefix + worker_id
+
+    @property
+    def worker_info_prefix(self) -> str:
+        """Prefix of the workers' info hashes (+ worker id): :meth:`worker_info`."""
+        return self.base + "worker:"
 
 
 

@@ -114,13 +114,19 @@ class QueueBase:
             groups.setdefault(self.layout.locate(task_id), []).append(task_id)
         return groups
 
-    async def decide_records(self, upgrade: RecordFormat | None = None,
-                             new_as: RecordFormat | None = None) -> RecordFormat:
+    async def decide_records(self, new_as: RecordFormat | None = None) -> RecordFormat:
         """The record format this queue's producers write, decided now if it was not (``new_as`` if the
-        queue is new, else 2), or set to ``upgrade``."""
-        call = calls.records_call(self.keys, upgrade, new_as)
-        self.record_format = RecordFormat(int(await self._scripts("records", *call)))
+        queue is new, else 2)."""
+        fmt, *_ = await self._scripts("records", *calls.records_call(self.keys, None, new_as))
+        self.record_format = RecordFormat(int(fmt))
         return self.record_format
+
+    async def upgrade_records(self, to: RecordFormat) -> list[str]:
+        """Set the record format its producers write to ``to``; [] when done, else (nothing written) the
+        registered workers that do not read it."""
+        fmt, *older = await self._scripts("records", *calls.records_call(self.keys, to))
+        self.record_format = RecordFormat(int(fmt))
+        return [calls.text(w) for w in older]
 
     async def partition_map(self) -> bytes | None:
         """The partition map as stored (None: none, one partition)."""

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reliq.calls import SPEAKS
 from reliq.errors import ConfigError
 from reliq.formats import RecordFormat
 from reliq.queue import Queue
-
-#: The worker info field (heartbeat.lua) in which a worker says the newest record format it reads.
-SPEAKS = "records"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +39,20 @@ async def formats(queue: Queue) -> list[PartitionFormat]:
 
 async def upgrade(queue: Queue) -> list[PartitionFormat]:
     """Turn every partition of ``queue`` to format 2 (the formats before); ConfigError, writing nothing, while a
-    registered worker reads format 1 alone."""
+    registered worker reads format 1 alone.
+
+    Every partition is checked first; then each is set by records.lua, which checks its workers
+    again in the same call, so a worker registering meanwhile is refused there (the partitions
+    set before it stay at 2: run this again once it is gone).
+    """
     before = await formats(queue)
-    if older := sorted({w for p in before for w in p.older}):
+    older = sorted({w for p in before for w in p.older})
+    for part, p in zip(await queue.parts(), before, strict=True):
+        if not older and p.format != RecordFormat.BODY:
+            older = await part.upgrade_records(RecordFormat.BODY)
+    if older:
         raise ConfigError(
             f"queue {queue.name!r}: {len(older)} registered worker(s) of a version before record format 2 "
             f"({', '.join(older[:5])}{', ...' if len(older) > 5 else ''}) would not read its records: stop them "
             "(or wait for the reaper to drop a dead one, within the lease), then run this again")
-    for part, p in zip(await queue.parts(), before, strict=True):
-        if p.format != RecordFormat.BODY:
-            await part.decide_records(RecordFormat.BODY)
     return before

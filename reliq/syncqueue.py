@@ -46,8 +46,8 @@ class SyncQueue:
             self.layout.adopt(PartitionMap.decode(self.name, raw))
             new_as = None
             for part in self.layout.parts:  # see reliq.queue_base.QueueBase.adopt_read
-                part.record_format = RecordFormat(int(self.redis.script("records",
-                                                                        *calls.records_call(part.keys, None, new_as))))
+                fmt, *_ = self.redis.script("records", *calls.records_call(part.keys, None, new_as))
+                part.record_format = RecordFormat(int(fmt))
                 new_as = new_as or part.record_format
             if self.layout.pmap.n > 1:  # see reliq.queue.Queue.parts
                 self.layout.router.unique_types = partitions.unique_types(self.redis.client.hgetall(self.keys.types))

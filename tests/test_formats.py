@@ -91,7 +91,7 @@ async def test_claim_reply_carries_every_claim_field_by_its_name(queue: Queue, r
 async def test_a_claim_reply_leaves_counts_that_are_0_blank_and_says_a_record_of_format_1(
         queue: Queue, redis: Redis) -> None:
     fresh = await queue.enqueue("plain", [1])  # a new queue: format 2, its counts absent while 0
-    await queue.decide_records(RecordFormat.FIELDS)  # as on a queue in use before format 2
+    assert await queue.upgrade_records(RecordFormat.FIELDS) == []  # as on a queue in use before format 2
     old = await queue.enqueue("plain", [2])
     fields_before = await redis.hgetall(queue.keys.task(old))
     assert b"body" not in fields_before and fields_before[b"attempts"] == b"0"
@@ -116,7 +116,7 @@ async def test_a_record_from_before_opts_runs_with_its_options_and_keeps_its_for
         queue: Queue, redis: Redis) -> None:
     # A task enqueued by the older reliq (timeout_ms, trace and unique as fields of their
     # own, no opts: record format 1) and still pending when the queue is upgraded in place.
-    await queue.decide_records(RecordFormat.FIELDS)
+    assert await queue.upgrade_records(RecordFormat.FIELDS) == []
     [(task_id, _)] = await queue.enqueue_specs([make_spec("typed", {"p": 1})])
     key = queue.keys.task(task_id)
     await redis.hdel(key, "opts")

@@ -547,3 +547,19 @@ async def test_partitions_grown_on_a_queue_of_format_1_take_format_1(redis: Redi
     assert [await redis.get(p.keys.format) for p in parts] == [b"1"] * 3
     assert await records.upgrade(queue)  # and the upgrade turns them all
     assert [await redis.get(p.keys.format) for p in parts] == [b"2"] * 3
+
+
+async def test_the_upgrade_script_itself_refuses_a_worker_that_registered_after_the_check(
+        redis: Redis, settings: Settings) -> None:
+    # records.upgrade checks every partition, then records.lua checks again as it writes: a
+    # worker of an older version registering between the two is refused there, nothing written.
+    queue = Queue(redis, settings)
+    await redis.hset(queue.keys.stats, "enqueued", 1)  # in use before this version: format 1
+    assert await queue.decide_records() == RecordFormat.FIELDS
+    await redis.zadd(queue.keys.workers, {"w-late": 1})
+    await redis.hset(queue.keys.worker_info("w-late"), mapping={"host": "h"})  # no 'records': older
+    assert await queue.upgrade_records(RecordFormat.BODY) == ["w-late"]
+    assert await redis.get(queue.keys.format) == b"1" and queue.record_format == RecordFormat.FIELDS
+    await redis.hset(queue.keys.worker_info("w-late"), records.SPEAKS, 2)  # it reads format 2 after all
+    assert await queue.upgrade_records(RecordFormat.BODY) == []
+    assert await redis.get(queue.keys.format) == b"2" and queue.record_format == RecordFormat.BODY

@@ -37,7 +37,8 @@ from typing import Any
 import orjson
 
 import reliq.builtins  # noqa: F401  (the built-in task types are always there)
-from reliq import logs, partitions, records, tracing, type_defaults
+from reliq import logs, partitions, tracing, type_defaults
+from reliq.calls import SPEAKS
 from reliq.connection import UNAVAILABLE
 from reliq.errors import GaveUp, HandlerFailed, PermanentError, RateLimited, Snooze, describe_error
 from reliq.formats import RecordFormat, RunOutcome
@@ -329,7 +330,7 @@ class Worker:
         return {"concurrency": self.concurrency, "in_flight": self.busy - self._ready.qsize(),
                 "processed": self.processed, "queues": ",".join(self.queues),
                 "loop_blocks": self.watch.blocks, "loop_blocked_ms": round(self.watch.blocked_s * 1000),
-                records.SPEAKS: int(RecordFormat.BODY)}  # reliq records upgrade reads it
+                SPEAKS: int(RecordFormat.BODY)}  # reliq records upgrade reads it
 
     def stuck_after(self) -> float:
         """Seconds without a loop tick after which this worker is stuck for good, and stops beating.
