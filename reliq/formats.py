@@ -41,14 +41,19 @@ CLAIMED = ("id", "attempts", "queued_at", "failures", "crashes", "record")
 def split_claimed(raw: bytes) -> tuple[bytes, ...]:
     """A task of claim.lua's reply as (CLAIMED..., type, key, body)."""
     *head, rest = raw.split(_SEP, len(CLAIMED))
-    n, _, rest = rest.partition(_SEP)
-    end = int(n)
-    ttype, rest = rest[:end], rest[end:]
+    ttype, rest = _counted(rest, _SEP)
     if rest.startswith(_NO_KEY):  # most tasks: no key to cut out
-        return (*head, ttype, b"", rest[2:])
-    n, _, rest = rest.partition(_SEP)
+        return (*head, ttype, b"", rest[len(_NO_KEY):])
+    key, body = _counted(rest, _SEP)
+    return (*head, ttype, key, body)
+
+
+def _counted(raw: bytes, sep: bytes) -> tuple[bytes, bytes]:
+    """``<n><sep><n bytes><the rest>`` as (the n bytes, the rest): a length-prefixed piece (a
+    claimed task's type and key, a body's opts), which may hold any byte."""
+    n, _, rest = raw.partition(sep)
     end = int(n)
-    return (*head, ttype, rest[:end], rest[end:])
+    return rest[:end], rest[end:]
 
 
 class RecordFormat(IntEnum):
@@ -108,8 +113,10 @@ def make_body(opts: str, payload: bytes) -> bytes:
 def payload_of(record: Mapping[str, bytes | None]) -> tuple[bytes | None, int | None]:
     """The (payload, max_retries) of a record's fields as read (either format; None: none, or dropped)."""
     body = record.get("body")
-    payload = _body_parts(body)[1] if body else record.get("payload")
-    return payload or None, retries_of(record)
+    if body:
+        payload, retries, *_ = split_body(body)
+        return payload or None, retries
+    return record.get("payload") or None, retries_of(record)
 
 
 def retries_of(record: Mapping[str, str | bytes | None]) -> int | None:
@@ -135,9 +142,7 @@ def as_format_1(record: dict[str, str]) -> dict[str, str]:
 
 def _body_parts(body: bytes) -> tuple[bytes, bytes]:
     """A body's (opts, payload)."""
-    n, _, rest = body.partition(b":")
-    end = int(n)
-    return rest[:end], rest[end:]
+    return _counted(body, b":")
 
 
 def split_body(body: bytes) -> tuple[bytes, int, int | None, str, str]:

@@ -6,7 +6,11 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- A record's body (format 2, reliq/formats.py: make_body) as its opts and its payload.
+-- A record's body (format 2, reliq/formats.py: make_body) of opts and payload, and back.
+local function make_body(opts, payload)
+  return #opts .. ':' .. opts .. payload
+end
+
 local function split_body(body)
   local digits = string.match(body, '^%d+')
   local at = #digits + 2

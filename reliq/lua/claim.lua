@@ -163,7 +163,7 @@ end
 local function body_of(key)
   local old = redis.call('HMGET', key, 'payload', 'opts', unpack(OPTS_FIELDS))
   local opts = old[2] or ((old[3] or '0') .. SEP .. (old[4] or '') .. SEP .. (old[5] or '') .. SEP .. (old[6] or ''))
-  return #opts .. ':' .. opts .. (old[1] or 'null')
+  return make_body(opts, old[1] or 'null')
 end
 
 local function fields(id)

@@ -19,7 +19,7 @@ edits[#edits + 1] = {at = now_ms(), by = by, previous_payload = previous}
 local kept = {}
 for i = math.max(1, #edits - most + 1), #edits do kept[#kept + 1] = edits[i] end
 if opts then
-  redis.call('HSET', TASK, 'body', #opts .. ':' .. opts .. payload, 'edits', cjson.encode(kept))
+  redis.call('HSET', TASK, 'body', make_body(opts, payload), 'edits', cjson.encode(kept))
 else
   redis.call('HSET', TASK, 'payload', payload, 'edits', cjson.encode(kept))
 end

@@ -111,7 +111,7 @@ local function enqueue_one(b, o, place)
       opts = tostring(defaults.max_retries) .. string.sub(opts, #string.match(opts, '^%d*') + 1)
     end
     opts = opts .. (lock or '')
-    body = #opts .. ':' .. opts .. payload
+    body = make_body(opts, payload)
   end
   local fields = {'type', ttype, 'enqueued_at', now_s}
   if fields_format then
